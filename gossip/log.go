@@ -1,0 +1,54 @@
+package gossip
+
+import (
+	"bytes"
+	"context"
+	"log"
+	"log/slog"
+	"strings"
+)
+
+// logBridge turns serf's and memberlist's log lines ("[WARN] memberlist:
+// Was able to connect…") into slog records at the matching level, so that
+// one --log-level and one --log-format govern every line the agent writes.
+type logBridge struct {
+	logger *slog.Logger
+}
+
+func newStdLogger(l *slog.Logger) *log.Logger {
+	return log.New(&logBridge{logger: l}, "", 0)
+}
+
+func (b *logBridge) Write(p []byte) (int, error) {
+	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
+		level, component, msg := parseLibraryLine(string(line))
+		b.logger.Log(context.Background(), level, msg, "component", component)
+	}
+	return len(p), nil
+}
+
+// parseLibraryLine splits "[LEVEL] component: message". Lines without a level
+// prefix are logged at info, as serf treats them.
+func parseLibraryLine(line string) (slog.Level, string, string) {
+	level := slog.LevelInfo
+	if strings.HasPrefix(line, "[") {
+		if end := strings.IndexByte(line, ']'); end > 0 {
+			switch line[1:end] {
+			case "TRACE", "DEBUG":
+				level = slog.LevelDebug
+			case "INFO":
+				level = slog.LevelInfo
+			case "WARN", "WARNING":
+				level = slog.LevelWarn
+			case "ERR", "ERROR":
+				level = slog.LevelError
+			}
+			line = strings.TrimSpace(line[end+1:])
+		}
+	}
+	component := ""
+	if i := strings.Index(line, ": "); i > 0 && !strings.ContainsAny(line[:i], " \t") {
+		component, line = line[:i], line[i+2:]
+	}
+	return level, component, line
+}

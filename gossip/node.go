@@ -1,0 +1,394 @@
+package gossip
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/serf"
+)
+
+// Transport is the network a node gossips over: memberlist's node-aware
+// transport, so that the simulation can stand in for UDP/TCP. Packet and
+// Address are the types it carries.
+type (
+	Transport = memberlist.NodeAwareTransport
+	Packet    = memberlist.Packet
+	Address   = memberlist.Address
+)
+
+// Config describes one node. Zero values take serf's and memberlist's
+// defaults for the chosen profile.
+type Config struct {
+	Name          string
+	BindAddr      string // default 0.0.0.0
+	BindPort      int    // default 7946; 0 picks a free port only with a Transport
+	AdvertiseAddr string // default: derived from BindAddr
+	AdvertisePort int
+	Profile       string // lan (default), wan, local
+	Tags          map[string]string
+
+	// SnapshotPath keeps serf's snapshot so that a restarted node rejoins
+	// the members it knew without being told where they are.
+	SnapshotPath string
+	// RejoinAfterLeave lets a node that left gracefully rejoin from its
+	// snapshot; by default a leave is final.
+	RejoinAfterLeave bool
+
+	// Keys enables gossip encryption; the first key is the primary.
+	Keys [][]byte
+	// KeyringFile, when set, is where serf persists the keyring after
+	// every change. Use LoadKeyringFile to read it back at start.
+	KeyringFile string
+
+	// Transport replaces memberlist's UDP/TCP network; nil uses the real one.
+	Transport Transport
+
+	// Logger receives the node's and the libraries' logs; nil discards.
+	Logger *slog.Logger
+
+	// EventBuffer sizes the channel from serf; default 1024.
+	EventBuffer int
+}
+
+// Node is one running member of the mesh. All methods are safe for
+// concurrent use.
+type Node struct {
+	serf   *serf.Serf
+	logger *slog.Logger
+	events chan serf.Event
+
+	mu       sync.Mutex
+	subs     map[uint64]func(Event)
+	nextSub  uint64
+	handlers map[string]func(*Query)
+
+	stopOnce sync.Once
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// Start creates the node and starts gossiping; it does not join anyone.
+func Start(cfg Config) (*Node, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("node name is empty: give every node a unique name")
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := CheckTagSize(cfg.Tags); err != nil {
+		return nil, err
+	}
+	ml, err := profileConfig(cfg.Profile)
+	if err != nil {
+		return nil, err
+	}
+	stdLogger := newStdLogger(logger)
+	ml.Logger = stdLogger
+	if cfg.BindAddr != "" {
+		ml.BindAddr = cfg.BindAddr
+	}
+	if cfg.BindPort != 0 || cfg.Transport != nil {
+		ml.BindPort = cfg.BindPort
+	}
+	ml.AdvertiseAddr = cfg.AdvertiseAddr
+	ml.AdvertisePort = cfg.AdvertisePort
+	if cfg.Transport != nil {
+		ml.Transport = cfg.Transport
+	}
+	if len(cfg.Keys) > 0 {
+		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
+		if err != nil {
+			return nil, fmt.Errorf("gossip keyring: %w", err)
+		}
+		ml.Keyring = kr
+		ml.GossipVerifyIncoming, ml.GossipVerifyOutgoing = true, true
+	}
+
+	buf := cfg.EventBuffer
+	if buf <= 0 {
+		buf = 1024
+	}
+	n := &Node{
+		logger:   logger,
+		events:   make(chan serf.Event, buf),
+		subs:     make(map[uint64]func(Event)),
+		handlers: make(map[string]func(*Query)),
+		done:     make(chan struct{}),
+	}
+
+	sc := serf.DefaultConfig()
+	sc.NodeName = cfg.Name
+	sc.Tags = cfg.Tags
+	sc.EventCh = n.events
+	sc.MemberlistConfig = ml
+	sc.Logger = stdLogger
+	sc.SnapshotPath = cfg.SnapshotPath
+	sc.RejoinAfterLeave = cfg.RejoinAfterLeave
+	sc.KeyringFile = cfg.KeyringFile
+
+	s, err := serf.Create(sc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip node %q: %w", cfg.Name, err)
+	}
+	n.serf = s
+	n.wg.Add(1)
+	go n.dispatch()
+	return n, nil
+}
+
+// dispatch hands serf's events to query handlers and subscribers. It is the
+// only reader of serf's event channel, so a subscriber that blocks would stall
+// event delivery: subscribers are documented as non-blocking.
+func (n *Node) dispatch() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.done:
+			return
+		case se := <-n.events:
+			ev, ok := eventFromSerf(se)
+			if !ok {
+				continue
+			}
+			n.mu.Lock()
+			if ev.Type == EventQuery {
+				if h := n.handlers[ev.Name]; h != nil {
+					n.mu.Unlock()
+					n.wg.Add(1)
+					go func() { defer n.wg.Done(); h(ev.Query) }()
+					continue
+				}
+			}
+			subs := make([]func(Event), 0, len(n.subs))
+			for _, fn := range n.subs {
+				subs = append(subs, fn)
+			}
+			n.mu.Unlock()
+			for _, fn := range subs {
+				fn(ev)
+			}
+		}
+	}
+}
+
+// Subscribe calls fn with every event from now on until cancel is called.
+// fn runs on the node's event goroutine and must not block.
+func (n *Node) Subscribe(fn func(Event)) (cancel func()) {
+	n.mu.Lock()
+	id := n.nextSub
+	n.nextSub++
+	n.subs[id] = fn
+	n.mu.Unlock()
+	return func() {
+		n.mu.Lock()
+		delete(n.subs, id)
+		n.mu.Unlock()
+	}
+}
+
+// HandleQuery answers every query named name with h, run on its own
+// goroutine. Such queries are not passed to subscribers.
+func (n *Node) HandleQuery(name string, h func(*Query)) {
+	n.mu.Lock()
+	n.handlers[name] = h
+	n.mu.Unlock()
+}
+
+// Name is the local node's name.
+func (n *Node) Name() string { return n.serf.LocalMember().Name }
+
+// LocalMember is the local node as the mesh sees it.
+func (n *Node) LocalMember() Member { return memberFromSerf(n.serf.LocalMember()) }
+
+// Members lists every member known locally, in any state.
+func (n *Node) Members() []Member {
+	sm := n.serf.Members()
+	out := make([]Member, 0, len(sm))
+	for _, m := range sm {
+		out = append(out, memberFromSerf(m))
+	}
+	return out
+}
+
+// Join contacts the given addresses and returns how many answered. With
+// replay false, user events from before the join are not delivered.
+func (n *Node) Join(addrs []string, replay bool) (int, error) {
+	return n.serf.Join(addrs, !replay)
+}
+
+// SetTags replaces the local node's tags and gossips the change; tags that
+// would not fit memberlist's metadata are refused before anything changes.
+func (n *Node) SetTags(tags map[string]string) error {
+	if err := CheckTagSize(tags); err != nil {
+		return err
+	}
+	return n.serf.SetTags(tags)
+}
+
+// Tags returns a copy of the local node's tags.
+func (n *Node) Tags() map[string]string { return n.LocalMember().Tags }
+
+// UserEvent broadcasts a user event.
+func (n *Node) UserEvent(name string, payload []byte, coalesce bool) error {
+	return n.serf.UserEvent(name, payload, coalesce)
+}
+
+// ForceLeave marks a failed member as left; prune also erases it from the
+// member list at once.
+func (n *Node) ForceLeave(node string, prune bool) error {
+	if prune {
+		return n.serf.RemoveFailedNodePrune(node)
+	}
+	return n.serf.RemoveFailedNode(node)
+}
+
+// QueryParams narrows who answers a query and how long the asker waits.
+type QueryParams struct {
+	FilterNodes []string
+	FilterTags  map[string]string
+	RequestAck  bool
+	RelayFactor uint8
+	Timeout     time.Duration // zero: serf's default for the mesh size
+}
+
+// Query asks the mesh and blocks until the query's timeout passes or ctx is
+// done, calling onAck and onResponse on the calling goroutine as answers
+// arrive. Cancelling ctx is how an asker stops early once it has every answer
+// it needs; the cancellation is not an error.
+func (n *Node) Query(ctx context.Context, name string, payload []byte, p QueryParams,
+	onAck func(from string), onResponse func(from string, payload []byte)) error {
+	resp, err := n.serf.Query(name, payload, &serf.QueryParam{
+		FilterNodes: p.FilterNodes,
+		FilterTags:  p.FilterTags,
+		RequestAck:  p.RequestAck,
+		RelayFactor: p.RelayFactor,
+		Timeout:     p.Timeout,
+	})
+	if err != nil {
+		return fmt.Errorf("query %q: %w", name, err)
+	}
+	defer resp.Close()
+	acks, answers := resp.AckCh(), resp.ResponseCh()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case from, ok := <-acks:
+			if !ok {
+				acks = nil
+				continue
+			}
+			if onAck != nil {
+				onAck(from)
+			}
+		case r, ok := <-answers:
+			if !ok {
+				return nil
+			}
+			if onResponse != nil {
+				onResponse(r.From, r.Payload)
+			}
+		}
+	}
+}
+
+// DefaultQueryTimeout is serf's query timeout for the current mesh size.
+func (n *Node) DefaultQueryTimeout() time.Duration { return n.serf.DefaultQueryTimeout() }
+
+// Stats returns serf's counters.
+func (n *Node) Stats() map[string]string { return n.serf.Stats() }
+
+// EncryptionEnabled reports whether gossip is encrypted.
+func (n *Node) EncryptionEnabled() bool { return n.serf.EncryptionEnabled() }
+
+// Coordinate is a node's Vivaldi network coordinate.
+type Coordinate struct {
+	Vec        []float64
+	Error      float64
+	Adjustment float64
+	Height     float64
+}
+
+// Coordinate returns the cached network coordinate of a node.
+func (n *Node) Coordinate(node string) (Coordinate, bool) {
+	c, ok := n.serf.GetCachedCoordinate(node)
+	if !ok || c == nil {
+		return Coordinate{}, false
+	}
+	return Coordinate{Vec: c.Vec, Error: c.Error, Adjustment: c.Adjustment, Height: c.Height}, true
+}
+
+// Leave broadcasts a graceful leave and waits for it to propagate. The node
+// must still be shut down afterwards.
+func (n *Node) Leave() error { return n.serf.Leave() }
+
+// Shutdown stops the node without leaving: the others will see it fail. It
+// is idempotent.
+func (n *Node) Shutdown() error {
+	err := n.serf.Shutdown()
+	n.stopOnce.Do(func() { close(n.done) })
+	n.wg.Wait()
+	return err
+}
+
+// ShutdownCh is closed once the node has shut down.
+func (n *Node) ShutdownCh() <-chan struct{} { return n.serf.ShutdownCh() }
+
+// BindPort reports the port the node's gossip listens on, useful when it was
+// chosen by the system.
+func (n *Node) BindPort() int { return int(n.serf.LocalMember().Port) }
+
+// Addr is the advertised gossip address of the local node.
+func (n *Node) Addr() string {
+	m := n.serf.LocalMember()
+	return net.JoinHostPort(m.Addr.String(), fmt.Sprint(m.Port))
+}
+
+// DecodeKey decodes one base64 gossip key and checks its length.
+func DecodeKey(s string) ([]byte, error) {
+	k, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("gossip key %q is not base64: generate one with `agent keygen`", s)
+	}
+	if l := len(k); l != 16 && l != 24 && l != 32 {
+		return nil, fmt.Errorf("gossip key %q decodes to %d bytes: it must be 16, 24 or 32 bytes (`agent keygen` makes one)", s, l)
+	}
+	return k, nil
+}
+
+// LoadKeyringFile reads a keyring file as serf writes it (a JSON list of
+// base64 keys, the primary first). A missing file is not an error: it
+// returns no keys.
+func LoadKeyringFile(path string) ([][]byte, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read keyring %s: %w", path, err)
+	}
+	var encoded []string
+	if err := json.Unmarshal(data, &encoded); err != nil {
+		return nil, fmt.Errorf("keyring %s is not a JSON list of base64 keys: %w", path, err)
+	}
+	keys := make([][]byte, 0, len(encoded))
+	for _, e := range encoded {
+		k, err := DecodeKey(e)
+		if err != nil {
+			return nil, fmt.Errorf("keyring %s: %w", path, err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}

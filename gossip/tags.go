@@ -1,0 +1,222 @@
+package gossip
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	"github.com/hashicorp/memberlist"
+)
+
+// MaxTagBytes is memberlist's cap on a node's metadata: all tags together,
+// as serf encodes them.
+const MaxTagBytes = memberlist.MetaMaxSize
+
+// The tag keys the project gives meaning to. Users may not set them with
+// --tag; they are derived from the node's role and state.
+const (
+	TagRole      = "role"
+	TagCPU       = "cpu"
+	TagMem       = "mem"
+	TagRunning   = "ni"
+	TagCapacity  = "cap"
+	TagKind      = "kind"
+	TagHost      = "host"
+	TagRequestID = "rid"
+	TagEndpoint  = "ep"
+	TagPID       = "pid"
+)
+
+var reservedTags = map[string]bool{
+	TagRole: true, TagCPU: true, TagMem: true, TagRunning: true, TagCapacity: true,
+	TagKind: true, TagHost: true, TagRequestID: true, TagEndpoint: true, TagPID: true,
+}
+
+// IsReservedTag reports whether key is one of the tags the agent sets itself.
+func IsReservedTag(key string) bool { return reservedTags[key] }
+
+// Role says what a member is in the mesh.
+type Role string
+
+// The roles a member can have. A member without a role tag (a plain serf
+// agent, say) is foreign: listed, but ignored by placement.
+const (
+	RoleServer      Role = "server"
+	RoleInterpreter Role = "interpreter"
+)
+
+// ParseRole checks a role name given by a user.
+func ParseRole(s string) (Role, error) {
+	switch Role(s) {
+	case RoleServer, RoleInterpreter:
+		return Role(s), nil
+	}
+	return "", fmt.Errorf("role %q is not known: use %q or %q", s, RoleServer, RoleInterpreter)
+}
+
+// Load is a server's averaged resource use, in percent.
+type Load struct {
+	CPU float64
+	Mem float64
+}
+
+// Tags is the typed form of a member's tags. Map and ParseTags convert it to
+// and from the string map that serf gossips.
+type Tags struct {
+	Role Role
+
+	// Servers.
+	Load         *Load // nil until the first average is known
+	Interpreters int   // ni: interpreters running on the server
+	Capacity     int   // cap: the most the server accepts; 0 means no limit
+
+	// Interpreters.
+	Kind      string
+	Host      string // the server that started it
+	RequestID string
+	Endpoint  string
+	PID       int
+
+	// Extra holds the user's own tags (--tag k=v).
+	Extra map[string]string
+}
+
+// Map encodes t as the tag map serf gossips. Load is written with one decimal
+// so that noise below that does not change the encoding.
+func (t Tags) Map() map[string]string {
+	m := make(map[string]string, len(t.Extra)+6)
+	for k, v := range t.Extra {
+		m[k] = v
+	}
+	if t.Role != "" {
+		m[TagRole] = string(t.Role)
+	}
+	switch t.Role {
+	case RoleServer:
+		if t.Load != nil {
+			m[TagCPU] = strconv.FormatFloat(t.Load.CPU, 'f', 1, 64)
+			m[TagMem] = strconv.FormatFloat(t.Load.Mem, 'f', 1, 64)
+		}
+		m[TagRunning] = strconv.Itoa(t.Interpreters)
+		if t.Capacity > 0 {
+			m[TagCapacity] = strconv.Itoa(t.Capacity)
+		}
+	case RoleInterpreter:
+		setIf(m, TagKind, t.Kind)
+		setIf(m, TagHost, t.Host)
+		setIf(m, TagRequestID, t.RequestID)
+		setIf(m, TagEndpoint, t.Endpoint)
+		if t.PID > 0 {
+			m[TagPID] = strconv.Itoa(t.PID)
+		}
+	}
+	return m
+}
+
+func setIf(m map[string]string, k, v string) {
+	if v != "" {
+		m[k] = v
+	}
+}
+
+// ParseTags decodes a member's tag map. Tags of other nodes come from the
+// network, so a malformed value is not fatal: the rest is still decoded, the
+// bad field stays at its zero value (Load stays nil), and the returned error
+// names every bad field.
+func ParseTags(m map[string]string) (Tags, error) {
+	var t Tags
+	var errs []error
+	for k, v := range m {
+		if !reservedTags[k] {
+			if t.Extra == nil {
+				t.Extra = make(map[string]string)
+			}
+			t.Extra[k] = v
+		}
+	}
+	t.Role = Role(m[TagRole])
+	t.Kind, t.Host, t.RequestID, t.Endpoint = m[TagKind], m[TagHost], m[TagRequestID], m[TagEndpoint]
+
+	num := func(key string) int {
+		v, ok := m[key]
+		if !ok {
+			return 0
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("tag %s=%q is not a non-negative integer", key, v))
+			return 0
+		}
+		return n
+	}
+	t.Interpreters, t.Capacity, t.PID = num(TagRunning), num(TagCapacity), num(TagPID)
+
+	cpu, hasCPU := m[TagCPU]
+	mem, hasMem := m[TagMem]
+	if hasCPU || hasMem {
+		c, errC := parsePercent(TagCPU, cpu)
+		mm, errM := parsePercent(TagMem, mem)
+		if errC == nil && errM == nil {
+			t.Load = &Load{CPU: c, Mem: mm}
+		}
+		errs = append(errs, errC, errM)
+	}
+	return t, errors.Join(errs...)
+}
+
+func parsePercent(key, v string) (float64, error) {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 || f > 100 || f != f {
+		return 0, fmt.Errorf("tag %s=%q is not a percentage from 0 to 100", key, v)
+	}
+	return f, nil
+}
+
+// EncodedTagSize is the number of bytes serf gossips for tags: a magic byte
+// and the msgpack map, encoded exactly as serf does.
+func EncodedTagSize(tags map[string]string) int {
+	var buf bytes.Buffer
+	buf.WriteByte(0xff) // serf's tag magic byte
+	if err := codec.NewEncoder(&buf, &codec.MsgpackHandle{}).Encode(tags); err != nil {
+		// A map of strings always encodes; treat the impossible as too big.
+		return MaxTagBytes + 1
+	}
+	return buf.Len()
+}
+
+// ErrTagsTooLarge is returned when tags exceed memberlist's metadata cap.
+var ErrTagsTooLarge = errors.New("tags too large")
+
+// CheckTagSize returns ErrTagsTooLarge, with the size and the biggest tags
+// named, when tags would not fit in memberlist's metadata. serf would panic
+// on such tags during gossip, so every tag change is checked up front.
+func CheckTagSize(tags map[string]string) error {
+	size := EncodedTagSize(tags)
+	if size <= MaxTagBytes {
+		return nil
+	}
+	type kv struct {
+		k string
+		n int
+	}
+	var all []kv
+	for k, v := range tags {
+		all = append(all, kv{k, len(k) + len(v)})
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].n != all[j].n {
+			return all[i].n > all[j].n
+		}
+		return all[i].k < all[j].k
+	})
+	var biggest []string
+	for i := 0; i < len(all) && i < 3; i++ {
+		biggest = append(biggest, fmt.Sprintf("%s (%d bytes)", all[i].k, all[i].n))
+	}
+	return fmt.Errorf("%w: tags encode to %d bytes, over the %d-byte limit; biggest: %s; shorten or drop some of them",
+		ErrTagsTooLarge, size, MaxTagBytes, strings.Join(biggest, ", "))
+}
