@@ -1,0 +1,119 @@
+package placement
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// ErrInvalidRequest is returned by Elect for a request it cannot run.
+var ErrInvalidRequest = errors.New("invalid placement request")
+
+// ErrInvalidPolicy is returned for a policy name that is not known.
+var ErrInvalidPolicy = errors.New("invalid placement policy")
+
+// ErrInvalidConstraint is returned for a constraint that is not key=regex
+// with a valid regular expression.
+var ErrInvalidConstraint = errors.New("invalid constraint")
+
+// Bid is one server's answer to "place an interpreter of kind K". A server
+// must say it is Healthy and OffersKind: a bid that leaves them false is
+// rejected, so a half-filled bid never wins.
+type Bid struct {
+	Node       string
+	CPU        float64 // averaged CPU use, percent
+	Mem        float64 // averaged memory use, percent
+	Running    int     // interpreters running, by the server's own count
+	Pending    int     // accepted but not yet visible in its tags
+	Capacity   int     // the most interpreters it accepts; 0 means no limit
+	Healthy    bool
+	OffersKind bool // the server is configured to start the requested kind
+	Tags       map[string]string
+	Refusal    string // empty, or why the server refuses
+}
+
+// Request asks for one interpreter of Kind. ID names the request; it is the
+// idempotency key the server checks and the seed of the near-tie hash, so
+// two requests must not share it.
+type Request struct {
+	ID          string
+	Kind        string
+	Constraints []Constraint // all must hold
+	Policy      Policy       // empty means Spread
+}
+
+// Policy says which eligible server an election prefers.
+type Policy string
+
+// The policies. Spread is the default.
+const (
+	// Spread prefers the least loaded server, so interpreters spread out
+	// and each one gets the most headroom.
+	Spread Policy = "spread"
+	// Binpack prefers the most loaded server that still has room, so
+	// idle servers stay idle (to be drained or shut down).
+	Binpack Policy = "binpack"
+)
+
+// ParsePolicy checks a policy name given by a user.
+func ParsePolicy(s string) (Policy, error) {
+	switch p := Policy(s); p {
+	case Spread, Binpack:
+		return p, nil
+	}
+	return "", fmt.Errorf("%w %q: use %q or %q", ErrInvalidPolicy, s, Spread, Binpack)
+}
+
+// Constraint requires a server tag to match a regular expression. The
+// expression is anchored: it must match the whole value, so "zone=eu" does
+// not admit "eu-west". A server without the tag never matches.
+type Constraint struct {
+	Key     string
+	Pattern string // RE2 syntax, without ^ and $
+}
+
+// ParseConstraint parses "key=regex", as given to --constraint. The key ends
+// at the first '='.
+func ParseConstraint(s string) (Constraint, error) {
+	key, pattern, ok := strings.Cut(s, "=")
+	c := Constraint{Key: key, Pattern: pattern}
+	if !ok {
+		return Constraint{}, fmt.Errorf("%w %q: no '='; use key=regex, e.g. zone=eu-.*", ErrInvalidConstraint, s)
+	}
+	if _, err := c.compile(); err != nil {
+		return Constraint{}, err
+	}
+	return c, nil
+}
+
+// String returns the constraint as ParseConstraint reads it.
+func (c Constraint) String() string { return c.Key + "=" + c.Pattern }
+
+// compile returns a matcher for the constraint's tag value. It matches
+// leftmost-longest and asks for the whole value rather than wrapping the
+// pattern in ^(?:…)$, which a pattern such as `\Qa` (quote to the end)
+// would break.
+func (c Constraint) compile() (valueMatcher, error) {
+	if c.Key == "" {
+		return valueMatcher{}, fmt.Errorf("%w %q: empty tag key; use key=regex, e.g. zone=eu-.*", ErrInvalidConstraint, c.String())
+	}
+	if strings.Contains(c.Key, "=") {
+		return valueMatcher{}, fmt.Errorf("%w %q: tag key %q contains '='", ErrInvalidConstraint, c.String(), c.Key)
+	}
+	re, err := regexp.Compile(c.Pattern)
+	if err != nil {
+		return valueMatcher{}, fmt.Errorf("%w %q: %w; the value after '=' must be an RE2 regular expression", ErrInvalidConstraint, c.String(), err)
+	}
+	re.Longest()
+	return valueMatcher{re}, nil
+}
+
+type valueMatcher struct{ re *regexp.Regexp }
+
+// matches reports whether the whole of v matches. A leftmost-longest match
+// that starts at 0 covers all of v exactly when some match does.
+func (m valueMatcher) matches(v string) bool {
+	loc := m.re.FindStringIndex(v)
+	return loc != nil && loc[0] == 0 && loc[1] == len(v)
+}
