@@ -1,0 +1,305 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/state"
+)
+
+// Version is the agent's version, set at build time with -ldflags.
+var Version = "0.1.0-dev"
+
+// Deps are what the agent is handed instead of reaching for globals.
+type Deps struct {
+	Logger *slog.Logger
+	Logs   *LogStream  // log lines for `agent monitor`; nil: monitor sees nothing
+	Clock  state.Clock // nil: the real clock
+	// Transport replaces the real gossip network (the simulation uses it).
+	Transport gossip.Transport
+}
+
+// Agent is the daemon: a gossip node, the RPC server, and the loops around
+// them. New validates and starts nothing; Start runs; Leave is graceful;
+// Shutdown is idempotent and closes ShutdownCh.
+type Agent struct {
+	cfg    Config
+	logger *slog.Logger
+	logs   *LogStream
+	clock  state.Clock
+	deps   Deps
+
+	node  *gossip.Node
+	rpc   *rpc.Server
+	rpcLn net.Listener
+
+	// peersMu orders writes of the peers file; once the leave is recorded
+	// no later membership change may overwrite it.
+	peersMu   sync.Mutex
+	peersLeft bool
+
+	stopOnce   sync.Once
+	shutdownCh chan struct{}
+	leaveOnce  sync.Once
+	leftCh     chan struct{}
+	wg         sync.WaitGroup
+}
+
+// New checks cfg and prepares an agent without starting anything.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Logger == nil {
+		return nil, errors.New("agent needs a logger")
+	}
+	if deps.Clock == nil {
+		deps.Clock = systemClock{}
+	}
+	if deps.Logs == nil {
+		deps.Logs = &LogStream{subs: map[uint64]logSub{}}
+	}
+	return &Agent{
+		cfg:        cfg,
+		logger:     deps.Logger,
+		logs:       deps.Logs,
+		clock:      deps.Clock,
+		deps:       deps,
+		shutdownCh: make(chan struct{}),
+		leftCh:     make(chan struct{}),
+	}, nil
+}
+
+// Start starts gossip and the RPC, and begins joining in the background.
+func (a *Agent) Start() error {
+	gcfg, err := a.gossipConfig()
+	if err != nil {
+		return err
+	}
+	node, err := gossip.Start(gcfg)
+	if err != nil {
+		return err
+	}
+	a.node = node
+
+	ln, err := net.Listen("tcp", a.cfg.RPCAddr)
+	if err != nil {
+		node.Shutdown()
+		return fmt.Errorf("rpc listen on %s: %w (is another agent running? choose another --rpc-addr)", a.cfg.RPCAddr, err)
+	}
+	a.rpcLn = ln
+	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, Logger: a.logger.With("component", "rpc")})
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := a.rpc.Serve(); err != nil {
+			a.logger.Error("rpc server stopped", "err", err)
+		}
+	}()
+
+	a.logger.Info("agent started", "node", a.cfg.NodeName, "role", a.cfg.Role, "gossip", node.Addr(),
+		"rpc", ln.Addr().String(), "profile", a.cfg.Profile, "encrypted", node.EncryptionEnabled(), "version", Version)
+
+	joinAddrs := a.cfg.Join
+	if path := a.peersPath(); path != "" {
+		if len(joinAddrs) == 0 {
+			peers, err := loadPeers(path)
+			if err != nil {
+				a.logger.Warn("not rejoining by itself", "err", err)
+			} else if len(peers) > 0 {
+				a.logger.Info("rejoining the members known before the restart", "peers", peers)
+				joinAddrs = peers
+			}
+		}
+		changed := make(chan struct{}, 1)
+		cancel := node.Subscribe(func(e gossip.Event) {
+			if e.Type != gossip.EventUser && e.Type != gossip.EventQuery {
+				select {
+				case changed <- struct{}{}:
+				default:
+				}
+			}
+		})
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); defer cancel(); a.recordPeers(changed, time.Second) }()
+	}
+	if len(joinAddrs) > 0 {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.retryJoin(joinAddrs) }()
+	}
+	return nil
+}
+
+func (a *Agent) gossipConfig() (gossip.Config, error) {
+	host, port, err := splitHostPort(a.cfg.BindAddr)
+	if err != nil {
+		return gossip.Config{}, fmt.Errorf("bind: %w", err)
+	}
+	g := gossip.Config{
+		Name:      a.cfg.NodeName,
+		BindAddr:  host,
+		BindPort:  port,
+		Profile:   a.cfg.Profile,
+		Tags:      a.baseTags(),
+		Transport: a.deps.Transport,
+		Logger:    a.logger,
+	}
+	if a.cfg.AdvertiseAddr != "" {
+		if g.AdvertiseAddr, g.AdvertisePort, err = splitHostPort(a.cfg.AdvertiseAddr); err != nil {
+			return gossip.Config{}, fmt.Errorf("advertise: %w", err)
+		}
+	}
+	if a.cfg.DataDir != "" {
+		if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+			return gossip.Config{}, fmt.Errorf("data dir: %w", err)
+		}
+		g.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
+	}
+	keyring := a.cfg.KeyringFile
+	if keyring == "" && a.cfg.DataDir != "" {
+		keyring = filepath.Join(a.cfg.DataDir, "keyring.json")
+	}
+	if keyring != "" {
+		keys, err := gossip.LoadKeyringFile(keyring)
+		if err != nil {
+			return gossip.Config{}, err
+		}
+		if len(keys) > 0 {
+			g.Keys = keys
+			if a.cfg.EncryptKey != "" {
+				a.logger.Warn("keyring file found, so --encrypt is ignored; manage keys with `agent keys`", "keyring", keyring)
+			}
+		}
+		g.KeyringFile = keyring
+	}
+	if len(g.Keys) == 0 && a.cfg.EncryptKey != "" {
+		k, err := gossip.DecodeKey(a.cfg.EncryptKey)
+		if err != nil {
+			return gossip.Config{}, err
+		}
+		g.Keys = [][]byte{k}
+	}
+	return g, nil
+}
+
+// baseTags are the tags the agent starts with: the role and the user's own.
+func (a *Agent) baseTags() map[string]string {
+	return gossip.Tags{Role: a.cfg.Role, Extra: a.cfg.Tags}.Map()
+}
+
+func splitHostPort(s string) (string, int, error) {
+	host, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q is not host:port", s)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: bad port", s)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, port, nil
+}
+
+// retryJoin joins the given members, retrying with exponential backoff
+// until one answers or the agent stops.
+func (a *Agent) retryJoin(addrs []string) {
+	wait := time.Duration(0)
+	for attempt := 1; ; attempt++ {
+		if wait > 0 {
+			select {
+			case <-a.shutdownCh:
+				return
+			case <-a.clock.After(wait):
+			}
+		}
+		n, err := a.node.Join(addrs, false)
+		if n > 0 {
+			a.logger.Info("joined the mesh", "contacted", n, "attempt", attempt)
+			return
+		}
+		wait = NextBackoff(wait, a.cfg.JoinRetryMax)
+		a.logger.Warn("join failed; retrying", "addrs", addrs, "attempt", attempt, "err", err, "retry_in", wait)
+	}
+}
+
+// NextBackoff doubles the wait from one second up to max.
+func NextBackoff(prev, max time.Duration) time.Duration {
+	next := 2 * prev
+	if next < time.Second {
+		next = time.Second
+	}
+	if next > max {
+		next = max
+	}
+	return next
+}
+
+// Node is the agent's gossip node; nil before Start.
+func (a *Agent) Node() *gossip.Node { return a.node }
+
+// RPCAddr is the address the RPC actually listens on.
+func (a *Agent) RPCAddr() string { return a.rpcLn.Addr().String() }
+
+// Leave leaves the mesh gracefully, waiting at most the leave timeout. The
+// agent must still be shut down.
+func (a *Agent) Leave() error {
+	done := make(chan error, 1)
+	go func() { done <- a.node.Leave() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return err
+		}
+		// A member that left on purpose does not rejoin by itself on restart.
+		a.peersMu.Lock()
+		defer a.peersMu.Unlock()
+		a.peersLeft = true
+		if a.peersPath() == "" {
+			return nil
+		}
+		return a.writePeers(nil, true)
+	case <-a.clock.After(a.cfg.LeaveTimeout):
+		return fmt.Errorf("leave did not finish within %s", a.cfg.LeaveTimeout)
+	}
+}
+
+// LeftCh is closed when a client asked the agent to leave over RPC; the
+// process should then shut the agent down and exit.
+func (a *Agent) LeftCh() <-chan struct{} { return a.leftCh }
+
+// Shutdown stops gossip (without leaving) and the RPC. It is idempotent.
+func (a *Agent) Shutdown() error {
+	var err error
+	a.stopOnce.Do(func() {
+		close(a.shutdownCh)
+		// Gossip stops first: an RPC reply in flight (to leave) still goes out.
+		if a.node != nil {
+			err = a.node.Shutdown()
+		}
+		if a.rpc != nil {
+			a.rpc.Close()
+		}
+		a.wg.Wait()
+		a.logger.Info("agent stopped")
+	})
+	return err
+}
+
+// ShutdownCh is closed when Shutdown begins.
+func (a *Agent) ShutdownCh() <-chan struct{} { return a.shutdownCh }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }

@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strconv"
+
+	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/gossip"
+)
+
+// backend is the agent as the RPC server sees it: it translates between the
+// wire types of agent/rpc and the gossip node. Safe for concurrent use, as
+// the gossip node is.
+type backend struct{ a *Agent }
+
+var _ rpc.Backend = (*backend)(nil)
+
+func toWireMember(m gossip.Member) rpc.Member {
+	return rpc.Member{
+		Name: m.Name, Addr: m.Addr, Port: m.Port, Tags: m.Tags, Status: string(m.Status),
+		ProtocolMin: m.ProtocolMin, ProtocolMax: m.ProtocolMax, ProtocolCur: m.ProtocolCur,
+		DelegateMin: m.DelegateMin, DelegateMax: m.DelegateMax, DelegateCur: m.DelegateCur,
+	}
+}
+
+func (b *backend) Members() []rpc.Member {
+	ms := b.a.node.Members()
+	out := make([]rpc.Member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, toWireMember(m))
+	}
+	return out
+}
+
+func (b *backend) Join(addrs []string, replay bool) (int, error) {
+	for _, addr := range addrs {
+		if err := checkJoinAddr(addr); err != nil {
+			return 0, err
+		}
+	}
+	n, err := b.a.node.Join(addrs, replay)
+	if n > 0 {
+		// Some answered: that is a join, as serf counts it.
+		if err != nil {
+			b.a.logger.Warn("join reached only some addresses", "joined", n, "err", err)
+		}
+		return n, nil
+	}
+	return n, err
+}
+
+func (b *backend) Leave() error {
+	b.a.logger.Info("leave requested over rpc")
+	err := b.a.Leave()
+	b.a.leaveOnce.Do(func() { close(b.a.leftCh) })
+	return err
+}
+
+func (b *backend) ForceLeave(node string, prune bool) error {
+	return b.a.node.ForceLeave(node, prune)
+}
+
+// UpdateTags changes the user's own tags; the tags the agent derives (role,
+// load, interpreter fields) cannot be set or deleted from outside.
+func (b *backend) UpdateTags(set map[string]string, remove []string) error {
+	for k := range set {
+		if gossip.IsReservedTag(k) {
+			return fmt.Errorf("tag %q is set by the agent itself and cannot be changed", k)
+		}
+	}
+	for _, k := range remove {
+		if gossip.IsReservedTag(k) {
+			return fmt.Errorf("tag %q is set by the agent itself and cannot be deleted", k)
+		}
+	}
+	tags := b.a.node.Tags()
+	for k, v := range set {
+		tags[k] = v
+	}
+	for _, k := range remove {
+		delete(tags, k)
+	}
+	return b.a.node.SetTags(tags)
+}
+
+func (b *backend) UserEvent(name string, payload []byte, coalesce bool) error {
+	return b.a.node.UserEvent(name, payload, coalesce)
+}
+
+func (b *backend) Query(req rpc.QueryRequest, onAck func(string), onResponse func(rpc.NodeResponse)) error {
+	return b.a.node.Query(context.Background(), req.Name, req.Payload, gossip.QueryParams{
+		FilterNodes: req.FilterNodes,
+		FilterTags:  req.FilterTags,
+		RequestAck:  req.RequestAck,
+		RelayFactor: req.RelayFactor,
+		Timeout:     req.Timeout,
+	}, onAck, func(from string, payload []byte) {
+		onResponse(rpc.NodeResponse{From: from, Payload: payload})
+	})
+}
+
+func (b *backend) Keys(op rpc.KeyOp, key string) (rpc.KeyResponse, error) {
+	gop := map[rpc.KeyOp]gossip.KeyOp{
+		rpc.KeyInstall: gossip.KeyInstall, rpc.KeyUse: gossip.KeyUse,
+		rpc.KeyRemove: gossip.KeyRemove, rpc.KeyList: gossip.KeyList,
+	}[op]
+	r, err := b.a.node.Keys(gop, key)
+	return rpc.KeyResponse{Messages: r.Messages, Keys: r.Keys, NumNodes: r.NumNodes, NumErr: r.NumErr, NumResp: r.NumResp}, err
+}
+
+func (b *backend) Stats() map[string]map[string]string {
+	a := b.a
+	local := a.node.LocalMember()
+	return map[string]map[string]string{
+		"agent": {
+			"name":    local.Name,
+			"role":    string(a.cfg.Role),
+			"version": Version,
+			"profile": a.cfg.Profile,
+			"gossip":  a.node.Addr(),
+			"rpc":     a.RPCAddr(),
+		},
+		"runtime": {
+			"os":         runtime.GOOS,
+			"arch":       runtime.GOARCH,
+			"version":    runtime.Version(),
+			"goroutines": strconv.Itoa(runtime.NumGoroutine()),
+			"cpu_count":  strconv.Itoa(runtime.NumCPU()),
+		},
+		"serf": a.node.Stats(),
+		"tags": local.Tags,
+	}
+}
+
+func (b *backend) Coordinate(node string) (rpc.Coordinate, bool) {
+	c, ok := b.a.node.Coordinate(node)
+	return rpc.Coordinate{Vec: c.Vec, Error: c.Error, Adjustment: c.Adjustment, Height: c.Height}, ok
+}
+
+func (b *backend) SubscribeEvents(fn func(rpc.Event)) (cancel func()) {
+	return b.a.node.Subscribe(func(e gossip.Event) {
+		ev := rpc.Event{Type: string(e.Type), LTime: e.LTime, Name: e.Name, Payload: e.Payload, Coalesce: e.Coalesce}
+		for _, m := range e.Members {
+			ev.Members = append(ev.Members, toWireMember(m))
+		}
+		if e.Query != nil {
+			ev.Respond = e.Query.Respond
+		}
+		fn(ev)
+	})
+}
+
+func (b *backend) SubscribeLogs(level slog.Level, fn func(string)) (cancel func()) {
+	return b.a.logs.Subscribe(level, fn)
+}

@@ -1,0 +1,457 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+)
+
+// Config is the agent's resolved configuration. It is built in layers, each
+// overriding the one before: DefaultConfig, config files (ApplyFile), then
+// environment and flags (Apply), which the CLI resolves between themselves.
+type Config struct {
+	NodeName      string
+	BindAddr      string // gossip host:port
+	AdvertiseAddr string // host:port others reach us at; empty derives it
+	RPCAddr       string
+	RPCToken      string
+	Join          []string
+	JoinRetryMax  time.Duration // the longest pause between join attempts
+	Role          gossip.Role
+	Tags          map[string]string
+	DataDir       string
+	Profile       string
+	EncryptKey    string // base64
+	KeyringFile   string
+	LogLevel      string
+	LogFormat     string
+	LeaveTimeout  time.Duration
+}
+
+// DefaultConfig is the bottom layer.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		NodeName:     host,
+		BindAddr:     "0.0.0.0:7946",
+		RPCAddr:      "127.0.0.1:7373",
+		JoinRetryMax: 30 * time.Second,
+		Role:         gossip.RoleServer,
+		Tags:         map[string]string{},
+		Profile:      gossip.DefaultProfile,
+		LogLevel:     "info",
+		LogFormat:    "text",
+		LeaveTimeout: 10 * time.Second,
+	}
+}
+
+// Option is one setting of `agent run`. The same table drives the command
+// line flags, the AGENT_* environment variables and the config file keys, so
+// the three can never disagree about names, defaults or validation.
+type Option struct {
+	Name       string // flag name; the file key is Name with '-' as '_'
+	Usage      string
+	Repeatable bool
+	set        func(c *Config, values []string) error
+	get        func(c *Config) []string
+}
+
+// FileKey is the option's key in a config file.
+func (o Option) FileKey() string { return strings.ReplaceAll(o.Name, "-", "_") }
+
+// EnvVar is the environment variable that sets the option.
+func (o Option) EnvVar() string {
+	return "AGENT_" + strings.ToUpper(strings.ReplaceAll(o.Name, "-", "_"))
+}
+
+// Default renders the option's default for help text.
+func (o Option) Default() string {
+	c := DefaultConfig()
+	return strings.Join(o.get(&c), ",")
+}
+
+// Options lists every setting of `agent run`, in the order help shows them.
+func Options() []Option { return options }
+
+// ErrUnknownOption is returned for a setting that does not exist.
+var ErrUnknownOption = errors.New("unknown setting")
+
+// Apply sets one option from strings, as a flag or environment variable
+// gives them. A repeatable option is replaced, not appended to, so that a
+// flag overrides a list from a file. The error names the option and value.
+func (c *Config) Apply(name string, values []string) error {
+	for _, o := range options {
+		if o.Name == name {
+			if !o.Repeatable && len(values) > 1 {
+				return fmt.Errorf("%s is given %d times (%s): it takes one value", name, len(values), strings.Join(values, ", "))
+			}
+			if err := o.set(c, values); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%w %q", ErrUnknownOption, name)
+}
+
+// ApplyFile layers a JSON config file, or every *.json file of a directory
+// in lexical order, over c. Unknown keys are errors that name the key, the
+// file and the valid keys, so that a typo never silently does nothing.
+func (c *Config) ApplyFile(path string) error {
+	info, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	if !info.IsDir() {
+		return c.applyOneFile(path)
+	}
+	files, err := filepath.Glob(filepath.Join(path, "*.json"))
+	if err != nil {
+		return fmt.Errorf("config dir %s: %w", path, err)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		if err := c.applyOneFile(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) applyOneFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var raw map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&raw); err != nil {
+		return fmt.Errorf("config file %s is not a JSON object: %w", path, err)
+	}
+	byKey := make(map[string]Option, len(options))
+	for _, o := range options {
+		byKey[o.FileKey()] = o
+	}
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		o, ok := byKey[k]
+		if !ok {
+			return fmt.Errorf("config file %s: %w %q: valid keys are %s", path, ErrUnknownOption, k, strings.Join(fileKeys(), ", "))
+		}
+		values, err := jsonValues(raw[k], o.Repeatable)
+		if err != nil {
+			return fmt.Errorf("config file %s: key %q: %w", path, k, err)
+		}
+		if err := c.Apply(o.Name, values); err != nil {
+			return fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+func fileKeys() []string {
+	keys := make([]string, 0, len(options))
+	for _, o := range options {
+		keys = append(keys, o.FileKey())
+	}
+	return keys
+}
+
+// jsonValues turns a file value into the strings a flag would carry: a
+// string, number or bool is one value; a list is allowed for repeatable
+// options; an object is allowed for tags (k: v).
+func jsonValues(raw json.RawMessage, repeatable bool) ([]string, error) {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, err
+	}
+	scalar := func(x any) (string, error) {
+		switch x := x.(type) {
+		case string:
+			return x, nil
+		case float64:
+			return strconv.FormatFloat(x, 'f', -1, 64), nil
+		case bool:
+			return strconv.FormatBool(x), nil
+		}
+		return "", fmt.Errorf("value %s must be a string, number or boolean", raw)
+	}
+	switch x := v.(type) {
+	case []any:
+		if !repeatable {
+			return nil, fmt.Errorf("value %s is a list, but this setting takes one value", raw)
+		}
+		out := make([]string, 0, len(x))
+		for _, e := range x {
+			s, err := scalar(e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	case map[string]any:
+		if !repeatable {
+			return nil, fmt.Errorf("value %s is an object, but this setting takes one value", raw)
+		}
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		out := make([]string, 0, len(x))
+		for _, k := range keys {
+			s, err := scalar(x[k])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, k+"="+s)
+		}
+		return out, nil
+	}
+	s, err := scalar(v)
+	if err != nil {
+		return nil, err
+	}
+	return []string{s}, nil
+}
+
+// one returns the single value of a scalar option.
+func one(values []string) string {
+	if len(values) == 0 {
+		return ""
+	}
+	return values[len(values)-1]
+}
+
+func stringOption(name, usage string, field func(*Config) *string, check func(string) error) Option {
+	return Option{
+		Name: name, Usage: usage,
+		set: func(c *Config, v []string) error {
+			s := one(v)
+			if check != nil {
+				if err := check(s); err != nil {
+					return err
+				}
+			}
+			*field(c) = s
+			return nil
+		},
+		get: func(c *Config) []string { return nonEmpty(*field(c)) },
+	}
+}
+
+func durationOption(name, usage string, field func(*Config) *time.Duration) Option {
+	return Option{
+		Name: name, Usage: usage,
+		set: func(c *Config, v []string) error {
+			d, err := ParseDuration(one(v))
+			if err != nil {
+				return err
+			}
+			*field(c) = d
+			return nil
+		},
+		get: func(c *Config) []string { return []string{field(c).String()} },
+	}
+}
+
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
+}
+
+// ParseDuration parses a positive Go duration ("500ms", "30s", "2m").
+func ParseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration: write it like 500ms, 30s or 2m", s)
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("duration %q must be positive", s)
+	}
+	return d, nil
+}
+
+// CheckHostPort validates host:port where host is an IP address (empty
+// means every address) and port is 0 to 65535.
+func CheckHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("address %q is not host:port: write it like 127.0.0.1:7946", s)
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		return fmt.Errorf("address %q: host %q is not an IP address: use an IP such as 127.0.0.1 or 0.0.0.0", s, host)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("address %q: port %q is not a number from 0 to 65535", s, port)
+	}
+	return nil
+}
+
+// checkJoinAddr accepts host:port or a bare host (the default gossip port is
+// used); the host may be a name, resolved when joining.
+func checkJoinAddr(s string) error {
+	if s == "" {
+		return errors.New("empty join address: give host:port, e.g. 127.0.0.1:7946")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		host, port = s, "7946"
+		if strings.Contains(s, ":") && net.ParseIP(s) == nil {
+			return fmt.Errorf("join address %q is not host:port: write it like 10.0.0.5:7946", s)
+		}
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("join address %q: port %q is not a number from 1 to 65535", s, port)
+	}
+	if host == "" {
+		return fmt.Errorf("join address %q has no host: write it like 10.0.0.5:7946", s)
+	}
+	return nil
+}
+
+// ParseTag splits "k=v".
+func ParseTag(s string) (string, string, error) {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return "", "", fmt.Errorf("tag %q is not key=value: write it like --tag dc=east", s)
+	}
+	return k, v, nil
+}
+
+func oneOf(valid ...string) func(string) error {
+	return func(s string) error {
+		for _, v := range valid {
+			if s == v {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not valid: use one of %s", s, strings.Join(valid, ", "))
+	}
+}
+
+var options = []Option{
+	stringOption("node", "unique name of this node in the mesh (default: the host name)",
+		func(c *Config) *string { return &c.NodeName }, func(s string) error {
+			if strings.TrimSpace(s) == "" || strings.ContainsAny(s, " \t\n") {
+				return fmt.Errorf("node name %q must be non-empty and contain no spaces", s)
+			}
+			return nil
+		}),
+	stringOption("bind", "gossip address to listen on, host:port",
+		func(c *Config) *string { return &c.BindAddr }, CheckHostPort),
+	stringOption("advertise", "gossip address other nodes reach this one at, host:port (default: derived from --bind)",
+		func(c *Config) *string { return &c.AdvertiseAddr }, func(s string) error {
+			if s == "" {
+				return nil
+			}
+			return CheckHostPort(s)
+		}),
+	stringOption("rpc-addr", "address the RPC listens on, host:port (loopback unless you mean it)",
+		func(c *Config) *string { return &c.RPCAddr }, CheckHostPort),
+	stringOption("rpc-token", "token every RPC client must present (empty: none)",
+		func(c *Config) *string { return &c.RPCToken }, nil),
+	{
+		Name: "join", Usage: "address of a member to join, host:port; repeatable; retried with backoff until one answers",
+		Repeatable: true,
+		set: func(c *Config, v []string) error {
+			for _, a := range v {
+				if err := checkJoinAddr(a); err != nil {
+					return err
+				}
+			}
+			c.Join = append([]string(nil), v...)
+			return nil
+		},
+		get: func(c *Config) []string { return c.Join },
+	},
+	durationOption("join-retry-max", "longest pause between join attempts (backoff starts at 1s)",
+		func(c *Config) *time.Duration { return &c.JoinRetryMax }),
+	{
+		Name: "role", Usage: "server (may run interpreters) or interpreter",
+		set: func(c *Config, v []string) error {
+			r, err := gossip.ParseRole(one(v))
+			if err != nil {
+				return err
+			}
+			c.Role = r
+			return nil
+		},
+		get: func(c *Config) []string { return []string{string(c.Role)} },
+	},
+	{
+		Name: "tag", Usage: "tag of this node, key=value; repeatable", Repeatable: true,
+		set: func(c *Config, v []string) error {
+			tags := make(map[string]string, len(v))
+			for _, kv := range v {
+				k, val, err := ParseTag(kv)
+				if err != nil {
+					return err
+				}
+				if gossip.IsReservedTag(k) {
+					return fmt.Errorf("tag %q is set by the agent itself: choose another key", k)
+				}
+				tags[k] = val
+			}
+			c.Tags = tags
+			return nil
+		},
+		get: func(c *Config) []string {
+			out := make([]string, 0, len(c.Tags))
+			for k, v := range c.Tags {
+				out = append(out, k+"="+v)
+			}
+			sort.Strings(out)
+			return out
+		},
+	},
+	stringOption("data-dir", "directory for the snapshot (automatic rejoin after a restart) and local state",
+		func(c *Config) *string { return &c.DataDir }, nil),
+	stringOption("profile", "gossip timing profile: "+strings.Join(gossip.Profiles(), ", "),
+		func(c *Config) *string { return &c.Profile }, gossip.CheckProfile),
+	stringOption("encrypt", "base64 gossip encryption key (make one with `agent keygen`)",
+		func(c *Config) *string { return &c.EncryptKey }, func(s string) error {
+			if s == "" {
+				return nil
+			}
+			_, err := gossip.DecodeKey(s)
+			return err
+		}),
+	stringOption("keyring-file", "keyring file (default: keyring.json in --data-dir when that is set)",
+		func(c *Config) *string { return &c.KeyringFile }, nil),
+	stringOption("log-level", "debug, info, warn or error",
+		func(c *Config) *string { return &c.LogLevel }, oneOf("debug", "info", "warn", "error")),
+	stringOption("log-format", "text or json",
+		func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
+	durationOption("leave-timeout", "how long a graceful leave may take before the agent exits anyway",
+		func(c *Config) *time.Duration { return &c.LeaveTimeout }),
+}
+
+// Validate checks what single options cannot: combinations.
+func (c *Config) Validate() error {
+	if c.NodeName == "" {
+		return errors.New("no node name: the host name is empty, so set --node")
+	}
+	if c.Role == gossip.RoleInterpreter && c.RPCAddr == "" {
+		return errors.New("an interpreter still needs --rpc-addr")
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/meshagent/agent/agent"
+	"github.com/meshagent/agent/agent/rpc"
+)
+
+// Exit codes, stable for scripts.
+const (
+	ExitOK      = 0
+	ExitError   = 1 // anything went wrong; the message says what
+	ExitNoMatch = 2 // a listing matched nothing
+)
+
+// exitError carries an exit code other than 1 up to Run.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func withCode(code int, err error) error { return &exitError{code: code, err: err} }
+
+// Run runs the command line and returns the process exit code. Output goes
+// to stdout and stderr as given, so that tests can read it.
+func Run(args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil && ee.err.Error() != "" {
+			fmt.Fprintf(stderr, "Error: %v\n", ee.err)
+		}
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "Error: %v\n", err)
+	return ExitError
+}
+
+func newApp(stdout, stderr io.Writer) *ucli.App {
+	return &ucli.App{
+		Name:            "agent",
+		Usage:           "gossip membership and interpreter placement agent",
+		Version:         agent.Version,
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		// Errors are printed once, by Run, with the right exit code.
+		ExitErrHandler: func(*ucli.Context, error) {},
+		Commands: []*ucli.Command{
+			runCommand(),
+			membersCommand(),
+			joinCommand(),
+			leaveCommand(),
+			forceLeaveCommand(),
+			tagsCommand(),
+			monitorCommand(),
+			infoCommand(),
+			versionCommand(),
+		},
+	}
+}
+
+// rpcFlags are the flags of every command that talks to an agent.
+func rpcFlags() []ucli.Flag {
+	return []ucli.Flag{
+		&ucli.StringFlag{Name: "rpc-addr", Value: "127.0.0.1:7373", EnvVars: []string{"AGENT_RPC_ADDR"},
+			Usage: "RPC address of the agent to talk to"},
+		&ucli.StringFlag{Name: "rpc-token", EnvVars: []string{"AGENT_RPC_TOKEN"},
+			Usage: "RPC token, when the agent requires one"},
+	}
+}
+
+func formatFlag() ucli.Flag {
+	return &ucli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"}
+}
+
+// dial connects to the agent named by --rpc-addr, turning "nothing listens"
+// into advice.
+func dial(c *ucli.Context) (*rpc.Client, error) {
+	addr := c.String("rpc-addr")
+	if err := agent.CheckHostPort(addr); err != nil {
+		return nil, fmt.Errorf("--rpc-addr: %w", err)
+	}
+	cl, err := rpc.Dial(addr, rpc.ClientConfig{Token: c.String("rpc-token"), Timeout: 5 * time.Second})
+	if errors.Is(err, rpc.ErrNoAgent) {
+		return nil, fmt.Errorf("no agent answers at %s: is `agent run` started? (point --rpc-addr or AGENT_RPC_ADDR at a running agent)", addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent at %s: %w", addr, err)
+	}
+	return cl, nil
+}
+
+func checkFormat(c *ucli.Context) (string, error) {
+	f := c.String("format")
+	if f != "text" && f != "json" {
+		return "", fmt.Errorf("--format %q is not known: use text or json", f)
+	}
+	return f, nil
+}
+
+func versionCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "version",
+		Usage: "print the agent's version",
+		Action: func(c *ucli.Context) error {
+			fmt.Fprintf(c.App.Writer, "agent %s\n", agent.Version)
+			return nil
+		},
+	}
+}
+
+// Main is the body of the binary's main function.
+func Main() { os.Exit(Run(os.Args, os.Stdout, os.Stderr)) }

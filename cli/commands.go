@@ -1,0 +1,227 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/meshagent/agent/agent"
+	"github.com/meshagent/agent/agent/rpc"
+)
+
+func joinCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:      "join",
+		Usage:     "tell the agent to join the mesh through the given members",
+		ArgsUsage: "ADDR [ADDR...]",
+		Flags: append(rpcFlags(),
+			&ucli.BoolFlag{Name: "replay", Usage: "replay past user events to this agent"}),
+		Action: func(c *ucli.Context) error {
+			if c.Args().Len() == 0 {
+				return errors.New("join needs at least one address: agent join 10.0.0.5:7946")
+			}
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			n, err := cl.Join(c.Args().Slice(), c.Bool("replay"))
+			if err != nil {
+				return fmt.Errorf("join %s: %w", strings.Join(c.Args().Slice(), ", "), err)
+			}
+			fmt.Fprintf(c.App.Writer, "joined the mesh through %d of %d addresses\n", n, c.Args().Len())
+			return nil
+		},
+	}
+}
+
+func leaveCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "leave",
+		Usage: "leave the mesh gracefully and stop the agent",
+		Flags: rpcFlags(),
+		Action: func(c *ucli.Context) error {
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			if err := cl.Leave(); err != nil {
+				return fmt.Errorf("leave: %w", err)
+			}
+			fmt.Fprintln(c.App.Writer, "left the mesh; the agent is stopping")
+			return nil
+		},
+	}
+}
+
+func forceLeaveCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:      "force-leave",
+		Usage:     "mark a failed member as left (it stops being probed and reconnected to)",
+		ArgsUsage: "NODE",
+		Flags: append(rpcFlags(),
+			&ucli.BoolFlag{Name: "prune", Usage: "also remove it from the member list at once"}),
+		Action: func(c *ucli.Context) error {
+			if c.Args().Len() != 1 {
+				return errors.New("force-leave needs exactly one node name: agent force-leave NODE")
+			}
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			node := c.Args().First()
+			if err := cl.ForceLeave(node, c.Bool("prune")); err != nil {
+				return fmt.Errorf("force-leave %s: %w", node, err)
+			}
+			fmt.Fprintf(c.App.Writer, "%s marked as left\n", node)
+			return nil
+		},
+	}
+}
+
+func tagsCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "tags",
+		Usage: "set or delete tags of the local agent",
+		Flags: append(rpcFlags(),
+			&ucli.StringSliceFlag{Name: "set", Usage: "tag to set, key=value; repeatable"},
+			&ucli.StringSliceFlag{Name: "delete", Usage: "tag key to delete; repeatable"}),
+		Action: func(c *ucli.Context) error {
+			set := map[string]string{}
+			for _, kv := range c.StringSlice("set") {
+				k, v, err := agent.ParseTag(kv)
+				if err != nil {
+					return fmt.Errorf("--set: %w", err)
+				}
+				set[k] = v
+			}
+			del := c.StringSlice("delete")
+			if len(set) == 0 && len(del) == 0 {
+				return errors.New("nothing to do: give --set key=value or --delete key")
+			}
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			if err := cl.UpdateTags(set, del); err != nil {
+				return fmt.Errorf("tags: %w", err)
+			}
+			fmt.Fprintln(c.App.Writer, "tags updated")
+			return nil
+		},
+	}
+}
+
+func monitorCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "monitor",
+		Usage: "stream the agent's log and member events until interrupted",
+		Flags: append(rpcFlags(),
+			&ucli.StringFlag{Name: "log-level", Value: "info", Usage: "lowest level shown: debug, info, warn or error"}),
+		Action: func(c *ucli.Context) error {
+			if _, err := agent.ParseLevel(c.String("log-level")); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			lines := make(chan string, 256)
+			logs, err := cl.Monitor(c.String("log-level"), func(line string) { offer(lines, line) })
+			if err != nil {
+				return fmt.Errorf("monitor: %w", err)
+			}
+			defer cl.Stop(logs)
+			events, err := cl.Stream("member-join,member-leave,member-failed,member-update,member-reap",
+				func(e rpc.StreamedEvent) { offer(lines, describeEvent(e)) })
+			if err != nil {
+				return fmt.Errorf("monitor events: %w", err)
+			}
+			defer cl.Stop(events)
+
+			signals := make(chan os.Signal, 1)
+			signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(signals)
+			for {
+				select {
+				case line := <-lines:
+					fmt.Fprintln(c.App.Writer, line)
+				case <-signals:
+					return nil
+				case <-cl.Done():
+					return errors.New("the agent closed the connection (did it stop?)")
+				}
+			}
+		},
+	}
+}
+
+// offer queues a line for printing, dropping it when the terminal is far
+// behind rather than stalling the RPC reader.
+func offer(ch chan string, line string) {
+	select {
+	case ch <- line:
+	default:
+	}
+}
+
+func describeEvent(e rpc.StreamedEvent) string {
+	names := make([]string, 0, len(e.Members))
+	for _, m := range e.Members {
+		names = append(names, fmt.Sprintf("%s (%s)", m.Name, m.Status))
+	}
+	return fmt.Sprintf("event=%s members=%s", e.Event, strings.Join(names, ","))
+}
+
+func infoCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "info",
+		Usage: "show the local agent's identity, runtime and gossip counters",
+		Flags: append(rpcFlags(), formatFlag()),
+		Action: func(c *ucli.Context) error {
+			format, err := checkFormat(c)
+			if err != nil {
+				return err
+			}
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			stats, err := cl.Stats()
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				return writeJSON(c.App.Writer, stats)
+			}
+			sections := make([]string, 0, len(stats))
+			for s := range stats {
+				sections = append(sections, s)
+			}
+			sort.Strings(sections)
+			for _, s := range sections {
+				fmt.Fprintf(c.App.Writer, "%s:\n", s)
+				keys := make([]string, 0, len(stats[s]))
+				for k := range stats[s] {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				for _, k := range keys {
+					fmt.Fprintf(c.App.Writer, "\t%s = %s\n", k, stats[s][k])
+				}
+			}
+			return nil
+		},
+	}
+}

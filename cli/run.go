@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/meshagent/agent/agent"
+)
+
+func runCommand() *ucli.Command {
+	flags := []ucli.Flag{
+		&ucli.StringSliceFlag{Name: "config-file", EnvVars: []string{"AGENT_CONFIG_FILE"},
+			Usage: "JSON config file, or a directory of *.json files read in lexical order; repeatable"},
+	}
+	for _, o := range agent.Options() {
+		if o.Repeatable {
+			flags = append(flags, &ucli.StringSliceFlag{Name: o.Name, Usage: o.Usage, EnvVars: []string{o.EnvVar()}})
+		} else {
+			flags = append(flags, &ucli.StringFlag{Name: o.Name, Usage: o.Usage, EnvVars: []string{o.EnvVar()}, DefaultText: o.Default()})
+		}
+	}
+	return &ucli.Command{
+		Name:  "run",
+		Usage: "run the agent on this host",
+		Description: "Settings come from defaults, then config files, then AGENT_* environment variables, then flags;\n" +
+			"each layer overrides the one before. Ctrl-C (or SIGTERM) leaves the mesh gracefully; a second one exits at once.",
+		Flags:  flags,
+		Action: runAgent,
+	}
+}
+
+// loadConfig layers defaults, files, then environment and flags (urfave/cli
+// gives a flag precedence over its environment variable).
+func loadConfig(c *ucli.Context) (agent.Config, error) {
+	cfg := agent.DefaultConfig()
+	for _, f := range c.StringSlice("config-file") {
+		if err := cfg.ApplyFile(f); err != nil {
+			return cfg, err
+		}
+	}
+	for _, o := range agent.Options() {
+		if !c.IsSet(o.Name) {
+			continue
+		}
+		values := c.StringSlice(o.Name)
+		if !o.Repeatable {
+			values = []string{c.String(o.Name)}
+		}
+		if err := cfg.Apply(o.Name, values); err != nil {
+			return cfg, fmt.Errorf("--%s (or %s): %w", o.Name, o.EnvVar(), unwrapName(err, o.Name))
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+// unwrapName drops Apply's "name: " prefix, which the caller states itself.
+func unwrapName(err error, name string) error {
+	msg := err.Error()
+	if len(msg) > len(name)+2 && msg[:len(name)+2] == name+": " {
+		return fmt.Errorf("%s", msg[len(name)+2:])
+	}
+	return err
+}
+
+func runAgent(c *ucli.Context) error {
+	if c.Args().Len() > 0 {
+		return fmt.Errorf("run takes no arguments, got %q: settings are flags, e.g. --join %s", c.Args().First(), c.Args().First())
+	}
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	logger, logs, err := agent.NewLogger(c.App.ErrWriter, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(cfg, agent.Deps{Logger: logger, Logs: logs})
+	if err != nil {
+		return err
+	}
+	// Signals are caught before Start, so that one arriving during start-up
+	// is not lost to the default handler.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(signals)
+
+	if err := a.Start(); err != nil {
+		return err
+	}
+	select {
+	case <-a.LeftCh():
+		return a.Shutdown()
+	case sig := <-signals:
+		logger.Info("signal received; leaving the mesh (send it again to exit at once)", "signal", sig.String())
+		done := make(chan error, 1)
+		go func() {
+			err := a.Leave()
+			if err != nil {
+				logger.Error("graceful leave failed", "err", err)
+			}
+			done <- a.Shutdown()
+		}()
+		select {
+		case err := <-done:
+			return err
+		case sig := <-signals:
+			logger.Warn("second signal: exiting without finishing the leave", "signal", sig.String())
+			return withCode(ExitError, fmt.Errorf("interrupted"))
+		}
+	}
+}
