@@ -83,6 +83,9 @@ func TestImportRules(t *testing.T) {
 		"agent/rpc": func(p string) bool { return isStdlib(p) || p == "github.com/vmihailenco/msgpack/v5" },
 		"placement": isStdlib,
 		"state":     isStdlib,
+		"bidding": func(p string) bool {
+			return isStdlib(p) || p == "github.com/vmihailenco/msgpack/v5" || p == module+"/gossip" || p == module+"/placement"
+		},
 		"cli": func(p string) bool {
 			return isStdlib(p) || p == "github.com/urfave/cli/v2" || p == module+"/agent" ||
 				p == module+"/agent/rpc" || p == module+"/gossip" || p == module+"/simulation"

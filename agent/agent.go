@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/state"
 )
@@ -47,6 +49,12 @@ type Agent struct {
 	peersMu   sync.Mutex
 	peersLeft bool
 
+	tagsMu sync.Mutex
+	tags   tagState
+	load   LoadSource
+
+	samples atomic.Uint64 // load samples taken, so tests can follow the loop
+
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
 	leaveOnce  sync.Once
@@ -68,7 +76,13 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if deps.Logs == nil {
 		deps.Logs = &LogStream{subs: map[uint64]logSub{}}
 	}
+	load, err := ParseLoadSource(cfg.LoadSource)
+	if err != nil {
+		return nil, err
+	}
 	return &Agent{
+		load:       load,
+		tags:       tagState{extra: cfg.Tags},
 		cfg:        cfg,
 		logger:     deps.Logger,
 		logs:       deps.Logs,
@@ -98,6 +112,13 @@ func (a *Agent) Start() error {
 	}
 	a.rpcLn = ln
 	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, Logger: a.logger.With("component", "rpc")})
+	a.rpc.Register(rpc.CommandPlace, a.handlePlace)
+	if a.cfg.Role == gossip.RoleServer {
+		bidding.Serve(node, a.bid, a.logger.With("component", "placement"))
+		started := a.clock.Now()
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.runLoad(a.load, started) }()
+	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -149,7 +170,7 @@ func (a *Agent) gossipConfig() (gossip.Config, error) {
 		BindAddr:  host,
 		BindPort:  port,
 		Profile:   a.cfg.Profile,
-		Tags:      a.baseTags(),
+		Tags:      a.initialTags(),
 		Transport: a.deps.Transport,
 		Logger:    a.logger,
 	}
@@ -191,9 +212,12 @@ func (a *Agent) gossipConfig() (gossip.Config, error) {
 	return g, nil
 }
 
-// baseTags are the tags the agent starts with: the role and the user's own.
-func (a *Agent) baseTags() map[string]string {
-	return gossip.Tags{Role: a.cfg.Role, Extra: a.cfg.Tags}.Map()
+// initialTags are the tags the agent starts with: the role, the user's own,
+// and for a server its interpreter count and capacity (load follows).
+func (a *Agent) initialTags() map[string]string {
+	a.tagsMu.Lock()
+	defer a.tagsMu.Unlock()
+	return a.buildTagsLocked()
 }
 
 func splitHostPort(s string) (string, int, error) {
@@ -303,3 +327,6 @@ type systemClock struct{}
 
 func (systemClock) Now() time.Time                         { return time.Now() }
 func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// samplesTaken counts the load loop's samples.
+func (a *Agent) samplesTaken() uint64 { return a.samples.Load() }

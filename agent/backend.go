@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"runtime"
 	"strconv"
@@ -66,24 +65,7 @@ func (b *backend) ForceLeave(node string, prune bool) error {
 // UpdateTags changes the user's own tags; the tags the agent derives (role,
 // load, interpreter fields) cannot be set or deleted from outside.
 func (b *backend) UpdateTags(set map[string]string, remove []string) error {
-	for k := range set {
-		if gossip.IsReservedTag(k) {
-			return fmt.Errorf("tag %q is set by the agent itself and cannot be changed", k)
-		}
-	}
-	for _, k := range remove {
-		if gossip.IsReservedTag(k) {
-			return fmt.Errorf("tag %q is set by the agent itself and cannot be deleted", k)
-		}
-	}
-	tags := b.a.node.Tags()
-	for k, v := range set {
-		tags[k] = v
-	}
-	for _, k := range remove {
-		delete(tags, k)
-	}
-	return b.a.node.SetTags(tags)
+	return b.a.updateUserTags(set, remove)
 }
 
 func (b *backend) UserEvent(name string, payload []byte, coalesce bool) error {
@@ -116,12 +98,14 @@ func (b *backend) Stats() map[string]map[string]string {
 	local := a.node.LocalMember()
 	return map[string]map[string]string{
 		"agent": {
-			"name":    local.Name,
-			"role":    string(a.cfg.Role),
-			"version": Version,
-			"profile": a.cfg.Profile,
-			"gossip":  a.node.Addr(),
-			"rpc":     a.RPCAddr(),
+			"name":        local.Name,
+			"role":        string(a.cfg.Role),
+			"version":     Version,
+			"profile":     a.cfg.Profile,
+			"gossip":      a.node.Addr(),
+			"rpc":         a.RPCAddr(),
+			"load":        a.load.String(),
+			"tag_updates": strconv.FormatUint(a.loadUpdates(), 10),
 		},
 		"runtime": {
 			"os":         runtime.GOOS,
@@ -148,6 +132,7 @@ func (b *backend) SubscribeEvents(fn func(rpc.Event)) (cancel func()) {
 		}
 		if e.Query != nil {
 			ev.Respond = e.Query.Respond
+			ev.Deadline = e.Query.Deadline
 		}
 		fn(ev)
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/state"
 )
 
 // Config is the agent's resolved configuration. It is built in layers, each
@@ -36,6 +37,13 @@ type Config struct {
 	LogLevel      string
 	LogFormat     string
 	LeaveTimeout  time.Duration
+
+	// Load telemetry and placement (servers).
+	LoadWindow   time.Duration // averaging window of cpu and mem
+	LoadSource   string        // host, fixed:cpu=40,mem=30, or script:…
+	Publish      state.PublishPolicy
+	Capacity     int           // the most interpreters this server accepts; 0: no limit
+	PlaceTimeout time.Duration // how long an asker waits for bids
 }
 
 // DefaultConfig is the bottom layer.
@@ -52,6 +60,10 @@ func DefaultConfig() Config {
 		LogLevel:     "info",
 		LogFormat:    "text",
 		LeaveTimeout: 10 * time.Second,
+		LoadWindow:   30 * time.Second,
+		LoadSource:   "host",
+		Publish:      state.DefaultPublishPolicy(),
+		PlaceTimeout: time.Second,
 	}
 }
 
@@ -443,6 +455,40 @@ var options = []Option{
 		func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
 	durationOption("leave-timeout", "how long a graceful leave may take before the agent exits anyway",
 		func(c *Config) *time.Duration { return &c.LeaveTimeout }),
+	durationOption("load-window", "window of the exponential average of cpu and mem that servers publish",
+		func(c *Config) *time.Duration { return &c.LoadWindow }),
+	stringOption("load-source", "where load comes from: host (gopsutil), fixed:cpu=40,mem=30, or script:0s=cpu/mem,30s=cpu/mem,…",
+		func(c *Config) *string { return &c.LoadSource }, func(s string) error { _, err := ParseLoadSource(s); return err }),
+	{
+		Name: "publish-threshold", Usage: "percentage points an average must move before it is gossiped",
+		set: func(c *Config, v []string) error {
+			f, err := strconv.ParseFloat(one(v), 64)
+			if err != nil || f < 0 || f > 100 {
+				return fmt.Errorf("%q is not a number of percentage points from 0 to 100", one(v))
+			}
+			c.Publish.Threshold = f
+			return nil
+		},
+		get: func(c *Config) []string { return []string{strconv.FormatFloat(c.Publish.Threshold, 'f', -1, 64)} },
+	},
+	durationOption("publish-min-interval", "shortest time between two load updates in the tags",
+		func(c *Config) *time.Duration { return &c.Publish.MinInterval }),
+	durationOption("publish-max-interval", "longest time a small load drift waits before it is gossiped",
+		func(c *Config) *time.Duration { return &c.Publish.MaxInterval }),
+	{
+		Name: "capacity", Usage: "the most interpreters this server accepts (0: no limit)",
+		set: func(c *Config, v []string) error {
+			n, err := strconv.Atoi(one(v))
+			if err != nil || n < 0 {
+				return fmt.Errorf("%q is not a whole number of interpreters, 0 or more", one(v))
+			}
+			c.Capacity = n
+			return nil
+		},
+		get: func(c *Config) []string { return []string{strconv.Itoa(c.Capacity)} },
+	},
+	durationOption("place-timeout", "how long an asker waits for servers' bids (it stops earlier once all answered)",
+		func(c *Config) *time.Duration { return &c.PlaceTimeout }),
 }
 
 // Validate checks what single options cannot: combinations.
@@ -452,6 +498,10 @@ func (c *Config) Validate() error {
 	}
 	if c.Role == gossip.RoleInterpreter && c.RPCAddr == "" {
 		return errors.New("an interpreter still needs --rpc-addr")
+	}
+	if err := c.Publish.Validate(); err != nil {
+		return fmt.Errorf("--publish-min-interval %s and --publish-max-interval %s: the minimum must not exceed the maximum",
+			c.Publish.MinInterval, c.Publish.MaxInterval)
 	}
 	return nil
 }

@@ -63,6 +63,7 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 		Commands: []*ucli.Command{
 			runCommand(),
 			membersCommand(),
+			placeCommand(),
 			joinCommand(),
 			leaveCommand(),
 			forceLeaveCommand(),

@@ -1,6 +1,10 @@
 package gossip
 
-import "github.com/hashicorp/serf/serf"
+import (
+	"time"
+
+	"github.com/hashicorp/serf/serf"
+)
 
 // EventType names what happened.
 type EventType string
@@ -31,10 +35,11 @@ type Event struct {
 
 // Query is a query that reached this node; Respond answers it.
 type Query struct {
-	Name    string
-	Payload []byte
-	LTime   uint64
-	q       *serf.Query
+	Name     string
+	Payload  []byte
+	LTime    uint64
+	Deadline time.Time // answers after it are dropped by serf
+	q        *serf.Query
 }
 
 // Respond sends the answer back to the asker. It fails after the query's
@@ -66,7 +71,7 @@ func eventFromSerf(e serf.Event) (Event, bool) {
 	case serf.UserEvent:
 		return Event{Type: EventUser, LTime: uint64(e.LTime), Name: e.Name, Payload: e.Payload, Coalesce: e.Coalesce}, true
 	case *serf.Query:
-		q := &Query{Name: e.Name, Payload: e.Payload, LTime: uint64(e.LTime), q: e}
+		q := &Query{Name: e.Name, Payload: e.Payload, LTime: uint64(e.LTime), Deadline: e.Deadline(), q: e}
 		return Event{Type: EventQuery, LTime: q.LTime, Name: e.Name, Payload: e.Payload, Query: q}, true
 	}
 	return Event{}, false

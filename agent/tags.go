@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/state"
+)
+
+// tagState is the one owner of the local node's tags. The user's tags, the
+// published load and the interpreter count change from different goroutines
+// (RPC, the load loop, the spawner); each change rebuilds the whole map here
+// under one lock, so no update can undo another.
+type tagState struct {
+	extra     map[string]string // the user's own tags
+	latest    *gossip.Load      // the newest average, not necessarily published
+	healthy   bool              // load sampling works
+	published state.Published   // what the tags carry
+	updates   uint64            // load publications, for stats
+}
+
+// buildTagsLocked renders the tags from the state; a.tagsMu must be held.
+func (a *Agent) buildTagsLocked() map[string]string {
+	t := gossip.Tags{Role: a.cfg.Role, Extra: a.tags.extra}
+	if a.cfg.Role == gossip.RoleServer {
+		if a.tags.published.Valid {
+			t.Load = &gossip.Load{CPU: a.tags.published.CPU, Mem: a.tags.published.Mem}
+		}
+		t.Interpreters = a.tags.published.Interpreters
+		t.Capacity = a.cfg.Capacity
+	}
+	return t.Map()
+}
+
+// updateUserTags sets and deletes the user's own tags.
+func (a *Agent) updateUserTags(set map[string]string, remove []string) error {
+	for k := range set {
+		if gossip.IsReservedTag(k) {
+			return fmt.Errorf("tag %q is set by the agent itself and cannot be changed", k)
+		}
+	}
+	for _, k := range remove {
+		if gossip.IsReservedTag(k) {
+			return fmt.Errorf("tag %q is set by the agent itself and cannot be deleted", k)
+		}
+	}
+	a.tagsMu.Lock()
+	defer a.tagsMu.Unlock()
+	old := a.tags.extra
+	next := maps.Clone(old)
+	if next == nil {
+		next = map[string]string{}
+	}
+	maps.Copy(next, set)
+	for _, k := range remove {
+		delete(next, k)
+	}
+	a.tags.extra = next
+	if err := a.node.SetTags(a.buildTagsLocked()); err != nil {
+		a.tags.extra = old
+		return err
+	}
+	return nil
+}
+
+// observeLoad records a new average and publishes it when the policy says
+// it is worth gossiping.
+func (a *Agent) observeLoad(l gossip.Load, now time.Time) {
+	a.tagsMu.Lock()
+	defer a.tagsMu.Unlock()
+	a.tags.latest = &l
+	ni := a.runningInterpreters()
+	ok, why := a.cfg.Publish.Decide(a.tags.published, l.CPU, l.Mem, ni, now)
+	if !ok {
+		return
+	}
+	old := a.tags.published
+	a.tags.published = state.Published{CPU: state.Round1(l.CPU), Mem: state.Round1(l.Mem), Interpreters: ni, At: now, Valid: true}
+	if err := a.node.SetTags(a.buildTagsLocked()); err != nil {
+		a.tags.published = old
+		a.logger.Error("could not publish load", "err", err)
+		return
+	}
+	a.tags.updates++
+	a.logger.Debug("load published", "cpu", a.tags.published.CPU, "mem", a.tags.published.Mem, "ni", ni, "why", why)
+}
+
+func (a *Agent) setLoadHealthy(ok bool) {
+	a.tagsMu.Lock()
+	a.tags.healthy = ok
+	a.tagsMu.Unlock()
+}
+
+// currentLoad is the newest average and whether sampling works.
+func (a *Agent) currentLoad() (gossip.Load, bool) {
+	a.tagsMu.Lock()
+	defer a.tagsMu.Unlock()
+	if a.tags.latest == nil {
+		return gossip.Load{}, false
+	}
+	return *a.tags.latest, a.tags.healthy
+}
+
+// runningInterpreters counts the interpreters this server runs. Nothing
+// starts interpreters yet, so it is zero.
+func (a *Agent) runningInterpreters() int { return 0 }
+
+// loadUpdates counts the load publications so far.
+func (a *Agent) loadUpdates() uint64 {
+	a.tagsMu.Lock()
+	defer a.tagsMu.Unlock()
+	return a.tags.updates
+}

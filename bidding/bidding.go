@@ -1,0 +1,249 @@
+package bidding
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/placement"
+)
+
+// QueryName is the serf query servers answer with bids.
+const QueryName = "place"
+
+// MaxResponseBytes is serf's default limit on one query response.
+const MaxResponseBytes = 1024
+
+// maxRefusal bounds a refusal's text so a bid always fits a response.
+const maxRefusal = 200
+
+// DefaultTimeout bounds how long an asker waits for bids.
+const DefaultTimeout = time.Second
+
+// maxReaskGrace bounds how long an asker waits before re-asking the servers
+// that have not answered: a few gossip intervals of the lan profile.
+const maxReaskGrace = 500 * time.Millisecond
+
+// ErrNoServers is returned when the asker's view holds no alive server.
+var ErrNoServers = errors.New("no alive server in this agent's view")
+
+// Request is what the asker sends with the place query.
+type Request struct {
+	ID          string   `msgpack:"id"`
+	Kind        string   `msgpack:"k"`
+	Constraints []string `msgpack:"c,omitempty"` // key=regex, for the record; Elect enforces them
+}
+
+// wireBid is a bid on the wire: short keys, the node name left out (serf
+// tells the asker who answered).
+type wireBid struct {
+	Version    uint8             `msgpack:"v"`
+	CPU        float64           `msgpack:"c"`
+	Mem        float64           `msgpack:"m"`
+	Running    int               `msgpack:"r"`
+	Pending    int               `msgpack:"p"`
+	Capacity   int               `msgpack:"n"`
+	Healthy    bool              `msgpack:"h"`
+	OffersKind bool              `msgpack:"o"`
+	Tags       map[string]string `msgpack:"t"`
+	Refusal    string            `msgpack:"x,omitempty"`
+}
+
+const wireVersion = 1
+
+// EncodeBid encodes a bid for a query response. Its size is bounded: tags
+// fit memberlist's 512 bytes and the refusal is cut to 200 bytes.
+func EncodeBid(b placement.Bid) ([]byte, error) {
+	refusal := b.Refusal
+	if len(refusal) > maxRefusal {
+		refusal = refusal[:maxRefusal]
+	}
+	data, err := msgpack.Marshal(wireBid{
+		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
+		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode bid: %w", err)
+	}
+	if len(data) > MaxResponseBytes {
+		return nil, fmt.Errorf("bid encodes to %d bytes, over serf's %d-byte response limit", len(data), MaxResponseBytes)
+	}
+	return data, nil
+}
+
+// DecodeBid decodes a bid answered by node.
+func DecodeBid(node string, data []byte) (placement.Bid, error) {
+	var w wireBid
+	if err := msgpack.Unmarshal(data, &w); err != nil {
+		return placement.Bid{}, fmt.Errorf("bid from %s: %w", node, err)
+	}
+	if w.Version != wireVersion {
+		return placement.Bid{}, fmt.Errorf("bid from %s has wire version %d, this agent speaks %d", node, w.Version, wireVersion)
+	}
+	return placement.Bid{
+		Node: node, CPU: w.CPU, Mem: w.Mem, Running: w.Running, Pending: w.Pending, Capacity: w.Capacity,
+		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal,
+	}, nil
+}
+
+// Bidder decides a server's bid for a request. It is called concurrently,
+// once per query, and must not block for long: the asker is waiting.
+type Bidder func(Request) placement.Bid
+
+// Serve makes n answer place queries with bidder's bids.
+func Serve(n *gossip.Node, bidder Bidder, logger *slog.Logger) {
+	n.HandleQuery(QueryName, func(q *gossip.Query) {
+		var req Request
+		var bid placement.Bid
+		if err := msgpack.Unmarshal(q.Payload, &req); err != nil {
+			bid = placement.Bid{Refusal: "cannot decode the place request: " + err.Error()}
+		} else {
+			bid = bidder(req)
+		}
+		data, err := EncodeBid(bid)
+		if err != nil {
+			logger.Error("cannot answer place query", "err", err)
+			return
+		}
+		if err := q.Respond(data); err != nil {
+			logger.Debug("place answer not sent", "err", err)
+		}
+	})
+}
+
+// Result is what an asker learnt from one place query.
+type Result struct {
+	Bids     []placement.Bid // in arrival order
+	Expected []string        // the alive servers in the asker's view, sorted
+	Missing  []string        // expected servers that did not answer in time, sorted
+	Invalid  []string        // answers that could not be decoded, with why
+	Elapsed  time.Duration
+}
+
+// Servers lists the alive members whose role is server. Members without a
+// role tag (a plain serf agent, say) are not servers and are ignored.
+func Servers(members []gossip.Member) []string {
+	var out []string
+	for _, m := range members {
+		if m.Status == gossip.StatusAlive && m.Tags[gossip.TagRole] == string(gossip.RoleServer) {
+			out = append(out, m.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Collect sends the place query to every server and returns their bids. It
+// returns as soon as every alive server in n's own view has answered, or
+// when timeout passes (DefaultTimeout when zero), whichever is first.
+//
+// A serf query is gossiped, and in a small mesh a broadcast reaches only a
+// few peers before it retires, so now and then a server never hears it.
+// Rather than wait out the whole timeout for that server, the asker re-asks
+// the servers still silent after a short grace (a quarter of the timeout, at
+// most maxReaskGrace) with a query addressed to them alone. A bid is read-only, so a server that
+// hears both answers twice and the second answer is ignored.
+func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Duration) (Result, error) {
+	start := time.Now()
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	res := Result{Expected: Servers(n.Members())}
+	if len(res.Expected) == 0 {
+		return res, fmt.Errorf("%w: is any `agent run --role server` joined to this mesh?", ErrNoServers)
+	}
+	payload, err := msgpack.Marshal(req)
+	if err != nil {
+		return res, fmt.Errorf("encode place request: %w", err)
+	}
+	waiting := make(map[string]bool, len(res.Expected))
+	for _, s := range res.Expected {
+		waiting[s] = true
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var mu sync.Mutex
+	onResponse := func(from string, data []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !waiting[from] {
+			return // a second answer, or a server we did not expect
+		}
+		delete(waiting, from)
+		bid, err := DecodeBid(from, data)
+		if err != nil {
+			res.Invalid = append(res.Invalid, err.Error())
+		} else {
+			res.Bids = append(res.Bids, bid)
+		}
+		if len(waiting) == 0 {
+			cancel() // every server we know of answered: no reason to wait
+		}
+	}
+	ask := func(nodes []string) error {
+		return n.Query(ctx, QueryName, payload, gossip.QueryParams{
+			FilterNodes: nodes,
+			FilterTags:  map[string]string{gossip.TagRole: "^" + string(gossip.RoleServer) + "$"},
+			Timeout:     time.Until(deadlineOf(ctx)),
+		}, nil, onResponse)
+	}
+
+	errs := make(chan error, 2)
+	go func() { errs <- ask(nil) }()
+	reask := time.NewTimer(min(timeout/4, maxReaskGrace))
+	defer reask.Stop()
+	asked := 1
+	select {
+	case <-ctx.Done():
+	case <-reask.C:
+		mu.Lock()
+		var silent []string
+		for s := range waiting {
+			silent = append(silent, s)
+		}
+		mu.Unlock()
+		if len(silent) > 0 {
+			sort.Strings(silent)
+			asked++
+			go func() { errs <- ask(silent) }()
+		}
+	}
+	var firstErr error
+	for i := 0; i < asked; i++ {
+		if err := <-errs; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for s := range waiting {
+		res.Missing = append(res.Missing, s)
+	}
+	sort.Strings(res.Missing)
+	res.Elapsed = time.Since(start)
+	return res, firstErr
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// Describe lists the servers that did not take part, for error messages.
+func (r Result) Describe() string {
+	var parts []string
+	if len(r.Missing) > 0 {
+		parts = append(parts, "no answer from "+strings.Join(r.Missing, ", "))
+	}
+	parts = append(parts, r.Invalid...)
+	return strings.Join(parts, "; ")
+}
