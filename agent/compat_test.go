@@ -23,7 +23,7 @@ var (
 	testKey2 = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 16))
 )
 
-func freeLoopbackAddr(t *testing.T, ip string) string {
+func freeLoopbackAddr(t testing.TB, ip string) string {
 	t.Helper()
 	for i := 0; i < 50; i++ {
 		l, err := net.Listen("tcp", ip+":0")
