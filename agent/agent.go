@@ -15,6 +15,7 @@ import (
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/placement"
 	"github.com/meshagent/agent/state"
 )
 
@@ -55,6 +56,20 @@ type Agent struct {
 
 	samples atomic.Uint64 // load samples taken, so tests can follow the loop
 
+	// Interpreters: the kinds offered, this binary (supervisors run it),
+	// and the registry of those started here, guarded by regMu.
+	kinds        map[string]Kind
+	self         string
+	regMu        sync.Mutex
+	registry     *state.Registry
+	inflight     map[string]chan struct{} // request id -> closed when its start ends
+	inflightKind map[string]string
+	supervisors  map[string]startedSupervisor
+
+	// The asker's reservations, so that a burst of spawns spreads.
+	ledgerMu sync.Mutex
+	ledger   *placement.Ledger
+
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
 	leaveOnce  sync.Once
@@ -80,21 +95,51 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this binary, which runs interpreter supervisors: %w", err)
+	}
+	kinds := map[string]Kind{}
+	if cfg.InterpretersFile != "" {
+		if kinds, err = LoadKinds(cfg.InterpretersFile); err != nil {
+			return nil, err
+		}
+	}
+	kinds[BuiltinKind] = builtinDemo(self)
+	ledger, err := placement.NewLedger(reservationTTL, 4096)
+	if err != nil {
+		return nil, err
+	}
 	return &Agent{
-		load:       load,
-		tags:       tagState{extra: cfg.Tags},
-		cfg:        cfg,
-		logger:     deps.Logger,
-		logs:       deps.Logs,
-		clock:      deps.Clock,
-		deps:       deps,
-		shutdownCh: make(chan struct{}),
-		leftCh:     make(chan struct{}),
+		load:         load,
+		kinds:        kinds,
+		self:         self,
+		registry:     state.NewRegistry(),
+		inflight:     map[string]chan struct{}{},
+		inflightKind: map[string]string{},
+		supervisors:  map[string]startedSupervisor{},
+		ledger:       ledger,
+		tags:         tagState{extra: cfg.Tags},
+		cfg:          cfg,
+		logger:       deps.Logger,
+		logs:         deps.Logs,
+		clock:        deps.Clock,
+		deps:         deps,
+		shutdownCh:   make(chan struct{}),
+		leftCh:       make(chan struct{}),
 	}, nil
 }
 
 // Start starts gossip and the RPC, and begins joining in the background.
 func (a *Agent) Start() error {
+	if a.cfg.Role == gossip.RoleServer {
+		if err := a.loadRegistry(); err != nil {
+			return err
+		}
+		if a.cfg.DataDir == "" {
+			a.logger.Warn("no --data-dir: interpreters are tracked under " + a.interpDir())
+		}
+	}
 	gcfg, err := a.gossipConfig()
 	if err != nil {
 		return err
@@ -113,8 +158,15 @@ func (a *Agent) Start() error {
 	a.rpcLn = ln
 	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, Logger: a.logger.With("component", "rpc")})
 	a.rpc.Register(rpc.CommandPlace, a.handlePlace)
+	a.rpc.Register(rpc.CommandSpawn, a.handleSpawn)
+	a.rpc.Register(rpc.CommandInterpreters, a.handleInterpreters)
+	a.rpc.Register(rpc.CommandStopInterpreter, a.handleStopInterpreter)
 	if a.cfg.Role == gossip.RoleServer {
 		bidding.Serve(node, a.bid, a.logger.With("component", "placement"))
+		node.HandleQuery(querySpawn, a.handleSpawnOrder)
+		node.HandleQuery(queryStop, a.handleStopOrder)
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.watchInterpreters() }()
 		started := a.clock.Now()
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.runLoad(a.load, started) }()

@@ -44,6 +44,8 @@ type Config struct {
 	Publish      state.PublishPolicy
 	Capacity     int           // the most interpreters this server accepts; 0: no limit
 	PlaceTimeout time.Duration // how long an asker waits for bids
+
+	InterpretersFile string // kinds this server may start, besides demo
 }
 
 // DefaultConfig is the bottom layer.
@@ -487,6 +489,8 @@ var options = []Option{
 		},
 		get: func(c *Config) []string { return []string{strconv.Itoa(c.Capacity)} },
 	},
+	stringOption("interpreters", "JSON file of the interpreter kinds this server may start (demo is built in)",
+		func(c *Config) *string { return &c.InterpretersFile }, nil),
 	durationOption("place-timeout", "how long an asker waits for servers' bids (it stops earlier once all answered)",
 		func(c *Config) *time.Duration { return &c.PlaceTimeout }),
 }

@@ -20,7 +20,10 @@ import (
 const BuiltinKind = "demo"
 
 // offersKind reports whether this server can start kind.
-func (a *Agent) offersKind(kind string) bool { return kind == BuiltinKind }
+func (a *Agent) offersKind(kind string) bool {
+	_, ok := a.kinds[kind]
+	return ok
+}
 
 // bid is this server's answer to a place query.
 func (a *Agent) bid(req bidding.Request) placement.Bid {
@@ -30,9 +33,11 @@ func (a *Agent) bid(req bidding.Request) placement.Bid {
 		CPU:        load.CPU,
 		Mem:        load.Mem,
 		Running:    a.runningInterpreters(),
+		Pending:    a.startingInterpreters(),
 		Capacity:   a.cfg.Capacity,
 		Healthy:    healthy,
 		OffersKind: a.offersKind(req.Kind),
+		Kinds:      kindNames(a.kinds),
 		Tags:       a.node.Tags(),
 	}
 	select {
@@ -102,7 +107,13 @@ func (a *Agent) elect(ctx context.Context, req placement.Request, timeout time.D
 	var e election
 	e.result, e.err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Constraints: constraints}, timeout)
 	if e.err == nil {
+		if ledger != nil {
+			a.ledgerMu.Lock()
+		}
 		e.decision, e.err = placement.Elect(req, e.result.Bids, ledger, a.clock.Now())
+		if ledger != nil {
+			a.ledgerMu.Unlock()
+		}
 		if e.err != nil && len(e.result.Missing) > 0 {
 			e.err = fmt.Errorf("%w (%s)", e.err, e.result.Describe())
 		}

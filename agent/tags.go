@@ -29,6 +29,9 @@ func (a *Agent) buildTagsLocked() map[string]string {
 			t.Load = &gossip.Load{CPU: a.tags.published.CPU, Mem: a.tags.published.Mem}
 		}
 		t.Interpreters = a.tags.published.Interpreters
+		if !a.tags.published.Valid {
+			t.Interpreters = a.runningInterpreters()
+		}
 		t.Capacity = a.cfg.Capacity
 	}
 	return t.Map()
@@ -102,10 +105,6 @@ func (a *Agent) currentLoad() (gossip.Load, bool) {
 	}
 	return *a.tags.latest, a.tags.healthy
 }
-
-// runningInterpreters counts the interpreters this server runs. Nothing
-// starts interpreters yet, so it is zero.
-func (a *Agent) runningInterpreters() int { return 0 }
 
 // loadUpdates counts the load publications so far.
 func (a *Agent) loadUpdates() uint64 {

@@ -22,8 +22,12 @@ const QueryName = "place"
 // MaxResponseBytes is serf's default limit on one query response.
 const MaxResponseBytes = 1024
 
-// maxRefusal bounds a refusal's text so a bid always fits a response.
-const maxRefusal = 200
+// maxRefusal and maxKindBytes bound a bid's free text, so that with tags at
+// memberlist's cap a bid still fits a query response.
+const (
+	maxRefusal   = 200
+	maxKindBytes = 160
+)
 
 // DefaultTimeout bounds how long an asker waits for bids.
 const DefaultTimeout = time.Second
@@ -55,6 +59,7 @@ type wireBid struct {
 	OffersKind bool              `msgpack:"o"`
 	Tags       map[string]string `msgpack:"t"`
 	Refusal    string            `msgpack:"x,omitempty"`
+	Kinds      []string          `msgpack:"ks,omitempty"`
 }
 
 const wireVersion = 1
@@ -66,9 +71,19 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 	if len(refusal) > maxRefusal {
 		refusal = refusal[:maxRefusal]
 	}
+	// The kinds list is informative only: keep as many as fit in the room
+	// the tags and refusal leave.
+	kinds, room := []string(nil), maxKindBytes
+	for _, k := range b.Kinds {
+		if room -= len(k) + 2; room < 0 {
+			break
+		}
+		kinds = append(kinds, k)
+	}
 	data, err := msgpack.Marshal(wireBid{
 		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
 		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
+		Kinds: kinds,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode bid: %w", err)
@@ -90,7 +105,7 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 	}
 	return placement.Bid{
 		Node: node, CPU: w.CPU, Mem: w.Mem, Running: w.Running, Pending: w.Pending, Capacity: w.Capacity,
-		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal,
+		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal, Kinds: w.Kinds,
 	}, nil
 }
 

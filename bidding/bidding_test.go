@@ -13,7 +13,7 @@ import (
 
 func TestBidRoundTrip(t *testing.T) {
 	in := placement.Bid{Node: "s1", CPU: 12.5, Mem: 99.9, Running: 3, Pending: 1, Capacity: 8, Healthy: true,
-		OffersKind: true, Tags: map[string]string{"role": "server", "dc": "east"}, Refusal: "busy"}
+		OffersKind: true, Tags: map[string]string{"role": "server", "dc": "east"}, Refusal: "busy", Kinds: []string{"demo", "python"}}
 	data, err := EncodeBid(in)
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +32,8 @@ func TestWorstCaseBidFitsAResponse(t *testing.T) {
 		tags[strings.Repeat(string(rune('a'+i%26)), 1+i/26)+"k"] = strings.Repeat("v", 30)
 	}
 	b := placement.Bid{Node: strings.Repeat("n", 128), CPU: 100.0000001, Mem: 99.999999, Running: 1 << 40, Pending: 1 << 40,
-		Capacity: 1 << 40, Healthy: true, OffersKind: true, Tags: tags, Refusal: strings.Repeat("r", 5000)}
+		Capacity: 1 << 40, Healthy: true, OffersKind: true, Tags: tags, Refusal: strings.Repeat("r", 5000),
+		Kinds: strings.Split(strings.Repeat("kind-with-a-long-name,", 40), ",")}
 	data, err := EncodeBid(b)
 	if err != nil {
 		t.Fatal(err)

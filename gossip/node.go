@@ -64,6 +64,7 @@ type Config struct {
 // concurrent use.
 type Node struct {
 	serf   *serf.Serf
+	ml     *memberlist.Config
 	logger *slog.Logger
 	events chan serf.Event
 
@@ -142,6 +143,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("start gossip node %q: %w", cfg.Name, err)
 	}
 	n.serf = s
+	n.ml = ml
 	n.wg.Add(1)
 	go n.dispatch()
 	return n, nil
@@ -308,6 +310,20 @@ func (n *Node) DefaultQueryTimeout() time.Duration { return n.serf.DefaultQueryT
 
 // Stats returns serf's counters.
 func (n *Node) Stats() map[string]string { return n.serf.Stats() }
+
+// LocalKeys returns this node's gossip keys, the primary first, base64
+// encoded; none when gossip is not encrypted. A process that joins on this
+// node's behalf (an interpreter's supervisor) needs them.
+func (n *Node) LocalKeys() []string {
+	if n.ml.Keyring == nil {
+		return nil
+	}
+	var out []string
+	for _, k := range n.ml.Keyring.GetKeys() {
+		out = append(out, base64.StdEncoding.EncodeToString(k))
+	}
+	return out
+}
 
 // EncryptionEnabled reports whether gossip is encrypted.
 func (n *Node) EncryptionEnabled() bool { return n.serf.EncryptionEnabled() }

@@ -101,10 +101,11 @@ type Decision struct {
 // burst counts before the servers report it.
 //
 // Spread ranks the lowest score first, Binpack the highest. Candidates within
-// NearTie of the best remaining one form a near-tie group, ordered by this
-// asker's reservations (Spread: fewest first, so one asker's burst over equal
-// servers gives each the same number; Binpack: most first, to keep packing)
-// and then by the rendezvous hash of (request id, node), highest first, so
+// NearTie of the best remaining one form a near-tie group, ordered by their
+// interpreters, running, pending and this asker's reservations together
+// (Spread: fewest first, so one asker's burst over equal servers gives each
+// the same number; Binpack: most first, to keep packing) and then by the
+// rendezvous hash of (request id, node), highest first, so
 // askers with identical stale views still pick different servers. The result
 // depends only on the inputs.
 //
@@ -302,12 +303,16 @@ func rank(policy Policy, cs []Candidate) {
 		for j < len(cs) && better(cs[j])-lead <= NearTie+1e-9 {
 			j++
 		}
+		// Inside a tie the interpreter count decides first: one more
+		// interpreter moves a score by less than NearTie when capacity is
+		// large, yet it is exactly what spreading should see. Reservations
+		// are part of the count, so one asker's burst spreads too.
 		slices.SortFunc(cs[i:j], func(a, b Candidate) int {
-			byReserved := cmp.Compare(a.Reserved, b.Reserved)
+			byCount := cmp.Compare(a.Interpreters(), b.Interpreters())
 			if policy == Binpack {
-				byReserved = -byReserved
+				byCount = -byCount
 			}
-			return cmp.Or(byReserved, cmp.Compare(b.Hash, a.Hash), strings.Compare(a.Bid.Node, b.Bid.Node))
+			return cmp.Or(byCount, cmp.Compare(b.Hash, a.Hash), strings.Compare(a.Bid.Node, b.Bid.Node))
 		})
 		for k := i; k < j; k++ {
 			cs[k].TieGroup = group
@@ -351,12 +356,12 @@ func reason(policy Policy, ranked []Candidate) string {
 		return s.String()
 	}
 	fmt.Fprintf(&s, "; near-tie with runner-up %s %.1f, won on ", r.Bid.Node, r.Score)
-	if w.Reserved != r.Reserved {
+	if w.Interpreters() != r.Interpreters() {
 		more := "fewer"
 		if policy == Binpack {
 			more = "more"
 		}
-		fmt.Fprintf(&s, "%s reservations here (%d vs %d)", more, w.Reserved, r.Reserved)
+		fmt.Fprintf(&s, "%s interpreters (%d vs %d)", more, w.Interpreters(), r.Interpreters())
 	} else {
 		s.WriteString("request hash")
 	}

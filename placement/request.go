@@ -28,7 +28,8 @@ type Bid struct {
 	Pending    int     // accepted but not yet visible in its tags
 	Capacity   int     // the most interpreters it accepts; 0 means no limit
 	Healthy    bool
-	OffersKind bool // the server is configured to start the requested kind
+	OffersKind bool     // the server is configured to start the requested kind
+	Kinds      []string // every kind the server offers, for error messages
 	Tags       map[string]string
 	Refusal    string // empty, or why the server refuses
 }

@@ -313,8 +313,8 @@ func (c *Client) start(command string, req any, w *waiter) (uint64, error) {
 
 // await waits for the first response to w. On timeout w stays registered,
 // so that its late response is still read in step and then dropped.
-func (c *Client) await(command string, w *waiter) (reply, error) {
-	t := time.NewTimer(c.timeout)
+func (c *Client) await(command string, w *waiter, timeout time.Duration) (reply, error) {
+	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case r := <-w.reply:
@@ -327,7 +327,7 @@ func (c *Client) await(command string, w *waiter) (reply, error) {
 			return reply{}, c.Err()
 		}
 	case <-t.C:
-		return reply{}, fmt.Errorf("%s: %w within %s", command, ErrTimeout, c.timeout)
+		return reply{}, fmt.Errorf("%s: %w within %s", command, ErrTimeout, timeout)
 	}
 }
 
@@ -335,11 +335,16 @@ func (c *Client) await(command string, w *waiter) (reply, error) {
 // commands that answer with a body even on error (join, the key commands),
 // resp is filled as well as the error returned.
 func (c *Client) call(command string, req, resp any) error {
+	return c.callWithin(command, req, resp, c.timeout)
+}
+
+// callWithin is call with its own bound on the wait for the reply.
+func (c *Client) callWithin(command string, req, resp any, timeout time.Duration) error {
 	w := &waiter{}
 	if _, err := c.start(command, req, w); err != nil {
 		return err
 	}
-	r, err := c.await(command, w)
+	r, err := c.await(command, w, timeout)
 	if err != nil {
 		return err
 	}
@@ -358,10 +363,16 @@ func (c *Client) call(command string, req, resp any) error {
 // encoded as the request body (nil sends an empty one) and the response
 // body is decoded into resp unless resp is nil.
 func (c *Client) Call(command string, req, resp any) error {
+	return c.CallWithin(command, req, resp, c.timeout)
+}
+
+// CallWithin is Call for a command that may legitimately take longer than
+// the client's timeout (a spawn that waits for its interpreter, say).
+func (c *Client) CallWithin(command string, req, resp any, timeout time.Duration) error {
 	if _, ok := builtins[command]; ok {
 		return fmt.Errorf("%q is a built-in command; use its method", command)
 	}
-	return c.call(command, req, resp)
+	return c.callWithin(command, req, resp, timeout)
 }
 
 // Members returns every member the agent knows.
@@ -484,7 +495,7 @@ func (c *Client) Query(req QueryRequest, onAck func(from string), onResponse fun
 	if _, err := c.start(cmdQuery, req, w); err != nil {
 		return err
 	}
-	r, err := c.await(cmdQuery, w)
+	r, err := c.await(cmdQuery, w, c.timeout)
 	if err != nil {
 		return err
 	}
@@ -564,7 +575,7 @@ func subscribe[T any](c *Client, command string, req any, fn func(T), decode fun
 	if err != nil {
 		return 0, err
 	}
-	r, err := c.await(command, w)
+	r, err := c.await(command, w, c.timeout)
 	if err != nil {
 		h.stop() // records that still come are read and dropped
 		return 0, err

@@ -1,0 +1,111 @@
+package rpc
+
+import "time"
+
+// The project's commands for interpreters.
+const (
+	CommandSpawn           = "spawn"
+	CommandInterpreters    = "interpreters"
+	CommandStopInterpreter = "stop-interpreter"
+)
+
+// SpawnRequest asks the agent to elect a server and start an interpreter.
+type SpawnRequest struct {
+	Kind        string
+	Key         string // idempotency key: the same key starts one interpreter
+	Constraints []string
+	Policy      string
+	Args        []string
+	Wait        bool          // return once the interpreter is alive in the asker's view
+	Timeout     time.Duration // for --wait; zero: the agent's default
+}
+
+// Spawn failure codes, for scripts and exit codes.
+const (
+	SpawnUnknownKind = "unknown-kind"
+	SpawnNoServer    = "no-server"
+	SpawnRefused     = "refused"
+	SpawnTimeout     = "timeout"
+	SpawnBadRequest  = "bad-request"
+)
+
+// SpawnResponse says where the interpreter runs, or why none started.
+type SpawnResponse struct {
+	Name       string
+	Node       string // the server
+	Kind       string
+	RequestID  string
+	PID        int
+	Endpoint   string
+	Existing   bool     // an interpreter for the same key was already alive
+	Attempts   []string // servers tried before the winner, with why they did not start it
+	DecisionMS float64
+	TotalMS    float64
+	Code       string // empty on success
+	Error      string
+}
+
+// InterpreterView is one interpreter as the asker's member list shows it.
+type InterpreterView struct {
+	Name       string
+	Kind       string
+	Host       string
+	HostStatus string // the host server's status as this agent sees it
+	Status     string // the interpreter member's own status
+	Endpoint   string
+	PID        int
+	RequestID  string
+}
+
+// InterpretersResponse lists the interpreters in the mesh.
+type InterpretersResponse struct {
+	Interpreters []InterpreterView
+}
+
+// StopRequest asks for one interpreter to be stopped, wherever it runs.
+type StopRequest struct {
+	Name string
+}
+
+// StopResponse reports the outcome.
+type StopResponse struct {
+	Name   string
+	Host   string
+	Status string // the interpreter's status once the stop was seen
+}
+
+// Spawn starts an interpreter.
+func (c *Client) Spawn(req SpawnRequest) (SpawnResponse, error) {
+	var resp SpawnResponse
+	// The agent bounds the spawn itself (election, start, --wait); the
+	// client allows for that plus its own timeout.
+	err := c.CallWithin(CommandSpawn, req, &resp, SpawnBudget(req.Timeout)+c.timeout)
+	return resp, err
+}
+
+// DefaultSpawnWait is how long a spawn with Wait waits for the interpreter
+// to be alive in the asker's view when the request does not say.
+const DefaultSpawnWait = 30 * time.Second
+
+// SpawnBudget is the longest an agent works on one spawn: the election and
+// up to three start attempts, then the wait.
+func SpawnBudget(wait time.Duration) time.Duration {
+	if wait <= 0 {
+		wait = DefaultSpawnWait
+	}
+	return 35*time.Second + wait
+}
+
+// Interpreters lists the interpreters in the mesh.
+func (c *Client) Interpreters() ([]InterpreterView, error) {
+	var resp InterpretersResponse
+	err := c.Call(CommandInterpreters, struct{}{}, &resp)
+	return resp.Interpreters, err
+}
+
+// StopInterpreter stops an interpreter.
+func (c *Client) StopInterpreter(name string) (StopResponse, error) {
+	var resp StopResponse
+	err := c.CallWithin(CommandStopInterpreter, StopRequest{Name: name}, &resp, 30*time.Second+c.timeout)
+	return resp, err
+}

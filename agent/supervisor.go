@@ -1,0 +1,379 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+)
+
+// Spec is everything a supervisor needs, written by the server into the
+// interpreter's directory (mode 0600: it may hold the gossip keys) and read
+// by `agent interpreter --spec FILE`.
+type Spec struct {
+	Name      string        `json:"name"`
+	Kind      string        `json:"kind"`
+	Host      string        `json:"host"` // the server that started it
+	RequestID string        `json:"rid"`
+	Argv      []string      `json:"argv"`
+	Env       []string      `json:"env"` // the child's whole environment
+	Dir       string        `json:"dir"`
+	Endpoint  string        `json:"endpoint"`    // where the interpreter serves
+	Gossip    string        `json:"gossip_bind"` // the supervisor's own member address
+	Join      []string      `json:"join"`
+	Profile   string        `json:"profile"`
+	Keys      []string      `json:"keys,omitempty"`
+	OutputLog string        `json:"output_log"`
+	StopGrace time.Duration `json:"stop_grace"`
+}
+
+// readiness is what a supervisor writes on its readiness pipe (fd 3) once
+// the interpreter runs and the supervisor's member is up, or why it failed.
+type readiness struct {
+	PID   int    `json:"pid"`
+	Error string `json:"error,omitempty"`
+}
+
+// safeEnv is the environment passed from the server to interpreters: enough
+// for a program to run, nothing that leaks the agent's own settings.
+var safeEnv = []string{"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"}
+
+// childEnv builds an interpreter's environment: the safe variables of the
+// server's environment, the kind's own, then the interpreter's identity.
+func childEnv(k Kind, name, addr, port string) []string {
+	var env []string
+	for _, key := range safeEnv {
+		if v, ok := os.LookupEnv(key); ok {
+			env = append(env, key+"="+v)
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(k.Env)) {
+		env = append(env, key+"="+k.Env[key])
+	}
+	return append(env,
+		"AGENT_INTERPRETER_NAME="+name,
+		"AGENT_INTERPRETER_KIND="+k.Name,
+		"AGENT_INTERPRETER_ADDR="+addr,
+		"AGENT_INTERPRETER_PORT="+port,
+	)
+}
+
+// LoadSpec reads a supervisor spec.
+func LoadSpec(path string) (Spec, error) {
+	var s Spec
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return s, fmt.Errorf("interpreter spec: %w", err)
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return s, fmt.Errorf("interpreter spec %s is damaged: %w", path, err)
+	}
+	if s.Name == "" || len(s.Argv) == 0 || s.Gossip == "" {
+		return s, fmt.Errorf("interpreter spec %s lacks a name, a command or a gossip address", path)
+	}
+	return s, nil
+}
+
+// RunSupervisor is `agent interpreter`: it starts the interpreter in its own
+// process group, joins the mesh as a member with the interpreter's tags,
+// passes stop signals on, and leaves the mesh when the interpreter exits.
+// It returns the interpreter's exit code.
+func RunSupervisor(specPath string, logger *slog.Logger) int {
+	spec, err := LoadSpec(specPath)
+	ready := os.NewFile(3, "readiness")
+	if err != nil {
+		reportReady(ready, readiness{Error: err.Error()})
+		logger.Error("cannot supervise", "err", err)
+		return 1
+	}
+	logger = logger.With("interpreter", spec.Name)
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+
+	out, err := os.OpenFile(spec.OutputLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		reportReady(ready, readiness{Error: fmt.Sprintf("open output log: %v", err)})
+		return 1
+	}
+	defer out.Close()
+
+	child := exec.Command(spec.Argv[0], spec.Argv[1:]...)
+	child.Env, child.Dir, child.Stdout, child.Stderr = spec.Env, spec.Dir, out, out
+	// Its own group, so a stop reaches everything it started; killed if the
+	// supervisor dies, so an interpreter is never left without a member.
+	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := child.Start(); err != nil {
+		reportReady(ready, readiness{Error: fmt.Sprintf("start %s: %v", spec.Argv[0], err)})
+		logger.Error("interpreter did not start", "argv", spec.Argv, "err", err)
+		return 1
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	pid := child.Process.Pid
+
+	node, err := startSupervisorNode(spec, pid, logger)
+	if err != nil {
+		stopGroup(pid, exited, 0)
+		reportReady(ready, readiness{Error: err.Error()})
+		logger.Error("could not join the mesh", "err", err)
+		return 1
+	}
+	reportReady(ready, readiness{PID: pid})
+	logger.Info("interpreter running", "pid", pid, "endpoint", spec.Endpoint, "argv", spec.Argv)
+
+	var waitErr error
+	select {
+	case waitErr = <-exited:
+	case sig := <-signals:
+		logger.Info("stopping the interpreter", "signal", sig.String())
+		waitErr = stopGroup(pid, exited, spec.StopGrace)
+	}
+	code := exitCode(waitErr)
+	logger.Info("interpreter exited; leaving the mesh", "pid", pid, "status", describeExit(waitErr), "code", code)
+	if err := node.Leave(); err != nil {
+		logger.Warn("leave failed", "err", err)
+	}
+	node.Shutdown()
+	return code
+}
+
+func reportReady(w *os.File, r readiness) {
+	if w == nil {
+		return
+	}
+	data, _ := json.Marshal(r)
+	w.Write(append(data, '\n'))
+	w.Close()
+}
+
+func startSupervisorNode(spec Spec, pid int, logger *slog.Logger) (*gossip.Node, error) {
+	host, port, err := splitHostPort(spec.Gossip)
+	if err != nil {
+		return nil, err
+	}
+	var keys [][]byte
+	for _, k := range spec.Keys {
+		key, err := gossip.DecodeKey(k)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, key)
+	}
+	tags := gossip.Tags{Role: gossip.RoleInterpreter, Kind: spec.Kind, Host: spec.Host, RequestID: spec.RequestID,
+		Endpoint: spec.Endpoint, PID: pid}.Map()
+	node, err := gossip.Start(gossip.Config{Name: spec.Name, BindAddr: host, BindPort: port, Profile: spec.Profile,
+		Tags: tags, Keys: keys, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	// The server is normally right there; a few quick tries cover a busy one.
+	for attempt := 1; ; attempt++ {
+		n, err := node.Join(spec.Join, false)
+		if n > 0 {
+			return node, nil
+		}
+		if attempt == 5 {
+			node.Shutdown()
+			return nil, fmt.Errorf("join %v: %w", spec.Join, err)
+		}
+		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+	}
+}
+
+// stopGroup asks the interpreter's process group to stop, and kills it after
+// grace. It returns the interpreter's exit.
+func stopGroup(pid int, exited <-chan error, grace time.Duration) error {
+	syscall.Kill(-pid, syscall.SIGTERM)
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
+	select {
+	case err := <-exited:
+		syscall.Kill(-pid, syscall.SIGKILL) // anything it left in its group
+		return err
+	case <-time.After(grace):
+		syscall.Kill(-pid, syscall.SIGKILL)
+		return <-exited
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ee.ExitCode() >= 0 {
+			return ee.ExitCode()
+		}
+		return 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+func describeExit(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// startedSupervisor is a supervisor this server just launched.
+type startedSupervisor struct {
+	pid      int // the supervisor
+	childPID int // the interpreter
+	done     chan struct{}
+}
+
+// launchSupervisor writes the spec and starts `agent interpreter` detached
+// (its own session, so it outlives this agent and is not hit by the
+// terminal's Ctrl-C), then waits for its readiness report.
+func launchSupervisor(self, dir string, spec Spec, timeout time.Duration) (startedSupervisor, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return startedSupervisor{}, err
+	}
+	specPath := filepath.Join(dir, "spec.json")
+	data, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		return startedSupervisor{}, err
+	}
+	if err := writeFileAtomic(specPath, data, 0o600); err != nil {
+		return startedSupervisor{}, err
+	}
+	log, err := os.OpenFile(filepath.Join(dir, "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return startedSupervisor{}, err
+	}
+	defer log.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return startedSupervisor{}, err
+	}
+	defer r.Close()
+	cmd := exec.Command(self, "interpreter", "--spec", specPath)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return startedSupervisor{}, fmt.Errorf("start supervisor: %w", err)
+	}
+	w.Close()
+	s := startedSupervisor{pid: cmd.Process.Pid, done: make(chan struct{})}
+	// Reap it when it exits while this agent runs; after a restart of the
+	// agent it belongs to init, which reaps it.
+	go func() { cmd.Wait(); close(s.done) }()
+
+	lines := make(chan readiness, 1)
+	go func() {
+		var rd readiness
+		line, err := bufio.NewReader(r).ReadString('\n')
+		if err != nil {
+			rd.Error = "supervisor exited before it was ready (see " + filepath.Join(dir, "supervisor.log") + ")"
+		} else if err := json.Unmarshal([]byte(line), &rd); err != nil {
+			rd.Error = "supervisor's readiness report is garbled"
+		}
+		lines <- rd
+	}()
+	select {
+	case rd := <-lines:
+		if rd.Error != "" {
+			syscall.Kill(s.pid, syscall.SIGKILL)
+			return s, errors.New(rd.Error)
+		}
+		s.childPID = rd.PID
+		return s, nil
+	case <-time.After(timeout):
+		syscall.Kill(-s.pid, syscall.SIGKILL)
+		return s, fmt.Errorf("supervisor not ready within %s", timeout)
+	}
+}
+
+// isOurSupervisor reports whether pid is alive and is the supervisor of the
+// given spec, not some process that reused the pid.
+func isOurSupervisor(pid int, specPath string) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	for i, a := range args {
+		if a == "--spec" && i+1 < len(args) && args[i+1] == specPath {
+			return len(args) > 1 && args[1] == "interpreter"
+		}
+	}
+	return false
+}
+
+// freePort asks the system for a TCP port free on ip, for an interpreter
+// or a supervisor's member to listen on. The port is released before use,
+// so a race with another process is possible but rare; the supervisor then
+// fails to start and the spawn is refused with the reason.
+func freePort(ip string, udpToo bool) (int, error) {
+	for i := 0; i < 20; i++ {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if !udpToo {
+			l.Close()
+			return port, nil
+		}
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("no free port on %s", ip)
+}
+
+// RunEchoServer is the built-in demo interpreter: it echoes every line it
+// receives on addr until SIGTERM or SIGINT.
+func RunEchoServer(addr string, stderr io.Writer) int {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "echo-server: %v\n", err)
+		return 1
+	}
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	go func() { <-signals; l.Close() }()
+	fmt.Fprintf(stderr, "echo-server: listening on %s\n", l.Addr())
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return 0
+		}
+		go func() {
+			defer c.Close()
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				if _, err := fmt.Fprintf(c, "%s\n", sc.Text()); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}

@@ -1,0 +1,225 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/meshagent/agent/agent"
+	"github.com/meshagent/agent/agent/rpc"
+)
+
+// Exit codes of spawn, one per way it can fail.
+const (
+	ExitUnknownKind = 4
+	ExitRefused     = 5
+	ExitTimeout     = 6
+)
+
+var spawnExitCodes = map[string]int{
+	rpc.SpawnNoServer:    ExitNoServer,
+	rpc.SpawnUnknownKind: ExitUnknownKind,
+	rpc.SpawnRefused:     ExitRefused,
+	rpc.SpawnTimeout:     ExitTimeout,
+	rpc.SpawnBadRequest:  ExitError,
+}
+
+func spawnCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:      "spawn",
+		Usage:     "elect a server and start an interpreter there",
+		ArgsUsage: "[-- EXTRA ARGS...]",
+		Description: "Extra arguments after -- are appended to the kind's configured command, if its args_pattern allows them.\n" +
+			"Exit codes: 3 no server, 4 unknown kind, 5 every server refused, 6 timed out, 1 other errors.",
+		Flags: append(rpcFlags(), formatFlag(),
+			&ucli.StringFlag{Name: "kind", Usage: "interpreter kind, e.g. demo"},
+			&ucli.BoolFlag{Name: "wait", Usage: "return once the interpreter is alive in the local agent's member list"},
+			&ucli.DurationFlag{Name: "wait-timeout", Value: rpc.DefaultSpawnWait, Usage: "how long --wait waits"},
+			&ucli.StringFlag{Name: "key", Usage: "idempotency key: a second spawn with the same key returns the first interpreter"},
+			&ucli.StringSliceFlag{Name: "constraint", Usage: "server tag k must match regex (anchored), k=regex; repeatable"},
+			&ucli.StringFlag{Name: "policy", Usage: "spread (default) or binpack"},
+		),
+		Action: spawn,
+	}
+}
+
+func spawn(c *ucli.Context) error {
+	format, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	if c.String("kind") == "" {
+		return errors.New("spawn needs --kind, e.g. agent spawn --kind demo")
+	}
+	cl, err := dial(c)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	resp, err := cl.Spawn(rpc.SpawnRequest{Kind: c.String("kind"), Key: c.String("key"), Constraints: c.StringSlice("constraint"),
+		Policy: c.String("policy"), Args: c.Args().Slice(), Wait: c.Bool("wait"), Timeout: c.Duration("wait-timeout")})
+	if err != nil {
+		return fmt.Errorf("spawn: %w", err)
+	}
+	if format == "json" {
+		if err := writeJSON(c.App.Writer, spawnJSON(resp)); err != nil {
+			return err
+		}
+	} else if resp.Code == "" {
+		verb := "started"
+		if resp.Existing {
+			verb = "already running (same --key)"
+		}
+		fmt.Fprintf(c.App.Writer, "%s %s on %s: pid %d, endpoint %s (decision %.0f ms, total %.0f ms)\n",
+			resp.Name, verb, resp.Node, resp.PID, resp.Endpoint, resp.DecisionMS, resp.TotalMS)
+	}
+	if resp.Code != "" {
+		code, ok := spawnExitCodes[resp.Code]
+		if !ok {
+			code = ExitError
+		}
+		return withCode(code, errors.New(resp.Error))
+	}
+	return nil
+}
+
+func spawnJSON(r rpc.SpawnResponse) map[string]any {
+	out := map[string]any{
+		"name": r.Name, "node": r.Node, "kind": r.Kind, "request_id": r.RequestID, "pid": r.PID, "endpoint": r.Endpoint,
+		"existing": r.Existing, "attempts": nonNil(r.Attempts), "decision_ms": r.DecisionMS, "total_ms": r.TotalMS,
+	}
+	if r.Code != "" {
+		out["error"], out["code"] = r.Error, r.Code
+	}
+	return out
+}
+
+func interpretersCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "interpreters",
+		Usage: "list the interpreters in the mesh, with their host server and status",
+		Flags: append(rpcFlags(), formatFlag()),
+		Action: func(c *ucli.Context) error {
+			format, err := checkFormat(c)
+			if err != nil {
+				return err
+			}
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			list, err := cl.Interpreters()
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				return writeJSON(c.App.Writer, map[string]any{"interpreters": interpretersJSON(list)})
+			}
+			writeInterpretersTable(c.App.Writer, list)
+			return nil
+		},
+	}
+}
+
+type interpreterJSON struct {
+	Name       string `json:"name"`
+	Kind       string `json:"kind"`
+	Host       string `json:"host"`
+	HostStatus string `json:"host_status"`
+	Status     string `json:"status"`
+	Endpoint   string `json:"endpoint"`
+	PID        int    `json:"pid"`
+	RequestID  string `json:"request_id"`
+}
+
+func interpretersJSON(list []rpc.InterpreterView) []interpreterJSON {
+	out := make([]interpreterJSON, 0, len(list))
+	for _, i := range list {
+		out = append(out, interpreterJSON{Name: i.Name, Kind: i.Kind, Host: i.Host, HostStatus: i.HostStatus,
+			Status: i.Status, Endpoint: i.Endpoint, PID: i.PID, RequestID: i.RequestID})
+	}
+	return out
+}
+
+func writeInterpretersTable(w io.Writer, list []rpc.InterpreterView) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tKIND\tHOST\tSTATUS\tENDPOINT\tPID")
+	for _, i := range list {
+		status := i.Status
+		if i.HostStatus != "alive" {
+			status += " (host " + i.HostStatus + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Kind, i.Host, status, i.Endpoint, strconv.Itoa(i.PID))
+	}
+	tw.Flush()
+}
+
+func stopCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:      "stop",
+		Usage:     "stop an interpreter, wherever it runs",
+		ArgsUsage: "NAME",
+		Flags:     rpcFlags(),
+		Action: func(c *ucli.Context) error {
+			if c.Args().Len() != 1 {
+				return errors.New("stop needs exactly one interpreter name: agent stop NAME (see agent interpreters)")
+			}
+			cl, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			resp, err := cl.StopInterpreter(c.Args().First())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "%s on %s stopped (%s)\n", resp.Name, resp.Host, resp.Status)
+			return nil
+		},
+	}
+}
+
+// interpreterCommand is the supervisor a server starts for each
+// interpreter; users do not run it.
+func interpreterCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:   "interpreter",
+		Usage:  "supervise one interpreter (started by a server agent)",
+		Hidden: true,
+		Flags: []ucli.Flag{
+			&ucli.StringFlag{Name: "spec", Required: true, Usage: "the spec file the server wrote"},
+			&ucli.StringFlag{Name: "log-level", Value: "info"},
+		},
+		Action: func(c *ucli.Context) error {
+			logger, _, err := agent.NewLogger(c.App.ErrWriter, c.String("log-level"), "text")
+			if err != nil {
+				return err
+			}
+			if code := agent.RunSupervisor(c.String("spec"), logger); code != 0 {
+				return withCode(code, errors.New(""))
+			}
+			return nil
+		},
+	}
+}
+
+// echoServerCommand is the built-in demo interpreter.
+func echoServerCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:   "echo-server",
+		Usage:  "the demo interpreter: echo every line received",
+		Hidden: true,
+		Flags:  []ucli.Flag{&ucli.StringFlag{Name: "addr", Required: true, Usage: "host:port to listen on"}},
+		Action: func(c *ucli.Context) error {
+			if code := agent.RunEchoServer(c.String("addr"), c.App.ErrWriter); code != 0 {
+				return withCode(code, errors.New(""))
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,331 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// stopInterpreters kills, at the end of a test, every supervisor started
+// under the agents' data dirs and the interpreter each ran. Supervisors are
+// detached on purpose (they outlive their agent), so the test must find
+// them itself.
+func stopInterpreters(t *testing.T, agents ...*testAgent) {
+	t.Cleanup(func() {
+		for _, a := range agents {
+			for _, pid := range supervisorsUnder(a.dataDir) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			data, err := os.ReadFile(filepath.Join(a.dataDir, "interpreters.json"))
+			if err != nil {
+				continue
+			}
+			var reg struct {
+				Interpreters []struct {
+					PID int `json:"pid"`
+				} `json:"interpreters"`
+			}
+			json.Unmarshal(data, &reg)
+			for _, i := range reg.Interpreters {
+				syscall.Kill(-i.PID, syscall.SIGKILL) // its whole process group
+			}
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for _, a := range agents {
+			for len(supervisorsUnder(a.dataDir)) > 0 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if left := supervisorsUnder(a.dataDir); len(left) > 0 {
+				t.Errorf("supervisors still running after cleanup: %v", left)
+			}
+		}
+	})
+}
+
+// supervisorsUnder lists the pids of `agent interpreter --spec DIR/...`.
+func supervisorsUnder(dir string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmdline), "\x00")
+		if len(args) > 3 && args[1] == "interpreter" && args[2] == "--spec" && strings.HasPrefix(args[3], dir+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+type spawnJSON struct {
+	Name     string `json:"name"`
+	Node     string `json:"node"`
+	PID      int    `json:"pid"`
+	Endpoint string `json:"endpoint"`
+	Existing bool   `json:"existing"`
+	TotalMS  float64
+	Error    string `json:"error"`
+}
+
+func spawnVia(t *testing.T, a *testAgent, args ...string) (spawnJSON, string, int) {
+	t.Helper()
+	out, errOut, code := runCLI(t, append([]string{"spawn", "--rpc-addr", a.rpc, "--format", "json"}, args...)...)
+	var s spawnJSON
+	if out != "" {
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatalf("spawn json: %v\n%s", err, out)
+		}
+	}
+	return s, errOut, code
+}
+
+type interpJSON struct {
+	Name       string `json:"name"`
+	Host       string `json:"host"`
+	HostStatus string `json:"host_status"`
+	Status     string `json:"status"`
+	Endpoint   string `json:"endpoint"`
+	PID        int    `json:"pid"`
+}
+
+func interpretersOf(t *testing.T, a *testAgent) map[string]interpJSON {
+	t.Helper()
+	out, _, code := runCLI(t, "interpreters", "--rpc-addr", a.rpc, "--format", "json")
+	if code != 0 {
+		return nil
+	}
+	var resp struct{ Interpreters []interpJSON }
+	if err := json.Unmarshal([]byte(out), &resp); err != nil {
+		t.Fatalf("interpreters json: %v\n%s", err, out)
+	}
+	got := map[string]interpJSON{}
+	for _, i := range resp.Interpreters {
+		got[i.Name] = i
+	}
+	return got
+}
+
+func echo(t *testing.T, endpoint, line string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", endpoint, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial interpreter at %s: %v", endpoint, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(c, line)
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read echo from %s: %v", endpoint, err)
+	}
+	return strings.TrimSpace(got)
+}
+
+func niOf(t *testing.T, observer *testAgent, server string) string {
+	return membersOf(t, observer)[server].Tags["ni"]
+}
+
+// spawnCluster starts three servers with the same fixed load.
+func spawnCluster(t *testing.T, extra ...string) []*testAgent {
+	t.Helper()
+	var agents []*testAgent
+	for i := 1; i <= 3; i++ {
+		a := newTestAgent(t, i)
+		args := append([]string{"--load-source", "fixed:cpu=30,mem=30", "--publish-min-interval", "500ms"}, extra...)
+		if i > 1 {
+			args = append(args, "--join", agents[0].gossip)
+		}
+		agents = append(agents, a)
+		stopInterpreters(t, a)
+		a.start(t, args...)
+	}
+	waitFor(t, "three servers with load", 20*time.Second, func() bool {
+		ms := membersOf(t, agents[0])
+		n := 0
+		for _, a := range agents {
+			if ms[a.name].Status == "alive" && ms[a.name].Tags["cpu"] != "" {
+				n++
+			}
+		}
+		return n == 3
+	})
+	return agents
+}
+
+// TestSpawnSpreadsEchoesListsAndStops: six demo spawns over three equal
+// servers land two on each; each endpoint echoes; agent interpreters lists
+// them; stop removes one and its server's count drops.
+func TestSpawnSpreadsEchoesListsAndStops(t *testing.T) {
+	agents := spawnCluster(t)
+	perServer := map[string]int{}
+	var spawned []spawnJSON
+	for i := 0; i < 6; i++ {
+		s, errOut, code := spawnVia(t, agents[0], "--kind", "demo", "--wait")
+		if code != 0 || s.Name == "" || s.PID == 0 {
+			t.Fatalf("spawn %d: code %d %s %+v", i, code, errOut, s)
+		}
+		perServer[s.Node]++
+		spawned = append(spawned, s)
+	}
+	for _, a := range agents {
+		if perServer[a.name] != 2 {
+			t.Fatalf("six spawns over three equal servers landed %v, want 2 each", perServer)
+		}
+	}
+	for _, s := range spawned {
+		if got := echo(t, s.Endpoint, "hello "+s.Name); got != "hello "+s.Name {
+			t.Fatalf("%s at %s echoed %q", s.Name, s.Endpoint, got)
+		}
+	}
+	waitFor(t, "every interpreter listed on another agent", 15*time.Second, func() bool {
+		list := interpretersOf(t, agents[2])
+		for _, s := range spawned {
+			if list[s.Name].Status != "alive" || list[s.Name].Host != s.Node || list[s.Name].Endpoint != s.Endpoint {
+				return false
+			}
+		}
+		return len(list) == 6
+	})
+	waitFor(t, "ni=2 on every server", 15*time.Second, func() bool {
+		for _, a := range agents {
+			if niOf(t, agents[1], a.name) != "2" {
+				return false
+			}
+		}
+		return true
+	})
+
+	victim := spawned[0]
+	out, errOut, code := runCLI(t, "stop", "--rpc-addr", agents[1].rpc, victim.Name)
+	if code != 0 || !strings.Contains(out, "stopped") {
+		t.Fatalf("stop: code %d: %s %s", code, out, errOut)
+	}
+	waitFor(t, "the stopped interpreter to leave and its server's ni to drop", 15*time.Second, func() bool {
+		return interpretersOf(t, agents[0])[victim.Name].Status == "left" && niOf(t, agents[0], victim.Node) == "1"
+	})
+	if _, errOut, code := runCLI(t, "stop", "--rpc-addr", agents[0].rpc, "no-such-interpreter"); code != 1 ||
+		!strings.Contains(errOut, "no-such-interpreter") {
+		t.Fatalf("stop of an unknown name: code %d %s", code, errOut)
+	}
+}
+
+// TestSpawnIsIdempotentAndRefusesBadRequests: the same --key starts one
+// interpreter; an unknown kind and a forbidden argument are refused with
+// their own exit codes and messages.
+func TestSpawnIsIdempotentAndRefusesBadRequests(t *testing.T) {
+	agents := spawnCluster(t)
+	first, errOut, code := spawnVia(t, agents[0], "--kind", "demo", "--key", "nb-42", "--wait")
+	if code != 0 {
+		t.Fatalf("first spawn: %d %s", code, errOut)
+	}
+	second, errOut, code := spawnVia(t, agents[1], "--kind", "demo", "--key", "nb-42", "--wait")
+	if code != 0 || second.Name != first.Name || !second.Existing || second.PID != first.PID {
+		t.Fatalf("same key twice: first %+v, second %+v (%s)", first, second, errOut)
+	}
+	if n := len(interpretersOf(t, agents[2])); n != 1 {
+		t.Fatalf("%d interpreters after two spawns with one key", n)
+	}
+
+	_, errOut, code = spawnVia(t, agents[0], "--kind", "cobol")
+	if code != 4 || !strings.Contains(errOut, `"cobol"`) || !strings.Contains(errOut, "kinds offered: demo") {
+		t.Fatalf("unknown kind: code %d, %s", code, errOut)
+	}
+	_, errOut, code = spawnVia(t, agents[0], "--kind", "demo", "--", "--rm", "-rf")
+	if code != 5 || !strings.Contains(errOut, `"--rm"`) {
+		t.Fatalf("forbidden argument: code %d, %s", code, errOut)
+	}
+}
+
+// TestSupervisorKillAndAgentRestart: kill -9 of a supervisor makes its
+// member fail and its server's count drop; a restarted server agent leaves
+// its interpreters running and re-adopts them.
+func TestSupervisorKillAndAgentRestart(t *testing.T) {
+	agents := spawnCluster(t)
+	a, b := agents[0], agents[1]
+	var mine []spawnJSON
+	for len(mine) < 2 {
+		s, errOut, code := spawnVia(t, a, "--kind", "demo", "--wait", "--constraint", "test=.*")
+		if code != 0 {
+			t.Fatalf("spawn: %s", errOut)
+		}
+		if s.Node == b.name {
+			mine = append(mine, s)
+		}
+	}
+	waitFor(t, "b's count to show its interpreters", 15*time.Second, func() bool { return niOf(t, a, b.name) == fmt.Sprint(len(mine)) })
+
+	// kill -9 the supervisor of one of b's interpreters.
+	victim := mine[0]
+	var supervisor int
+	for _, pid := range supervisorsUnder(b.dataDir) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmd), victim.Name) {
+			supervisor = pid
+		}
+	}
+	if supervisor == 0 {
+		t.Fatalf("no supervisor process for %s", victim.Name)
+	}
+	syscall.Kill(supervisor, syscall.SIGKILL)
+	waitFor(t, "the killed interpreter to fail and b's count to drop", 30*time.Second, func() bool {
+		st := interpretersOf(t, a)[victim.Name].Status
+		return (st == "failed" || st == "left") && niOf(t, a, b.name) == fmt.Sprint(len(mine)-1)
+	})
+	if c, err := net.DialTimeout("tcp", victim.Endpoint, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("the interpreter of a killed supervisor still serves at %s", victim.Endpoint)
+	}
+
+	// Restart b's agent (kill -9, same data dir): its other interpreter
+	// keeps running and is re-adopted.
+	survivor := mine[1]
+	b.kill9(t)
+	b.start(t, "--load-source", "fixed:cpu=30,mem=30", "--publish-min-interval", "500ms")
+	waitFor(t, "b back with its interpreter re-adopted", 30*time.Second, func() bool {
+		return membersOf(t, a)[b.name].Status == "alive" && niOf(t, a, b.name) == "1" &&
+			interpretersOf(t, b)[survivor.Name].Status == "alive"
+	})
+	if got := echo(t, survivor.Endpoint, "still here"); got != "still here" {
+		t.Fatalf("survivor echoed %q", got)
+	}
+}
+
+// TestServerAtCapacityRefusesAndIsSkipped: a full server refuses, the
+// election skips it, and place says why.
+func TestServerAtCapacityRefusesAndIsSkipped(t *testing.T) {
+	agents := spawnCluster(t, "--capacity", "1")
+	for i := 0; i < 3; i++ {
+		if _, errOut, code := spawnVia(t, agents[0], "--kind", "demo", "--wait"); code != 0 {
+			t.Fatalf("spawn %d: %s", i, errOut)
+		}
+	}
+	// Every server now holds its one interpreter: the fourth spawn has
+	// nowhere to go, and place explains each refusal.
+	_, errOut, code := spawnVia(t, agents[0], "--kind", "demo")
+	if code != 5 || !strings.Contains(errOut, "full") && !strings.Contains(errOut, "capacity") {
+		t.Fatalf("spawn into a full mesh: code %d %s", code, errOut)
+	}
+	out, _, code := runCLI(t, "place", "--rpc-addr", agents[1].rpc, "--kind", "demo", "--format", "json")
+	if code != 3 {
+		t.Fatalf("place in a full mesh: code %d\n%s", code, out)
+	}
+	for _, a := range agents {
+		if !strings.Contains(out, a.name) || !strings.Contains(out, "at capacity") && !strings.Contains(out, "full") {
+			t.Fatalf("place does not say why %s refused:\n%s", a.name, out)
+		}
+	}
+}
