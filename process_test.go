@@ -49,7 +49,7 @@ type testAgent struct {
 	p           *proc
 }
 
-func freeLoopbackPort(t *testing.T, ip string) int {
+func freeLoopbackPort(t testing.TB, ip string) int {
 	t.Helper()
 	for i := 0; i < 50; i++ {
 		l, err := net.Listen("tcp", ip+":0")
@@ -68,7 +68,7 @@ func freeLoopbackPort(t *testing.T, ip string) int {
 	return 0
 }
 
-func newTestAgent(t *testing.T, i int) *testAgent {
+func newTestAgent(t testing.TB, i int) *testAgent {
 	ip := fmt.Sprintf("127.0.0.%d", i)
 	return &testAgent{
 		name:    fmt.Sprintf("node%d", i),
@@ -80,7 +80,7 @@ func newTestAgent(t *testing.T, i int) *testAgent {
 }
 
 // start runs `agent run` for a, with extra arguments, and registers its stop.
-func (a *testAgent) start(t *testing.T, extra ...string) {
+func (a *testAgent) start(t testing.TB, extra ...string) {
 	t.Helper()
 	args := append([]string{"run", "--node", a.name, "--bind", a.gossip, "--rpc-addr", a.rpc,
 		"--data-dir", a.dataDir, "--tag", "test=" + t.Name(), "--log-level", "debug"}, extra...)
@@ -106,14 +106,14 @@ func (a *testAgent) start(t *testing.T, extra ...string) {
 	})
 }
 
-func (a *testAgent) kill9(t *testing.T) {
+func (a *testAgent) kill9(t testing.TB) {
 	t.Helper()
 	a.p.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.p.done
 }
 
 // runCLI runs the agent binary as a client and returns stdout, stderr, exit code.
-func runCLI(t *testing.T, args ...string) (string, string, int) {
+func runCLI(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(agentBin, args...)
 	var stdout, stderr bytes.Buffer
@@ -137,7 +137,7 @@ type memberJSON struct {
 	Role   string            `json:"role"`
 }
 
-func membersOf(t *testing.T, a *testAgent) map[string]memberJSON {
+func membersOf(t testing.TB, a *testAgent) map[string]memberJSON {
 	t.Helper()
 	out, _, code := runCLI(t, "members", "--rpc-addr", a.rpc, "--format", "json")
 	if code != 0 {
@@ -155,7 +155,7 @@ func membersOf(t *testing.T, a *testAgent) map[string]memberJSON {
 }
 
 // waitFor polls cond until it holds; a bounded poll, not a sleep for gossip.
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
+func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for !cond() {
@@ -167,7 +167,7 @@ func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) t
 	return time.Since(start)
 }
 
-func statusEverywhere(t *testing.T, observers []*testAgent, node, status string) func() bool {
+func statusEverywhere(t testing.TB, observers []*testAgent, node, status string) func() bool {
 	return func() bool {
 		for _, o := range observers {
 			if membersOf(t, o)[node].Status != status {

@@ -18,7 +18,7 @@ import (
 // under the agents' data dirs and the interpreter each ran. Supervisors are
 // detached on purpose (they outlive their agent), so the test must find
 // them itself.
-func stopInterpreters(t *testing.T, agents ...*testAgent) {
+func stopInterpreters(t testing.TB, agents ...*testAgent) {
 	t.Cleanup(func() {
 		for _, a := range agents {
 			for _, pid := range supervisorsUnder(a.dataDir) {
@@ -81,7 +81,7 @@ type spawnJSON struct {
 	Error    string `json:"error"`
 }
 
-func spawnVia(t *testing.T, a *testAgent, args ...string) (spawnJSON, string, int) {
+func spawnVia(t testing.TB, a *testAgent, args ...string) (spawnJSON, string, int) {
 	t.Helper()
 	out, errOut, code := runCLI(t, append([]string{"spawn", "--rpc-addr", a.rpc, "--format", "json"}, args...)...)
 	var s spawnJSON
@@ -102,7 +102,7 @@ type interpJSON struct {
 	PID        int    `json:"pid"`
 }
 
-func interpretersOf(t *testing.T, a *testAgent) map[string]interpJSON {
+func interpretersOf(t testing.TB, a *testAgent) map[string]interpJSON {
 	t.Helper()
 	out, _, code := runCLI(t, "interpreters", "--rpc-addr", a.rpc, "--format", "json")
 	if code != 0 {
@@ -119,7 +119,7 @@ func interpretersOf(t *testing.T, a *testAgent) map[string]interpJSON {
 	return got
 }
 
-func echo(t *testing.T, endpoint, line string) string {
+func echo(t testing.TB, endpoint, line string) string {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", endpoint, 5*time.Second)
 	if err != nil {
@@ -135,12 +135,12 @@ func echo(t *testing.T, endpoint, line string) string {
 	return strings.TrimSpace(got)
 }
 
-func niOf(t *testing.T, observer *testAgent, server string) string {
+func niOf(t testing.TB, observer *testAgent, server string) string {
 	return membersOf(t, observer)[server].Tags["ni"]
 }
 
 // spawnCluster starts three servers with the same fixed load.
-func spawnCluster(t *testing.T, extra ...string) []*testAgent {
+func spawnCluster(t testing.TB, extra ...string) []*testAgent {
 	t.Helper()
 	var agents []*testAgent
 	for i := 1; i <= 3; i++ {
