@@ -156,4 +156,3 @@ func leastLoadedByTags(view map[string]memberJSON) string {
 	}
 	return best
 }
-
