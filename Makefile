@@ -6,7 +6,12 @@ LDFLAGS  := -X github.com/meshagent/agent/agent.Version=$(VERSION)
 PKGS     := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build test check bench demo fmt clean
+.PHONY: help build test check bench demo testbed fmt clean fuzz
+
+# Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := ./agent/rpc:FuzzServerInput ./gossip:FuzzParseTags ./bidding:FuzzDecodeBid \
+	./agent:FuzzSpawnOrder ./agent:FuzzConfigFile ./agent:FuzzLoadKinds ./placement:FuzzParseConstraint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -29,6 +34,16 @@ bench: ## run the benchmarks; prints a table and writes bench.json
 
 demo: build ## start a 3-agent mesh on loopback; Ctrl-C (or DURATION=30s) stops it
 	AGENT_BIN=$(CURDIR)/$(BIN) ./scripts/demo.sh
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 60s; CI uses 10s)
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== $$fn ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	done
+
+testbed: build ## as root: 5 agents in network namespaces, members, a partition and its heal (KEEP=1 keeps them up)
+	AGENT_BIN=$(CURDIR)/$(BIN) ./scripts/testbed.sh
 
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')

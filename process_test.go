@@ -46,6 +46,7 @@ type testAgent struct {
 	name, ip    string
 	gossip, rpc string
 	dataDir     string
+	rpcToken    string // a token file the agent's RPC requires, if any
 	p           *proc
 }
 
@@ -101,7 +102,11 @@ func (a *testAgent) start(t testing.TB, extra ...string) {
 		}
 	})
 	waitFor(t, a.name+" to answer RPC", 10*time.Second, func() bool {
-		_, _, code := runCLI(t, "info", "--rpc-addr", a.rpc)
+		args := []string{"info", "--rpc-addr", a.rpc}
+		if a.rpcToken != "" {
+			args = append(args, "--rpc-token-file", a.rpcToken)
+		}
+		_, _, code := runCLI(t, args...)
 		return code == 0
 	})
 }

@@ -329,3 +329,33 @@ func TestServerAtCapacityRefusesAndIsSkipped(t *testing.T) {
 		}
 	}
 }
+
+// TestRateLimitsPerAsker: a server refuses place queries and spawn orders
+// beyond its per-asker rate, saying so; the election skips it.
+func TestRateLimitsPerAsker(t *testing.T) {
+	a := newTestAgent(t, 1)
+	stopInterpreters(t, a)
+	a.start(t, "--load-source", "fixed:cpu=10,mem=10", "--place-rate-limit", "0.5")
+	waitFor(t, "load published", 10*time.Second, func() bool { return membersOf(t, a)[a.name].Tags["cpu"] != "" })
+	// Place: a burst of one (twice 0.5/s) is allowed, the next is refused.
+	if _, _, code := runCLI(t, "place", "--rpc-addr", a.rpc, "--kind", "demo"); code != 0 {
+		t.Fatalf("first place: code %d", code)
+	}
+	out, _, code := runCLI(t, "place", "--rpc-addr", a.rpc, "--kind", "demo", "--format", "json")
+	if code != 3 || !strings.Contains(out, "rate limited") || !strings.Contains(out, "--place-rate-limit") {
+		t.Fatalf("second place within the limit: code %d\n%s", code, out)
+	}
+
+	// Spawn: one order a hundred seconds (a burst of one) from this asker.
+	b := newTestAgent(t, 2)
+	stopInterpreters(t, b)
+	b.start(t, "--load-source", "fixed:cpu=10,mem=10", "--spawn-rate-limit", "0.01")
+	waitFor(t, "load published", 10*time.Second, func() bool { return membersOf(t, b)[b.name].Tags["cpu"] != "" })
+	if _, errOut, code := spawnVia(t, b, "--kind", "demo"); code != 0 {
+		t.Fatalf("first spawn: %s", errOut)
+	}
+	_, errOut, code := spawnVia(t, b, "--kind", "demo")
+	if code != 5 || !strings.Contains(errOut, "rate limited") || !strings.Contains(errOut, "--spawn-rate-limit") {
+		t.Fatalf("second spawn within the limit: code %d %s", code, errOut)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,12 @@ type Agent struct {
 	inflightKind map[string]string
 	supervisors  map[string]startedSupervisor
 
+	// Per-asker limits on the place queries and spawn orders this server
+	// answers, guarded by limitMu.
+	limitMu    sync.Mutex
+	placeLimit *state.RateLimiter
+	spawnLimit *state.RateLimiter
+
 	// The asker's reservations, so that a burst of spawns spreads.
 	ledgerMu sync.Mutex
 	ledger   *placement.Ledger
@@ -110,6 +117,15 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.RPCTokenFile != "" {
+		if cfg.RPCToken, err = ReadTokenFile(cfg.RPCTokenFile); err != nil {
+			return nil, err
+		}
+	}
+	if !isLoopback(cfg.RPCAddr) && cfg.RPCToken == "" {
+		return nil, fmt.Errorf("the RPC on %s is reachable from other hosts and has no token, so anyone who reaches it "+
+			"could start processes here: set --rpc-token-file (or --rpc-token), or bind it to 127.0.0.1", cfg.RPCAddr)
+	}
 	return &Agent{
 		load:         load,
 		kinds:        kinds,
@@ -119,6 +135,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		inflightKind: map[string]string{},
 		supervisors:  map[string]startedSupervisor{},
 		ledger:       ledger,
+		placeLimit:   state.NewRateLimiter(cfg.PlaceRate, 2*cfg.PlaceRate, 4096),
+		spawnLimit:   state.NewRateLimiter(cfg.SpawnRate, 2*cfg.SpawnRate, 4096),
 		tags:         tagState{extra: cfg.Tags},
 		cfg:          cfg,
 		logger:       deps.Logger,
@@ -144,6 +162,9 @@ func (a *Agent) Start() error {
 	if err != nil {
 		return err
 	}
+	if err := a.checkGossipSecurity(gcfg); err != nil {
+		return err
+	}
 	node, err := gossip.Start(gcfg)
 	if err != nil {
 		return err
@@ -156,7 +177,8 @@ func (a *Agent) Start() error {
 		return fmt.Errorf("rpc listen on %s: %w (is another agent running? choose another --rpc-addr)", a.cfg.RPCAddr, err)
 	}
 	a.rpcLn = ln
-	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, Logger: a.logger.With("component", "rpc")})
+	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, MaxConns: a.cfg.RPCMaxConns,
+		Logger: a.logger.With("component", "rpc")})
 	a.rpc.Register(rpc.CommandPlace, a.handlePlace)
 	a.rpc.Register(rpc.CommandSpawn, a.handleSpawn)
 	a.rpc.Register(rpc.CommandInterpreters, a.handleInterpreters)
@@ -260,8 +282,46 @@ func (a *Agent) gossipConfig() (gossip.Config, error) {
 			return gossip.Config{}, err
 		}
 		g.Keys = [][]byte{k}
+		// Keep the key with the data, so a restart (or a key rotation with
+		// `agent keys`, which serf writes here) needs no --encrypt again.
+		if keyring != "" {
+			if err := writeFileAtomic(keyring, []byte(`["`+a.cfg.EncryptKey+`"]`+"\n"), 0o600); err != nil {
+				return gossip.Config{}, fmt.Errorf("keyring: %w", err)
+			}
+		}
 	}
 	return g, nil
+}
+
+// checkGossipSecurity refuses unencrypted gossip that other hosts can reach,
+// unless the operator said --insecure, which is then logged at every start.
+func (a *Agent) checkGossipSecurity(g gossip.Config) error {
+	local := isLoopback(a.cfg.BindAddr) && (a.cfg.AdvertiseAddr == "" || isLoopback(a.cfg.AdvertiseAddr))
+	if len(g.Keys) > 0 || local || g.Transport != nil {
+		return nil
+	}
+	if a.cfg.Insecure {
+		a.logger.Warn("gossip is NOT encrypted and reachable from other hosts (--insecure): anyone who reaches "+
+			a.cfg.BindAddr+" can join the mesh and ask it to start interpreters", "bind", a.cfg.BindAddr)
+		return nil
+	}
+	return fmt.Errorf("gossip on %s is reachable from other hosts but not encrypted, so anyone who reaches it could join "+
+		"the mesh and start interpreters: make a key with `agent keygen` and give it to every agent with --encrypt "+
+		"(it is then kept in the data dir's keyring), or bind to 127.0.0.1; on a network you fully trust, --insecure "+
+		"turns this check off", a.cfg.BindAddr)
+}
+
+// ReadTokenFile reads an RPC token from a file: the first line, trimmed.
+func ReadTokenFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("rpc token file: %w", err)
+	}
+	token := strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0])
+	if token == "" {
+		return "", fmt.Errorf("rpc token file %s is empty: put the token on its first line", path)
+	}
+	return token, nil
 }
 
 // initialTags are the tags the agent starts with: the role, the user's own,

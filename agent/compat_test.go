@@ -48,8 +48,19 @@ func startAgent(t *testing.T, name, ip string, mutate func(*Config)) *Agent {
 	return startAgentWith(t, name, ip, Deps{}, mutate)
 }
 
+// startAgentLogging is startAgent with its log also written to logs.
+func startAgentLogging(t *testing.T, name, ip string, logs io.Writer, mutate func(*Config)) *Agent {
+	t.Helper()
+	return startAgentFull(t, name, ip, Deps{}, logs, mutate)
+}
+
 // startAgentWith is startAgent with chosen dependencies (a fake clock, say).
 func startAgentWith(t *testing.T, name, ip string, deps Deps, mutate func(*Config)) *Agent {
+	t.Helper()
+	return startAgentFull(t, name, ip, deps, nil, mutate)
+}
+
+func startAgentFull(t *testing.T, name, ip string, deps Deps, extraLog io.Writer, mutate func(*Config)) *Agent {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.NodeName = name
@@ -64,7 +75,11 @@ func startAgentWith(t *testing.T, name, ip string, deps Deps, mutate func(*Confi
 		mutate(&cfg)
 	}
 	var logs bytes.Buffer
-	logger, stream, err := NewLogger(&syncWriter{w: &logs}, "debug", "text")
+	var out io.Writer = &syncWriter{w: &logs}
+	if extraLog != nil {
+		out = io.MultiWriter(out, extraLog)
+	}
+	logger, stream, err := NewLogger(out, "debug", "text")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,4 +370,22 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// syncBuffer is a buffer safe to write from the agent and read from a test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -46,6 +46,13 @@ type Config struct {
 	PlaceTimeout time.Duration // how long an asker waits for bids
 
 	InterpretersFile string // kinds this server may start, besides demo
+
+	// Security.
+	Insecure     bool   // allow unencrypted gossip on a non-loopback address
+	RPCTokenFile string // file holding the RPC token
+	RPCMaxConns  int
+	PlaceRate    float64 // place queries per second one asker may send a server
+	SpawnRate    float64 // spawn orders per second one asker may send a server
 }
 
 // DefaultConfig is the bottom layer.
@@ -66,6 +73,9 @@ func DefaultConfig() Config {
 		LoadSource:   "host",
 		Publish:      state.DefaultPublishPolicy(),
 		PlaceTimeout: time.Second,
+		RPCMaxConns:  64,
+		PlaceRate:    50,
+		SpawnRate:    10,
 	}
 }
 
@@ -76,6 +86,7 @@ type Option struct {
 	Name       string // flag name; the file key is Name with '-' as '_'
 	Usage      string
 	Repeatable bool
+	Bool       bool // a switch: --name alone means true
 	set        func(c *Config, values []string) error
 	get        func(c *Config) []string
 }
@@ -291,6 +302,36 @@ func nonEmpty(s string) []string {
 	return []string{s}
 }
 
+func intOption(name, usage string, least int, field func(*Config) *int) Option {
+	return Option{
+		Name: name, Usage: usage,
+		set: func(c *Config, v []string) error {
+			n, err := strconv.Atoi(one(v))
+			if err != nil || n < least {
+				return fmt.Errorf("%q is not a whole number, %d or more", one(v), least)
+			}
+			*field(c) = n
+			return nil
+		},
+		get: func(c *Config) []string { return []string{strconv.Itoa(*field(c))} },
+	}
+}
+
+func rateOption(name, usage string, field func(*Config) *float64) Option {
+	return Option{
+		Name: name, Usage: usage,
+		set: func(c *Config, v []string) error {
+			f, err := strconv.ParseFloat(one(v), 64)
+			if err != nil || f <= 0 || f > 1e6 {
+				return fmt.Errorf("%q is not a rate per second above 0", one(v))
+			}
+			*field(c) = f
+			return nil
+		},
+		get: func(c *Config) []string { return []string{strconv.FormatFloat(*field(c), 'f', -1, 64)} },
+	}
+}
+
 // ParseDuration parses a positive Go duration ("500ms", "30s", "2m").
 func ParseDuration(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
@@ -477,18 +518,26 @@ var options = []Option{
 		func(c *Config) *time.Duration { return &c.Publish.MinInterval }),
 	durationOption("publish-max-interval", "longest time a small load drift waits before it is gossiped",
 		func(c *Config) *time.Duration { return &c.Publish.MaxInterval }),
+	intOption("capacity", "the most interpreters this server accepts (0: no limit)", 0, func(c *Config) *int { return &c.Capacity }),
 	{
-		Name: "capacity", Usage: "the most interpreters this server accepts (0: no limit)",
+		Name: "insecure", Usage: "allow unencrypted gossip on a non-loopback address (logs a warning at every start)", Bool: true,
 		set: func(c *Config, v []string) error {
-			n, err := strconv.Atoi(one(v))
-			if err != nil || n < 0 {
-				return fmt.Errorf("%q is not a whole number of interpreters, 0 or more", one(v))
+			b, err := strconv.ParseBool(one(v))
+			if err != nil {
+				return fmt.Errorf("%q is not true or false", one(v))
 			}
-			c.Capacity = n
+			c.Insecure = b
 			return nil
 		},
-		get: func(c *Config) []string { return []string{strconv.Itoa(c.Capacity)} },
+		get: func(c *Config) []string { return []string{strconv.FormatBool(c.Insecure)} },
 	},
+	stringOption("rpc-token-file", "file holding the RPC token (instead of --rpc-token, which shows in ps)",
+		func(c *Config) *string { return &c.RPCTokenFile }, nil),
+	intOption("rpc-max-conns", "the most RPC connections open at once", 1, func(c *Config) *int { return &c.RPCMaxConns }),
+	rateOption("place-rate-limit", "place queries per second one asker may send this server (burst: twice that)",
+		func(c *Config) *float64 { return &c.PlaceRate }),
+	rateOption("spawn-rate-limit", "spawn orders per second one asker may send this server (burst: twice that)",
+		func(c *Config) *float64 { return &c.SpawnRate }),
 	stringOption("interpreters", "JSON file of the interpreter kinds this server may start (demo is built in)",
 		func(c *Config) *string { return &c.InterpretersFile }, nil),
 	durationOption("place-timeout", "how long an asker waits for servers' bids (it stops earlier once all answered)",
@@ -503,9 +552,23 @@ func (c *Config) Validate() error {
 	if c.Role == gossip.RoleInterpreter && c.RPCAddr == "" {
 		return errors.New("an interpreter still needs --rpc-addr")
 	}
+	if c.RPCToken != "" && c.RPCTokenFile != "" {
+		return errors.New("both --rpc-token and --rpc-token-file are set: keep one")
+	}
 	if err := c.Publish.Validate(); err != nil {
 		return fmt.Errorf("--publish-min-interval %s and --publish-max-interval %s: the minimum must not exceed the maximum",
 			c.Publish.MinInterval, c.Publish.MaxInterval)
 	}
 	return nil
+}
+
+// isLoopback reports whether a host:port only listens on this machine.
+// An empty host or 0.0.0.0 listens everywhere.
+func isLoopback(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/user"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -25,6 +27,10 @@ type Kind struct {
 	// Args, when set, must match every extra argument a request adds
 	// (anchored); when nil, requests may add no arguments.
 	Args *regexp.Regexp
+	// User, when set, is the account the interpreter runs as (the agent
+	// must be root to switch); otherwise it runs as the agent's user.
+	User     string
+	UID, GID uint32
 }
 
 // kindFile is one kind in an --interpreters file.
@@ -34,6 +40,7 @@ type kindFile struct {
 	Dir         string            `json:"dir"`
 	Max         int               `json:"max"`
 	ArgsPattern string            `json:"args_pattern"`
+	User        string            `json:"user"`
 }
 
 // LoadKinds reads an --interpreters file: a JSON object from kind name to
@@ -61,7 +68,7 @@ func LoadKinds(path string) (map[string]Kind, error) {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&kf); err != nil {
-			return nil, fmt.Errorf("interpreters file %s: kind %q: %w (keys are command, env, dir, max, args_pattern)", path, name, err)
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %w (keys are command, env, dir, max, args_pattern, user)", path, name, err)
 		}
 		if len(kf.Command) == 0 || kf.Command[0] == "" {
 			return nil, fmt.Errorf(`interpreters file %s: kind %q has no command: give the program and its arguments, e.g. "command": ["python3", "-m", "kernel", "--port", "{port}"]`, path, name)
@@ -76,6 +83,11 @@ func LoadKinds(path string) (map[string]Kind, error) {
 				return nil, fmt.Errorf("interpreters file %s: kind %q: args_pattern %q is not a regular expression: %w", path, name, kf.ArgsPattern, err)
 			}
 			k.Args = re
+		}
+		if kf.User != "" {
+			if err := k.setUser(kf.User); err != nil {
+				return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
+			}
 		}
 		for key := range kf.Env {
 			if key == "" || strings.ContainsAny(key, "=\x00") {
@@ -130,4 +142,23 @@ func (k Kind) argv(name, addr, port string, extra []string) []string {
 		out = append(out, r.Replace(c))
 	}
 	return append(out, extra...)
+}
+
+// setUser resolves the account a kind runs as and checks that the agent can
+// switch to it.
+func (k *Kind) setUser(name string) error {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return fmt.Errorf("user %q: %w", name, err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("user %q has a non-numeric uid %q or gid %q", name, u.Uid, u.Gid)
+	}
+	if os.Geteuid() != 0 && int(uid) != os.Geteuid() {
+		return fmt.Errorf("runs as user %q, but the agent runs as uid %d, not root, and cannot switch users: run the agent as root or drop \"user\"", name, os.Geteuid())
+	}
+	k.User, k.UID, k.GID = name, uint32(uid), uint32(gid)
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/placement"
+	"github.com/meshagent/agent/state"
 )
 
 // BuiltinKind is the interpreter kind every server offers: a tiny echo
@@ -26,7 +27,7 @@ func (a *Agent) offersKind(kind string) bool {
 }
 
 // bid is this server's answer to a place query.
-func (a *Agent) bid(req bidding.Request) placement.Bid {
+func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 	load, healthy := a.currentLoad()
 	b := placement.Bid{
 		Node:       a.cfg.NodeName,
@@ -44,6 +45,9 @@ func (a *Agent) bid(req bidding.Request) placement.Bid {
 	case <-a.shutdownCh:
 		b.Refusal = "shutting down"
 	default:
+	}
+	if b.Refusal == "" && !a.allow(a.placeLimit, asker) {
+		b.Refusal = fmt.Sprintf("rate limited: %s sent more than %g place queries a second (--place-rate-limit)", asker, a.cfg.PlaceRate)
 	}
 	if b.Refusal == "" && b.Capacity > 0 && b.Running+b.Pending >= b.Capacity {
 		b.Refusal = fmt.Sprintf("at capacity: %d of %d interpreters", b.Running+b.Pending, b.Capacity)
@@ -177,4 +181,11 @@ func (a *Agent) handlePlace(body rpc.Body) (any, error) {
 		return nil, e.err
 	}
 	return placeView(e), nil
+}
+
+// allow takes a token from limiter for asker.
+func (a *Agent) allow(limiter *state.RateLimiter, asker string) bool {
+	a.limitMu.Lock()
+	defer a.limitMu.Unlock()
+	return limiter.Allow(asker, a.clock.Now())
 }

@@ -157,9 +157,13 @@ func (a *Agent) startingInterpreters() int {
 func (a *Agent) handleSpawnOrder(q *gossip.Query) {
 	var o spawnOrder
 	var ans spawnAnswer
-	if err := msgpack.Unmarshal(q.Payload, &o); err != nil {
+	switch err := msgpack.Unmarshal(q.Payload, &o); {
+	case err != nil:
 		ans.Refusal = "cannot decode the spawn order: " + err.Error()
-	} else {
+	case !a.allow(a.spawnLimit, q.From):
+		ans.Refusal = fmt.Sprintf("rate limited: %s sent more than %g spawn orders a second (--spawn-rate-limit)", q.From, a.cfg.SpawnRate)
+		a.logger.Warn("spawn order refused: rate limit", "asker", q.From)
+	default:
 		ans = a.startInterpreter(o)
 	}
 	data, err := msgpack.Marshal(ans)
@@ -270,6 +274,7 @@ func (a *Agent) launch(kind Kind, name string, o spawnOrder) (spawnAnswer, error
 		Keys:      a.node.LocalKeys(),
 		OutputLog: filepath.Join(dir, "output.log"),
 		StopGrace: 10 * time.Second,
+		User:      kind.User, UID: kind.UID, GID: kind.GID,
 	}
 	s, err := launchSupervisor(a.self, dir, spec, startTimeout)
 	if err != nil {
@@ -486,6 +491,10 @@ func (a *Agent) spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnRespon
 	}
 
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: a.cfg.NodeName})
+	if len(order) > bidding.MaxQueryBytes {
+		return fail(resp, rpc.SpawnBadRequest, fmt.Errorf("the spawn order is %d bytes, over serf's %d-byte query limit: pass fewer or shorter arguments",
+			len(order), bidding.MaxQueryBytes))
+	}
 	timeouts := 0
 	var ans spawnAnswer
 	for i, cand := range e.decision.Ranked {

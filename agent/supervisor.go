@@ -40,6 +40,11 @@ type Spec struct {
 	Keys      []string      `json:"keys,omitempty"`
 	OutputLog string        `json:"output_log"`
 	StopGrace time.Duration `json:"stop_grace"`
+	// User, UID and GID, when User is set, are the account the
+	// interpreter runs as.
+	User string `json:"user,omitempty"`
+	UID  uint32 `json:"uid,omitempty"`
+	GID  uint32 `json:"gid,omitempty"`
 }
 
 // readiness is what a supervisor writes on its readiness pipe (fd 3) once
@@ -117,6 +122,9 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 	// Its own group, so a stop reaches everything it started; killed if the
 	// supervisor dies, so an interpreter is never left without a member.
 	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if spec.User != "" {
+		child.SysProcAttr.Credential = &syscall.Credential{Uid: spec.UID, Gid: spec.GID}
+	}
 	if err := child.Start(); err != nil {
 		reportReady(ready, readiness{Error: fmt.Sprintf("start %s: %v", spec.Argv[0], err)})
 		logger.Error("interpreter did not start", "argv", spec.Argv, "err", err)

@@ -19,8 +19,12 @@ import (
 // QueryName is the serf query servers answer with bids.
 const QueryName = "place"
 
-// MaxResponseBytes is serf's default limit on one query response.
-const MaxResponseBytes = 1024
+// MaxResponseBytes and MaxQueryBytes are serf's default limits on one query
+// response and one query payload.
+const (
+	MaxResponseBytes = 1024
+	MaxQueryBytes    = 1024
+)
 
 // maxRefusal and maxKindBytes bound a bid's free text, so that with tags at
 // memberlist's cap a bid still fits a query response.
@@ -109,9 +113,10 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 	}, nil
 }
 
-// Bidder decides a server's bid for a request. It is called concurrently,
-// once per query, and must not block for long: the asker is waiting.
-type Bidder func(Request) placement.Bid
+// Bidder decides a server's bid for a request from asker (the node serf says
+// sent the query). It is called concurrently, once per query, and must not
+// block for long: the asker is waiting.
+type Bidder func(asker string, req Request) placement.Bid
 
 // Serve makes n answer place queries with bidder's bids.
 func Serve(n *gossip.Node, bidder Bidder, logger *slog.Logger) {
@@ -121,7 +126,7 @@ func Serve(n *gossip.Node, bidder Bidder, logger *slog.Logger) {
 		if err := msgpack.Unmarshal(q.Payload, &req); err != nil {
 			bid = placement.Bid{Refusal: "cannot decode the place request: " + err.Error()}
 		} else {
-			bid = bidder(req)
+			bid = bidder(q.From, req)
 		}
 		data, err := EncodeBid(bid)
 		if err != nil {
@@ -178,6 +183,10 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 	payload, err := msgpack.Marshal(req)
 	if err != nil {
 		return res, fmt.Errorf("encode place request: %w", err)
+	}
+	if len(payload) > MaxQueryBytes {
+		return res, fmt.Errorf("the place request is %d bytes, over serf's %d-byte query limit: use fewer or shorter constraints",
+			len(payload), MaxQueryBytes)
 	}
 	waiting := make(map[string]bool, len(res.Expected))
 	for _, s := range res.Expected {

@@ -39,6 +39,9 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return ExitOK
 	}
+	if errors.Is(err, rpc.ErrUnauthorized) {
+		err = fmt.Errorf("%w: the agent requires an RPC token; give it with --rpc-token-file or AGENT_RPC_TOKEN", err)
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil && ee.err.Error() != "" {
@@ -75,6 +78,8 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			tagsCommand(),
 			monitorCommand(),
 			infoCommand(),
+			keygenCommand(),
+			keysCommand(),
 			versionCommand(),
 		},
 	}
@@ -87,6 +92,8 @@ func rpcFlags() []ucli.Flag {
 			Usage: "RPC address of the agent to talk to"},
 		&ucli.StringFlag{Name: "rpc-token", EnvVars: []string{"AGENT_RPC_TOKEN"},
 			Usage: "RPC token, when the agent requires one"},
+		&ucli.StringFlag{Name: "rpc-token-file", EnvVars: []string{"AGENT_RPC_TOKEN_FILE"},
+			Usage: "file holding the RPC token (its first line)"},
 	}
 }
 
@@ -101,9 +108,22 @@ func dial(c *ucli.Context) (*rpc.Client, error) {
 	if err := agent.CheckHostPort(addr); err != nil {
 		return nil, fmt.Errorf("--rpc-addr: %w", err)
 	}
-	cl, err := rpc.Dial(addr, rpc.ClientConfig{Token: c.String("rpc-token"), Timeout: 5 * time.Second})
+	var err error
+	token := c.String("rpc-token")
+	if f := c.String("rpc-token-file"); f != "" {
+		if token != "" {
+			return nil, errors.New("both --rpc-token and --rpc-token-file are set: keep one")
+		}
+		if token, err = agent.ReadTokenFile(f); err != nil {
+			return nil, err
+		}
+	}
+	cl, err := rpc.Dial(addr, rpc.ClientConfig{Token: token, Timeout: 5 * time.Second})
 	if errors.Is(err, rpc.ErrNoAgent) {
 		return nil, fmt.Errorf("no agent answers at %s: is `agent run` started? (point --rpc-addr or AGENT_RPC_ADDR at a running agent)", addr)
+	}
+	if errors.Is(err, rpc.ErrUnauthorized) {
+		return nil, fmt.Errorf("agent at %s refused the RPC token: give the agent's token with --rpc-token-file or AGENT_RPC_TOKEN (%w)", addr, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("agent at %s: %w", addr, err)

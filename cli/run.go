@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	ucli "github.com/urfave/cli/v2"
@@ -19,6 +20,8 @@ func runCommand() *ucli.Command {
 	for _, o := range agent.Options() {
 		if o.Repeatable {
 			flags = append(flags, &ucli.StringSliceFlag{Name: o.Name, Usage: o.Usage, EnvVars: []string{o.EnvVar()}})
+		} else if o.Bool {
+			flags = append(flags, &ucli.BoolFlag{Name: o.Name, Usage: o.Usage, EnvVars: []string{o.EnvVar()}})
 		} else {
 			flags = append(flags, &ucli.StringFlag{Name: o.Name, Usage: o.Usage, EnvVars: []string{o.EnvVar()}, DefaultText: o.Default()})
 		}
@@ -47,7 +50,10 @@ func loadConfig(c *ucli.Context) (agent.Config, error) {
 			continue
 		}
 		values := c.StringSlice(o.Name)
-		if !o.Repeatable {
+		switch {
+		case o.Bool:
+			values = []string{strconv.FormatBool(c.Bool(o.Name))}
+		case !o.Repeatable:
 			values = []string{c.String(o.Name)}
 		}
 		if err := cfg.Apply(o.Name, values); err != nil {

@@ -35,6 +35,7 @@ type Event struct {
 
 // Query is a query that reached this node; Respond answers it.
 type Query struct {
+	From     string // the node that asked, as serf reports it
 	Name     string
 	Payload  []byte
 	LTime    uint64
@@ -71,7 +72,7 @@ func eventFromSerf(e serf.Event) (Event, bool) {
 	case serf.UserEvent:
 		return Event{Type: EventUser, LTime: uint64(e.LTime), Name: e.Name, Payload: e.Payload, Coalesce: e.Coalesce}, true
 	case *serf.Query:
-		q := &Query{Name: e.Name, Payload: e.Payload, LTime: uint64(e.LTime), Deadline: e.Deadline(), q: e}
+		q := &Query{From: e.SourceNode(), Name: e.Name, Payload: e.Payload, LTime: uint64(e.LTime), Deadline: e.Deadline(), q: e}
 		return Event{Type: EventQuery, LTime: q.LTime, Name: e.Name, Payload: e.Payload, Query: q}, true
 	}
 	return Event{}, false

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -168,5 +169,28 @@ func TestUnknownProfileListsValidOnes(t *testing.T) {
 	err := CheckProfile("fastest")
 	if !errors.Is(err, ErrUnknownProfile) || !strings.Contains(err.Error(), "lan, local, wan") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestJoinWithTheWrongKeyFailsAndSaysWhy(t *testing.T) {
+	key1, key2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	a, err := Start(Config{Name: "a", BindAddr: "127.0.0.1", BindPort: freePort(t), Profile: "local", Keys: [][]byte{key1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Shutdown() })
+	for name, keys := range map[string][][]byte{"wrong-key": {key2}, "no-key": nil} {
+		b, err := Start(Config{Name: name, BindAddr: "127.0.0.1", BindPort: freePort(t), Profile: "local", Keys: keys})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := b.Join([]string{a.Addr()}, false)
+		b.Shutdown()
+		if n != 0 || !errors.Is(err, ErrKeyMismatch) || !strings.Contains(err.Error(), "--encrypt") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: joined %d, err %q", name, n, err)
+		}
+	}
+	if len(a.Members()) != 1 {
+		t.Fatalf("a node without the key got into the member list: %v", a.Members())
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -223,10 +224,38 @@ func (n *Node) Members() []Member {
 	return out
 }
 
+// ErrKeyMismatch is returned by Join when the other side's gossip
+// encryption does not match this node's.
+var ErrKeyMismatch = errors.New("gossip keys do not match")
+
 // Join contacts the given addresses and returns how many answered. With
-// replay false, user events from before the join are not delivered.
+// replay false, user events from before the join are not delivered. The
+// error, when some failed, lists each address with its reason on one line.
 func (n *Node) Join(addrs []string, replay bool) (int, error) {
-	return n.serf.Join(addrs, !replay)
+	joined, err := n.serf.Join(addrs, !replay)
+	return joined, joinError(err)
+}
+
+// joinError flattens memberlist's multi-line error and recognises a key
+// mismatch, which deserves advice rather than a decryption message.
+func joinError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var reasons []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
+		if line != "" && !strings.HasSuffix(line, "error occurred:") && !strings.HasSuffix(line, "errors occurred:") {
+			reasons = append(reasons, line)
+		}
+	}
+	msg := strings.Join(reasons, "; ")
+	for _, sign := range []string{"no installed keys could decrypt", "encryption is not configured", "encryption is configured but remote state is not"} {
+		if strings.Contains(msg, sign) {
+			return fmt.Errorf("%w: %s: give every agent the same key with --encrypt (or the same keyring)", ErrKeyMismatch, msg)
+		}
+	}
+	return errors.New(msg)
 }
 
 // SetTags replaces the local node's tags and gossips the change; tags that

@@ -95,24 +95,24 @@ func (t Tags) Map() map[string]string {
 	if t.Role != "" {
 		m[TagRole] = string(t.Role)
 	}
-	switch t.Role {
-	case RoleServer:
-		if t.Load != nil {
-			m[TagCPU] = strconv.FormatFloat(t.Load.CPU, 'f', 1, 64)
-			m[TagMem] = strconv.FormatFloat(t.Load.Mem, 'f', 1, 64)
-		}
-		m[TagRunning] = strconv.Itoa(t.Interpreters)
-		if t.Capacity > 0 {
-			m[TagCapacity] = strconv.Itoa(t.Capacity)
-		}
-	case RoleInterpreter:
-		setIf(m, TagKind, t.Kind)
-		setIf(m, TagHost, t.Host)
-		setIf(m, TagRequestID, t.RequestID)
-		setIf(m, TagEndpoint, t.Endpoint)
-		if t.PID > 0 {
-			m[TagPID] = strconv.Itoa(t.PID)
-		}
+	// Every field that is set is written, whatever the role, so that what
+	// ParseTags reads from any node (a foreign one too) maps back unchanged.
+	if t.Load != nil {
+		m[TagCPU] = strconv.FormatFloat(t.Load.CPU, 'f', 1, 64)
+		m[TagMem] = strconv.FormatFloat(t.Load.Mem, 'f', 1, 64)
+	}
+	if t.Role == RoleServer || t.Interpreters > 0 {
+		m[TagRunning] = strconv.Itoa(t.Interpreters) // a server always says how many it runs
+	}
+	if t.Capacity > 0 {
+		m[TagCapacity] = strconv.Itoa(t.Capacity)
+	}
+	setIf(m, TagKind, t.Kind)
+	setIf(m, TagHost, t.Host)
+	setIf(m, TagRequestID, t.RequestID)
+	setIf(m, TagEndpoint, t.Endpoint)
+	if t.PID > 0 {
+		m[TagPID] = strconv.Itoa(t.PID)
 	}
 	return m
 }

@@ -720,8 +720,10 @@ func TestMaxConns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Dial(ts.addr, ClientConfig{}); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Dial beyond MaxConns = %v, want ErrClosed", err)
+	// Beyond the limit the client is told why, not just disconnected.
+	if _, err := Dial(ts.addr, ClientConfig{}); err == nil || !strings.Contains(err.Error(), "too many RPC connections") ||
+		!strings.Contains(err.Error(), "limit 1") {
+		t.Fatalf("Dial beyond MaxConns = %v, want an error naming the limit", err)
 	}
 	first.Close()
 	// The slot frees once the server has seen the close.

@@ -143,6 +143,12 @@ func readValue(r *budgetReader) ([]byte, error) {
 			}
 		}
 		if data > 0 {
+			// A length past what the request may still spend can never be
+			// read: refuse it now rather than wait for bytes that would be
+			// refused anyway (and hold the connection meanwhile).
+			if data > uint64(r.left) {
+				return nil, errTooLarge
+			}
 			// Copy grows the buffer as bytes arrive, so a declared length
 			// costs nothing until the bytes are really there.
 			if _, err := io.CopyN(&out, r, int64(data)); err != nil {

@@ -270,8 +270,9 @@ func (s *Server) track(nc net.Conn) *conn {
 	if len(s.conns) >= s.maxConns {
 		first := !s.refusing
 		s.refusing = true
+		s.wg.Add(1)
 		s.mu.Unlock()
-		nc.Close()
+		go func() { defer s.wg.Done(); s.refuseFull(nc) }()
 		if first {
 			s.log.Warn("too many rpc connections; refusing new ones", "max", s.maxConns, "remote", nc.RemoteAddr().String())
 		}
@@ -288,6 +289,33 @@ func (s *Server) track(nc net.Conn) *conn {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	return c
+}
+
+// refuseFull answers a connection the server has no room for: it reads the
+// client's first request (the handshake) and replies with an error that
+// says why, so the user sees more than a closed connection.
+func (s *Server) refuseFull(nc net.Conn) {
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
+	in := newBudgetReader(nc)
+	in.reset(4096)
+	raw, err := readValue(in)
+	if err != nil {
+		return
+	}
+	var h requestHeader
+	if unmarshal(raw, &h) != nil {
+		return
+	}
+	if h.Command == "handshake" {
+		if _, err := readValue(in); err != nil {
+			return
+		}
+	}
+	msg := fmt.Sprintf("too many RPC connections to this agent (limit %d): close idle clients or raise the limit", s.maxConns)
+	if frame, err := encodeFrame(responseHeader{Seq: h.Seq, Error: msg}, nil, false); err == nil {
+		nc.Write(frame)
+	}
 }
 
 func (s *Server) untrack(c *conn) {
