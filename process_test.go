@@ -45,6 +45,7 @@ type proc struct {
 type testAgent struct {
 	name, ip    string
 	gossip, rpc string
+	http        string
 	dataDir     string
 	rpcToken    string // a token file the agent's RPC requires, if any
 	p           *proc
@@ -76,6 +77,7 @@ func newTestAgent(t testing.TB, i int) *testAgent {
 		ip:      ip,
 		gossip:  fmt.Sprintf("%s:%d", ip, freeLoopbackPort(t, ip)),
 		rpc:     fmt.Sprintf("%s:%d", ip, freeLoopbackPort(t, ip)),
+		http:    fmt.Sprintf("%s:%d", ip, freeLoopbackPort(t, ip)),
 		dataDir: t.TempDir(),
 	}
 }
@@ -83,7 +85,7 @@ func newTestAgent(t testing.TB, i int) *testAgent {
 // start runs `agent run` for a, with extra arguments, and registers its stop.
 func (a *testAgent) start(t testing.TB, extra ...string) {
 	t.Helper()
-	args := append([]string{"run", "--node", a.name, "--bind", a.gossip, "--rpc-addr", a.rpc,
+	args := append([]string{"run", "--node", a.name, "--bind", a.gossip, "--rpc-addr", a.rpc, "--http-addr", a.http,
 		"--data-dir", a.dataDir, "--tag", "test=" + t.Name(), "--log-level", "debug"}, extra...)
 	cmd := exec.Command(agentBin, args...)
 	var log bytes.Buffer

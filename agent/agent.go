@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -73,6 +75,17 @@ type Agent struct {
 	placeLimit *state.RateLimiter
 	spawnLimit *state.RateLimiter
 
+	// Operators: the HTTP API, the load history behind its charts, metrics
+	// and event handlers.
+	http          *http.Server
+	httpLn        net.Listener
+	httpCtx       context.Context
+	httpCancel    context.CancelFunc
+	history       *loadHistory
+	metrics       *agentMetrics
+	gossipMetrics *gossip.MetricsSink
+	handlers      []EventHandler
+
 	// The asker's reservations, so that a burst of spawns spreads.
 	ledgerMu sync.Mutex
 	ledger   *placement.Ledger
@@ -126,7 +139,21 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, fmt.Errorf("the RPC on %s is reachable from other hosts and has no token, so anyone who reaches it "+
 			"could start processes here: set --rpc-token-file (or --rpc-token), or bind it to 127.0.0.1", cfg.RPCAddr)
 	}
+	var handlers []EventHandler
+	for _, spec := range cfg.EventHandlers {
+		h, err := ParseEventHandler(spec)
+		if err != nil {
+			return nil, err
+		}
+		handlers = append(handlers, h)
+	}
+	httpCtx, httpCancel := context.WithCancel(context.Background())
 	return &Agent{
+		handlers:     handlers,
+		httpCtx:      httpCtx,
+		httpCancel:   httpCancel,
+		history:      newLoadHistory(10*time.Minute, 600),
+		metrics:      newAgentMetrics(),
 		load:         load,
 		kinds:        kinds,
 		self:         self,
@@ -165,6 +192,7 @@ func (a *Agent) Start() error {
 	if err := a.checkGossipSecurity(gcfg); err != nil {
 		return err
 	}
+	a.gossipMetrics = gossip.EnableMetrics()
 	node, err := gossip.Start(gcfg)
 	if err != nil {
 		return err
@@ -178,7 +206,7 @@ func (a *Agent) Start() error {
 	}
 	a.rpcLn = ln
 	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, MaxConns: a.cfg.RPCMaxConns,
-		Logger: a.logger.With("component", "rpc")})
+		Logger: a.logger.With("component", "rpc"), OnCommand: a.metrics.rpcRequests.inc})
 	a.rpc.Register(rpc.CommandPlace, a.handlePlace)
 	a.rpc.Register(rpc.CommandSpawn, a.handleSpawn)
 	a.rpc.Register(rpc.CommandInterpreters, a.handleInterpreters)
@@ -201,8 +229,18 @@ func (a *Agent) Start() error {
 		}
 	}()
 
+	a.watchHistory()
+	a.startEventHandlers()
+	if err := a.startHTTP(); err != nil {
+		a.Shutdown()
+		return err
+	}
+	if a.cfg.HTTPAddr != "" && !isLoopback(a.cfg.HTTPAddr) {
+		a.logger.Warn("the HTTP API is reachable from other hosts: it shows the whole member list to anyone who reaches "+a.cfg.HTTPAddr, "http", a.cfg.HTTPAddr)
+	}
+
 	a.logger.Info("agent started", "node", a.cfg.NodeName, "role", a.cfg.Role, "gossip", node.Addr(),
-		"rpc", ln.Addr().String(), "profile", a.cfg.Profile, "encrypted", node.EncryptionEnabled(), "version", Version)
+		"rpc", ln.Addr().String(), "http", a.HTTPAddr(), "profile", a.cfg.Profile, "encrypted", node.EncryptionEnabled(), "version", Version)
 
 	joinAddrs := a.cfg.Join
 	if path := a.peersPath(); path != "" {
@@ -291,6 +329,41 @@ func (a *Agent) gossipConfig() (gossip.Config, error) {
 		}
 	}
 	return g, nil
+}
+
+// watchHistory records every server's published load as this agent sees it.
+func (a *Agent) watchHistory() {
+	now := a.clock.Now()
+	for _, m := range a.node.Members() {
+		a.history.record(m, now)
+	}
+	cancel := a.node.Subscribe(func(e gossip.Event) {
+		if e.Type == gossip.EventMemberJoin || e.Type == gossip.EventMemberUpdate {
+			now := a.clock.Now()
+			for _, m := range e.Members {
+				a.history.record(m, now)
+			}
+		}
+	})
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); <-a.shutdownCh; cancel() }()
+}
+
+// startEventHandlers hands events to the operator's scripts.
+func (a *Agent) startEventHandlers() {
+	if len(a.handlers) == 0 {
+		return
+	}
+	events := make(chan gossip.Event, handlerQueue)
+	cancel := a.node.Subscribe(func(e gossip.Event) {
+		select {
+		case events <- e:
+		default:
+			a.logger.Warn("event handlers are behind; an event was dropped", "event", e.Type)
+		}
+	})
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); defer cancel(); a.runEventHandlers(a.handlers, events) }()
 }
 
 // checkGossipSecurity refuses unencrypted gossip that other hosts can reach,
@@ -419,6 +492,10 @@ func (a *Agent) Shutdown() error {
 	var err error
 	a.stopOnce.Do(func() {
 		close(a.shutdownCh)
+		a.httpCancel()
+		if a.http != nil {
+			a.http.Close()
+		}
 		// Gossip stops first: an RPC reply in flight (to leave) still goes out.
 		if a.node != nil {
 			err = a.node.Shutdown()

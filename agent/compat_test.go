@@ -71,6 +71,7 @@ func startAgentFull(t *testing.T, name, ip string, deps Deps, extraLog io.Writer
 	cfg.DataDir = t.TempDir()
 	cfg.Tags = map[string]string{"suite": "compat"}
 	cfg.LoadSource = "fixed:cpu=10,mem=10"
+	cfg.HTTPAddr = "" // tests that want the HTTP API ask for a port
 	if mutate != nil {
 		mutate(&cfg)
 	}

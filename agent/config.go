@@ -47,6 +47,11 @@ type Config struct {
 
 	InterpretersFile string // kinds this server may start, besides demo
 
+	// Operators.
+	HTTPAddr            string   // HTTP API and dashboard; empty turns it off
+	EventHandlers       []string // [filter=]script, as serf's
+	EventHandlerTimeout time.Duration
+
 	// Security.
 	Insecure     bool   // allow unencrypted gossip on a non-loopback address
 	RPCTokenFile string // file holding the RPC token
@@ -59,23 +64,25 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		NodeName:     host,
-		BindAddr:     "0.0.0.0:7946",
-		RPCAddr:      "127.0.0.1:7373",
-		JoinRetryMax: 30 * time.Second,
-		Role:         gossip.RoleServer,
-		Tags:         map[string]string{},
-		Profile:      gossip.DefaultProfile,
-		LogLevel:     "info",
-		LogFormat:    "text",
-		LeaveTimeout: 10 * time.Second,
-		LoadWindow:   30 * time.Second,
-		LoadSource:   "host",
-		Publish:      state.DefaultPublishPolicy(),
-		PlaceTimeout: time.Second,
-		RPCMaxConns:  64,
-		PlaceRate:    50,
-		SpawnRate:    10,
+		NodeName:            host,
+		BindAddr:            "0.0.0.0:7946",
+		RPCAddr:             "127.0.0.1:7373",
+		JoinRetryMax:        30 * time.Second,
+		Role:                gossip.RoleServer,
+		Tags:                map[string]string{},
+		Profile:             gossip.DefaultProfile,
+		LogLevel:            "info",
+		LogFormat:           "text",
+		LeaveTimeout:        10 * time.Second,
+		LoadWindow:          30 * time.Second,
+		LoadSource:          "host",
+		Publish:             state.DefaultPublishPolicy(),
+		PlaceTimeout:        time.Second,
+		RPCMaxConns:         64,
+		HTTPAddr:            "127.0.0.1:7374",
+		EventHandlerTimeout: time.Minute,
+		PlaceRate:           50,
+		SpawnRate:           10,
 	}
 }
 
@@ -422,6 +429,29 @@ var options = []Option{
 		}),
 	stringOption("rpc-addr", "address the RPC listens on, host:port (loopback unless you mean it)",
 		func(c *Config) *string { return &c.RPCAddr }, CheckHostPort),
+	stringOption("http-addr", "address of the HTTP API, metrics and dashboard, host:port (empty turns it off)",
+		func(c *Config) *string { return &c.HTTPAddr }, func(s string) error {
+			if s == "" {
+				return nil
+			}
+			return CheckHostPort(s)
+		}),
+	{
+		Name: "event-handler", Repeatable: true,
+		Usage: "run a script on events, as serf does: [member-join|member-leave|member-failed|member-update|member-reap|user:NAME|query:NAME|*[,…]=]SCRIPT; repeatable",
+		set: func(c *Config, v []string) error {
+			for _, h := range v {
+				if _, err := ParseEventHandler(h); err != nil {
+					return err
+				}
+			}
+			c.EventHandlers = append([]string(nil), v...)
+			return nil
+		},
+		get: func(c *Config) []string { return c.EventHandlers },
+	},
+	durationOption("event-handler-timeout", "an event handler still running after this is killed",
+		func(c *Config) *time.Duration { return &c.EventHandlerTimeout }),
 	stringOption("rpc-token", "token every RPC client must present (empty: none)",
 		func(c *Config) *string { return &c.RPCToken }, nil),
 	{

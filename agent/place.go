@@ -52,6 +52,9 @@ func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 	if b.Refusal == "" && b.Capacity > 0 && b.Running+b.Pending >= b.Capacity {
 		b.Refusal = fmt.Sprintf("at capacity: %d of %d interpreters", b.Running+b.Pending, b.Capacity)
 	}
+	if b.Refusal != "" {
+		a.metrics.bidsRefused.inc(refusalReason(b.Refusal))
+	}
 	return b
 }
 
@@ -123,6 +126,17 @@ func (a *Agent) elect(ctx context.Context, req placement.Request, timeout time.D
 		}
 	}
 	e.elapsed = time.Since(start)
+	a.metrics.placeLatency.observe(e.elapsed)
+	switch {
+	case e.err == nil:
+		a.metrics.placements.inc("elected")
+	case errors.Is(e.err, bidding.ErrNoServers):
+		a.metrics.placements.inc("no_server")
+	case errors.Is(e.err, placement.ErrNoEligibleServer):
+		a.metrics.placements.inc("none_eligible")
+	default:
+		a.metrics.placements.inc("error")
+	}
 	return e
 }
 

@@ -67,6 +67,7 @@ func benchCluster(b *testing.B, loads map[string]string, profile string, cl **rp
 		cfg.RPCAddr = ip + ":0"
 		cfg.Profile = profile
 		cfg.LoadSource = loads[name]
+		cfg.HTTPAddr = ""
 		if first != nil {
 			cfg.Join = []string{first.Node().Addr()}
 		}

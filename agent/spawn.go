@@ -452,6 +452,20 @@ func (a *Agent) handleSpawn(body rpc.Body) (any, error) {
 
 func (a *Agent) spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnResponse {
 	start := time.Now()
+	resp := a.spawnOnce(ctx, req, start)
+	a.metrics.spawnLatency.observe(time.Since(start))
+	switch {
+	case resp.Code != "":
+		a.metrics.spawns.inc(strings.ReplaceAll(resp.Code, "-", "_"))
+	case resp.Existing:
+		a.metrics.spawns.inc("existing")
+	default:
+		a.metrics.spawns.inc("started")
+	}
+	return resp
+}
+
+func (a *Agent) spawnOnce(ctx context.Context, req rpc.SpawnRequest, start time.Time) rpc.SpawnResponse {
 	fail := func(resp rpc.SpawnResponse, code string, err error) rpc.SpawnResponse {
 		resp.Code, resp.Error = code, err.Error()
 		resp.TotalMS = ms(time.Since(start))

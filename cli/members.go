@@ -34,35 +34,8 @@ func membersCommand() *ucli.Command {
 	}
 }
 
-// memberView is one member as `agent members` prints it: serf's fields plus
-// what the tags mean to this product.
-type memberView struct {
-	Name         string            `json:"name"`
-	Addr         string            `json:"addr"`
-	Port         uint16            `json:"port"`
-	Status       string            `json:"status"`
-	Tags         map[string]string `json:"tags"`
-	Role         string            `json:"role,omitempty"`
-	CPU          *float64          `json:"cpu,omitempty"`
-	Mem          *float64          `json:"mem,omitempty"`
-	Interpreters *int              `json:"interpreters,omitempty"`
-}
-
-func viewOf(m rpc.Member) memberView {
-	v := memberView{Name: m.Name, Addr: m.Addr.String(), Port: m.Port, Status: m.Status, Tags: m.Tags}
-	if v.Tags == nil {
-		v.Tags = map[string]string{}
-	}
-	t, _ := gossip.ParseTags(m.Tags) // a malformed field of a foreign node shows as unknown
-	v.Role = string(t.Role)
-	if t.Load != nil {
-		v.CPU, v.Mem = &t.Load.CPU, &t.Load.Mem
-	}
-	if t.Role == gossip.RoleServer {
-		ni := t.Interpreters
-		v.Interpreters = &ni
-	}
-	return v
+func viewOf(m rpc.Member) agent.MemberJSON {
+	return agent.MemberView(m.Name, m.Addr, m.Port, m.Status, m.Tags)
 }
 
 func members(c *ucli.Context) error {
@@ -95,7 +68,7 @@ func members(c *ucli.Context) error {
 	if err != nil {
 		return err
 	}
-	views := make([]memberView, 0, len(ms))
+	views := make([]agent.MemberJSON, 0, len(ms))
 	for _, m := range ms {
 		views = append(views, viewOf(m))
 	}
@@ -114,7 +87,7 @@ func members(c *ucli.Context) error {
 	return nil
 }
 
-func writeMembersTable(w io.Writer, views []memberView) {
+func writeMembersTable(w io.Writer, views []agent.MemberJSON) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tROLE\tCPU\tMEM\tINTERP\tTAGS")
 	for _, v := range views {

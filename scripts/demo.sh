@@ -39,7 +39,7 @@ fi
 
 for i in 1 2 3; do
   addr=127.0.0.$i
-  args=(run --node "node$i" --bind "$addr:7946" --rpc-addr "$addr:7373"
+  args=(run --node "node$i" --bind "$addr:7946" --rpc-addr "$addr:7373" --http-addr "$addr:7374"
         --data-dir "$work/node$i" --tag "demo=yes" --log-level info)
   [ "$i" -gt 1 ] && args+=(--join 127.0.0.1:7946)
   "$bin" "${args[@]}" >"$work/node$i.log" 2>&1 &
@@ -67,6 +67,8 @@ echo
 echo "try:  $bin members            (talks to 127.0.0.1:7373)"
 echo "      $bin members --rpc-addr 127.0.0.2:7373 --format json"
 echo "      $bin monitor --rpc-addr 127.0.0.3:7373"
+echo "      $bin spawn --kind demo --wait"
+echo "      dashboard: http://127.0.0.1:7374/"
 if [ -n "${DURATION:-}" ]; then
   echo "running for $DURATION..."
   sleep "$DURATION"

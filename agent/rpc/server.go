@@ -62,6 +62,9 @@ type ServerConfig struct {
 	// MaxConns caps open client connections; a connection beyond it is
 	// closed at once. Zero means 64.
 	MaxConns int
+	// OnCommand, when set, is called with the name of every command the
+	// server dispatches (for metrics). It must not block.
+	OnCommand func(command string)
 	// MaxRequestBytes caps one request, header and body together; a larger
 	// request closes its connection. Zero means 1 MiB.
 	MaxRequestBytes int
@@ -119,6 +122,7 @@ type Server struct {
 	token      []byte
 	log        *slog.Logger
 	maxConns   int
+	onCommand  func(string)
 	maxRequest int
 	// authTimeout and now are fixed at construction; tests shorten and
 	// replace them before Serve.
@@ -147,6 +151,7 @@ func NewServer(l net.Listener, b Backend, cfg ServerConfig) *Server {
 		token:       []byte(cfg.Token),
 		log:         cfg.Logger,
 		maxConns:    cfg.MaxConns,
+		onCommand:   cfg.OnCommand,
 		maxRequest:  cfg.MaxRequestBytes,
 		authTimeout: authTimeout,
 		now:         time.Now,
@@ -469,6 +474,9 @@ func (c *conn) handle(h requestHeader) error {
 		if raw, err = c.readBody(); err != nil {
 			return err
 		}
+	}
+	if c.s.onCommand != nil {
+		c.s.onCommand(h.Command)
 	}
 	return c.dispatch(h.Command, h.Seq, spec, raw)
 }
