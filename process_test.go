@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -37,8 +38,27 @@ func TestMain(m *testing.M) {
 // proc is one agent process started by a test; the test's cleanup stops it.
 type proc struct {
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *lockedBuffer
 	done chan struct{}
+}
+
+// lockedBuffer collects a process's output, written by exec's copying
+// goroutine and read by the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // testAgent is where one agent of a test cluster lives.
@@ -88,7 +108,7 @@ func (a *testAgent) start(t testing.TB, extra ...string) {
 	args := append([]string{"run", "--node", a.name, "--bind", a.gossip, "--rpc-addr", a.rpc, "--http-addr", a.http,
 		"--data-dir", a.dataDir, "--tag", "test=" + t.Name(), "--log-level", "debug"}, extra...)
 	cmd := exec.Command(agentBin, args...)
-	var log bytes.Buffer
+	var log lockedBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
