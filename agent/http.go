@@ -169,23 +169,32 @@ func (a *Agent) httpMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSONResponse(w, map[string]any{"members": out})
 }
 
+// InterpreterJSON is one interpreter as the HTTP API and `agent
+// interpreters --format json` show it.
+type InterpreterJSON struct {
+	Name       string `json:"name"`
+	Kind       string `json:"kind"`
+	Host       string `json:"host"`
+	HostStatus string `json:"host_status"`
+	Status     string `json:"status"`
+	Endpoint   string `json:"endpoint"`
+	PID        int    `json:"pid"`
+	RequestID  string `json:"request_id"`
+}
+
+// InterpretersView renders interpreters for JSON output.
+func InterpretersView(list []rpc.InterpreterView) []InterpreterJSON {
+	out := make([]InterpreterJSON, 0, len(list))
+	for _, i := range list {
+		out = append(out, InterpreterJSON{Name: i.Name, Kind: i.Kind, Host: i.Host, HostStatus: i.HostStatus,
+			Status: i.Status, Endpoint: i.Endpoint, PID: i.PID, RequestID: i.RequestID})
+	}
+	return out
+}
+
 func (a *Agent) httpInterpreters(w http.ResponseWriter, r *http.Request) {
 	resp, _ := a.handleInterpreters(rpc.Body{})
-	type view struct {
-		Name       string `json:"name"`
-		Kind       string `json:"kind"`
-		Host       string `json:"host"`
-		HostStatus string `json:"host_status"`
-		Status     string `json:"status"`
-		Endpoint   string `json:"endpoint"`
-		PID        int    `json:"pid"`
-		RequestID  string `json:"request_id"`
-	}
-	out := []view{}
-	for _, i := range resp.(rpc.InterpretersResponse).Interpreters {
-		out = append(out, view{i.Name, i.Kind, i.Host, i.HostStatus, i.Status, i.Endpoint, i.PID, i.RequestID})
-	}
-	writeJSONResponse(w, map[string]any{"interpreters": out})
+	writeJSONResponse(w, map[string]any{"interpreters": InterpretersView(resp.(rpc.InterpretersResponse).Interpreters)})
 }
 
 func (a *Agent) httpSelf(w http.ResponseWriter, r *http.Request) {

@@ -131,8 +131,28 @@ func dial(c *ucli.Context) (*rpc.Client, error) {
 	return cl, nil
 }
 
+// withAgent is the body of a client command: it checks --format (when the
+// command has it), dials the agent, and hands fn the client and the format.
+func withAgent(fn func(c *ucli.Context, cl *rpc.Client, format string) error) ucli.ActionFunc {
+	return func(c *ucli.Context) error {
+		format, err := checkFormat(c)
+		if err != nil {
+			return err
+		}
+		cl, err := dial(c)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		return fn(c, cl, format)
+	}
+}
+
 func checkFormat(c *ucli.Context) (string, error) {
 	f := c.String("format")
+	if f == "" {
+		f = "text" // the command has no --format
+	}
 	if f != "text" && f != "json" {
 		return "", fmt.Errorf("--format %q is not known: use text or json", f)
 	}

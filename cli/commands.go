@@ -188,16 +188,7 @@ func infoCommand() *ucli.Command {
 		Name:  "info",
 		Usage: "show the local agent's identity, runtime and gossip counters",
 		Flags: append(rpcFlags(), formatFlag()),
-		Action: func(c *ucli.Context) error {
-			format, err := checkFormat(c)
-			if err != nil {
-				return err
-			}
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
 			stats, err := cl.Stats()
 			if err != nil {
 				return err
@@ -222,6 +213,6 @@ func infoCommand() *ucli.Command {
 				}
 			}
 			return nil
-		},
+		}),
 	}
 }

@@ -103,47 +103,18 @@ func interpretersCommand() *ucli.Command {
 		Name:  "interpreters",
 		Usage: "list the interpreters in the mesh, with their host server and status",
 		Flags: append(rpcFlags(), formatFlag()),
-		Action: func(c *ucli.Context) error {
-			format, err := checkFormat(c)
-			if err != nil {
-				return err
-			}
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
 			list, err := cl.Interpreters()
 			if err != nil {
 				return err
 			}
 			if format == "json" {
-				return writeJSON(c.App.Writer, map[string]any{"interpreters": interpretersJSON(list)})
+				return writeJSON(c.App.Writer, map[string]any{"interpreters": agent.InterpretersView(list)})
 			}
 			writeInterpretersTable(c.App.Writer, list)
 			return nil
-		},
+		}),
 	}
-}
-
-type interpreterJSON struct {
-	Name       string `json:"name"`
-	Kind       string `json:"kind"`
-	Host       string `json:"host"`
-	HostStatus string `json:"host_status"`
-	Status     string `json:"status"`
-	Endpoint   string `json:"endpoint"`
-	PID        int    `json:"pid"`
-	RequestID  string `json:"request_id"`
-}
-
-func interpretersJSON(list []rpc.InterpreterView) []interpreterJSON {
-	out := make([]interpreterJSON, 0, len(list))
-	for _, i := range list {
-		out = append(out, interpreterJSON{Name: i.Name, Kind: i.Kind, Host: i.Host, HostStatus: i.HostStatus,
-			Status: i.Status, Endpoint: i.Endpoint, PID: i.PID, RequestID: i.RequestID})
-	}
-	return out
 }
 
 func writeInterpretersTable(w io.Writer, list []rpc.InterpreterView) {
@@ -165,22 +136,20 @@ func stopCommand() *ucli.Command {
 		Usage:     "stop an interpreter, wherever it runs",
 		ArgsUsage: "NAME",
 		Flags:     rpcFlags(),
-		Action: func(c *ucli.Context) error {
+		Before: func(c *ucli.Context) error {
 			if c.Args().Len() != 1 {
 				return errors.New("stop needs exactly one interpreter name: agent stop NAME (see agent interpreters)")
 			}
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
+			return nil
+		},
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
 			resp, err := cl.StopInterpreter(c.Args().First())
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(c.App.Writer, "%s on %s stopped (%s)\n", resp.Name, resp.Host, resp.Status)
 			return nil
-		},
+		}),
 	}
 }
 
