@@ -33,8 +33,9 @@ type MemberJSON struct {
 	CPU          *float64          `json:"cpu,omitempty"`
 	Mem          *float64          `json:"mem,omitempty"`
 	Interpreters *int              `json:"interpreters,omitempty"`
-	Host         string            `json:"host,omitempty"` // interpreters: their server
-	Kind         string            `json:"kind,omitempty"` // interpreters
+	Capacity     int               `json:"capacity,omitempty"` // servers: the most they accept; 0 no limit
+	Host         string            `json:"host,omitempty"`     // interpreters: their server
+	Kind         string            `json:"kind,omitempty"`     // interpreters
 	Endpoint     string            `json:"endpoint,omitempty"`
 }
 
@@ -52,6 +53,7 @@ func MemberView(name string, addr net.IP, port uint16, status string, tags map[s
 	if t.Role == gossip.RoleServer {
 		ni := t.Interpreters
 		v.Interpreters = &ni
+		v.Capacity = t.Capacity
 	}
 	return v
 }
@@ -207,11 +209,13 @@ func (a *Agent) httpSelf(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) httpHistory(w http.ResponseWriter, r *http.Request) {
-	writeJSONResponse(w, map[string]any{"window_s": int(a.history.keep.Seconds()), "servers": a.history.snapshot()})
+	writeJSONResponse(w, map[string]any{"window_s": int(a.history.keep.Seconds()), "now": a.clock.Now().UnixMilli(),
+		"servers": a.history.snapshot()})
 }
 
 // httpEvents streams member events as server-sent events: one event per
-// change, named by its type, with the members as they are now. A client that
+// change, named by its type, with the members as they are now and the
+// agent's time in unix milliseconds ("t"), the clock /v1/history uses. A client that
 // reads too slowly loses events rather than holding up the mesh; it sees a
 // "resync" event and should reload the member list.
 func (a *Agent) httpEvents(w http.ResponseWriter, r *http.Request) {
@@ -258,7 +262,7 @@ func (a *Agent) httpEvents(w http.ResponseWriter, r *http.Request) {
 			for _, m := range e.Members {
 				members = append(members, memberJSON(m))
 			}
-			data, _ := json.Marshal(map[string]any{"type": e.Type, "members": members})
+			data, _ := json.Marshal(map[string]any{"type": e.Type, "t": a.clock.Now().UnixMilli(), "members": members})
 			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.Type, data)
 		}
 		flusher.Flush()
