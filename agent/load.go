@@ -65,14 +65,14 @@ func parsePct(what, v string) (float64, error) {
 type hostLoad struct{ primed bool }
 
 func (h *hostLoad) Sample(time.Duration) (float64, float64, error) {
+	// The first reading measures over a short interval of its own; later
+	// ones measure since the previous reading, a second before.
+	interval := time.Duration(0)
 	if !h.primed {
-		// The first reading only sets the reference point for the next.
-		if _, err := cpu.Percent(0, false); err != nil {
-			return 0, 0, fmt.Errorf("read cpu: %w", err)
-		}
+		interval = firstCPUInterval
 		h.primed = true
 	}
-	c, err := cpu.Percent(0, false)
+	c, err := cpu.Percent(interval, false)
 	if err != nil {
 		return 0, 0, fmt.Errorf("read cpu: %w", err)
 	}
@@ -181,8 +181,12 @@ func (l *scriptLoad) String() string {
 	return "script:" + strings.Join(parts, ",")
 }
 
-// sampleInterval is how often a server samples its load.
+// sampleInterval is how often a server samples its load; the first sample
+// is taken at start, so a server can bid at once.
 const sampleInterval = time.Second
+
+// firstCPUInterval is what the first CPU reading measures over.
+const firstCPUInterval = 200 * time.Millisecond
 
 // runLoad samples the load every second, averages it, and publishes the
 // averages in the tags when the publish policy says they are worth it.
@@ -192,7 +196,8 @@ func (a *Agent) runLoad(src LoadSource, started time.Time) {
 		a.logger.Error("load telemetry disabled", "err", err)
 		return
 	}
-	failing := false
+	failing := a.sampleLoad(src, avg, started, false)
+	a.samples.Add(1)
 	for {
 		select {
 		case <-a.shutdownCh:

@@ -78,7 +78,7 @@ func TestSteadyLoadCausesNoTagUpdates(t *testing.T) {
 	a := startAgentWith(t, "steady", "127.0.0.1", Deps{Clock: clk}, func(c *Config) {
 		c.LoadSource = "script:0s=40/30,300s=90/30"
 	})
-	advance(t, clk, a, 1)
+	poll(t, "the first sample, taken at start", func() bool { return a.samplesTaken() >= 1 })
 	if got := a.loadUpdates(); got != 1 {
 		t.Fatalf("%d load updates after the first sample, want 1", got)
 	}
