@@ -145,11 +145,20 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 	logger.Info("interpreter running", "pid", pid, "endpoint", spec.Endpoint, "argv", spec.Argv)
 
 	var waitErr error
-	select {
-	case waitErr = <-exited:
-	case sig := <-signals:
-		logger.Info("stopping the interpreter", "signal", sig.String())
-		waitErr = stopGroup(pid, exited, spec.StopGrace)
+	rejoin := time.NewTicker(rejoinInterval)
+	defer rejoin.Stop()
+wait:
+	for {
+		select {
+		case waitErr = <-exited:
+			break wait
+		case sig := <-signals:
+			logger.Info("stopping the interpreter", "signal", sig.String())
+			waitErr = stopGroup(pid, exited, spec.StopGrace)
+			break wait
+		case <-rejoin.C:
+			rejoinIfAlone(node, spec.Join, logger)
+		}
 	}
 	code := exitCode(waitErr)
 	logger.Info("interpreter exited; leaving the mesh", "pid", pid, "status", describeExit(waitErr), "code", code)
@@ -158,6 +167,28 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 	}
 	node.Shutdown()
 	return code
+}
+
+// rejoinInterval is how often a supervisor that sees no other alive member
+// tries its server again.
+const rejoinInterval = 5 * time.Second
+
+// rejoinIfAlone contacts the interpreter's server again when no other member
+// is alive in the supervisor's view. When every server left (an operator
+// stopped them all), nobody else knows to contact the interpreter when they
+// come back, and without this it would stay out of the mesh.
+func rejoinIfAlone(node *gossip.Node, join []string, logger *slog.Logger) {
+	self := node.Name()
+	for _, m := range node.Members() {
+		if m.Name != self && m.Status == gossip.StatusAlive {
+			return
+		}
+	}
+	if n, err := node.Join(join, false); n > 0 {
+		logger.Info("rejoined the mesh through the server", "server", join)
+	} else {
+		logger.Debug("server not reachable yet", "server", join, "err", err)
+	}
 }
 
 func reportReady(w *os.File, r readiness) {
