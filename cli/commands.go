@@ -15,6 +15,16 @@ import (
 	"github.com/meshagent/agent/agent/rpc"
 )
 
+// needArgs checks a command's positional arguments before it dials.
+func needArgs(n int, exact bool, usage string) ucli.BeforeFunc {
+	return func(c *ucli.Context) error {
+		if got := c.Args().Len(); got < n || exact && got != n {
+			return errors.New(usage)
+		}
+		return nil
+	}
+}
+
 func joinCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:      "join",
@@ -22,22 +32,15 @@ func joinCommand() *ucli.Command {
 		ArgsUsage: "ADDR [ADDR...]",
 		Flags: append(rpcFlags(),
 			&ucli.BoolFlag{Name: "replay", Usage: "replay past user events to this agent"}),
-		Action: func(c *ucli.Context) error {
-			if c.Args().Len() == 0 {
-				return errors.New("join needs at least one address: agent join 10.0.0.5:7946")
-			}
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
+		Before: needArgs(1, false, "join needs at least one address: agent join 10.0.0.5:7946"),
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
 			n, err := cl.Join(c.Args().Slice(), c.Bool("replay"))
 			if err != nil {
 				return fmt.Errorf("join %s: %w", strings.Join(c.Args().Slice(), ", "), err)
 			}
 			fmt.Fprintf(c.App.Writer, "joined the mesh through %d of %d addresses\n", n, c.Args().Len())
 			return nil
-		},
+		}),
 	}
 }
 
@@ -46,18 +49,13 @@ func leaveCommand() *ucli.Command {
 		Name:  "leave",
 		Usage: "leave the mesh gracefully and stop the agent",
 		Flags: rpcFlags(),
-		Action: func(c *ucli.Context) error {
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
 			if err := cl.Leave(); err != nil {
 				return fmt.Errorf("leave: %w", err)
 			}
 			fmt.Fprintln(c.App.Writer, "left the mesh; the agent is stopping")
 			return nil
-		},
+		}),
 	}
 }
 
@@ -68,34 +66,28 @@ func forceLeaveCommand() *ucli.Command {
 		ArgsUsage: "NODE",
 		Flags: append(rpcFlags(),
 			&ucli.BoolFlag{Name: "prune", Usage: "also remove it from the member list at once"}),
-		Action: func(c *ucli.Context) error {
-			if c.Args().Len() != 1 {
-				return errors.New("force-leave needs exactly one node name: agent force-leave NODE")
-			}
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
+		Before: needArgs(1, true, "force-leave needs exactly one node name: agent force-leave NODE"),
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
 			node := c.Args().First()
 			if err := cl.ForceLeave(node, c.Bool("prune")); err != nil {
 				return fmt.Errorf("force-leave %s: %w", node, err)
 			}
 			fmt.Fprintf(c.App.Writer, "%s marked as left\n", node)
 			return nil
-		},
+		}),
 	}
 }
 
 func tagsCommand() *ucli.Command {
+	var set map[string]string
 	return &ucli.Command{
 		Name:  "tags",
 		Usage: "set or delete tags of the local agent",
 		Flags: append(rpcFlags(),
 			&ucli.StringSliceFlag{Name: "set", Usage: "tag to set, key=value; repeatable"},
 			&ucli.StringSliceFlag{Name: "delete", Usage: "tag key to delete; repeatable"}),
-		Action: func(c *ucli.Context) error {
-			set := map[string]string{}
+		Before: func(c *ucli.Context) error {
+			set = map[string]string{}
 			for _, kv := range c.StringSlice("set") {
 				k, v, err := agent.ParseTag(kv)
 				if err != nil {
@@ -103,21 +95,18 @@ func tagsCommand() *ucli.Command {
 				}
 				set[k] = v
 			}
-			del := c.StringSlice("delete")
-			if len(set) == 0 && len(del) == 0 {
+			if len(set) == 0 && len(c.StringSlice("delete")) == 0 {
 				return errors.New("nothing to do: give --set key=value or --delete key")
 			}
-			cl, err := dial(c)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			if err := cl.UpdateTags(set, del); err != nil {
+			return nil
+		},
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
+			if err := cl.UpdateTags(set, c.StringSlice("delete")); err != nil {
 				return fmt.Errorf("tags: %w", err)
 			}
 			fmt.Fprintln(c.App.Writer, "tags updated")
 			return nil
-		},
+		}),
 	}
 }
 

@@ -136,12 +136,7 @@ func stopCommand() *ucli.Command {
 		Usage:     "stop an interpreter, wherever it runs",
 		ArgsUsage: "NAME",
 		Flags:     rpcFlags(),
-		Before: func(c *ucli.Context) error {
-			if c.Args().Len() != 1 {
-				return errors.New("stop needs exactly one interpreter name: agent stop NAME (see agent interpreters)")
-			}
-			return nil
-		},
+		Before:    needArgs(1, true, "stop needs exactly one interpreter name: agent stop NAME (see agent interpreters)"),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
 			resp, err := cl.StopInterpreter(c.Args().First())
 			if err != nil {
