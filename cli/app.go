@@ -81,6 +81,7 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			keygenCommand(),
 			keysCommand(),
 			versionCommand(),
+			simulateCommand(),
 		},
 	}
 }

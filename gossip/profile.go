@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -14,6 +15,34 @@ var profiles = map[string]func() *memberlist.Config{
 	"lan":   memberlist.DefaultLANConfig,
 	"wan":   memberlist.DefaultWANConfig,
 	"local": memberlist.DefaultLocalConfig,
+	"fast":  fastConfig,
+}
+
+// fastConfig is lan with a quicker failure detector, chosen from the
+// simulation (agent simulate; README, "The fast profile"). At 100 nodes,
+// seed 1: crash detection p99 3.9 s against lan's 10.8 s; false failures 0
+// at 0% and 5% loss, as lan (and 0 at 15%); 614 bytes per node per second
+// against lan's 419 (825 against 455 at 5% loss); heal after a 34 s
+// partition 18.6 s against lan's 17.3 s.
+func fastConfig() *memberlist.Config {
+	c := memberlist.DefaultLANConfig()
+	// Probing twice as often finds a dead node sooner and is most of the
+	// added bytes; 250 ms is still hundreds of LAN round trips.
+	c.ProbeInterval = 500 * time.Millisecond
+	c.ProbeTimeout = 250 * time.Millisecond
+	// The suspicion timeout is SuspicionMult × log10(N) × ProbeInterval:
+	// 3 s at 100 nodes (lan: 8 s). Lifeguard still stretches it up to six
+	// times for a suspicion nobody confirms, which is what loss causes.
+	c.SuspicionMult = 3
+	// The verdict spreads in half the time; gossip is sent only when there
+	// is news, so a quiet mesh pays nothing for it.
+	c.GossipInterval = 100 * time.Millisecond
+	// A faster detector fails the far side of a partition sooner. Gossiping
+	// to the dead for a minute (lan: 30 s) lets the whole mesh agree at
+	// serf's first reconnect after the heal; with 30 s a few nodes still
+	// held a stale view 70 s after it, waiting for push/pull.
+	c.GossipToTheDeadTime = time.Minute
+	return c
 }
 
 // DefaultProfile is the profile used when none is named.

@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/simulation"
+)
+
+func simulateCommand() *ucli.Command {
+	var scenarios strings.Builder
+	for _, s := range simulation.Scenarios() {
+		fmt.Fprintf(&scenarios, "  %-11s %s\n", s, simulation.ScenarioSummary(s))
+	}
+	return &ucli.Command{
+		Name:  "simulate",
+		Usage: "run N real gossip nodes in this process over a simulated network with faults, next to a heartbeat baseline",
+		Description: "Runs in real time (memberlist's timers are real): a run takes its schedule's length plus the\n" +
+			"time to converge, from about half a minute to a few minutes. The same seed replays the same faults.\n\n" +
+			"Scenarios:\n" + scenarios.String(),
+		Flags: []ucli.Flag{
+			&ucli.IntFlag{Name: "nodes", Value: 20, Usage: fmt.Sprintf("number of nodes, 3 to %d", simulation.MaxNodes)},
+			&ucli.StringFlag{Name: "scenario", Value: simulation.ScenarioCrash, Usage: "one of " + strings.Join(simulation.Scenarios(), ", ")},
+			&ucli.Int64Flag{Name: "seed", Value: 1, Usage: "seed of the fault schedule and of the network's randomness"},
+			&ucli.StringFlag{Name: "profile", Value: gossip.DefaultProfile, Usage: "gossip profile: " + strings.Join(gossip.Profiles(), ", ")},
+			&ucli.Float64Flag{Name: "loss", Usage: fmt.Sprintf("packet loss of the loss scenario, 0 to 1 (default %g)", simulation.LossRate)},
+			formatFlag(),
+			&ucli.StringFlag{Name: "out", Usage: "also write the JSON report to this file"},
+			&ucli.StringFlag{Name: "svg", Usage: "write the timeline as an SVG picture to this file"},
+		},
+		Action: simulate,
+	}
+}
+
+func simulate(c *ucli.Context) error {
+	format, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	cfg := simulation.RunConfig{
+		Scenario: c.String("scenario"),
+		Nodes:    c.Int("nodes"),
+		Seed:     c.Int64("seed"),
+		Profile:  c.String("profile"),
+		Loss:     c.Float64("loss"),
+	}
+	if c.IsSet("loss") && cfg.Scenario != simulation.ScenarioLoss {
+		return fmt.Errorf("--loss applies to the %s scenario only: drop it or use --scenario %s", simulation.ScenarioLoss, simulation.ScenarioLoss)
+	}
+	if cfg.Loss < 0 || cfg.Loss >= 1 || (c.IsSet("loss") && cfg.Loss == 0) {
+		return fmt.Errorf("--loss %g is not a loss rate: use a value above 0 and below 1, e.g. 0.05", cfg.Loss)
+	}
+	if err := gossip.CheckProfile(cfg.Profile); err != nil {
+		return fmt.Errorf("--profile: %w", err)
+	}
+	if _, err := simulation.PlanScenario(cfg.Scenario, cfg.Nodes, cfg.Seed); err != nil {
+		if errors.Is(err, simulation.ErrUnknownScenario) {
+			return fmt.Errorf("--scenario: %w", err)
+		}
+		return fmt.Errorf("--nodes: %w", err)
+	}
+	for _, name := range []string{"out", "svg"} {
+		if path := c.String(name); path != "" {
+			if err := checkWritableDir(path); err != nil {
+				return fmt.Errorf("--%s: %w", name, err)
+			}
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	bar := progressBar(c.App.ErrWriter, cfg.Nodes)
+	if bar != nil {
+		cfg.Progress = bar.show
+	}
+	r, err := simulation.Run(ctx, cfg)
+	if bar != nil {
+		bar.done()
+	}
+	if err != nil {
+		return fmt.Errorf("simulate %s on %d nodes: %w", cfg.Scenario, cfg.Nodes, err)
+	}
+
+	if path := c.String("out"); path != "" {
+		var buf bytes.Buffer
+		if err := writeJSON(&buf, r); err != nil {
+			return err
+		}
+		if err := writeFileAtomically(path, buf.Bytes()); err != nil {
+			return fmt.Errorf("--out: %w", err)
+		}
+	}
+	if path := c.String("svg"); path != "" {
+		var buf bytes.Buffer
+		if err := simulation.WriteSVG(&buf, r); err != nil {
+			return err
+		}
+		if err := writeFileAtomically(path, buf.Bytes()); err != nil {
+			return fmt.Errorf("--svg: %w", err)
+		}
+	}
+	if format == "json" {
+		return writeJSON(c.App.Writer, r)
+	}
+	return simulation.WriteText(c.App.Writer, r)
+}
+
+// checkWritableDir fails early, before a run of minutes, when a report
+// could not be written where asked.
+func checkWritableDir(path string) error {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("cannot write %s: directory %s does not exist: create it or choose another path", path, dir)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("cannot write %s: %s is not a directory", path, dir)
+	}
+	f, err := os.CreateTemp(dir, ".agent-simulate-*")
+	if err != nil {
+		return fmt.Errorf("cannot write %s: %w", path, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+// writeFileAtomically writes next to path, then renames, so that a reader
+// never sees half a file.
+func writeFileAtomically(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// bar draws the run's progress on a terminal.
+type bar struct {
+	w     io.Writer
+	nodes int
+}
+
+// progressBar returns a bar when w is a terminal, else nil.
+func progressBar(w io.Writer, nodes int) *bar {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return &bar{w: w, nodes: nodes}
+}
+
+func (b *bar) show(p simulation.Progress) {
+	const width = 30
+	if p.Phase != "running" {
+		fmt.Fprintf(b.w, "\r\033[Kstarting %d nodes and waiting until they agree…", b.nodes)
+		return
+	}
+	frac := 0.0
+	if p.Total > 0 {
+		frac = min(1, float64(p.Elapsed)/float64(p.Total))
+	}
+	done := int(frac * width)
+	fmt.Fprintf(b.w, "\r\033[K[%s%s] %3.0f%%  %.0f of %.0f s", strings.Repeat("#", done), strings.Repeat(".", width-done),
+		frac*100, p.Elapsed.Seconds(), p.Total.Seconds())
+}
+
+func (b *bar) done() { fmt.Fprint(b.w, "\r\033[K") }

@@ -1,0 +1,69 @@
+package simulation
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+)
+
+// largeEnv opts in to the 1000-node benchmarks, which take several minutes
+// each: SIM_LARGE=1 go test -run '^$' -bench 'Scenario/N=1000' -timeout 2h ./simulation/
+const largeEnv = "SIM_LARGE"
+
+// BenchmarkScenario runs the scenarios that compare the profiles with the
+// heartbeat baseline: crash (detection, false failures without loss), loss
+// (false failures at 5% loss) and partition (heal). Every figure is a custom
+// metric; the baseline's are prefixed base_. One iteration is one run in
+// real time, so -benchtime above 1x only repeats it.
+func BenchmarkScenario(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		for _, sc := range []string{ScenarioCrash, ScenarioLoss, ScenarioPartition} {
+			for _, profile := range []string{"lan", "fast"} {
+				b.Run(fmt.Sprintf("N=%d/scenario=%s/profile=%s", n, sc, profile), func(b *testing.B) {
+					if n > 100 && os.Getenv(largeEnv) == "" {
+						b.Skipf("1000 nodes take minutes a run: set %s=1 to run them", largeEnv)
+					}
+					benchRun(b, RunConfig{Scenario: sc, Nodes: n, Seed: 1, Profile: profile})
+				})
+			}
+		}
+	}
+}
+
+func benchRun(b *testing.B, cfg RunConfig) {
+	var sums = map[string]float64{}
+	var counts = map[string]int{}
+	add := func(unit string, v *float64) {
+		if v != nil {
+			sums[unit] += *v
+			counts[unit]++
+		}
+	}
+	for i := 0; i < b.N; i++ {
+		cfg.Seed = int64(i + 1)
+		r, err := Run(context.Background(), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for prefix, f := range map[string]Figures{"": r.Figures, "base_": r.Baseline} {
+			add(prefix+"detection_p50_s", f.DetectionP50)
+			add(prefix+"detection_p99_s", f.DetectionP99)
+			add(prefix+"false_failures", ptr(float64(f.FalseFailures)))
+			add(prefix+"heal_s", f.HealS)
+			add(prefix+"bytes_per_node_per_s", ptr(f.BytesPerNodePerS))
+		}
+		add("first_suspicion_s", r.FirstSuspicion)
+		add("false_suspicions", ptr(float64(*r.FalseSuspicions)))
+		add("undetected", ptr(float64(r.Undetected)))
+		add("packets_per_node_per_s", ptr(r.PacketsPerNodePerS))
+		add("wall_s", ptr(r.WallS))
+		add("converge_s", ptr(r.ConvergeS))
+		add("peak_rss_mb", r.PeakRSSMB)
+		add("go_mem_mb", ptr(r.PeakGoMemMB))
+	}
+	b.ReportMetric(0, "ns/op") // a run's wall time is wall_s
+	for unit, sum := range sums {
+		b.ReportMetric(sum/float64(counts[unit]), unit)
+	}
+}

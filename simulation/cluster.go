@@ -1,0 +1,673 @@
+package simulation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+)
+
+// GossipPort is the port every simulated node gossips on.
+const GossipPort = 7946
+
+// ClusterConfig describes a simulated mesh.
+type ClusterConfig struct {
+	Nodes   int
+	Profile string // a gossip profile; empty is gossip.DefaultProfile
+	Seed    int64  // drives the joins, the fake loads and a new Network
+	// Network carries the nodes; nil makes one from Seed with DefaultLink,
+	// owned (and closed) by the cluster.
+	Network *Network
+	// Prepare runs on each node after it starts and before it joins: the
+	// place to plug in a per-node query responder (HandleQuery). The stop it
+	// returns runs before the node shuts down. Prepare is called from one
+	// goroutine, node by node.
+	Prepare func(name string, n *gossip.Node) (stop func(), err error)
+	// JoinParallel is how many joins run at once (default 4). Each node
+	// joins one node started before it, picked at random, so that no seed
+	// carries every join.
+	JoinParallel int
+	// ConvergeTimeout bounds the wait for every node to see every other
+	// alive (default 60 s plus 100 ms a node).
+	ConvergeTimeout time.Duration
+	// Logger receives the harness's own messages; nil discards. The nodes'
+	// library logs are read for suspicions, not forwarded.
+	Logger *slog.Logger
+}
+
+// Cluster is N real gossip nodes over one simulated Network. It tracks what
+// each node sees from the node's own member events. Its methods are safe
+// for concurrent use; Stop ends it.
+type Cluster struct {
+	cfg    ClusterConfig
+	net    *Network
+	ownNet bool
+	log    *slog.Logger
+
+	names   []string
+	index   map[string]int
+	hostID  []int // network host id of node i
+	eps     []*Endpoint
+	nodes   []*gossip.Node
+	cancels []func()
+	stops   []func()
+
+	views []*view
+	keys  []uint64 // per-node random key; a view's hash XORs its alive members' keys
+
+	// tallyMu: readers are view updates, the writer is a crash changing
+	// what a full view is.
+	tallyMu  sync.RWMutex
+	expHash  uint64
+	expCount int
+	counted  []bool // a live observer: its view takes part in "everyone agrees"
+	live     int
+	full     atomic.Int64 // counted observers whose view is full
+
+	watch atomic.Pointer[watcher]
+
+	releaseGC func()
+	stopOnce  sync.Once
+}
+
+// memberlist compresses every packet it sends with a fresh LZW writer, a
+// 64 KiB table allocated and cleared per packet. With Go's default GOGC of
+// 100, a mesh of a few hundred nodes in one process spends most of its CPU
+// collecting those tables, its timers fire late, probes time out, and the
+// false suspicions feed more gossip: it never converges (300 nodes: no
+// agreement after 90 s; with GOGC=400, agreed in 16 s). While any cluster
+// runs, the collector's target is raised to gcPercent, unless the GOGC
+// environment variable chose one.
+const gcPercent = 400
+
+// A memory limit of half the machine's memory keeps the raised target from
+// growing the heap past what the machine holds: near the limit the
+// collector works harder instead (a 1000-node mesh was killed at 24 GiB
+// without it).
+var gcBoost struct {
+	mu        sync.Mutex
+	users     int
+	prev      int
+	prevLimit int64
+}
+
+func raiseGCPercent() (release func()) {
+	if os.Getenv("GOGC") != "" {
+		return func() {}
+	}
+	gcBoost.mu.Lock()
+	defer gcBoost.mu.Unlock()
+	if gcBoost.users == 0 {
+		gcBoost.prev = debug.SetGCPercent(gcPercent)
+		gcBoost.prevLimit = debug.SetMemoryLimit(-1)
+		if total := physicalMemory(); total > 0 && os.Getenv("GOMEMLIMIT") == "" {
+			debug.SetMemoryLimit(min(gcBoost.prevLimit, total/2))
+		}
+	}
+	gcBoost.users++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			gcBoost.mu.Lock()
+			defer gcBoost.mu.Unlock()
+			if gcBoost.users--; gcBoost.users == 0 {
+				debug.SetGCPercent(gcBoost.prev)
+				debug.SetMemoryLimit(gcBoost.prevLimit)
+			}
+		})
+	}
+}
+
+// watcher is told what the nodes see; it runs on the nodes' event
+// goroutines and must not block.
+type watcher interface {
+	statusChanged(at time.Time, observer, target int, to gossip.Status)
+	suspected(at time.Time, observer, target int)
+	fullViews(at time.Time, all bool)
+}
+
+// view is one node's member list as its events told it.
+type view struct {
+	mu     sync.Mutex
+	status []gossip.Status
+	alive  int
+	hash   uint64
+}
+
+// StartCluster starts the nodes, joins them and waits until every node
+// sees every other alive. On error everything it started is stopped.
+func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
+	if cfg.Nodes < 1 {
+		return nil, fmt.Errorf("a cluster of %d nodes: use at least 1", cfg.Nodes)
+	}
+	if cfg.Nodes > MaxNodes {
+		return nil, fmt.Errorf("a cluster of %d nodes is more than one process simulates: use at most %d", cfg.Nodes, MaxNodes)
+	}
+	if cfg.Profile == "" {
+		cfg.Profile = gossip.DefaultProfile
+	}
+	if err := gossip.CheckProfile(cfg.Profile); err != nil {
+		return nil, err
+	}
+	if cfg.JoinParallel <= 0 {
+		cfg.JoinParallel = 4
+	}
+	if cfg.ConvergeTimeout <= 0 {
+		cfg.ConvergeTimeout = 60*time.Second + time.Duration(cfg.Nodes)*100*time.Millisecond
+	}
+	c := &Cluster{cfg: cfg, net: cfg.Network, log: cfg.Logger, index: make(map[string]int), releaseGC: raiseGCPercent()}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.net == nil {
+		n, err := NewNetwork(NetworkConfig{Seed: cfg.Seed})
+		if err != nil {
+			c.releaseGC()
+			return nil, err
+		}
+		c.net, c.ownNet = n, true
+	}
+	rng := rand.New(rand.NewSource(cfg.Seed))
+	c.names = nodeNames(cfg.Nodes)
+	c.keys = make([]uint64, cfg.Nodes)
+	c.counted = make([]bool, cfg.Nodes)
+	c.views = make([]*view, cfg.Nodes)
+	c.hostID = make([]int, cfg.Nodes)
+	for i, name := range c.names {
+		c.index[name] = i
+		c.hostID[i] = -1
+		c.keys[i] = rng.Uint64()
+		c.views[i] = &view{status: make([]gossip.Status, cfg.Nodes)}
+		c.views[i].status[i], c.views[i].alive, c.views[i].hash = gossip.StatusAlive, 1, c.keys[i]
+		c.expHash ^= c.keys[i]
+		c.counted[i] = true
+	}
+	c.expCount, c.live = cfg.Nodes, cfg.Nodes
+	c.net.watchFaults(c.faultsChanged)
+
+	if err := c.start(rng); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	if err := c.join(ctx, rng); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, cfg.ConvergeTimeout)
+	defer cancel()
+	if err := c.converge(wctx, rng); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("the mesh of %d nodes did not converge within %v: %w", cfg.Nodes, cfg.ConvergeTimeout, err)
+	}
+	return c, nil
+}
+
+func (c *Cluster) start(rng *rand.Rand) error {
+	for i, name := range c.names {
+		ep, err := c.net.Attach(name, GossipPort)
+		if err != nil {
+			return err
+		}
+		c.eps = append(c.eps, ep)
+		c.hostID[i] = ep.host.id
+
+		load := &gossip.Load{CPU: math.Round(500+400*rng.Float64()) / 10, Mem: math.Round(200+600*rng.Float64()) / 10}
+		tags := gossip.Tags{Role: gossip.RoleServer, Load: load, Capacity: 8}.Map()
+		node, err := gossip.Start(gossip.Config{
+			Name:      name,
+			Transport: ep,
+			Profile:   c.cfg.Profile,
+			Tags:      tags,
+			Logger:    slog.New(&suspicionLog{c: c, observer: i}),
+		})
+		if err != nil {
+			ep.Shutdown()
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+		c.nodes = append(c.nodes, node)
+		i := i
+		c.cancels = append(c.cancels, node.Subscribe(func(e gossip.Event) { c.event(i, e) }))
+		stop := func() {}
+		if c.cfg.Prepare != nil {
+			s, err := c.cfg.Prepare(name, node)
+			if err != nil {
+				return fmt.Errorf("prepare %s: %w", name, err)
+			}
+			if s != nil {
+				stop = s
+			}
+		}
+		c.stops = append(c.stops, stop)
+	}
+	return nil
+}
+
+// join has node i join a node started before it, chosen at random, so
+// that no seed carries every join. Joins are paced: each waits until the
+// process has CPU to spare, so that the gossip of earlier joins is handled
+// before more arrives (see pacer).
+func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
+	targets := make([][]int, len(c.names))
+	for i := 1; i < len(c.names); i++ {
+		for try := 0; try < 3; try++ {
+			targets[i] = append(targets[i], rng.Intn(i))
+		}
+	}
+	pace := startPacer()
+	defer pace.stop()
+	errs := make([]error, len(c.names))
+	c.parallel(len(c.names)-1, func(k int) {
+		i := k + 1
+		if errs[i] = pace.wait(ctx); errs[i] != nil {
+			return
+		}
+		for _, t := range targets[i] {
+			if _, errs[i] = c.nodes[i].Join([]string{c.eps[t].Addr()}, false); errs[i] == nil {
+				return
+			}
+		}
+		errs[i] = fmt.Errorf("%s could not join: %w", c.names[i], errs[i])
+	})
+	return errors.Join(errs...)
+}
+
+// converge waits for one full view. memberlist retransmits a broadcast
+// about log10 of the mesh size *as the sender knew it*, so news sent while
+// the joins were still running may not reach everyone, and only push/pull
+// (30 s or more) would repair it. So every few seconds without agreement,
+// a few of the nodes that see the fewest members join one more random node:
+// a push/pull that merges both views. Repairs are paced like joins; a storm
+// of them would starve the timers it is meant to help. This is setup, not
+// measurement.
+func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
+	pace := startPacer()
+	defer pace.stop()
+	perRound := max(4, len(c.nodes)/50)
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := c.WaitAgreement(wctx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		type lag struct{ node, alive int }
+		var lagging []lag
+		for i := range c.nodes {
+			if alive, _ := c.aliveCount(i); alive < len(c.nodes) {
+				lagging = append(lagging, lag{i, alive})
+			}
+		}
+		sort.Slice(lagging, func(a, b int) bool { return lagging[a].alive < lagging[b].alive })
+		lagging = lagging[:min(len(lagging), perRound)]
+		c.log.Debug("repairing views", "nodes", len(lagging))
+		c.parallel(len(lagging), func(k int) {
+			if pace.wait(ctx) == nil {
+				c.nodes[lagging[k].node].Join([]string{c.eps[rng2(rng, len(c.nodes))].Addr()}, false)
+			}
+		})
+	}
+}
+
+var rngMu sync.Mutex
+
+// physicalMemory is the machine's memory in bytes from /proc/meminfo
+// (Linux), or 0 where it cannot tell.
+func physicalMemory() int64 {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			var kb int64
+			if _, err := fmt.Sscan(rest, &kb); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// rng2 draws from a rand shared by goroutines.
+func rng2(rng *rand.Rand, n int) int {
+	rngMu.Lock()
+	defer rngMu.Unlock()
+	return rng.Intn(n)
+}
+
+// pacer tells whether the process has CPU to spare: a 20 ms timer that
+// fires more than pacerLag late means the nodes' own timers do too.
+type pacer struct {
+	late atomic.Int64 // nanoseconds, the latest measure
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+const pacerLag = 25 * time.Millisecond
+
+func startPacer() *pacer {
+	p := &pacer{done: make(chan struct{})}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		const period = 20 * time.Millisecond
+		timer := time.NewTimer(period)
+		defer timer.Stop()
+		for {
+			set := time.Now()
+			timer.Reset(period)
+			select {
+			case <-p.done:
+				return
+			case <-timer.C:
+				p.late.Store(int64(time.Since(set) - period))
+			}
+		}
+	}()
+	return p
+}
+
+// wait returns once the process keeps time again, or ctx ends.
+func (p *pacer) wait(ctx context.Context) error {
+	for time.Duration(p.late.Load()) > pacerLag {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return ctx.Err()
+}
+
+func (p *pacer) stop() {
+	close(p.done)
+	p.wg.Wait()
+}
+
+// parallel runs fn(0) … fn(n-1), JoinParallel at a time.
+func (c *Cluster) parallel(n int, fn func(k int)) {
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < c.cfg.JoinParallel; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range work {
+				fn(k)
+			}
+		}()
+	}
+	for k := 0; k < n; k++ {
+		work <- k
+	}
+	close(work)
+	wg.Wait()
+}
+
+// event applies a node's member event to its view.
+func (c *Cluster) event(observer int, e gossip.Event) {
+	var to gossip.Status
+	switch e.Type {
+	case gossip.EventMemberJoin, gossip.EventMemberUpdate:
+		to = gossip.StatusAlive
+	case gossip.EventMemberFailed:
+		to = gossip.StatusFailed
+	case gossip.EventMemberLeave:
+		to = gossip.StatusLeft
+	case gossip.EventMemberReap:
+		to = gossip.StatusNone
+	default:
+		return
+	}
+	now := time.Now()
+	w := c.watch.Load()
+	for _, m := range e.Members {
+		target, ok := c.index[m.Name]
+		if !ok {
+			continue
+		}
+		if c.setStatus(now, observer, target, to) && w != nil {
+			(*w).statusChanged(now, observer, target, to)
+		}
+	}
+}
+
+// setStatus records a status change and keeps the count of full views.
+func (c *Cluster) setStatus(at time.Time, observer, target int, to gossip.Status) bool {
+	c.tallyMu.RLock()
+	v := c.views[observer]
+	v.mu.Lock()
+	from := v.status[target]
+	if from == to {
+		v.mu.Unlock()
+		c.tallyMu.RUnlock()
+		return false
+	}
+	wasFull := v.alive == c.expCount && v.hash == c.expHash
+	v.status[target] = to
+	if from == gossip.StatusAlive {
+		v.alive--
+		v.hash ^= c.keys[target]
+	}
+	if to == gossip.StatusAlive {
+		v.alive++
+		v.hash ^= c.keys[target]
+	}
+	isFull := v.alive == c.expCount && v.hash == c.expHash
+	v.mu.Unlock()
+	notify, all := false, false
+	if c.counted[observer] && wasFull != isFull {
+		delta := int64(1)
+		if !isFull {
+			delta = -1
+		}
+		notify, all = true, c.full.Add(delta) == int64(c.live)
+	}
+	c.tallyMu.RUnlock()
+	if w := c.watch.Load(); notify && w != nil {
+		(*w).fullViews(at, all)
+	}
+	return true
+}
+
+// faultsChanged follows crashes: a crashed node neither counts as an
+// observer nor belongs in anyone's full view. It runs with the network's
+// lock held.
+func (c *Cluster) faultsChanged(at time.Time, f *faultState) {
+	c.tallyMu.Lock()
+	changed := false
+	for i, id := range c.hostID {
+		if id >= 0 && f.isCrashed(id) && c.counted[i] {
+			c.counted[i] = false
+			c.live--
+			c.expCount--
+			c.expHash ^= c.keys[i]
+			changed = true
+		}
+	}
+	if !changed {
+		c.tallyMu.Unlock()
+		return
+	}
+	var full int64
+	for i, v := range c.views {
+		if !c.counted[i] {
+			continue
+		}
+		v.mu.Lock()
+		if v.alive == c.expCount && v.hash == c.expHash {
+			full++
+		}
+		v.mu.Unlock()
+	}
+	c.full.Store(full)
+	all := full == int64(c.live)
+	c.tallyMu.Unlock()
+	if w := c.watch.Load(); w != nil {
+		(*w).fullViews(at, all)
+	}
+}
+
+// Agreed reports whether every live (not crashed) node sees exactly the
+// live nodes alive: one full view.
+func (c *Cluster) Agreed() bool {
+	c.tallyMu.RLock()
+	defer c.tallyMu.RUnlock()
+	return c.full.Load() == int64(c.live)
+}
+
+// WaitAgreement waits until Agreed, or ctx ends.
+func (c *Cluster) WaitAgreement(ctx context.Context) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !c.Agreed() {
+		select {
+		case <-ctx.Done():
+			c.tallyMu.RLock()
+			full, live := c.full.Load(), c.live
+			c.tallyMu.RUnlock()
+			return fmt.Errorf("%d of %d live nodes see every live node alive: %w", full, live, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Names lists the nodes in order: node-0 …
+func (c *Cluster) Names() []string { return append([]string(nil), c.names...) }
+
+// Node returns a node by name, or nil.
+func (c *Cluster) Node(name string) *gossip.Node {
+	if i, ok := c.index[name]; ok && i < len(c.nodes) {
+		return c.nodes[i]
+	}
+	return nil
+}
+
+// Network is the network the nodes gossip over.
+func (c *Cluster) Network() *Network { return c.net }
+
+// Endpoint is a node's gossip endpoint, with its traffic counters.
+func (c *Cluster) Endpoint(name string) *Endpoint {
+	if i, ok := c.index[name]; ok && i < len(c.eps) {
+		return c.eps[i]
+	}
+	return nil
+}
+
+// Status is how observer sees target, from observer's member events.
+func (c *Cluster) Status(observer, target string) gossip.Status {
+	o, ok1 := c.index[observer]
+	t, ok2 := c.index[target]
+	if !ok1 || !ok2 || o >= len(c.views) {
+		return gossip.StatusNone
+	}
+	v := c.views[o]
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if s := v.status[t]; s != "" {
+		return s
+	}
+	return gossip.StatusNone
+}
+
+// aliveCount is how many members node i sees alive (itself included).
+func (c *Cluster) aliveCount(i int) (int, uint64) {
+	v := c.views[i]
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.alive, v.hash
+}
+
+// Stop shuts every node down (without leaving) and, when the cluster made
+// its network, closes it. Every host is crashed first so that the nodes
+// still running do not chase the ones already stopped. It is idempotent and
+// waits for the nodes' goroutines.
+func (c *Cluster) Stop() {
+	c.stopOnce.Do(func() {
+		c.watch.Store(nil)
+		c.net.change(func(f *faultState) error {
+			for _, id := range c.hostID {
+				if id >= 0 {
+					f.crashed = setFlag(f.crashed, id, true)
+				}
+			}
+			return nil
+		})
+		for _, cancel := range c.cancels {
+			cancel()
+		}
+		for _, stop := range c.stops {
+			stop()
+		}
+		work := make(chan *gossip.Node)
+		var wg sync.WaitGroup
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := range work {
+					n.Shutdown()
+				}
+			}()
+		}
+		for _, n := range c.nodes {
+			work <- n
+		}
+		close(work)
+		wg.Wait()
+		for _, ep := range c.eps {
+			ep.Shutdown()
+		}
+		if c.ownNet {
+			c.net.Close()
+		}
+		c.releaseGC()
+	})
+}
+
+// suspicionLog reads a node's library log for memberlist's own words when
+// its probe of another node fails: "Suspect NODE has failed, no acks
+// received". That line is the node starting a suspicion; nothing else is
+// kept.
+type suspicionLog struct {
+	c        *Cluster
+	observer int
+}
+
+const (
+	suspectPrefix = "Suspect "
+	suspectSuffix = " has failed, no acks received"
+)
+
+func (h *suspicionLog) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+
+func (h *suspicionLog) Handle(_ context.Context, r slog.Record) error {
+	msg := r.Message
+	if !strings.HasPrefix(msg, suspectPrefix) || !strings.HasSuffix(msg, suspectSuffix) {
+		return nil
+	}
+	target, ok := h.c.index[msg[len(suspectPrefix):len(msg)-len(suspectSuffix)]]
+	if !ok {
+		return nil
+	}
+	if w := h.c.watch.Load(); w != nil {
+		(*w).suspected(time.Now(), h.observer, target)
+	}
+	return nil
+}
+
+func (h *suspicionLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *suspicionLog) WithGroup(string) slog.Handler      { return h }

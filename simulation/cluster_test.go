@@ -1,0 +1,169 @@
+package simulation
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+)
+
+// The tests here run real gossip nodes in real time, so they assert what
+// happens, never how fast: every wait is a bounded poll. They use the local
+// profile, whose timers are the shortest of memberlist's.
+
+func startTestCluster(t *testing.T, nodes int) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := StartCluster(ctx, ClusterConfig{Nodes: nodes, Profile: "local", Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// eventually polls cond until it holds or within passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// failures records every member-failed verdict the nodes reach.
+type failures struct {
+	mu   sync.Mutex
+	seen [][2]int
+}
+
+func (f *failures) statusChanged(_ time.Time, observer, target int, to gossip.Status) {
+	if to == gossip.StatusFailed {
+		f.mu.Lock()
+		f.seen = append(f.seen, [2]int{observer, target})
+		f.mu.Unlock()
+	}
+}
+func (f *failures) suspected(time.Time, int, int) {}
+func (f *failures) fullViews(time.Time, bool)     {}
+func (f *failures) list() [][2]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][2]int(nil), f.seen...)
+}
+
+func TestPartitionEachSideSeesTheOtherFailedAndHealsToOneView(t *testing.T) {
+	t.Parallel()
+	c := startTestCluster(t, 10)
+	rec := &failures{}
+	var w watcher = rec
+	c.watch.Store(&w)
+
+	names := c.Names()
+	start := time.Now()
+	sides := [][]string{names[:6], names[6:]}
+	if err := c.Network().Partition(sides...); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "each side sees the whole other side failed", func() bool {
+		for s, side := range sides {
+			for _, o := range side {
+				for _, x := range sides[1-s] {
+					if c.Status(o, x) != gossip.StatusFailed {
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
+	side := map[int]int{}
+	for s, group := range sides {
+		for _, name := range group {
+			side[c.index[name]] = s
+		}
+	}
+	for _, f := range rec.list() {
+		if side[f[0]] == side[f[1]] {
+			t.Errorf("%s saw %s, on its own side, failed", names[f[0]], names[f[1]])
+		}
+	}
+
+	t.Logf("partition seen after %v", time.Since(start))
+	if err := c.Network().Heal(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { t.Logf("healed after %v", time.Since(start)) }()
+	// serf retries failed members every 30 s: that bounds the heal.
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := c.WaitAgreement(ctx); err != nil {
+		t.Fatalf("after the heal: %v", err)
+	}
+	for _, o := range names {
+		for _, m := range c.Node(o).Members() {
+			if m.Status != gossip.StatusAlive {
+				t.Errorf("after the heal %s lists %s as %s", o, m.Name, m.Status)
+			}
+		}
+	}
+}
+
+func TestACrashedNodeIsFailedEverywhere(t *testing.T) {
+	t.Parallel()
+	c := startTestCluster(t, 8)
+	names := c.Names()
+	victim := names[3]
+	if err := c.Network().Crash(victim); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, victim+" failed on every other node", func() bool {
+		for _, o := range names {
+			if o == victim {
+				continue
+			}
+			failed := false
+			for _, m := range c.Node(o).Members() {
+				failed = failed || m.Name == victim && m.Status == gossip.StatusFailed
+			}
+			if !failed {
+				return false
+			}
+		}
+		return true
+	})
+	if !c.Agreed() {
+		// The crashed node leaves the full view: the others agree again.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.WaitAgreement(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRunReportsACrashOnBothDetectors(t *testing.T) {
+	t.Parallel()
+	r, err := Run(context.Background(), RunConfig{Scenario: ScenarioCrash, Nodes: 5, Seed: 3, Profile: "local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.DetectionP99 == nil || r.Undetected != 0 {
+		t.Errorf("gossip: detection p99 %v, %d observers never saw the crash", r.DetectionP99, r.Undetected)
+	}
+	if r.Baseline.DetectionP99 == nil {
+		t.Error("the heartbeat monitor never saw the crash")
+	}
+	if r.FalseFailures != 0 || r.Baseline.FalseFailures != 0 {
+		t.Errorf("false failures with no loss: gossip %d, baseline %d (%v)", r.FalseFailures, r.Baseline.FalseFailures, r.FalseFailureExamples)
+	}
+	if r.BytesPerNodePerS <= 0 || r.Baseline.BytesPerNodePerS <= 0 || len(r.Timeline) == 0 || len(r.Faults) != 1 {
+		t.Errorf("empty figures: %+v", r)
+	}
+}

@@ -1,0 +1,94 @@
+package simulation
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestTheSameSeedGivesTheSameFaultSchedule(t *testing.T) {
+	for _, sc := range Scenarios() {
+		for _, n := range []int{6, 20, 100, 1000} {
+			a, err := PlanScenario(sc, n, 42)
+			if err != nil {
+				t.Fatalf("%s/%d: %v", sc, n, err)
+			}
+			b, _ := PlanScenario(sc, n, 42)
+			if !reflect.DeepEqual(a, b) {
+				t.Errorf("%s/%d: two plans from seed 42 differ:\n%+v\n%+v", sc, n, a, b)
+			}
+			differs := false
+			for seed := int64(1); seed <= 5 && !differs; seed++ {
+				c, _ := PlanScenario(sc, n, seed)
+				differs = !reflect.DeepEqual(a.Faults, c.Faults)
+			}
+			if sc != ScenarioLoss || n >= 10 { // loss on <10 nodes crashes one of few
+				if !differs {
+					t.Errorf("%s/%d: seeds 1 to 5 all give seed 42's faults", sc, n)
+				}
+			}
+		}
+	}
+}
+
+func TestPlansAreWellFormed(t *testing.T) {
+	for _, sc := range Scenarios() {
+		for _, n := range []int{scenarios[sc].minNodes, 20, 1000} {
+			p, err := PlanScenario(sc, n, 3)
+			if err != nil {
+				t.Fatalf("%s/%d: %v", sc, n, err)
+			}
+			seen := map[string]int{}
+			for _, g := range p.Groups {
+				for _, name := range g.Nodes {
+					seen[name]++
+				}
+			}
+			for _, name := range nodeNames(n) {
+				if seen[name] != 1 {
+					t.Errorf("%s/%d: %s is in %d groups, want 1", sc, n, name, seen[name])
+				}
+			}
+			last := p.Faults[len(p.Faults)-1].At
+			if p.Length <= last {
+				t.Errorf("%s/%d: the schedule ends at %v, at or before its last fault at %v", sc, n, p.Length, last)
+			}
+			for i := 1; i < len(p.Faults); i++ {
+				if p.Faults[i].At < p.Faults[i-1].At {
+					t.Errorf("%s/%d: faults out of order", sc, n)
+				}
+			}
+			for _, f := range p.Faults {
+				if f.Kind != FaultPartition {
+					continue
+				}
+				covered := map[string]bool{}
+				for _, g := range f.Groups {
+					if len(g) == 0 {
+						t.Errorf("%s/%d: an empty side", sc, n)
+					}
+					for _, name := range g {
+						covered[name] = true
+					}
+				}
+				if len(covered) != n+1 || !covered[MonitorHost] {
+					t.Errorf("%s/%d: the partition covers %d hosts, want every node and the monitor", sc, n, len(covered))
+				}
+			}
+		}
+	}
+}
+
+func TestBadScenarioRequestsSayWhatToDo(t *testing.T) {
+	_, err := PlanScenario("meteor", 10, 1)
+	if !errors.Is(err, ErrUnknownScenario) || !strings.Contains(err.Error(), strings.Join(Scenarios(), ", ")) {
+		t.Errorf("unknown scenario: %v", err)
+	}
+	if _, err := PlanScenario(ScenarioPartition3, 5, 1); err == nil || !strings.Contains(err.Error(), "at least 6") {
+		t.Errorf("too few nodes: %v", err)
+	}
+	if _, err := PlanScenario(ScenarioCrash, MaxNodes+1, 1); err == nil {
+		t.Error("more than MaxNodes was accepted")
+	}
+}

@@ -1,0 +1,202 @@
+package simulation
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// Figures are one failure detector's results in a run. Times are in
+// seconds; a nil time was not measured (no crash, no heal) or not reached
+// within the run.
+type Figures struct {
+	// DetectionP50 and DetectionP99 rank, over every (crashed node, live
+	// observer) pair, the time from the crash until the observer marked the
+	// node failed. For the baseline the one observer is the monitor.
+	DetectionP50 *float64 `json:"detection_p50_s"`
+	DetectionP99 *float64 `json:"detection_p99_s"`
+	// DetectionAll is until every live observer saw every crash.
+	DetectionAll *float64 `json:"detection_all_s"`
+	// Undetected counts pairs that never saw the crash within the run.
+	Undetected int `json:"undetected"`
+	// FirstSuspicion is, for the median crash, the time until the first
+	// node suspected the crashed one. nil for the baseline, which does not
+	// suspect.
+	FirstSuspicion *float64 `json:"first_suspicion_s"`
+	// FalseSuspicions and FalseFailures count suspicions started and
+	// failures declared about a node that was not crashed, while observer
+	// and node could reach each other (directly or through one relay) and
+	// had for FaultGrace. nil suspicions for the baseline.
+	FalseSuspicions *int `json:"false_suspicions"`
+	FalseFailures   int  `json:"false_failures"`
+	// HealS is from the heal (or resume) until every live node sees every
+	// live node alive; for the baseline, until the monitor does.
+	HealS *float64 `json:"heal_s"`
+	// Traffic the nodes sent (payload bytes, no IP or UDP headers), per
+	// node and second alive during the schedule.
+	BytesPerNodePerS   float64 `json:"bytes_per_node_per_s"`
+	PacketsPerNodePerS float64 `json:"packets_per_node_per_s"`
+	// MaxViews is the most distinct member views among live nodes at one
+	// sample; the baseline has one view, the monitor's.
+	MaxViews int `json:"max_distinct_views"`
+	// WallS is the run's wall time; gossip and baseline share the run.
+	WallS float64 `json:"wall_s"`
+}
+
+// Report is a run's results: the gossip's figures at the top level, the
+// heartbeat baseline's under Baseline, and the timeline.
+type Report struct {
+	Nodes    int    `json:"nodes"`
+	Scenario string `json:"scenario"`
+	Seed     int64  `json:"seed"`
+	Profile  string `json:"profile"`
+	Figures
+	Baseline Figures `json:"baseline"`
+
+	ConvergeS   float64  `json:"converge_s"`     // from start until the mesh agreed
+	LengthS     float64  `json:"length_s"`       // the fault schedule's length
+	PeakRSSMB   *float64 `json:"peak_rss_mb"`    // the process's peak resident set during the run (Linux)
+	PeakGoMemMB float64  `json:"peak_go_mem_mb"` // the Go runtime's peak memory, sampled
+	// How late a 50 ms timer fired during the schedule: when the machine
+	// is short of CPU, every node's timers are late and probes time out.
+	TimerLagP99MS float64 `json:"timer_lag_p99_ms"`
+	TimerLagMaxMS float64 `json:"timer_lag_max_ms"`
+
+	// Placements are the bursts of the burst scenario: per side of the
+	// partition, how many elections decided, next to how many askers could
+	// have reached the baseline's central monitor (the old system places
+	// only through it).
+	Placements []BurstRecord `json:"placements,omitempty"`
+
+	Faults               []FaultRecord `json:"faults"`
+	FalseFailureExamples []string      `json:"false_failure_examples,omitempty"`
+	Groups               []GroupRecord `json:"groups"`
+	Timeline             []Sample      `json:"timeline"`
+}
+
+// FaultRecord is a fault as it was applied.
+type FaultRecord struct {
+	AtS   float64 `json:"at_s"`
+	Kind  string  `json:"kind"`
+	Label string  `json:"label"`
+}
+
+// GroupRecord names a group of nodes the timeline summarises.
+type GroupRecord struct {
+	Name    string `json:"name"`
+	Nodes   int    `json:"nodes"`
+	members []int
+}
+
+// Sample is the mesh at one moment of the schedule.
+type Sample struct {
+	T       float64     `json:"t_s"`
+	Views   int         `json:"views"`         // distinct member views among live nodes
+	Monitor int         `json:"monitor_alive"` // nodes the baseline's monitor holds alive
+	Groups  []GroupSeen `json:"groups"`        // per group of the report, what its live nodes see
+	alive   []int       // per node: members it sees alive; -1 once crashed
+}
+
+// GroupSeen is how many members a group's live nodes see alive.
+type GroupSeen struct {
+	Live   int `json:"live"`
+	Min    int `json:"min"`
+	Median int `json:"median"`
+	Max    int `json:"max"`
+}
+
+func groupStats(alive []int, groups []GroupRecord) []GroupSeen {
+	out := make([]GroupSeen, len(groups))
+	for g, gr := range groups {
+		var v []int
+		for _, i := range gr.members {
+			if i < len(alive) && alive[i] >= 0 {
+				v = append(v, alive[i])
+			}
+		}
+		if len(v) == 0 {
+			continue
+		}
+		sort.Ints(v)
+		out[g] = GroupSeen{Live: len(v), Min: v[0], Median: v[len(v)/2], Max: v[len(v)-1]}
+	}
+	return out
+}
+
+// StarvedLagMS is the p99 timer lag above which a run's timings are
+// suspect: a quarter of lan's probe timeout.
+const StarvedLagMS = 125
+
+// WriteText prints the report for a person: the run, the faults, then the
+// gossip's and the baseline's figures side by side.
+func WriteText(w io.Writer, r *Report) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d nodes, profile %s, seed %d — %s\n", r.Scenario, r.Nodes, r.Profile, r.Seed, ScenarioSummary(r.Scenario))
+	fmt.Fprintf(&b, "converged in %.1f s, then %.0f s of schedule; wall %.1f s", r.ConvergeS, r.LengthS, r.WallS)
+	if r.PeakRSSMB != nil {
+		fmt.Fprintf(&b, ", peak RSS %.0f MiB", *r.PeakRSSMB)
+	}
+	fmt.Fprintf(&b, ", Go memory %.0f MiB\n", r.PeakGoMemMB)
+	if len(r.Faults) > 0 {
+		parts := make([]string, len(r.Faults))
+		for i, f := range r.Faults {
+			parts[i] = fmt.Sprintf("%.1f s %s", f.AtS, f.Label)
+		}
+		fmt.Fprintf(&b, "faults: %s\n", strings.Join(parts, " · "))
+	}
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(&b, 0, 0, 3, ' ', 0)
+	fmt.Fprintf(tw, "\tgossip (%s)\theartbeat baseline\n", r.Profile)
+	row := func(name string, g, h string) { fmt.Fprintf(tw, "%s\t%s\t%s\n", name, g, h) }
+	g, h := r.Figures, r.Baseline
+	row("detection p50", secs(g.DetectionP50), secs(h.DetectionP50))
+	row("detection p99", secs(g.DetectionP99), secs(h.DetectionP99))
+	row("every node knows", secs(g.DetectionAll), secs(h.DetectionAll))
+	row("first suspicion", secs(g.FirstSuspicion), "-")
+	row("false suspicions", count(g.FalseSuspicions), "-")
+	row("false failures", fmt.Sprint(g.FalseFailures), fmt.Sprint(h.FalseFailures))
+	row("heal", secs(g.HealS), secs(h.HealS))
+	row("bytes per node per s", fmt.Sprintf("%.0f", g.BytesPerNodePerS), fmt.Sprintf("%.0f", h.BytesPerNodePerS))
+	row("packets per node per s", fmt.Sprintf("%.1f", g.PacketsPerNodePerS), fmt.Sprintf("%.1f", h.PacketsPerNodePerS))
+	row("most distinct views", fmt.Sprint(g.MaxViews), fmt.Sprint(h.MaxViews))
+	if g.Undetected > 0 || h.Undetected > 0 {
+		row("crashes never seen", fmt.Sprint(g.Undetected), fmt.Sprint(h.Undetected))
+	}
+	tw.Flush()
+	for _, bu := range r.Placements {
+		fmt.Fprintf(&b, "\n%s at %.1f s:\n", bu.Label, bu.AtS)
+		for _, sd := range bu.Sides {
+			fmt.Fprintf(&b, "  %s: %d of %d placed (median %.0f ms, %d bids missing, %d winners across the partition); baseline: %d of %d\n",
+				sd.Side, sd.Decided, sd.Asked, sd.MedianMS, sd.MissingBids, sd.Elsewhere, sd.BaselineCould, sd.Asked)
+		}
+		if len(bu.Notes) > 0 {
+			fmt.Fprintf(&b, "  failures: %s\n", strings.Join(bu.Notes, "; "))
+		}
+	}
+	if r.TimerLagP99MS > StarvedLagMS {
+		fmt.Fprintf(&b, "\nwarning: the machine was short of CPU: timers fired up to %.0f ms late (p99 %.0f ms), so probes\n"+
+			"timed out for want of CPU, not of network; the timings and false verdicts above overstate the mesh's.\n",
+			r.TimerLagMaxMS, r.TimerLagP99MS)
+	}
+	if len(r.FalseFailureExamples) > 0 {
+		fmt.Fprintf(&b, "\nfalse failures, first few: %s\n", strings.Join(r.FalseFailureExamples, "; "))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func secs(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f s", *v)
+}
+
+func count(v *int) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprint(*v)
+}

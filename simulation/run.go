@@ -1,0 +1,715 @@
+package simulation
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"runtime/metrics"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+)
+
+// RunConfig is one simulation run: a scenario on N nodes.
+type RunConfig struct {
+	Scenario string
+	Nodes    int
+	Seed     int64
+	Profile  string // a gossip profile; empty is gossip.DefaultProfile
+	// Loss, when not zero, replaces LossRate in the loss scenario.
+	Loss float64
+	// Prepare is passed to the cluster: it plugs a per-node responder (a
+	// query handler) into every node before it joins.
+	Prepare func(name string, n *gossip.Node) (stop func(), err error)
+	// Progress, when set, is called about four times a second from the
+	// run's goroutine.
+	Progress func(Progress)
+	// Logger receives the harness's messages; nil discards.
+	Logger *slog.Logger
+}
+
+// Progress says how far a run is.
+type Progress struct {
+	Phase   string        // "converging", then "running"
+	Elapsed time.Duration // of the fault schedule, while running
+	Total   time.Duration // the schedule's length
+}
+
+// FaultGrace is how long after a fault stops separating two nodes a
+// suspicion or failure between them still counts as caused by it, not as
+// false: a suspicion timer started during a partition may fire just after
+// the heal.
+const FaultGrace = 20 * time.Second
+
+// Run starts a cluster, lets it converge, plays the scenario's fault
+// schedule on it and on the heartbeat baseline at once, and reports what
+// both saw. It takes about the plan's Length plus the convergence: the
+// simulation runs in real time, because memberlist's timers do.
+func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
+	plan, err := PlanScenario(cfg.Scenario, cfg.Nodes, cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Profile == "" {
+		cfg.Profile = gossip.DefaultProfile
+	}
+	if err := gossip.CheckProfile(cfg.Profile); err != nil {
+		return nil, err
+	}
+	if cfg.Loss != 0 {
+		if err := plan.setLoss(cfg.Loss); err != nil {
+			return nil, err
+		}
+	}
+	progress := cfg.Progress
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	start := time.Now()
+	resetPeakRSS()
+	mem := &memoryPeak{}
+	mem.sample()
+
+	net, err := NewNetwork(NetworkConfig{Seed: cfg.Seed})
+	if err != nil {
+		return nil, err
+	}
+	defer net.Close()
+	progress(Progress{Phase: "converging", Total: plan.Length})
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	prepare := func(name string, n *gossip.Node) (func(), error) {
+		serveBids(name, n, logger)
+		if cfg.Prepare != nil {
+			return cfg.Prepare(name, n)
+		}
+		return nil, nil
+	}
+	cluster, err := StartCluster(ctx, ClusterConfig{Nodes: cfg.Nodes, Profile: cfg.Profile, Seed: cfg.Seed,
+		Network: net, Prepare: prepare, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	defer cluster.Stop()
+	converged := time.Since(start)
+	base, err := startBaseline(net, cluster.Names(), cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	defer base.close()
+	// Joining keeps the CPU busy and leaves suspicions in flight; they must
+	// not be counted against the first fault.
+	if err := settle(ctx, cluster); err != nil {
+		return nil, err
+	}
+	mem.sample()
+
+	rec := newRecorder(plan, cluster, base)
+	rec.begin(time.Now())
+	var w watcher = rec
+	cluster.watch.Store(&w)
+	base.mu.Lock()
+	base.onChange = rec.baselineChanged
+	base.mu.Unlock()
+	net.watchFaults(rec.faultsChanged)
+
+	sampler := make(chan struct{})
+	lag := &timerLag{}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		rec.sampleLoop(sampler, mem)
+	}()
+	go func() {
+		defer wg.Done()
+		lag.measure(sampler)
+	}()
+	stopSampler := func() {
+		if sampler != nil {
+			close(sampler)
+			wg.Wait()
+			sampler = nil
+		}
+	}
+	defer stopSampler()
+
+	t0 := rec.t0
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var bursts sync.WaitGroup
+	defer bursts.Wait()
+	next := 0
+	for {
+		now := time.Now()
+		elapsed := now.Sub(t0)
+		for next < len(plan.Faults) && plan.Faults[next].At <= elapsed {
+			f := plan.Faults[next]
+			next++
+			if f.Kind == FaultBurst {
+				bursts.Add(1)
+				go func(tag string) {
+					defer bursts.Done()
+					rec.burst(ctx, f, tag)
+				}(fmt.Sprintf("burst%d", next))
+				continue
+			}
+			if err := net.Apply(f); err != nil {
+				return nil, fmt.Errorf("apply %s: %w", f.Label, err)
+			}
+			rec.applied(f, time.Now())
+		}
+		if elapsed >= plan.Length {
+			break
+		}
+		progress(Progress{Phase: "running", Elapsed: elapsed, Total: plan.Length})
+		wait := plan.Length - elapsed
+		if next < len(plan.Faults) {
+			wait = min(wait, plan.Faults[next].At-elapsed)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-tick.C:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+	end := time.Now()
+	bursts.Wait()
+	stopSampler()
+	progress(Progress{Phase: "running", Elapsed: plan.Length, Total: plan.Length})
+	mem.sample()
+
+	r := rec.report(end)
+	r.Profile = cfg.Profile
+	r.ConvergeS = round(converged.Seconds())
+	r.WallS = round(time.Since(start).Seconds())
+	r.Baseline.WallS = r.WallS
+	r.PeakGoMemMB = round(float64(mem.peak) / (1 << 20))
+	r.PeakRSSMB = peakRSS()
+	r.TimerLagP99MS, r.TimerLagMaxMS = lag.figures()
+	return r, nil
+}
+
+// timerLag measures how late a 50 ms timer fires during the run. The
+// simulation runs in real time on a shared machine: when the CPU is short,
+// every node's timers fire late alike, probes time out, and the gossip
+// looks worse than it is. The report carries the lag so that a reader can
+// tell a slow detector from a starved machine.
+type timerLag struct {
+	mu   sync.Mutex
+	lags []float64 // milliseconds
+}
+
+const lagPeriod = 50 * time.Millisecond
+
+func (l *timerLag) measure(stop <-chan struct{}) {
+	timer := time.NewTimer(lagPeriod)
+	defer timer.Stop()
+	for {
+		set := time.Now()
+		timer.Reset(lagPeriod)
+		select {
+		case <-stop:
+			return
+		case <-timer.C:
+			late := time.Since(set) - lagPeriod // includes waiting for a CPU
+			l.mu.Lock()
+			l.lags = append(l.lags, float64(late)/float64(time.Millisecond))
+			l.mu.Unlock()
+		}
+	}
+}
+
+func (l *timerLag) figures() (p99, worst float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if v := percentile(l.lags, 99); v != nil {
+		p99 = *v
+	}
+	if v := percentile(l.lags, 100); v != nil {
+		worst = *v
+	}
+	return p99, worst
+}
+
+// settle lets a converged mesh run quietly before the schedule starts:
+// 5 s, plus 5 ms a node, and until it agrees again.
+func settle(ctx context.Context, c *Cluster) error {
+	quiet := 5*time.Second + time.Duration(len(c.names))*5*time.Millisecond
+	timer := time.NewTimer(quiet)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.WaitAgreement(wctx); err != nil {
+		return fmt.Errorf("the mesh stopped agreeing while it settled: %w", err)
+	}
+	return nil
+}
+
+// recorder turns what the nodes, the monitor and the network report into
+// the run's figures. All its methods take its lock; they are called from
+// the nodes' event goroutines, the monitor and the network.
+type recorder struct {
+	plan    Plan
+	cluster *Cluster
+	base    *baseline
+	n       int
+
+	mu       sync.Mutex
+	t0       time.Time
+	hosts    int
+	monitor  int // host id of the monitor
+	history  []snapshot
+	crashAt  []time.Time // per node; zero while alive
+	faults   []FaultRecord
+	healAt   time.Time
+	healed   time.Time // gossip: every live node has one full view again
+	bHealed  time.Time // baseline: the monitor holds every live node alive
+	suspect  []time.Time
+	seen     map[int][]time.Time // crashed node -> per observer, when it saw the failure
+	bSeen    map[int]time.Time   // crashed node -> when the monitor failed it
+	falseS   int
+	falseF   int
+	bFalseF  int
+	examples []string
+
+	traffic0, bTraffic0 TrafficStats
+	samples             []Sample
+	bursts              []BurstRecord
+}
+
+// burst runs a burst of placements and records it with the sides as the
+// network stood when it began.
+func (r *recorder) burst(ctx context.Context, f Fault, tag string) {
+	at := time.Now()
+	net := r.cluster.net
+	fs := net.faults.Load()
+	results := r.cluster.burst(ctx, tag, f.Nodes)
+	side := func(node string) int {
+		if i, ok := r.cluster.index[node]; ok {
+			return fs.side(r.cluster.hostID[i])
+		}
+		return -2
+	}
+	var names []string
+	for _, g := range r.plan.Groups {
+		names = append(names, g.Name)
+	}
+	if fs.group == nil {
+		names = nil
+	}
+	rs := make([]sideResult, len(results))
+	for i, res := range results {
+		rs[i] = sideResult{side: side(res.asker), winnerSide: side(res.winner), placementResult: res}
+		if node, ok := r.cluster.index[res.asker]; ok {
+			rs[i].monitor = fs.reachable(r.cluster.hostID[node], r.monitor, r.hosts)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.faults = append(r.faults, FaultRecord{AtS: round(r.since(at)), Kind: string(f.Kind), Label: f.Label})
+	r.bursts = append(r.bursts, summariseBurst(round(r.since(at)), f.Label, rs, names))
+}
+
+type snapshot struct {
+	at time.Time
+	f  *faultState
+}
+
+func newRecorder(plan Plan, c *Cluster, b *baseline) *recorder {
+	return &recorder{plan: plan, cluster: c, base: b, n: len(c.names),
+		crashAt: make([]time.Time, len(c.names)), suspect: make([]time.Time, len(c.names)),
+		seen: make(map[int][]time.Time), bSeen: make(map[int]time.Time)}
+}
+
+func (r *recorder) begin(t0 time.Time) {
+	net := r.cluster.net
+	net.mu.Lock()
+	r.hosts = len(net.hosts)
+	r.monitor = net.byName[MonitorHost].id
+	r.history = []snapshot{{at: t0, f: net.faults.Load()}}
+	net.mu.Unlock()
+	r.t0 = t0
+	r.traffic0 = r.gossipTraffic()
+	r.bTraffic0 = r.base.stats()
+}
+
+func (r *recorder) gossipTraffic() TrafficStats {
+	var s TrafficStats
+	for _, ep := range r.cluster.eps {
+		s = s.Add(ep.Stats())
+	}
+	return s
+}
+
+func (r *recorder) since(t time.Time) float64 { return t.Sub(r.t0).Seconds() }
+
+// faultsChanged keeps the fault history and notes crashes; it runs under
+// the network's lock.
+func (r *recorder) faultsChanged(at time.Time, f *faultState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.history = append(r.history, snapshot{at: at, f: f})
+	for i, id := range r.cluster.hostID {
+		if f.isCrashed(id) && r.crashAt[i].IsZero() {
+			r.crashAt[i] = at
+			r.seen[i] = make([]time.Time, r.n)
+		}
+	}
+}
+
+func (r *recorder) applied(f Fault, at time.Time) {
+	r.mu.Lock()
+	r.faults = append(r.faults, FaultRecord{AtS: round(r.since(at)), Kind: string(f.Kind), Label: f.Label})
+	heal := f.Kind == FaultHeal || f.Kind == FaultResume
+	if heal {
+		r.healAt, r.healed, r.bHealed = at, time.Time{}, time.Time{}
+	}
+	r.mu.Unlock()
+	if !heal {
+		return
+	}
+	if r.cluster.Agreed() {
+		r.fullViews(at, true)
+	}
+	r.base.mu.Lock()
+	alive := r.base.alive
+	r.base.mu.Unlock()
+	r.mu.Lock()
+	if alive == r.liveLocked() && r.bHealed.IsZero() {
+		r.bHealed = at
+	}
+	r.mu.Unlock()
+}
+
+func (r *recorder) liveLocked() int {
+	live := 0
+	for _, t := range r.crashAt {
+		if t.IsZero() {
+			live++
+		}
+	}
+	return live
+}
+
+// stateAt is the fault state in force at t.
+func (r *recorder) stateAt(t time.Time) *faultState {
+	f := r.history[0].f
+	for _, s := range r.history {
+		if s.at.After(t) {
+			break
+		}
+		f = s.f
+	}
+	return f
+}
+
+// separated reports whether a fault stood between two hosts at any time
+// within FaultGrace before at: then a suspicion or failure between them is
+// the fault's doing, not a false one.
+func (r *recorder) separated(a, b int, at time.Time) bool {
+	from := at.Add(-FaultGrace)
+	for i, s := range r.history {
+		active := !s.at.After(at) && (i+1 == len(r.history) || r.history[i+1].at.After(from))
+		if active && !s.f.reachable(a, b, r.hosts) {
+			return true
+		}
+	}
+	return false
+}
+
+// observing reports whether a node's own view means something now: it is
+// neither crashed nor paused (a paused node's timers run on in the
+// simulation, unlike under SIGSTOP, so what it concludes is an artefact).
+func (r *recorder) observing(node int, at time.Time) bool {
+	f := r.stateAt(at)
+	id := r.cluster.hostID[node]
+	return !f.isCrashed(id) && !f.isPaused(id)
+}
+
+func (r *recorder) statusChanged(at time.Time, observer, target int, to gossip.Status) {
+	if to != gossip.StatusFailed {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if at.Before(r.t0) || !r.observing(observer, at) {
+		return
+	}
+	if c := r.crashAt[target]; !c.IsZero() && !at.Before(c) {
+		if seen := r.seen[target]; seen[observer].IsZero() {
+			seen[observer] = at
+		}
+		return
+	}
+	if !r.separated(r.cluster.hostID[observer], r.cluster.hostID[target], at) {
+		r.falseF++
+		if len(r.examples) < 10 {
+			r.examples = append(r.examples, fmt.Sprintf("%.1f s: %s saw %s failed",
+				r.since(at), r.cluster.names[observer], r.cluster.names[target]))
+		}
+	}
+}
+
+func (r *recorder) suspected(at time.Time, observer, target int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if at.Before(r.t0) || !r.observing(observer, at) {
+		return
+	}
+	if c := r.crashAt[target]; !c.IsZero() && !at.Before(c) {
+		if r.suspect[target].IsZero() {
+			r.suspect[target] = at
+		}
+		return
+	}
+	if !r.separated(r.cluster.hostID[observer], r.cluster.hostID[target], at) {
+		r.falseS++
+	}
+}
+
+func (r *recorder) fullViews(at time.Time, all bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if all && !r.healAt.IsZero() && r.healed.IsZero() && !at.Before(r.healAt) {
+		r.healed = at
+	}
+}
+
+// baselineChanged runs under the monitor's lock.
+func (r *recorder) baselineChanged(at time.Time, node int, failed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if at.Before(r.t0) {
+		return
+	}
+	if !failed {
+		if !r.healAt.IsZero() && r.bHealed.IsZero() && !at.Before(r.healAt) && r.base.alive == r.liveLocked() {
+			r.bHealed = at
+		}
+		return
+	}
+	if c := r.crashAt[node]; !c.IsZero() && !at.Before(c) {
+		if _, ok := r.bSeen[node]; !ok {
+			r.bSeen[node] = at
+		}
+		return
+	}
+	if !r.separated(r.monitor, r.cluster.hostID[node], at) {
+		r.bFalseF++
+	}
+}
+
+// sampleLoop records what every node sees, a few times a second (once a
+// second past 200 nodes), until stop closes.
+func (r *recorder) sampleLoop(stop <-chan struct{}, mem *memoryPeak) {
+	every := 250 * time.Millisecond
+	if r.n > 200 {
+		every = time.Second
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	r.sample(time.Now())
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			r.sample(now)
+			mem.sample()
+		}
+	}
+}
+
+func (r *recorder) sample(now time.Time) {
+	alive := make([]int, r.n)
+	hashes := make(map[uint64]bool)
+	r.mu.Lock()
+	crashed := append([]time.Time(nil), r.crashAt...)
+	r.mu.Unlock()
+	for i := range alive {
+		if !crashed[i].IsZero() {
+			alive[i] = -1
+			continue
+		}
+		a, h := r.cluster.aliveCount(i)
+		alive[i] = a
+		hashes[h] = true
+	}
+	s := Sample{T: round(now.Sub(r.t0).Seconds()), Views: len(hashes), Monitor: r.base.aliveCount(), alive: alive}
+	r.mu.Lock()
+	r.samples = append(r.samples, s)
+	r.mu.Unlock()
+}
+
+// report computes the figures at the end of the run.
+func (r *recorder) report(end time.Time) *Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := &Report{Nodes: r.n, Scenario: r.plan.Scenario, Seed: r.plan.Seed,
+		Faults: r.faults, FalseFailureExamples: r.examples, Timeline: r.samples, LengthS: round(r.plan.Length.Seconds()),
+		Placements: r.bursts}
+	for _, g := range r.plan.Groups {
+		rep.Groups = append(rep.Groups, GroupRecord{Name: g.Name, Nodes: len(g.Nodes), members: r.indexes(g.Nodes)})
+	}
+	for i := range rep.Timeline {
+		rep.Timeline[i].Groups = groupStats(rep.Timeline[i].alive, rep.Groups)
+	}
+
+	// Detection: every (crashed node, live observer) pair.
+	var pairs, bPairs, firsts []float64
+	for target, seen := range r.seen {
+		crash := r.crashAt[target]
+		for obs, at := range seen {
+			if obs == target || !r.crashAt[obs].IsZero() {
+				continue
+			}
+			if at.IsZero() {
+				pairs = append(pairs, math.Inf(1))
+				rep.Undetected++
+			} else {
+				pairs = append(pairs, at.Sub(crash).Seconds())
+			}
+		}
+		if at, ok := r.bSeen[target]; ok {
+			bPairs = append(bPairs, at.Sub(crash).Seconds())
+		} else {
+			bPairs = append(bPairs, math.Inf(1))
+			rep.Baseline.Undetected++
+		}
+		if !r.suspect[target].IsZero() {
+			firsts = append(firsts, r.suspect[target].Sub(crash).Seconds())
+		}
+	}
+	rep.DetectionP50, rep.DetectionP99, rep.DetectionAll = percentile(pairs, 50), percentile(pairs, 99), percentile(pairs, 100)
+	rep.Baseline.DetectionP50, rep.Baseline.DetectionP99, rep.Baseline.DetectionAll =
+		percentile(bPairs, 50), percentile(bPairs, 99), percentile(bPairs, 100)
+	rep.FirstSuspicion = percentile(firsts, 50)
+	falseS := r.falseS
+	rep.FalseSuspicions = &falseS
+	rep.FalseFailures, rep.Baseline.FalseFailures = r.falseF, r.bFalseF
+	if !r.healAt.IsZero() {
+		if !r.healed.IsZero() {
+			rep.HealS = ptr(round(r.healed.Sub(r.healAt).Seconds()))
+		}
+		if !r.bHealed.IsZero() {
+			rep.Baseline.HealS = ptr(round(r.bHealed.Sub(r.healAt).Seconds()))
+		}
+	}
+
+	// Traffic: what the live nodes sent, per second that they were alive.
+	var nodeSeconds float64
+	for _, c := range r.crashAt {
+		until := end
+		if !c.IsZero() {
+			until = c
+		}
+		nodeSeconds += until.Sub(r.t0).Seconds()
+	}
+	g := r.gossipTraffic()
+	b := r.base.stats()
+	if nodeSeconds > 0 {
+		rep.BytesPerNodePerS = round(float64(g.BytesSent-r.traffic0.BytesSent) / nodeSeconds)
+		rep.PacketsPerNodePerS = round(float64(g.PacketsSent-r.traffic0.PacketsSent) / nodeSeconds)
+		rep.Baseline.BytesPerNodePerS = round(float64(b.BytesSent-r.bTraffic0.BytesSent) / nodeSeconds)
+		rep.Baseline.PacketsPerNodePerS = round(float64(b.PacketsSent-r.bTraffic0.PacketsSent) / nodeSeconds)
+	}
+	for _, s := range r.samples {
+		rep.MaxViews = max(rep.MaxViews, s.Views)
+	}
+	rep.Baseline.MaxViews = 1
+	return rep
+}
+
+func (r *recorder) indexes(names []string) []int {
+	out := make([]int, 0, len(names))
+	for _, n := range names {
+		if i, ok := r.cluster.index[n]; ok {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// percentile is the nearest-rank percentile; nil when there is nothing to
+// rank or the rank lands on a pair that was never detected.
+func percentile(v []float64, p float64) *float64 {
+	if len(v) == 0 {
+		return nil
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	rank := int(math.Ceil(p/100*float64(len(s)))) - 1
+	rank = min(max(rank, 0), len(s)-1)
+	if math.IsInf(s[rank], 1) {
+		return nil
+	}
+	return ptr(round(s[rank]))
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func round(v float64) float64 { return math.Round(v*100) / 100 }
+
+// memoryPeak follows the Go runtime's memory (mapped and not returned to
+// the system), sampled during the run.
+type memoryPeak struct {
+	mu   sync.Mutex
+	peak uint64
+}
+
+func (m *memoryPeak) sample() {
+	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 || s[1].Value.Kind() != metrics.KindUint64 {
+		return
+	}
+	v := s[0].Value.Uint64() - s[1].Value.Uint64()
+	m.mu.Lock()
+	m.peak = max(m.peak, v)
+	m.mu.Unlock()
+}
+
+// resetPeakRSS restarts the kernel's count of the process's peak resident
+// set (Linux), so that peakRSS measures this run. Elsewhere it does nothing.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// peakRSS is the process's peak resident set in MiB (VmHWM), or nil where
+// /proc does not tell.
+func peakRSS() *float64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return nil
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) == 0 {
+				return nil
+			}
+			kb, err := strconv.ParseFloat(fields[0], 64)
+			if err != nil {
+				return nil
+			}
+			return ptr(round(kb / 1024))
+		}
+	}
+	return nil
+}
