@@ -99,6 +99,7 @@ type BurstSide struct {
 	// not answer in time (those on the other side, not yet seen failed).
 	MissingBids   int     `json:"missing_bids"`
 	MedianMS      float64 `json:"decision_median_ms"`
+	P99MS         float64 `json:"decision_p99_ms"`
 	BaselineCould int     `json:"baseline_decided"` // askers that could reach the central monitor
 }
 
@@ -148,6 +149,9 @@ func summariseBurst(at float64, label string, results []sideResult, sideNames []
 		}
 		if v := percentile(ms, 50); v != nil {
 			bs.MedianMS = *v
+		}
+		if v := percentile(ms, 99); v != nil {
+			bs.P99MS = *v
 		}
 		rec.Sides = append(rec.Sides, bs)
 	}
