@@ -435,10 +435,23 @@ func (a *Agent) retryJoin(addrs []string) {
 		n, err := a.node.Join(addrs, false)
 		if n > 0 {
 			a.logger.Info("joined the mesh", "contacted", n, "attempt", attempt)
+			a.republishTags()
 			return
 		}
 		wait = NextBackoff(wait, a.cfg.JoinRetryMax)
 		a.logger.Warn("join failed; retrying", "addrs", addrs, "attempt", attempt, "err", err, "retry_in", wait)
+	}
+}
+
+// republishTags gossips the tags again after a join. A tag change made while
+// the agent was still alone (its first load sample races the join) can miss
+// the members it then joins, who would keep the old tags until the next
+// push/pull, half a minute later.
+func (a *Agent) republishTags() {
+	a.tagsMu.Lock()
+	defer a.tagsMu.Unlock()
+	if err := a.node.SetTags(a.buildTagsLocked()); err != nil {
+		a.logger.Warn("could not republish tags after joining", "err", err)
 	}
 }
 
