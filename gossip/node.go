@@ -334,9 +334,6 @@ func (n *Node) Query(ctx context.Context, name string, payload []byte, p QueryPa
 	}
 }
 
-// DefaultQueryTimeout is serf's query timeout for the current mesh size.
-func (n *Node) DefaultQueryTimeout() time.Duration { return n.serf.DefaultQueryTimeout() }
-
 // Stats returns serf's counters.
 func (n *Node) Stats() map[string]string { return n.serf.Stats() }
 
@@ -386,13 +383,6 @@ func (n *Node) Shutdown() error {
 	n.wg.Wait()
 	return err
 }
-
-// ShutdownCh is closed once the node has shut down.
-func (n *Node) ShutdownCh() <-chan struct{} { return n.serf.ShutdownCh() }
-
-// BindPort reports the port the node's gossip listens on, useful when it was
-// chosen by the system.
-func (n *Node) BindPort() int { return int(n.serf.LocalMember().Port) }
 
 // Addr is the advertised gossip address of the local node.
 func (n *Node) Addr() string {
