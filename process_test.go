@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshagent/agent/gossip"
 )
 
 // agentBin is the binary built once for every process test.
@@ -73,21 +74,11 @@ type testAgent struct {
 
 func freeLoopbackPort(t testing.TB, ip string) int {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", l.Addr().String())
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
+	port, err := gossip.FreePort(ip)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no free port on %s", ip)
-	return 0
+	return port
 }
 
 func newTestAgent(t testing.TB, i int) *testAgent {

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	serfclient "github.com/hashicorp/serf/client"
+
+	"github.com/meshagent/agent/gossip"
 )
 
 // This suite drives real agents (real gossip on loopback, real RPC server)
@@ -23,23 +26,20 @@ var (
 	testKey2 = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 16))
 )
 
+// freeLoopbackAddr returns ip:port with a port free for gossip on ip.
 func freeLoopbackAddr(t testing.TB, ip string) string {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
+	return net.JoinHostPort(ip, strconv.Itoa(freeGossipPort(t, ip)))
+}
+
+// freeGossipPort returns a port free for gossip on ip.
+func freeGossipPort(t testing.TB, ip string) int {
+	t.Helper()
+	port, err := gossip.FreePort(ip)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no free port on %s", ip)
-	return ""
+	return port
 }
 
 // startAgent runs an agent in this process and stops it with the test.

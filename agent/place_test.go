@@ -38,7 +38,7 @@ func placeCluster(t *testing.T, loads map[string]string, mutate map[string]func(
 		}
 		agents[name] = a
 	}
-	plain, err := gossip.Start(gossip.Config{Name: "plain-serf", BindAddr: "127.0.0.9", BindPort: 0, Profile: "local",
+	plain, err := gossip.Start(gossip.Config{Name: "plain-serf", BindAddr: "127.0.0.9", BindPort: freeGossipPort(t, "127.0.0.9"), Profile: "local",
 		Keys: [][]byte{mustKey(t, testKey1)}, Tags: map[string]string{"os": "linux"}})
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +181,7 @@ func TestPlaceRejectsBadRequests(t *testing.T) {
 }
 
 func TestCollectWithNoServerInView(t *testing.T) {
-	n, err := gossip.Start(gossip.Config{Name: "lonely", BindAddr: "127.0.0.1", BindPort: 0, Profile: "local",
+	n, err := gossip.Start(gossip.Config{Name: "lonely", BindAddr: "127.0.0.1", BindPort: freeGossipPort(t, "127.0.0.1"), Profile: "local",
 		Tags: gossip.Tags{Role: gossip.RoleInterpreter}.Map()})
 	if err != nil {
 		t.Fatal(err)

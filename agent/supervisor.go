@@ -363,29 +363,21 @@ func isOurSupervisor(pid int, specPath string) bool {
 	return false
 }
 
-// freePort asks the system for a TCP port free on ip, for an interpreter
-// or a supervisor's member to listen on. The port is released before use,
-// so a race with another process is possible but rare; the supervisor then
-// fails to start and the spawn is refused with the reason.
+// freePort asks the system for a port free on ip (for TCP, and for UDP too
+// when udpToo), for an interpreter or a supervisor's member to listen on.
+// The port is released before use, so a race with another process is
+// possible but rare; the supervisor then fails to start and the spawn is
+// refused with the reason.
 func freePort(ip string, udpToo bool) (int, error) {
-	for i := 0; i < 20; i++ {
-		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		if !udpToo {
-			l.Close()
-			return port, nil
-		}
-		u, err := net.ListenPacket("udp", l.Addr().String())
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port, nil
-		}
+	if udpToo {
+		return gossip.FreePort(ip)
 	}
-	return 0, fmt.Errorf("no free port on %s", ip)
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // RunEchoServer is the built-in demo interpreter: it echoes every line it

@@ -194,3 +194,32 @@ func TestJoinWithTheWrongKeyFailsAndSaysWhy(t *testing.T) {
 		t.Fatalf("a node without the key got into the member list: %v", a.Members())
 	}
 }
+
+// TestQuerySizeMatchesSerfsLimit pins QuerySize to serf's own check: the
+// largest payload QuerySize allows is accepted by serf, and a query a few
+// bytes larger (the widest clock and id QuerySize assumes) is refused.
+func TestQuerySizeMatchesSerfsLimit(t *testing.T) {
+	n := startNode(t, "asker-with-a-fairly-long-node-name", nil)
+	p := QueryParams{
+		FilterNodes: []string{"server-1", "server-22", "server-333"},
+		FilterTags:  map[string]string{TagRole: "^server$"},
+		Timeout:     time.Second,
+	}
+	payload := []byte{}
+	for n.QuerySize("place", append(payload, 'x'), p) <= QuerySizeLimit {
+		payload = append(payload, 'x')
+	}
+	if got := n.QuerySize("place", payload, p); got > QuerySizeLimit || got < QuerySizeLimit-2 {
+		t.Fatalf("search ended at size %d, want just under %d", got, QuerySizeLimit)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // only serf's size check matters here, not the answers
+	if err := n.Query(ctx, "place", payload, p, nil, nil); err != nil {
+		t.Fatalf("serf refused a %d-byte query QuerySize allows: %v", n.QuerySize("place", payload, p), err)
+	}
+	over := append(payload, make([]byte, 24)...)
+	err := n.Query(ctx, "place", over, p, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "exceeds limit") {
+		t.Fatalf("a query 24 bytes past the limit: err %v, want serf's size refusal", err)
+	}
+}

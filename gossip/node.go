@@ -334,6 +334,11 @@ func (n *Node) Query(ctx context.Context, name string, payload []byte, p QueryPa
 	}
 }
 
+// GossipInterval is how often this node gossips news to a few peers: the
+// pace at which a broadcast (a tag change, a query) spreads, one hop per
+// interval.
+func (n *Node) GossipInterval() time.Duration { return n.ml.GossipInterval }
+
 // Stats returns serf's counters.
 func (n *Node) Stats() map[string]string { return n.serf.Stats() }
 
