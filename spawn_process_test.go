@@ -224,8 +224,8 @@ func TestSpawnSpreadsEchoesListsAndStops(t *testing.T) {
 }
 
 // TestSpawnIsIdempotentAndRefusesBadRequests: the same --key starts one
-// interpreter; an unknown kind and a forbidden argument are refused with
-// their own exit codes and messages.
+// interpreter; an unknown kind, a forbidden argument and arguments too long
+// for one serf query are refused with their own exit codes and messages.
 func TestSpawnIsIdempotentAndRefusesBadRequests(t *testing.T) {
 	agents := spawnCluster(t)
 	first, errOut, code := spawnVia(t, agents[0], "--kind", "demo", "--key", "nb-42", "--wait")
@@ -247,6 +247,14 @@ func TestSpawnIsIdempotentAndRefusesBadRequests(t *testing.T) {
 	_, errOut, code = spawnVia(t, agents[0], "--kind", "demo", "--", "--rm", "-rf")
 	if code != 5 || !strings.Contains(errOut, `"--rm"`) {
 		t.Fatalf("forbidden argument: code %d, %s", code, errOut)
+	}
+	long := []string{"--kind", "demo", "--"}
+	for i := 0; i < 10; i++ {
+		long = append(long, strings.Repeat("a", 100))
+	}
+	_, errOut, code = spawnVia(t, agents[0], long...)
+	if code != 1 || !strings.Contains(errOut, "1024-byte query limit") || !strings.Contains(errOut, "fewer or shorter arguments") {
+		t.Fatalf("arguments too long for one query: code %d, %s", code, errOut)
 	}
 }
 

@@ -387,17 +387,25 @@ func (a *Agent) handleStopOrder(q *gossip.Query) {
 
 // ---- the asker's side ----
 
+// orderParams addresses an order to one node, which acknowledges it.
+func orderParams(node string, timeout time.Duration) gossip.QueryParams {
+	return gossip.QueryParams{FilterNodes: []string{node}, RequestAck: true, Timeout: timeout}
+}
+
 // askOne sends a query to one node and returns its answer. A gossiped query
 // can miss its one target, so when the target has not acknowledged it
 // within a second the query is sent again; the orders are idempotent.
 func (a *Agent) askOne(ctx context.Context, node, name string, payload []byte, timeout time.Duration) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if size := a.node.QuerySize(name, payload, orderParams(node, timeout)); size > gossip.QuerySizeLimit {
+		return nil, fmt.Errorf("the %s order would be %d bytes, over serf's %d-byte query limit", name, size, gossip.QuerySizeLimit)
+	}
 	answers := make(chan []byte, 2)
 	acked := make(chan struct{})
 	var ackOnce sync.Once
 	send := func() {
-		a.node.Query(ctx, name, payload, gossip.QueryParams{FilterNodes: []string{node}, RequestAck: true, Timeout: timeout},
+		a.node.Query(ctx, name, payload, orderParams(node, timeout),
 			func(string) { ackOnce.Do(func() { close(acked) }) },
 			func(_ string, p []byte) {
 				select {
@@ -505,9 +513,14 @@ func (a *Agent) spawnOnce(ctx context.Context, req rpc.SpawnRequest, start time.
 	}
 
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: a.cfg.NodeName})
-	if len(order) > bidding.MaxQueryBytes {
-		return fail(resp, rpc.SpawnBadRequest, fmt.Errorf("the spawn order is %d bytes, over serf's %d-byte query limit: pass fewer or shorter arguments",
-			len(order), bidding.MaxQueryBytes))
+	for i, cand := range e.decision.Ranked {
+		if i == maxAttempts {
+			break
+		}
+		if size := a.node.QuerySize(querySpawn, order, orderParams(cand.Bid.Node, 0)); size > gossip.QuerySizeLimit {
+			return fail(resp, rpc.SpawnBadRequest, fmt.Errorf("the spawn order would be %d bytes, over serf's %d-byte query limit: pass fewer or shorter arguments",
+				size, gossip.QuerySizeLimit))
+		}
 	}
 	timeouts := 0
 	var ans spawnAnswer

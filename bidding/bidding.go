@@ -19,12 +19,8 @@ import (
 // QueryName is the serf query servers answer with bids.
 const QueryName = "place"
 
-// MaxResponseBytes and MaxQueryBytes are serf's default limits on one query
-// response and one query payload.
-const (
-	MaxResponseBytes = 1024
-	MaxQueryBytes    = 1024
-)
+// MaxResponseBytes is serf's default limit on one query response.
+const MaxResponseBytes = 1024
 
 // maxRefusal and maxKindBytes bound a bid's free text, so that with tags at
 // memberlist's cap a bid still fits a query response.
@@ -39,6 +35,11 @@ const DefaultTimeout = time.Second
 // maxReaskGrace bounds how long an asker waits before re-asking the servers
 // that have not answered: a few gossip intervals of the lan profile.
 const maxReaskGrace = 500 * time.Millisecond
+
+// reaskIdle is how many gossip intervals without a new answer mean the query
+// has stopped spreading. Answers come in waves, one a gossip hop, so a gap
+// of one interval is normal.
+const reaskIdle = 2
 
 // ErrNoServers is returned when the asker's view holds no alive server.
 var ErrNoServers = errors.New("no alive server in this agent's view")
@@ -144,7 +145,7 @@ type Result struct {
 	Bids     []placement.Bid // in arrival order
 	Expected []string        // the alive servers in the asker's view, sorted
 	Missing  []string        // expected servers that did not answer in time, sorted
-	Invalid  []string        // answers that could not be decoded, with why
+	Invalid  []string        // answers that could not be decoded, and a failed re-ask, with why
 	Elapsed  time.Duration
 }
 
@@ -168,9 +169,14 @@ func Servers(members []gossip.Member) []string {
 // A serf query is gossiped, and in a small mesh a broadcast reaches only a
 // few peers before it retires, so now and then a server never hears it.
 // Rather than wait out the whole timeout for that server, the asker re-asks
-// the servers still silent after a short grace (a quarter of the timeout, at
-// most maxReaskGrace) with a query addressed to them alone. A bid is read-only, so a server that
-// hears both answers twice and the second answer is ignored.
+// the servers still silent, once, when answers have stopped coming: after
+// a short grace (a quarter of the timeout, at most maxReaskGrace) and after
+// reaskIdle gossip intervals without a new answer. While answers still
+// arrive the query is still spreading, and a second broadcast would only
+// double its cost. The re-ask names the silent servers when their names fit
+// serf's query size limit, else it goes to every server. A bid is
+// read-only, so a server that hears both answers twice and the second
+// answer is ignored.
 func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Duration) (Result, error) {
 	start := time.Now()
 	if timeout <= 0 {
@@ -184,9 +190,16 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 	if err != nil {
 		return res, fmt.Errorf("encode place request: %w", err)
 	}
-	if len(payload) > MaxQueryBytes {
-		return res, fmt.Errorf("the place request is %d bytes, over serf's %d-byte query limit: use fewer or shorter constraints",
-			len(payload), MaxQueryBytes)
+	params := func(nodes []string) gossip.QueryParams {
+		return gossip.QueryParams{
+			FilterNodes: nodes,
+			FilterTags:  map[string]string{gossip.TagRole: "^" + string(gossip.RoleServer) + "$"},
+			Timeout:     timeout,
+		}
+	}
+	if size := n.QuerySize(QueryName, payload, params(nil)); size > gossip.QuerySizeLimit {
+		return res, fmt.Errorf("the place query would be %d bytes, over serf's %d-byte query limit: use fewer or shorter constraints",
+			size, gossip.QuerySizeLimit)
 	}
 	waiting := make(map[string]bool, len(res.Expected))
 	for _, s := range res.Expected {
@@ -196,6 +209,7 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 	defer cancel()
 
 	var mu sync.Mutex
+	lastAnswer := start
 	onResponse := func(from string, data []byte) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -203,6 +217,7 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 			return // a second answer, or a server we did not expect
 		}
 		delete(waiting, from)
+		lastAnswer = time.Now()
 		bid, err := DecodeBid(from, data)
 		if err != nil {
 			res.Invalid = append(res.Invalid, err.Error())
@@ -213,48 +228,70 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 			cancel() // every server we know of answered: no reason to wait
 		}
 	}
-	ask := func(nodes []string) error {
-		return n.Query(ctx, QueryName, payload, gossip.QueryParams{
-			FilterNodes: nodes,
-			FilterTags:  map[string]string{gossip.TagRole: "^" + string(gossip.RoleServer) + "$"},
-			Timeout:     time.Until(deadlineOf(ctx)),
-		}, nil, onResponse)
+	ask := func(p gossip.QueryParams) error {
+		p.Timeout = time.Until(deadlineOf(ctx))
+		return n.Query(ctx, QueryName, payload, p, nil, onResponse)
 	}
 
-	errs := make(chan error, 2)
-	go func() { errs <- ask(nil) }()
-	reask := time.NewTimer(min(timeout/4, maxReaskGrace))
-	defer reask.Stop()
-	asked := 1
-	select {
-	case <-ctx.Done():
-	case <-reask.C:
-		mu.Lock()
-		var silent []string
-		for s := range waiting {
-			silent = append(silent, s)
-		}
-		mu.Unlock()
-		if len(silent) > 0 {
-			sort.Strings(silent)
-			asked++
-			go func() { errs <- ask(silent) }()
+	first, again := make(chan error, 1), make(chan error, 1)
+	go func() { first <- ask(params(nil)) }()
+	reasked := false
+	grace := min(timeout/4, maxReaskGrace)
+	idle := reaskIdle * n.GossipInterval()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-timer.C:
+			mu.Lock()
+			quietSince := time.Since(lastAnswer)
+			var silent []string
+			for s := range waiting {
+				silent = append(silent, s)
+			}
+			mu.Unlock()
+			if quietSince < idle {
+				timer.Reset(idle - quietSince) // answers still arrive: the query is still spreading
+				continue
+			}
+			if len(silent) > 0 {
+				reasked = true
+				go func() { again <- ask(reaskParams(n, payload, silent, params)) }()
+			}
+			break wait
 		}
 	}
-	var firstErr error
-	for i := 0; i < asked; i++ {
-		if err := <-errs; err != nil && firstErr == nil {
-			firstErr = err
-		}
+	err = <-first
+	var reaskErr error
+	if reasked {
+		reaskErr = <-again
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	if reaskErr != nil {
+		// The first query went out; the bids it brought still count.
+		res.Invalid = append(res.Invalid, "re-asking the silent servers failed: "+reaskErr.Error())
+	}
 	for s := range waiting {
 		res.Missing = append(res.Missing, s)
 	}
 	sort.Strings(res.Missing)
 	res.Elapsed = time.Since(start)
-	return res, firstErr
+	return res, err
+}
+
+// reaskParams addresses a re-ask to the silent servers by name when the
+// names fit serf's query size limit; else to every server, whose repeated
+// answers Collect ignores.
+func reaskParams(n *gossip.Node, payload []byte, silent []string, params func([]string) gossip.QueryParams) gossip.QueryParams {
+	sort.Strings(silent)
+	if p := params(silent); n.QuerySize(QueryName, payload, p) <= gossip.QuerySizeLimit {
+		return p
+	}
+	return params(nil)
 }
 
 func deadlineOf(ctx context.Context) time.Time {

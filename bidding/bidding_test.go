@@ -1,9 +1,14 @@
 package bidding
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -64,5 +69,78 @@ func TestServersIgnoresRolelessAndDeadMembers(t *testing.T) {
 	})
 	if !reflect.DeepEqual(got, []string{"a", "b"}) {
 		t.Fatalf("servers %v", got)
+	}
+}
+
+// startNode starts a gossip node on loopback with the local profile.
+func startNode(t *testing.T, name string, tags gossip.Tags) *gossip.Node {
+	t.Helper()
+	port, err := gossip.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := gossip.Start(gossip.Config{Name: name, BindAddr: "127.0.0.1", BindPort: port, Profile: "local", Tags: tags.Map()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Shutdown() })
+	return n
+}
+
+// A server that misses the place query (here: ignores it, as if the gossip
+// never reached it) is asked again once answers stop, and its bid arrives
+// before the timeout.
+func TestCollectReasksAServerThatMissedTheQuery(t *testing.T) {
+	asker := startNode(t, "asker", gossip.Tags{Role: gossip.RoleServer})
+	deaf := startNode(t, "deaf-once", gossip.Tags{Role: gossip.RoleServer})
+	Serve(asker, func(string, Request) placement.Bid { return placement.Bid{Healthy: true, OffersKind: true} }, slog.New(slog.DiscardHandler))
+	var mu sync.Mutex
+	heard := 0
+	deaf.HandleQuery(QueryName, func(q *gossip.Query) {
+		mu.Lock()
+		heard++
+		first := heard == 1
+		mu.Unlock()
+		if first {
+			return // the first query is lost
+		}
+		data, _ := EncodeBid(placement.Bid{Healthy: true, OffersKind: true})
+		q.Respond(data)
+	})
+	if _, err := asker.Join([]string{deaf.Addr()}, false); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Collect(context.Background(), asker, Request{ID: "r1", Kind: "demo"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(res.Bids) != 2 || len(res.Missing) != 0 || heard != 2 {
+		t.Fatalf("bids %d, missing %v, the deaf server heard %d queries; want 2 bids, none missing, 2 queries", len(res.Bids), res.Missing, heard)
+	}
+}
+
+// A re-ask names the silent servers while their names fit serf's query size
+// limit, and goes to every server when they do not.
+func TestReaskFitsSerfsQueryLimit(t *testing.T) {
+	n := startNode(t, "asker", gossip.Tags{Role: gossip.RoleServer})
+	payload := []byte("a place request")
+	params := func(nodes []string) gossip.QueryParams {
+		return gossip.QueryParams{FilterNodes: nodes, FilterTags: map[string]string{gossip.TagRole: "^server$"}}
+	}
+	few := []string{"s2", "s1"}
+	if got := reaskParams(n, payload, few, params).FilterNodes; !reflect.DeepEqual(got, []string{"s1", "s2"}) {
+		t.Fatalf("a short silent list: filter %v, want it named, sorted", got)
+	}
+	var many []string
+	for i := 0; i < 40; i++ {
+		many = append(many, fmt.Sprintf("ip-10-0-%d-17.eu-west-1.compute.internal", i))
+	}
+	if n.QuerySize(QueryName, payload, params(many)) <= gossip.QuerySizeLimit {
+		t.Fatal("the test's long list fits; make it longer")
+	}
+	if got := reaskParams(n, payload, many, params); got.FilterNodes != nil || got.FilterTags[gossip.TagRole] == "" {
+		t.Fatalf("a silent list over the limit: params %+v, want every server asked", got)
 	}
 }
