@@ -13,7 +13,7 @@ import (
 // RPC (query, bids, election) with 5 agents on loopback, for each profile.
 // It reports p50_ms and p99_ms of the decision as the asker timed it.
 func BenchmarkPlaceDecision(b *testing.B) {
-	for _, profile := range []string{"lan", "local"} {
+	for _, profile := range []string{"lan", "fast", "local"} {
 		b.Run("agents=5/profile="+profile, func(b *testing.B) {
 			loads := map[string]string{}
 			for i := 1; i <= 5; i++ {
