@@ -41,6 +41,12 @@ const maxReaskGrace = 500 * time.Millisecond
 // of one interval is normal.
 const reaskIdle = 2
 
+// maxReasks bounds the re-asks of one place query. Each is a broadcast to
+// the whole mesh, and a server that misses the query three times is more
+// likely unreachable than unlucky. (In a small mesh with the local profile
+// a broadcast goes to two peers; a re-ask can miss the same server again.)
+const maxReasks = 2
+
 // ErrNoServers is returned when the asker's view holds no alive server.
 var ErrNoServers = errors.New("no alive server in this agent's view")
 
@@ -169,14 +175,14 @@ func Servers(members []gossip.Member) []string {
 // A serf query is gossiped, and in a small mesh a broadcast reaches only a
 // few peers before it retires, so now and then a server never hears it.
 // Rather than wait out the whole timeout for that server, the asker re-asks
-// the servers still silent, once, when answers have stopped coming: after
-// a short grace (a quarter of the timeout, at most maxReaskGrace) and after
-// reaskIdle gossip intervals without a new answer. While answers still
-// arrive the query is still spreading, and a second broadcast would only
-// double its cost. The re-ask names the silent servers when their names fit
-// serf's query size limit, else it goes to every server. A bid is
-// read-only, so a server that hears both answers twice and the second
-// answer is ignored.
+// the servers still silent when answers have stopped coming: after a short
+// grace (a quarter of the timeout, at most maxReaskGrace) and after
+// reaskIdle gossip intervals without a new answer or re-ask, at most
+// maxReasks times. While answers still arrive the query is still
+// spreading, and another broadcast would only add to its cost. A re-ask
+// names the silent servers when their names fit serf's query size limit,
+// else it goes to every server. A bid is read-only, so a server that hears
+// the query twice answers twice and the second answer is ignored.
 func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Duration) (Result, error) {
 	start := time.Now()
 	if timeout <= 0 {
@@ -233,15 +239,14 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 		return n.Query(ctx, QueryName, payload, p, nil, onResponse)
 	}
 
-	first, again := make(chan error, 1), make(chan error, 1)
+	first, again := make(chan error, 1), make(chan error, maxReasks)
 	go func() { first <- ask(params(nil)) }()
-	reasked := false
-	grace := min(timeout/4, maxReaskGrace)
+	reasks := 0
 	idle := reaskIdle * n.GossipInterval()
-	timer := time.NewTimer(grace)
+	timer := time.NewTimer(min(timeout/4, maxReaskGrace))
 	defer timer.Stop()
 wait:
-	for {
+	for reasks < maxReasks {
 		select {
 		case <-ctx.Done():
 			break wait
@@ -257,23 +262,29 @@ wait:
 				timer.Reset(idle - quietSince) // answers still arrive: the query is still spreading
 				continue
 			}
-			if len(silent) > 0 {
-				reasked = true
-				go func() { again <- ask(reaskParams(n, payload, silent, params)) }()
+			if len(silent) == 0 {
+				break wait
 			}
-			break wait
+			reasks++
+			go func() { again <- ask(reaskParams(n, payload, silent, params)) }()
+			mu.Lock()
+			lastAnswer = time.Now() // give the re-ask its own time to spread
+			mu.Unlock()
+			timer.Reset(idle)
 		}
 	}
 	err = <-first
-	var reaskErr error
-	if reasked {
-		reaskErr = <-again
+	var reaskErrs []string
+	for i := 0; i < reasks; i++ {
+		if e := <-again; e != nil {
+			reaskErrs = append(reaskErrs, e.Error())
+		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if reaskErr != nil {
+	if len(reaskErrs) > 0 {
 		// The first query went out; the bids it brought still count.
-		res.Invalid = append(res.Invalid, "re-asking the silent servers failed: "+reaskErr.Error())
+		res.Invalid = append(res.Invalid, "re-asking the silent servers failed: "+strings.Join(reaskErrs, "; "))
 	}
 	for s := range waiting {
 		res.Missing = append(res.Missing, s)

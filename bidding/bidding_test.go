@@ -88,36 +88,46 @@ func startNode(t *testing.T, name string, tags gossip.Tags) *gossip.Node {
 }
 
 // A server that misses the place query (here: ignores it, as if the gossip
-// never reached it) is asked again once answers stop, and its bid arrives
-// before the timeout.
+// never reached it) is asked again once answers stop, up to maxReasks
+// times; one that misses every query is reported missing.
 func TestCollectReasksAServerThatMissedTheQuery(t *testing.T) {
-	asker := startNode(t, "asker", gossip.Tags{Role: gossip.RoleServer})
-	deaf := startNode(t, "deaf-once", gossip.Tags{Role: gossip.RoleServer})
-	Serve(asker, func(string, Request) placement.Bid { return placement.Bid{Healthy: true, OffersKind: true} }, slog.New(slog.DiscardHandler))
-	var mu sync.Mutex
-	heard := 0
-	deaf.HandleQuery(QueryName, func(q *gossip.Query) {
-		mu.Lock()
-		heard++
-		first := heard == 1
-		mu.Unlock()
-		if first {
-			return // the first query is lost
-		}
-		data, _ := EncodeBid(placement.Bid{Healthy: true, OffersKind: true})
-		q.Respond(data)
-	})
-	if _, err := asker.Join([]string{deaf.Addr()}, false); err != nil {
-		t.Fatal(err)
-	}
-	res, err := Collect(context.Background(), asker, Request{ID: "r1", Kind: "demo"}, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(res.Bids) != 2 || len(res.Missing) != 0 || heard != 2 {
-		t.Fatalf("bids %d, missing %v, the deaf server heard %d queries; want 2 bids, none missing, 2 queries", len(res.Bids), res.Missing, heard)
+	for _, missed := range []int{1, maxReasks, maxReasks + 1} {
+		t.Run(fmt.Sprintf("missed=%d", missed), func(t *testing.T) {
+			asker := startNode(t, "asker", gossip.Tags{Role: gossip.RoleServer})
+			deaf := startNode(t, "deaf", gossip.Tags{Role: gossip.RoleServer})
+			Serve(asker, func(string, Request) placement.Bid { return placement.Bid{Healthy: true, OffersKind: true} },
+				slog.New(slog.DiscardHandler))
+			var mu sync.Mutex
+			heard := 0
+			deaf.HandleQuery(QueryName, func(q *gossip.Query) {
+				mu.Lock()
+				heard++
+				lost := heard <= missed
+				mu.Unlock()
+				if lost {
+					return
+				}
+				data, _ := EncodeBid(placement.Bid{Healthy: true, OffersKind: true})
+				q.Respond(data)
+			})
+			if _, err := asker.Join([]string{deaf.Addr()}, false); err != nil {
+				t.Fatal(err)
+			}
+			res, err := Collect(context.Background(), asker, Request{ID: "r1", Kind: "demo"}, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			wantBids, wantMissing, wantHeard := 2, 0, missed+1
+			if missed > maxReasks {
+				wantBids, wantMissing, wantHeard = 1, 1, maxReasks+1
+			}
+			if len(res.Bids) != wantBids || len(res.Missing) != wantMissing || heard != wantHeard {
+				t.Fatalf("bids %d, missing %v, the deaf server heard %d queries; want %d bids, %d missing, %d queries",
+					len(res.Bids), res.Missing, heard, wantBids, wantMissing, wantHeard)
+			}
+		})
 	}
 }
 
