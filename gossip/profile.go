@@ -53,8 +53,12 @@ func fastConfig() *memberlist.Config {
 	return c
 }
 
-// DefaultProfile is the profile used when none is named.
-const DefaultProfile = "lan"
+// DefaultProfile is the profile used when none is named: fast, because at
+// 100 nodes lan detects a crash more slowly (p99 10.8 s) than the 9 s
+// heartbeat timeout this agent replaces, and cannot decide a placement in
+// under a second; fast does both (3.9 s, 392 ms) for 1.4 to 1.7 times
+// lan's few hundred bytes per second. lan remains for serf's numbers.
+const DefaultProfile = "fast"
 
 // Profiles lists the profile names, sorted.
 func Profiles() []string {
