@@ -23,8 +23,8 @@ var profiles = map[string]func() *memberlist.Config{
 // At 100 nodes, seed 1: crash detection p99 3.9 s against lan's 10.8 s;
 // false failures 0 at 0%, 5% and 15% loss, as lan; 605 bytes per node per
 // second against lan's 419 (790 against 455 at 5% loss); heal after a 34 s
-// partition 17.7 s against lan's 17.3 s; place decision p99 392 ms against
-// lan's 1006 ms.
+// partition 17.7 s against lan's 17.3 s; place decision p99 362 ms against
+// lan's 1013 ms.
 func fastConfig() *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
 	// Probing twice as often finds a dead node sooner and is most of the
@@ -56,7 +56,7 @@ func fastConfig() *memberlist.Config {
 // DefaultProfile is the profile used when none is named: fast, because at
 // 100 nodes lan detects a crash more slowly (p99 10.8 s) than the 9 s
 // heartbeat timeout this agent replaces, and cannot decide a placement in
-// under a second; fast does both (3.9 s, 392 ms) for 1.4 to 1.7 times
+// under a second; fast does both (3.9 s, 362 ms) for 1.4 to 1.7 times
 // lan's few hundred bytes per second. lan remains for serf's numbers.
 const DefaultProfile = "fast"
 
