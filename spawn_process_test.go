@@ -369,25 +369,33 @@ func TestRateLimitsPerAsker(t *testing.T) {
 }
 
 // TestInterpreterFindsItsServerAgain: when every server left (an operator
-// stopped them), the interpreters stay up alone; once their server runs
-// again, they are back in its member list by themselves.
+// stopped them), the interpreters stay up, two of them still seeing each
+// other; once their server runs again, both are back in its member list by
+// themselves.
 func TestInterpreterFindsItsServerAgain(t *testing.T) {
 	a := newTestAgent(t, 1)
 	stopInterpreters(t, a)
 	a.start(t, "--load-source", "fixed:cpu=10,mem=10")
-	s, errOut, code := spawnVia(t, a, "--kind", "demo", "--wait")
-	if code != 0 {
-		t.Fatalf("spawn: %s", errOut)
+	var spawned []spawnJSON
+	for i := 0; i < 2; i++ {
+		s, errOut, code := spawnVia(t, a, "--kind", "demo", "--wait")
+		if code != 0 {
+			t.Fatalf("spawn %d: %s", i, errOut)
+		}
+		spawned = append(spawned, s)
 	}
 	if _, errOut, code := runCLI(t, "leave", "--rpc-addr", a.rpc); code != 0 {
 		t.Fatalf("leave: %s", errOut)
 	}
 	<-a.p.done
 	a.start(t, "--load-source", "fixed:cpu=10,mem=10") // a left agent does not rejoin by itself
-	waitFor(t, "the interpreter back in its server's view", 20*time.Second, func() bool {
-		return interpretersOf(t, a)[s.Name].Status == "alive"
+	waitFor(t, "both interpreters back in their server's view", 20*time.Second, func() bool {
+		got := interpretersOf(t, a)
+		return got[spawned[0].Name].Status == "alive" && got[spawned[1].Name].Status == "alive"
 	})
-	if got := echo(t, s.Endpoint, "back"); got != "back" {
-		t.Fatalf("echo %q", got)
+	for _, s := range spawned {
+		if got := echo(t, s.Endpoint, "back"); got != "back" {
+			t.Fatalf("echo from %s: %q", s.Name, got)
+		}
 	}
 }

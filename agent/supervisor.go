@@ -157,7 +157,7 @@ wait:
 			waitErr = stopGroup(pid, exited, spec.StopGrace)
 			break wait
 		case <-rejoin.C:
-			rejoinIfAlone(node, spec.Join, logger)
+			rejoinIfServerGone(node, spec.Host, spec.Join, logger)
 		}
 	}
 	code := exitCode(waitErr)
@@ -169,25 +169,26 @@ wait:
 	return code
 }
 
-// rejoinInterval is how often a supervisor that sees no other alive member
-// tries its server again.
+// rejoinInterval is how often a supervisor that does not see its server
+// alive tries the server again.
 const rejoinInterval = 5 * time.Second
 
-// rejoinIfAlone contacts the interpreter's server again when no other member
-// is alive in the supervisor's view. When every server left (an operator
-// stopped them all), nobody else knows to contact the interpreter when they
-// come back, and without this it would stay out of the mesh.
-func rejoinIfAlone(node *gossip.Node, join []string, logger *slog.Logger) {
-	self := node.Name()
+// rejoinIfServerGone contacts the interpreter's server again when the
+// server is not alive in the supervisor's view. When every server left (an
+// operator stopped them all), the interpreters still see each other, but
+// nobody tells a restarted server about them: its peers file is gone with
+// the leave, and serf reconnects only to failed members, never to left
+// ones. Without this they would stay a mesh of their own.
+func rejoinIfServerGone(node *gossip.Node, server string, join []string, logger *slog.Logger) {
 	for _, m := range node.Members() {
-		if m.Name != self && m.Status == gossip.StatusAlive {
+		if m.Name == server && m.Status == gossip.StatusAlive {
 			return
 		}
 	}
 	if n, err := node.Join(join, false); n > 0 {
-		logger.Info("rejoined the mesh through the server", "server", join)
+		logger.Info("rejoined the mesh through the server", "server", server, "addr", join)
 	} else {
-		logger.Debug("server not reachable yet", "server", join, "err", err)
+		logger.Debug("server not reachable yet", "server", server, "addr", join, "err", err)
 	}
 }
 
