@@ -387,6 +387,9 @@ func (a *Agent) handleStopOrder(q *gossip.Query) {
 
 // ---- the asker's side ----
 
+// errOrderTooLarge is askOne's refusal of an order serf would refuse.
+var errOrderTooLarge = fmt.Errorf("over serf's %d-byte query limit", gossip.QuerySizeLimit)
+
 // orderParams addresses an order to one node, which acknowledges it.
 func orderParams(node string, timeout time.Duration) gossip.QueryParams {
 	return gossip.QueryParams{FilterNodes: []string{node}, RequestAck: true, Timeout: timeout}
@@ -399,7 +402,7 @@ func (a *Agent) askOne(ctx context.Context, node, name string, payload []byte, t
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if size := a.node.QuerySize(name, payload, orderParams(node, timeout)); size > gossip.QuerySizeLimit {
-		return nil, fmt.Errorf("the %s order would be %d bytes, over serf's %d-byte query limit", name, size, gossip.QuerySizeLimit)
+		return nil, fmt.Errorf("the %s order would be %d bytes, %w", name, size, errOrderTooLarge)
 	}
 	answers := make(chan []byte, 2)
 	acked := make(chan struct{})
@@ -513,15 +516,6 @@ func (a *Agent) spawnOnce(ctx context.Context, req rpc.SpawnRequest, start time.
 	}
 
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: a.cfg.NodeName})
-	for i, cand := range e.decision.Ranked {
-		if i == maxAttempts {
-			break
-		}
-		if size := a.node.QuerySize(querySpawn, order, orderParams(cand.Bid.Node, 0)); size > gossip.QuerySizeLimit {
-			return fail(resp, rpc.SpawnBadRequest, fmt.Errorf("the spawn order would be %d bytes, over serf's %d-byte query limit: pass fewer or shorter arguments",
-				size, gossip.QuerySizeLimit))
-		}
-	}
 	timeouts := 0
 	var ans spawnAnswer
 	for i, cand := range e.decision.Ranked {
@@ -530,6 +524,10 @@ func (a *Agent) spawnOnce(ctx context.Context, req rpc.SpawnRequest, start time.
 		}
 		a.reserve(rid, cand.Bid)
 		raw, err := a.askOne(ctx, cand.Bid.Node, querySpawn, order, orderTimeout)
+		if errors.Is(err, errOrderTooLarge) {
+			a.release(rid)
+			return fail(resp, rpc.SpawnBadRequest, fmt.Errorf("%w: pass fewer or shorter arguments", err))
+		}
 		if err == nil {
 			err = msgpack.Unmarshal(raw, &ans)
 			if err == nil && ans.Refusal != "" {
@@ -560,7 +558,8 @@ func (a *Agent) spawnOnce(ctx context.Context, req rpc.SpawnRequest, start time.
 		if wait <= 0 {
 			wait = rpc.DefaultSpawnWait
 		}
-		if err := a.waitAlive(resp.Name, wait); err != nil {
+		alive := func(s gossip.Status) bool { return s == gossip.StatusAlive }
+		if _, err := a.waitMember(resp.Name, wait, alive, "it is not alive in "+a.cfg.NodeName+"'s member list"); err != nil {
 			return fail(resp, rpc.SpawnTimeout, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err))
 		}
 	}
@@ -608,33 +607,6 @@ func (a *Agent) release(rid string) {
 	a.ledgerMu.Lock()
 	a.ledger.Release(rid)
 	a.ledgerMu.Unlock()
-}
-
-// waitAlive returns once name is alive in this agent's member list.
-func (a *Agent) waitAlive(name string, limit time.Duration) error {
-	changed := make(chan struct{}, 1)
-	cancel := a.node.Subscribe(func(e gossip.Event) {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	})
-	defer cancel()
-	timeout := a.clock.After(limit)
-	for {
-		for _, m := range a.node.Members() {
-			if m.Name == name && m.Status == gossip.StatusAlive {
-				return nil
-			}
-		}
-		select {
-		case <-changed:
-		case <-timeout:
-			return fmt.Errorf("it is not alive in %s's member list after %s", a.cfg.NodeName, limit)
-		case <-a.shutdownCh:
-			return errors.New("the agent is shutting down")
-		}
-	}
 }
 
 // handleInterpreters lists every interpreter in this agent's view.
@@ -688,15 +660,18 @@ func (a *Agent) handleStopInterpreter(body rpc.Body) (any, error) {
 	if ans.Error != "" {
 		return nil, fmt.Errorf("stop %s: %s", req.Name, ans.Error)
 	}
-	final, err := a.waitGone(req.Name, 20*time.Second)
+	gone := func(s gossip.Status) bool { return s != gossip.StatusAlive && s != gossip.StatusLeaving }
+	final, err := a.waitMember(req.Name, 20*time.Second, gone, "it was told to stop but is still alive")
 	if err != nil {
 		return nil, fmt.Errorf("stop %s: %w", req.Name, err)
 	}
-	return rpc.StopResponse{Name: req.Name, Host: t.Host, Status: final}, nil
+	return rpc.StopResponse{Name: req.Name, Host: t.Host, Status: string(final)}, nil
 }
 
-// waitGone returns the member's status once it is no longer alive here.
-func (a *Agent) waitGone(name string, limit time.Duration) (string, error) {
+// waitMember returns name's status in this agent's member list (StatusNone
+// when it is not listed) once done holds for it, looking again at every
+// member event. After limit it fails with what it was waiting for.
+func (a *Agent) waitMember(name string, limit time.Duration, done func(gossip.Status) bool, waitingFor string) (gossip.Status, error) {
 	changed := make(chan struct{}, 1)
 	cancel := a.node.Subscribe(func(gossip.Event) {
 		select {
@@ -707,21 +682,21 @@ func (a *Agent) waitGone(name string, limit time.Duration) (string, error) {
 	defer cancel()
 	timeout := a.clock.After(limit)
 	for {
-		status := string(gossip.StatusNone)
+		status := gossip.StatusNone
 		for _, m := range a.node.Members() {
 			if m.Name == name {
-				status = string(m.Status)
+				status = m.Status
 			}
 		}
-		if status != string(gossip.StatusAlive) && status != string(gossip.StatusLeaving) {
+		if done(status) {
 			return status, nil
 		}
 		select {
 		case <-changed:
 		case <-timeout:
-			return "", fmt.Errorf("it was told to stop but is still alive after %s", limit)
+			return status, fmt.Errorf("%s after %s", waitingFor, limit)
 		case <-a.shutdownCh:
-			return "", errors.New("the agent is shutting down")
+			return status, errors.New("the agent is shutting down")
 		}
 	}
 }

@@ -215,7 +215,7 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 	defer cancel()
 
 	var mu sync.Mutex
-	lastAnswer := start
+	lastNews := start // the last new answer or re-ask
 	onResponse := func(from string, data []byte) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -223,7 +223,7 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 			return // a second answer, or a server we did not expect
 		}
 		delete(waiting, from)
-		lastAnswer = time.Now()
+		lastNews = time.Now()
 		bid, err := DecodeBid(from, data)
 		if err != nil {
 			res.Invalid = append(res.Invalid, err.Error())
@@ -240,7 +240,13 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 	}
 
 	first, again := make(chan error, 1), make(chan error, maxReasks)
-	go func() { first <- ask(params(nil)) }()
+	go func() {
+		err := ask(params(nil))
+		if err != nil {
+			cancel() // nothing was asked: no answer will come
+		}
+		first <- err
+	}()
 	reasks := 0
 	idle := reaskIdle * n.GossipInterval()
 	timer := time.NewTimer(min(timeout/4, maxReaskGrace))
@@ -252,7 +258,7 @@ wait:
 			break wait
 		case <-timer.C:
 			mu.Lock()
-			quietSince := time.Since(lastAnswer)
+			quietSince := time.Since(lastNews)
 			var silent []string
 			for s := range waiting {
 				silent = append(silent, s)
@@ -268,7 +274,7 @@ wait:
 			reasks++
 			go func() { again <- ask(reaskParams(n, payload, silent, params)) }()
 			mu.Lock()
-			lastAnswer = time.Now() // give the re-ask its own time to spread
+			lastNews = time.Now() // give the re-ask its own time to spread
 			mu.Unlock()
 			timer.Reset(idle)
 		}
