@@ -182,6 +182,9 @@ type InterpreterJSON struct {
 	Endpoint   string `json:"endpoint"`
 	PID        int    `json:"pid"`
 	RequestID  string `json:"request_id"`
+	Restart    string `json:"restart"`
+	Restarts   int    `json:"restarts"`
+	Generation int    `json:"generation"`
 }
 
 // InterpretersView renders interpreters for JSON output.
@@ -189,7 +192,8 @@ func InterpretersView(list []rpc.InterpreterView) []InterpreterJSON {
 	out := make([]InterpreterJSON, 0, len(list))
 	for _, i := range list {
 		out = append(out, InterpreterJSON{Name: i.Name, Kind: i.Kind, Host: i.Host, HostStatus: i.HostStatus,
-			Status: i.Status, Endpoint: i.Endpoint, PID: i.PID, RequestID: i.RequestID})
+			Status: i.Status, Endpoint: i.Endpoint, PID: i.PID, RequestID: i.RequestID,
+			Restart: i.Restart, Restarts: i.Restarts, Generation: i.Generation})
 	}
 	return out
 }

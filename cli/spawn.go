@@ -18,6 +18,8 @@ const (
 	ExitUnknownKind = 4
 	ExitRefused     = 5
 	ExitTimeout     = 6
+	ExitMinority    = 7 // a keyed spawn on the minority side of a partition
+	ExitDied        = 8 // the interpreter exited during --wait
 )
 
 var spawnExitCodes = map[string]int{
@@ -26,6 +28,8 @@ var spawnExitCodes = map[string]int{
 	rpc.SpawnRefused:     ExitRefused,
 	rpc.SpawnTimeout:     ExitTimeout,
 	rpc.SpawnBadRequest:  ExitError,
+	rpc.SpawnMinority:    ExitMinority,
+	rpc.SpawnDied:        ExitDied,
 }
 
 func spawnCommand() *ucli.Command {
@@ -34,7 +38,8 @@ func spawnCommand() *ucli.Command {
 		Usage:     "elect a server and start an interpreter there",
 		ArgsUsage: "[-- EXTRA ARGS...]",
 		Description: "Extra arguments after -- are appended to the kind's configured command, if its args_pattern allows them.\n" +
-			"Exit codes: 3 no server, 4 unknown kind, 5 every server refused, 6 timed out, 1 other errors.",
+			"Exit codes: 3 no server, 4 unknown kind, 5 every server refused, 6 timed out, 7 a keyed spawn on the minority\n" +
+			"side of a partition, 8 the interpreter exited during --wait, 1 other errors.",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "kind", Usage: "interpreter kind, e.g. demo"},
 			&ucli.BoolFlag{Name: "wait", Usage: "return once the interpreter is alive in the local agent's member list"},
@@ -42,6 +47,7 @@ func spawnCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "key", Usage: "idempotency key: a second spawn with the same key returns the first interpreter"},
 			&ucli.StringSliceFlag{Name: "constraint", Usage: "server tag k must match regex (anchored), k=regex; repeatable"},
 			&ucli.StringFlag{Name: "policy", Usage: "spread (default) or binpack"},
+			&ucli.StringFlag{Name: "restart", Usage: "restart policy: no or on-failure (default: the kind's, else no)"},
 		),
 		Action: spawn,
 	}
@@ -61,7 +67,8 @@ func spawn(c *ucli.Context) error {
 	}
 	defer cl.Close()
 	resp, err := cl.Spawn(rpc.SpawnRequest{Kind: c.String("kind"), Key: c.String("key"), Constraints: c.StringSlice("constraint"),
-		Policy: c.String("policy"), Args: c.Args().Slice(), Wait: c.Bool("wait"), Timeout: c.Duration("wait-timeout")})
+		Policy: c.String("policy"), Args: c.Args().Slice(), Wait: c.Bool("wait"), Timeout: c.Duration("wait-timeout"),
+		Restart: c.String("restart")})
 	if err != nil {
 		return fmt.Errorf("spawn: %w", err)
 	}
@@ -119,13 +126,20 @@ func interpretersCommand() *ucli.Command {
 
 func writeInterpretersTable(w io.Writer, list []rpc.InterpreterView) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tKIND\tHOST\tSTATUS\tENDPOINT\tPID")
+	fmt.Fprintln(tw, "NAME\tKIND\tHOST\tSTATUS\tENDPOINT\tPID\tRESTART")
 	for _, i := range list {
 		status := i.Status
 		if i.HostStatus != "alive" {
 			status += " (host " + i.HostStatus + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Kind, i.Host, status, i.Endpoint, strconv.Itoa(i.PID))
+		restart := i.Restart
+		if restart == "" {
+			restart = "no"
+		}
+		if i.Restarts > 0 || i.Generation > 0 {
+			restart += fmt.Sprintf(" (%d restarts, %d re-placements)", i.Restarts, i.Generation)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Kind, i.Host, status, i.Endpoint, strconv.Itoa(i.PID), restart)
 	}
 	tw.Flush()
 }

@@ -18,6 +18,9 @@ type SpawnRequest struct {
 	Args        []string
 	Wait        bool          // return once the interpreter is alive in the asker's view
 	Timeout     time.Duration // for --wait; zero: the agent's default
+	// Restart is the restart policy, "no" or "on-failure"; empty: the
+	// kind's own (default "no").
+	Restart string
 }
 
 // Spawn failure codes, for scripts and exit codes.
@@ -27,6 +30,11 @@ const (
 	SpawnRefused     = "refused"
 	SpawnTimeout     = "timeout"
 	SpawnBadRequest  = "bad-request"
+	// SpawnMinority: a keyed spawn asked on a side of a partition that sees
+	// no majority of the known servers alive.
+	SpawnMinority = "minority"
+	// SpawnDied: the interpreter started but exited during --wait.
+	SpawnDied = "died"
 )
 
 // SpawnResponse says where the interpreter runs, or why none started.
@@ -55,6 +63,9 @@ type InterpreterView struct {
 	Endpoint   string
 	PID        int
 	RequestID  string
+	Restart    string // the restart policy
+	Restarts   int    // how often it was restarted on its host
+	Generation int    // how often the mesh re-placed it after its host failed
 }
 
 // InterpretersResponse lists the interpreters in the mesh.
