@@ -15,9 +15,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshagent/agent/agent/interp"
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/internal/durable"
 	"github.com/meshagent/agent/placement"
 	"github.com/meshagent/agent/state"
 )
@@ -59,15 +61,10 @@ type Agent struct {
 
 	samples atomic.Uint64 // load samples taken, so tests can follow the loop
 
-	// Interpreters: the kinds offered, this binary (supervisors run it),
-	// and the registry of those started here, guarded by regMu.
-	kinds        map[string]Kind
-	self         string
-	regMu        sync.Mutex
-	registry     *state.Registry
-	inflight     map[string]chan struct{} // request id -> closed when its start ends
-	inflightKind map[string]string
-	supervisors  map[string]startedSupervisor
+	// interps is the interpreter lifecycle: spawn, stop, restart, the
+	// rules of the mesh.
+	interps *interp.Lifecycle
+	events  *eventFeed
 
 	// Per-asker limits on the place queries and spawn orders this server
 	// answers, guarded by limitMu.
@@ -89,6 +86,9 @@ type Agent struct {
 	// The asker's reservations, so that a burst of spawns spreads.
 	ledgerMu sync.Mutex
 	ledger   *placement.Ledger
+
+	lostMu  sync.Mutex
+	lostErr error
 
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
@@ -119,13 +119,13 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find this binary, which runs interpreter supervisors: %w", err)
 	}
-	kinds := map[string]Kind{}
+	kinds := map[string]interp.Kind{}
 	if cfg.InterpretersFile != "" {
-		if kinds, err = LoadKinds(cfg.InterpretersFile); err != nil {
+		if kinds, err = interp.LoadKinds(cfg.InterpretersFile); err != nil {
 			return nil, err
 		}
 	}
-	kinds[BuiltinKind] = builtinDemo(self)
+	kinds[interp.BuiltinKind] = interp.Demo(self)
 	ledger, err := placement.NewLedger(reservationTTL, 4096)
 	if err != nil {
 		return nil, err
@@ -148,19 +148,14 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		handlers = append(handlers, h)
 	}
 	httpCtx, httpCancel := context.WithCancel(context.Background())
-	return &Agent{
+	a := &Agent{
 		handlers:     handlers,
 		httpCtx:      httpCtx,
 		httpCancel:   httpCancel,
 		history:      newLoadHistory(10*time.Minute, 600),
 		metrics:      newAgentMetrics(),
 		load:         load,
-		kinds:        kinds,
-		self:         self,
-		registry:     state.NewRegistry(),
-		inflight:     map[string]chan struct{}{},
-		inflightKind: map[string]string{},
-		supervisors:  map[string]startedSupervisor{},
+		events:       newEventFeed(),
 		ledger:       ledger,
 		placeLimit:   state.NewRateLimiter(cfg.PlaceRate, 2*cfg.PlaceRate, 4096),
 		spawnLimit:   state.NewRateLimiter(cfg.SpawnRate, 2*cfg.SpawnRate, 4096),
@@ -172,13 +167,24 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		deps:         deps,
 		shutdownCh:   make(chan struct{}),
 		leftCh:       make(chan struct{}),
-	}, nil
+	}
+	a.interps, err = interp.New(interp.Config{Node: cfg.NodeName, Server: cfg.Role == gossip.RoleServer, Dir: a.interpDir(),
+		Profile: cfg.Profile, Capacity: cfg.Capacity, Kinds: kinds, Self: self},
+		interp.Deps{Clock: deps.Clock, Logger: deps.Logger, Done: a.shutdownCh, Elect: a.electForSpawn,
+			Reserve: a.reserve, Release: a.release, AllowSpawn: func(asker string) bool { return a.allow(a.spawnLimit, asker) },
+			Changed: a.publishCounts, Emit: a.emitInterpreterEvent})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // Start starts gossip and the RPC, and begins joining in the background.
+// Every listener is opened before the node gossips, so an agent that cannot
+// serve fails before it joins anyone.
 func (a *Agent) Start() error {
 	if a.cfg.Role == gossip.RoleServer {
-		if err := a.loadRegistry(); err != nil {
+		if err := a.interps.LoadRegistry(); err != nil {
 			return err
 		}
 		if a.cfg.DataDir == "" {
@@ -192,31 +198,36 @@ func (a *Agent) Start() error {
 	if err := a.checkGossipSecurity(gcfg); err != nil {
 		return err
 	}
+	ln, err := net.Listen("tcp", a.cfg.RPCAddr)
+	if err != nil {
+		return fmt.Errorf("rpc listen on %s: %w (is another agent running? choose another --rpc-addr)", a.cfg.RPCAddr, err)
+	}
+	a.rpcLn = ln
+	if a.cfg.HTTPAddr != "" {
+		hln, err := net.Listen("tcp", a.cfg.HTTPAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("http listen on %s: %w (choose another --http-addr, or empty to turn it off)", a.cfg.HTTPAddr, err)
+		}
+		a.httpLn = hln
+	}
 	a.gossipMetrics = gossip.EnableMetrics()
 	node, err := gossip.Start(gcfg)
 	if err != nil {
+		a.closeListeners()
 		return err
 	}
 	a.node = node
 
-	ln, err := net.Listen("tcp", a.cfg.RPCAddr)
-	if err != nil {
-		node.Shutdown()
-		return fmt.Errorf("rpc listen on %s: %w (is another agent running? choose another --rpc-addr)", a.cfg.RPCAddr, err)
-	}
-	a.rpcLn = ln
 	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, MaxConns: a.cfg.RPCMaxConns,
 		Logger: a.logger.With("component", "rpc"), OnCommand: a.metrics.rpcRequests.inc})
 	a.rpc.Register(rpc.CommandPlace, a.handlePlace)
 	a.rpc.Register(rpc.CommandSpawn, a.handleSpawn)
 	a.rpc.Register(rpc.CommandInterpreters, a.handleInterpreters)
 	a.rpc.Register(rpc.CommandStopInterpreter, a.handleStopInterpreter)
+	a.interps.Start(node)
 	if a.cfg.Role == gossip.RoleServer {
 		bidding.Serve(node, a.bid, a.logger.With("component", "placement"))
-		node.HandleQuery(querySpawn, a.handleSpawnOrder)
-		node.HandleQuery(queryStop, a.handleStopOrder)
-		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.watchInterpreters() }()
 		started := a.clock.Now()
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.runLoad(a.load, started) }()
@@ -228,6 +239,8 @@ func (a *Agent) Start() error {
 			a.logger.Error("rpc server stopped", "err", err)
 		}
 	}()
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.watchLost() }()
 
 	a.watchHistory()
 	a.startEventHandlers()
@@ -323,7 +336,7 @@ func (a *Agent) gossipConfig() (gossip.Config, error) {
 		// Keep the key with the data, so a restart (or a key rotation with
 		// `agent keys`, which serf writes here) needs no --encrypt again.
 		if keyring != "" {
-			if err := writeFileAtomic(keyring, []byte(`["`+a.cfg.EncryptKey+`"]`+"\n"), 0o600); err != nil {
+			if err := durable.WriteFile(keyring, []byte(`["`+a.cfg.EncryptKey+`"]`+"\n"), 0o600); err != nil {
 				return gossip.Config{}, fmt.Errorf("keyring: %w", err)
 			}
 		}
@@ -467,6 +480,38 @@ func NextBackoff(prev, max time.Duration) time.Duration {
 	return next
 }
 
+// closeListeners closes what Start opened before the node started.
+func (a *Agent) closeListeners() {
+	a.rpcLn.Close()
+	if a.httpLn != nil {
+		a.httpLn.Close()
+	}
+}
+
+// watchLost ends the agent when its node stops being a member by itself
+// (another member holds its name): serving RPC and HTTP with a frozen view
+// would lie to every client.
+func (a *Agent) watchLost() {
+	select {
+	case <-a.shutdownCh:
+	case <-a.node.Lost():
+		err := a.node.LostErr()
+		a.logger.Error("this agent is no longer a member of the mesh; stopping", "err", err)
+		a.lostMu.Lock()
+		a.lostErr = err
+		a.lostMu.Unlock()
+		a.leaveOnce.Do(func() { close(a.leftCh) })
+	}
+}
+
+// Lost is why the agent stopped being a member by itself, or nil. The
+// process should exit non-zero with it once LeftCh is closed.
+func (a *Agent) Lost() error {
+	a.lostMu.Lock()
+	defer a.lostMu.Unlock()
+	return a.lostErr
+}
+
 // Node is the agent's gossip node; nil before Start.
 func (a *Agent) Node() *gossip.Node { return a.node }
 
@@ -515,8 +560,11 @@ func (a *Agent) Shutdown() error {
 		}
 		if a.rpc != nil {
 			a.rpc.Close()
+		} else if a.rpcLn != nil {
+			a.closeListeners()
 		}
 		a.wg.Wait()
+		a.interps.Wait()
 		a.logger.Info("agent stopped")
 	})
 	return err

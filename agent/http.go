@@ -128,11 +128,7 @@ func (a *Agent) startHTTP() error {
 	mux.HandleFunc("GET /metrics", a.httpMetrics)
 	mux.Handle("GET /", dashboardHandler())
 
-	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("http listen on %s: %w (choose another --http-addr, or empty to turn it off)", a.cfg.HTTPAddr, err)
-	}
-	a.httpLn = ln
+	ln := a.httpLn // opened by Start before the node gossips
 	a.http = &http.Server{Handler: a.countRequests(mux), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return a.httpCtx }}
 	a.wg.Add(1)
@@ -247,6 +243,8 @@ func (a *Agent) httpEvents(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	defer cancel()
+	lifecycle, cancelLifecycle := a.events.subscribe()
+	defer cancelLifecycle()
 	fmt.Fprint(w, "retry: 2000\n\n")
 	flusher.Flush()
 	ping := time.NewTicker(15 * time.Second)
@@ -261,6 +259,10 @@ func (a *Agent) httpEvents(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprint(w, ": ping\n\n")
 		case <-lost:
 			fmt.Fprint(w, "event: resync\ndata: {}\n\n")
+		case data := <-lifecycle:
+			var e struct{ Type string }
+			json.Unmarshal(data, &e)
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.Type, data)
 		case e := <-events:
 			members := make([]MemberJSON, 0, len(e.Members))
 			for _, m := range e.Members {

@@ -88,6 +88,9 @@ type agentMetrics struct {
 	bidsRefused  *counterVec
 	rpcRequests  *counterVec
 	httpRequests *counterVec
+	// interpreterEvents counts the lifecycle's events: started, exited,
+	// restart, gave-up, replaced, duplicate.
+	interpreterEvents *counterVec
 }
 
 func newAgentMetrics() *agentMetrics {
@@ -99,6 +102,8 @@ func newAgentMetrics() *agentMetrics {
 		bidsRefused:  newCounterVec("agent_bids_refused_total", "Place queries this server answered with a refusal, by reason.", "reason"),
 		rpcRequests:  newCounterVec("agent_rpc_requests_total", "RPC requests served, by command.", "command"),
 		httpRequests: newCounterVec("agent_http_requests_total", "HTTP requests served, by path.", "path"),
+		interpreterEvents: newCounterVec("agent_interpreter_events_total",
+			"Interpreter lifecycle events this agent saw or caused, by type (started, exited, restart, gave-up, replaced, duplicate).", "type"),
 	}
 }
 
@@ -122,6 +127,7 @@ func (a *Agent) httpMetrics(w http.ResponseWriter, r *http.Request) {
 	m.bidsRefused.write(w)
 	m.rpcRequests.write(w)
 	m.httpRequests.write(w)
+	m.interpreterEvents.write(w)
 	fmt.Fprintf(w, "# HELP agent_tag_updates_total Load publications to this agent's tags.\n# TYPE agent_tag_updates_total counter\nagent_tag_updates_total %d\n", a.loadUpdates())
 	fmt.Fprintf(w, "# HELP agent_interpreters Interpreters this server runs.\n# TYPE agent_interpreters gauge\nagent_interpreters %d\n", a.runningInterpreters())
 	counts := map[gossip.Status]int{}

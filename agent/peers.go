@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/internal/durable"
 )
 
 // peersFileName is the agent's record of the members it last knew, kept in
@@ -77,7 +78,7 @@ func (a *Agent) writePeers(peers []string, left bool) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(a.peersPath(), append(data, '\n'), 0o600)
+	return durable.WriteFile(a.peersPath(), append(data, '\n'), 0o600)
 }
 
 // recordPeers rewrites the peers file when the set of alive peers changes,

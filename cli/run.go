@@ -99,7 +99,11 @@ func runAgent(c *ucli.Context) error {
 	}
 	select {
 	case <-a.LeftCh():
-		return a.Shutdown()
+		err := a.Shutdown()
+		if lost := a.Lost(); lost != nil {
+			return lost
+		}
+		return err
 	case sig := <-signals:
 		logger.Info("signal received; leaving the mesh (send it again to exit at once)", "signal", sig.String())
 		done := make(chan error, 1)

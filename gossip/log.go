@@ -13,15 +13,25 @@ import (
 // one --log-level and one --log-format govern every line the agent writes.
 type logBridge struct {
 	logger *slog.Logger
+	// onConflict, when set, hears the address of another node that claims
+	// this node's name: serf says so only in its log.
+	onConflict func(addr string)
 }
 
-func newStdLogger(l *slog.Logger) *log.Logger {
-	return log.New(&logBridge{logger: l}, "", 0)
+func newStdLogger(l *slog.Logger, onConflict func(string)) *log.Logger {
+	return log.New(&logBridge{logger: l, onConflict: onConflict}, "", 0)
 }
+
+// conflictLine is how serf announces that this node's name is taken.
+const conflictLine = "Node name conflicts with another node at "
 
 func (b *logBridge) Write(p []byte) (int, error) {
 	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
 		level, component, msg := parseLibraryLine(string(line))
+		if i := strings.Index(msg, conflictLine); i >= 0 && b.onConflict != nil {
+			addr, _, _ := strings.Cut(msg[i+len(conflictLine):], ".")
+			b.onConflict(addr)
+		}
 		b.logger.Log(context.Background(), level, msg, "component", component)
 	}
 	return len(p), nil

@@ -77,6 +77,12 @@ type Node struct {
 	stopOnce sync.Once
 	done     chan struct{}
 	wg       sync.WaitGroup
+
+	// lost is closed when serf shut the node down by itself, which it does
+	// only when it lost a name conflict; conflictWith is the other claimant.
+	lost         chan struct{}
+	conflictMu   sync.Mutex
+	conflictWith string
 }
 
 // Start creates the node and starts gossiping; it does not join anyone.
@@ -95,7 +101,12 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	stdLogger := newStdLogger(logger)
+	n := &Node{lost: make(chan struct{})}
+	stdLogger := newStdLogger(logger, func(addr string) {
+		n.conflictMu.Lock()
+		n.conflictWith = addr
+		n.conflictMu.Unlock()
+	})
 	ml.Logger = stdLogger
 	if cfg.BindAddr != "" {
 		ml.BindAddr = cfg.BindAddr
@@ -121,13 +132,11 @@ func Start(cfg Config) (*Node, error) {
 	if buf <= 0 {
 		buf = 1024
 	}
-	n := &Node{
-		logger:   logger,
-		events:   make(chan serf.Event, buf),
-		subs:     make(map[uint64]func(Event)),
-		handlers: make(map[string]func(*Query)),
-		done:     make(chan struct{}),
-	}
+	n.logger = logger
+	n.events = make(chan serf.Event, buf)
+	n.subs = make(map[uint64]func(Event))
+	n.handlers = make(map[string]func(*Query))
+	n.done = make(chan struct{})
 
 	sc := serf.DefaultConfig()
 	sc.NodeName = cfg.Name
@@ -145,9 +154,46 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.serf = s
 	n.ml = ml
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.dispatch()
+	go n.watchLost()
 	return n, nil
+}
+
+// ErrNameTaken is Lost's error when another member holds this node's name.
+var ErrNameTaken = errors.New("node name taken")
+
+// watchLost notices serf shutting itself down. serf does that only after
+// losing a name conflict, and then keeps no member, so a node that goes on
+// running (serving RPC, supervising a process) would be a ghost.
+func (n *Node) watchLost() {
+	defer n.wg.Done()
+	select {
+	case <-n.done:
+	case <-n.serf.ShutdownCh():
+		select {
+		case <-n.done:
+		default:
+			close(n.lost)
+		}
+	}
+}
+
+// Lost is closed when the node stopped being a member without being asked:
+// another member claims its name and the mesh sided with it. LostErr says
+// why.
+func (n *Node) Lost() <-chan struct{} { return n.lost }
+
+// LostErr explains a lost node: the name and who else holds it.
+func (n *Node) LostErr() error {
+	n.conflictMu.Lock()
+	other := n.conflictWith
+	n.conflictMu.Unlock()
+	if other == "" {
+		other = "another address"
+	}
+	return fmt.Errorf("%w: %q is held by the member at %s, and the mesh sided with it; give this node another name",
+		ErrNameTaken, n.serf.LocalMember().Name, other)
 }
 
 // dispatch hands serf's events to query handlers and subscribers. It is the
@@ -383,8 +429,8 @@ func (n *Node) Leave() error { return n.serf.Leave() }
 // Shutdown stops the node without leaving: the others will see it fail. It
 // is idempotent.
 func (n *Node) Shutdown() error {
-	err := n.serf.Shutdown()
 	n.stopOnce.Do(func() { close(n.done) })
+	err := n.serf.Shutdown()
 	n.wg.Wait()
 	return err
 }

@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -29,11 +30,16 @@ const (
 	TagRequestID = "rid"
 	TagEndpoint  = "ep"
 	TagPID       = "pid"
+	TagRestart   = "rp"   // an interpreter's restart policy, when not "no"
+	TagRestarts  = "rc"   // how often its supervisor restarted it
+	TagGen       = "gen"  // how often the mesh re-placed it after its host failed
+	TagArgs      = "args" // its extra arguments (JSON), kept only with a restart policy
 )
 
 var reservedTags = map[string]bool{
 	TagRole: true, TagCPU: true, TagMem: true, TagRunning: true, TagCapacity: true,
 	TagKind: true, TagHost: true, TagRequestID: true, TagEndpoint: true, TagPID: true,
+	TagRestart: true, TagRestarts: true, TagGen: true, TagArgs: true,
 }
 
 // IsReservedTag reports whether key is one of the tags the agent sets itself.
@@ -80,6 +86,10 @@ type Tags struct {
 	RequestID string
 	Endpoint  string
 	PID       int
+	Restart   string   // restart policy; empty means "no"
+	Restarts  int      // restarts on its host so far
+	Gen       int      // re-placements after a host failure so far
+	Args      []string // the request's extra arguments, with a restart policy
 
 	// Extra holds the user's own tags (--tag k=v).
 	Extra map[string]string
@@ -113,6 +123,17 @@ func (t Tags) Map() map[string]string {
 	setIf(m, TagEndpoint, t.Endpoint)
 	if t.PID > 0 {
 		m[TagPID] = strconv.Itoa(t.PID)
+	}
+	setIf(m, TagRestart, t.Restart)
+	if t.Restarts > 0 {
+		m[TagRestarts] = strconv.Itoa(t.Restarts)
+	}
+	if t.Gen > 0 {
+		m[TagGen] = strconv.Itoa(t.Gen)
+	}
+	if len(t.Args) > 0 {
+		data, _ := json.Marshal(t.Args) // a []string always encodes
+		m[TagArgs] = string(data)
 	}
 	return m
 }
@@ -154,6 +175,13 @@ func ParseTags(m map[string]string) (Tags, error) {
 		return n
 	}
 	t.Interpreters, t.Capacity, t.PID = num(TagRunning), num(TagCapacity), num(TagPID)
+	t.Restart, t.Restarts, t.Gen = m[TagRestart], num(TagRestarts), num(TagGen)
+	if v, ok := m[TagArgs]; ok {
+		if err := json.Unmarshal([]byte(v), &t.Args); err != nil {
+			errs = append(errs, fmt.Errorf("tag %s=%q is not a JSON list of strings", TagArgs, v))
+			t.Args = nil
+		}
+	}
 
 	cpu, hasCPU := m[TagCPU]
 	mem, hasMem := m[TagMem]

@@ -254,6 +254,10 @@ func filter(kind string, cs []compiledConstraint, c Candidate) (Rule, string) {
 // each. The finalizer spreads every input bit over the whole word. FNV-1a is
 // written out (hash/fnv gives the same sums) because hash/fnv's interface
 // costs two allocations a bid.
+// Rendezvous is the rendezvous (highest random weight) hash of a request id
+// and a node: every node computes the same ranking of nodes for one id.
+func Rendezvous(id, node string) uint64 { return rendezvous(id, node) }
+
 func rendezvous(id, node string) uint64 {
 	const offset64, prime64 = 14695981039346656037, 1099511628211
 	x := uint64(offset64)

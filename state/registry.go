@@ -19,6 +19,13 @@ type Interpreter struct {
 	Endpoint      string    `json:"endpoint"`
 	Spec          string    `json:"spec"` // the supervisor's spec file, which identifies it
 	Started       time.Time `json:"started"`
+	// Restart is its restart policy; Args the request's extra arguments;
+	// Gen how often the mesh re-placed the request; Restarts how often
+	// this host restarted it. A server needs them to start it again.
+	Restart  string   `json:"restart,omitempty"`
+	Args     []string `json:"args,omitempty"`
+	Gen      int      `json:"gen,omitempty"`
+	Restarts int      `json:"restarts,omitempty"`
 }
 
 // ErrDuplicate is returned when a name or request id is already registered.

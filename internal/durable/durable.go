@@ -1,4 +1,6 @@
-package agent
+// Package durable writes files so that a crash never leaves a torn one. It
+// owns nothing else and never decides where a file goes.
+package durable
 
 import (
 	"fmt"
@@ -6,11 +8,11 @@ import (
 	"path/filepath"
 )
 
-// writeFileAtomic replaces path with data so that a crash at any moment
+// WriteFile replaces path with data so that a crash at any moment
 // leaves either the old file or the new one, never a torn one: write a
 // temporary file in the same directory, fsync it, rename it over path, and
 // fsync the directory so the rename itself is durable.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+func WriteFile(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {

@@ -1,4 +1,4 @@
-package agent
+package interp
 
 import (
 	"bufio"
@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/internal/durable"
 )
 
 // Spec is everything a supervisor needs, written by the server into the
@@ -40,6 +41,16 @@ type Spec struct {
 	Keys      []string      `json:"keys,omitempty"`
 	OutputLog string        `json:"output_log"`
 	StopGrace time.Duration `json:"stop_grace"`
+	// Restart is the restart policy; Args the request's extra arguments
+	// (published with the policy, so another server can place it again);
+	// Gen how often the mesh re-placed it; Backoff bounds its restarts
+	// (zero: DefaultBackoff).
+	Restart string   `json:"restart,omitempty"`
+	Args    []string `json:"args,omitempty"`
+	Gen     int      `json:"gen,omitempty"`
+	Backoff *Backoff `json:"backoff,omitempty"`
+	// Restarts is how often the host already restarted this request.
+	Restarts int `json:"restarts,omitempty"`
 	// User, UID and GID, when User is set, are the account the
 	// interpreter runs as.
 	User string `json:"user,omitempty"`
@@ -52,6 +63,10 @@ type Spec struct {
 type readiness struct {
 	PID   int    `json:"pid"`
 	Error string `json:"error,omitempty"`
+	// Died is set when the interpreter exited before it settled: its
+	// exit status; Output, the first lines it wrote.
+	Died   string `json:"died,omitempty"`
+	Output string `json:"output,omitempty"`
 }
 
 // safeEnv is the environment passed from the server to interpreters: enough
@@ -78,6 +93,13 @@ func childEnv(k Kind, name, addr, port string) []string {
 	)
 }
 
+func (s Spec) backoff() Backoff {
+	if s.Backoff != nil {
+		return *s.Backoff
+	}
+	return DefaultBackoff
+}
+
 // LoadSpec reads a supervisor spec.
 func LoadSpec(path string) (Spec, error) {
 	var s Spec
@@ -96,8 +118,13 @@ func LoadSpec(path string) (Spec, error) {
 
 // RunSupervisor is `agent interpreter`: it starts the interpreter in its own
 // process group, joins the mesh as a member with the interpreter's tags,
-// passes stop signals on, and leaves the mesh when the interpreter exits.
-// It returns the interpreter's exit code.
+// passes stop signals on, restarts the interpreter when it fails and the
+// policy says so, and leaves the mesh when the interpreter is done. It stops
+// the interpreter itself when it cannot stay a member (its name is taken)
+// or when the mesh holds a better interpreter for the same request (a
+// duplicate after a partition healed): a process the mesh does not list, or
+// a second one for a key, is a bug. It records how the interpreter ended in
+// exit.json beside the spec, and returns the interpreter's exit code.
 func RunSupervisor(specPath string, logger *slog.Logger) int {
 	spec, err := LoadSpec(specPath)
 	ready := os.NewFile(3, "readiness")
@@ -117,24 +144,29 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 	}
 	defer out.Close()
 
-	child := exec.Command(spec.Argv[0], spec.Argv[1:]...)
-	child.Env, child.Dir, child.Stdout, child.Stderr = spec.Env, spec.Dir, out, out
-	// Its own group, so a stop reaches everything it started; killed if the
-	// supervisor dies, so an interpreter is never left without a member.
-	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if spec.User != "" {
-		child.SysProcAttr.Credential = &syscall.Credential{Uid: spec.UID, Gid: spec.GID}
-	}
-	if err := child.Start(); err != nil {
+	pid, exited, err := startChild(spec, out)
+	if err != nil {
 		reportReady(ready, readiness{Error: fmt.Sprintf("start %s: %v", spec.Argv[0], err)})
 		logger.Error("interpreter did not start", "argv", spec.Argv, "err", err)
 		return 1
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- child.Wait() }()
-	pid := child.Process.Pid
-
-	node, err := startSupervisorNode(spec, pid, logger)
+	end := Exit{Name: spec.Name, RequestID: spec.RequestID, Restarts: spec.Restarts}
+	// One that exits at once did not start: say so instead of joining.
+	select {
+	case waitErr := <-exited:
+		end.How = HowExited
+		writeExit(spec, end, waitErr)
+		reportReady(ready, readiness{Died: describeExit(waitErr), Output: outputHead(spec.OutputLog)})
+		logger.Error("interpreter exited at once", "argv", spec.Argv, "status", describeExit(waitErr))
+		return exitCode(waitErr)
+	case <-time.After(settle):
+	}
+	tags := gossip.Tags{Role: gossip.RoleInterpreter, Kind: spec.Kind, Host: spec.Host, RequestID: spec.RequestID,
+		Endpoint: spec.Endpoint, PID: pid, Gen: spec.Gen, Restarts: spec.Restarts}
+	if spec.Restart == RestartOnFailure {
+		tags.Restart, tags.Args = spec.Restart, spec.Args
+	}
+	node, err := startSupervisorNode(spec, tags.Map(), logger)
 	if err != nil {
 		stopGroup(pid, exited, 0)
 		reportReady(ready, readiness{Error: err.Error()})
@@ -142,31 +174,179 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 		return 1
 	}
 	reportReady(ready, readiness{PID: pid})
-	logger.Info("interpreter running", "pid", pid, "endpoint", spec.Endpoint, "argv", spec.Argv)
+	logger.Info("interpreter running", "pid", pid, "endpoint", spec.Endpoint, "argv", spec.Argv, "restart", spec.Restart, "gen", spec.Gen)
 
+	// Every membership change may reveal a duplicate of this request.
+	changed := make(chan struct{}, 1)
+	cancel := node.Subscribe(func(e gossip.Event) {
+		if e.Type == gossip.EventUser || e.Type == gossip.EventQuery {
+			return
+		}
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	})
+	defer cancel()
+
+	tracker := NewTracker(spec.backoff())
 	var waitErr error
+	var restartAt <-chan time.Time // set while a restart waits out its delay
 	rejoin := time.NewTicker(rejoinInterval)
 	defer rejoin.Stop()
 wait:
 	for {
 		select {
 		case waitErr = <-exited:
-			break wait
+			exited = nil
+			if waitErr == nil || spec.Restart != RestartOnFailure {
+				end.How = HowExited
+				break wait
+			}
+			delay, ok := tracker.Next(time.Now())
+			if !ok {
+				end.How, end.GaveUp = HowExited, true
+				b := spec.backoff()
+				logger.Error("interpreter-gave-up: it failed too often, not restarting it", "status", describeExit(waitErr),
+					"restarts", end.Restarts, "attempts", b.Attempts, "window", b.Window)
+				break wait
+			}
+			logger.Warn("interpreter failed; restarting it", "status", describeExit(waitErr), "in", delay, "restarts", end.Restarts)
+			restartAt = time.After(delay)
+		case <-restartAt:
+			restartAt = nil
+			if pid, exited, err = startChild(spec, out); err != nil {
+				end.How, waitErr = HowExited, err
+				logger.Error("interpreter-gave-up: it could not be started again", "err", err)
+				break wait
+			}
+			end.Restarts++
+			tags.PID, tags.Restarts = pid, end.Restarts
+			if err := node.SetTags(tags.Map()); err != nil {
+				logger.Warn("restart count not published", "err", err)
+			}
+			logger.Info("interpreter-restart: interpreter restarted", "pid", pid, "restarts", end.Restarts)
 		case sig := <-signals:
 			logger.Info("stopping the interpreter", "signal", sig.String())
-			waitErr = stopGroup(pid, exited, spec.StopGrace)
+			end.How = HowStopped
+			if exited != nil {
+				waitErr = stopGroup(pid, exited, spec.StopGrace)
+			}
 			break wait
+		case <-node.Lost():
+			// Not a member any more, so nothing lists this interpreter: stop it.
+			end.How, end.Reason = HowLost, node.LostErr().Error()
+			logger.Error("stopping the interpreter: this supervisor is no longer a member of the mesh", "err", node.LostErr())
+			if exited != nil {
+				waitErr = stopGroup(pid, exited, spec.StopGrace)
+			}
+			node.Shutdown()
+			writeExit(spec, end, waitErr)
+			return 1
+		case <-changed:
+			if d, lost := lostDuplicate(node, spec.Name); lost {
+				end.How = HowDuplicate
+				end.Reason = fmt.Sprintf("request %s has a better interpreter, %s on %s (generation %d)",
+					d.RequestID, d.Winner.Name, d.Winner.Host, d.Winner.Tags.Gen)
+				logger.Warn("interpreter-duplicate: stopping this interpreter, a duplicate of its request", "request", d.RequestID,
+					"winner", d.Winner.Name, "winner_host", d.Winner.Host)
+				if exited != nil {
+					waitErr = stopGroup(pid, exited, spec.StopGrace)
+				}
+				break wait
+			}
 		case <-rejoin.C:
 			rejoinIfServerGone(node, spec.Host, spec.Join, logger)
+			select {
+			case changed <- struct{}{}: // look for duplicates now and then, events or not
+			default:
+			}
 		}
 	}
 	code := exitCode(waitErr)
-	logger.Info("interpreter exited; leaving the mesh", "pid", pid, "status", describeExit(waitErr), "code", code)
+	writeExit(spec, end, waitErr)
+	logger.Info("interpreter ended; leaving the mesh", "pid", pid, "how", end.How, "status", describeExit(waitErr), "code", code)
 	if err := node.Leave(); err != nil {
 		logger.Warn("leave failed", "err", err)
 	}
 	node.Shutdown()
 	return code
+}
+
+// startChild starts the interpreter: in its own process group, so a stop
+// reaches everything it started; killed if the supervisor dies, so an
+// interpreter is never left without a member.
+func startChild(spec Spec, out *os.File) (int, chan error, error) {
+	child := exec.Command(spec.Argv[0], spec.Argv[1:]...)
+	child.Env, child.Dir, child.Stdout, child.Stderr = spec.Env, spec.Dir, out, out
+	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if spec.User != "" {
+		child.SysProcAttr.Credential = &syscall.Credential{Uid: spec.UID, Gid: spec.GID}
+	}
+	if err := child.Start(); err != nil {
+		return 0, nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	return child.Process.Pid, exited, nil
+}
+
+// lostDuplicate reports whether the member called self is a loser of a
+// duplicate in node's view. It yields only to an alive winner whose host is
+// alive too, so that a stale entry never stops the one that runs.
+func lostDuplicate(node *gossip.Node, self string) (Duplicate, bool) {
+	for _, d := range Duplicates(Instances(node.Members())) {
+		if d.Winner.HostStatus != gossip.StatusAlive {
+			continue
+		}
+		for _, l := range d.Losers {
+			if l.Name == self {
+				return d, true
+			}
+		}
+	}
+	return Duplicate{}, false
+}
+
+// How an interpreter ended, in its exit record.
+const (
+	HowExited    = "exited"    // the program exited (GaveUp: and was not restarted again)
+	HowStopped   = "stopped"   // it was told to stop
+	HowDuplicate = "duplicate" // the mesh held a better interpreter for its request
+	HowLost      = "lost"      // its supervisor lost its membership
+)
+
+// Exit is how an interpreter ended, written by its supervisor to exit.json
+// beside the spec, so that its server can say so after the member left.
+type Exit struct {
+	Name      string    `json:"name"`
+	RequestID string    `json:"rid"`
+	How       string    `json:"how"`
+	Status    string    `json:"status"` // "exit status 3", "signal: killed"
+	Code      int       `json:"code"`
+	GaveUp    bool      `json:"gave_up,omitempty"`
+	Restarts  int       `json:"restarts"`
+	Reason    string    `json:"reason,omitempty"`
+	At        time.Time `json:"at"`
+}
+
+// exitFile is the exit record's name in an interpreter's directory.
+const exitFile = "exit.json"
+
+func writeExit(spec Spec, e Exit, waitErr error) {
+	e.Status, e.Code, e.At = describeExit(waitErr), exitCode(waitErr), time.Now().UTC()
+	data, _ := json.MarshalIndent(e, "", "  ")
+	durable.WriteFile(filepath.Join(filepath.Dir(spec.OutputLog), exitFile), data, 0o600)
+}
+
+// ReadExit reads an interpreter's exit record from its directory.
+func ReadExit(dir string) (Exit, error) {
+	var e Exit
+	data, err := os.ReadFile(filepath.Join(dir, exitFile))
+	if err != nil {
+		return e, err
+	}
+	return e, json.Unmarshal(data, &e)
 }
 
 // rejoinInterval is how often a supervisor that does not see its server
@@ -201,10 +381,14 @@ func reportReady(w *os.File, r readiness) {
 	w.Close()
 }
 
-func startSupervisorNode(spec Spec, pid int, logger *slog.Logger) (*gossip.Node, error) {
-	host, port, err := splitHostPort(spec.Gossip)
+func startSupervisorNode(spec Spec, tags map[string]string, logger *slog.Logger) (*gossip.Node, error) {
+	host, p, err := net.SplitHostPort(spec.Gossip)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("gossip address %q is not host:port", spec.Gossip)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address %q: bad port", spec.Gossip)
 	}
 	var keys [][]byte
 	for _, k := range spec.Keys {
@@ -214,8 +398,6 @@ func startSupervisorNode(spec Spec, pid int, logger *slog.Logger) (*gossip.Node,
 		}
 		keys = append(keys, key)
 	}
-	tags := gossip.Tags{Role: gossip.RoleInterpreter, Kind: spec.Kind, Host: spec.Host, RequestID: spec.RequestID,
-		Endpoint: spec.Endpoint, PID: pid}.Map()
 	node, err := gossip.Start(gossip.Config{Name: spec.Name, BindAddr: host, BindPort: port, Profile: spec.Profile,
 		Tags: tags, Keys: keys, Logger: logger})
 	if err != nil {
@@ -292,7 +474,7 @@ func launchSupervisor(self, dir string, spec Spec, timeout time.Duration) (start
 	if err != nil {
 		return startedSupervisor{}, err
 	}
-	if err := writeFileAtomic(specPath, data, 0o600); err != nil {
+	if err := durable.WriteFile(specPath, data, 0o600); err != nil {
 		return startedSupervisor{}, err
 	}
 	log, err := os.OpenFile(filepath.Join(dir, "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -333,6 +515,9 @@ func launchSupervisor(self, dir string, spec Spec, timeout time.Duration) (start
 	}()
 	select {
 	case rd := <-lines:
+		if rd.Died != "" {
+			return s, &diedError{status: rd.Died, output: rd.Output}
+		}
 		if rd.Error != "" {
 			syscall.Kill(s.pid, syscall.SIGKILL)
 			return s, errors.New(rd.Error)

@@ -1,12 +1,15 @@
-package agent
+package interp
 
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"regexp"
+	"regexp/syntax"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,7 +34,13 @@ type Kind struct {
 	// must be root to switch); otherwise it runs as the agent's user.
 	User     string
 	UID, GID uint32
+	// Restart is the kind's restart policy, used when a request names none.
+	Restart string
 }
+
+// BuiltinKind is the interpreter kind every server offers: a tiny echo
+// server inside the binary, so the product works with nothing installed.
+const BuiltinKind = "demo"
 
 // kindFile is one kind in an --interpreters file.
 type kindFile struct {
@@ -41,12 +50,15 @@ type kindFile struct {
 	Max         int               `json:"max"`
 	ArgsPattern string            `json:"args_pattern"`
 	User        string            `json:"user"`
+	Restart     string            `json:"restart"`
 }
 
 // LoadKinds reads an --interpreters file: a JSON object from kind name to
-// {"command": [...], "env": {...}, "dir": "...", "max": N, "args_pattern": "regex"}.
-// Unknown keys, an empty command or a bad pattern are errors that name the
-// kind and the fix. The built-in kind demo cannot be redefined.
+// {"command": [...], "env": {...}, "dir": "...", "max": N, "args_pattern": "regex",
+// "user": "name", "restart": "no|on-failure"}. Unknown keys, an empty
+// command, a program or directory that does not exist, or a bad pattern are
+// errors that name the kind, the path and the fix: a kind that cannot start
+// is never offered. The built-in kind demo cannot be redefined.
 func LoadKinds(path string) (map[string]Kind, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -68,7 +80,7 @@ func LoadKinds(path string) (map[string]Kind, error) {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&kf); err != nil {
-			return nil, fmt.Errorf("interpreters file %s: kind %q: %w (keys are command, env, dir, max, args_pattern, user)", path, name, err)
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %s (keys are command, env, dir, max, args_pattern, user, restart)", path, name, jsonProblem(err))
 		}
 		if len(kf.Command) == 0 || kf.Command[0] == "" {
 			return nil, fmt.Errorf(`interpreters file %s: kind %q has no command: give the program and its arguments, e.g. "command": ["python3", "-m", "kernel", "--port", "{port}"]`, path, name)
@@ -76,11 +88,21 @@ func LoadKinds(path string) (map[string]Kind, error) {
 		if kf.Max < 0 {
 			return nil, fmt.Errorf("interpreters file %s: kind %q: max %d must be 0 (no limit) or more", path, name, kf.Max)
 		}
-		k := Kind{Name: name, Command: kf.Command, Env: kf.Env, Dir: kf.Dir, Max: kf.Max}
+		restart, err := ParseRestart(kf.Restart)
+		if err != nil {
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
+		}
+		k := Kind{Name: name, Command: kf.Command, Env: kf.Env, Dir: kf.Dir, Max: kf.Max, Restart: restart}
+		if err := k.checkPaths(); err != nil {
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
+		}
 		if kf.ArgsPattern != "" {
+			if _, err := regexp.Compile(kf.ArgsPattern); err != nil {
+				return nil, fmt.Errorf("interpreters file %s: kind %q: args_pattern %q is not a regular expression: %s", path, name, kf.ArgsPattern, regexpProblem(err))
+			}
 			re, err := regexp.Compile("^(?:" + kf.ArgsPattern + ")$")
 			if err != nil {
-				return nil, fmt.Errorf("interpreters file %s: kind %q: args_pattern %q is not a regular expression: %w", path, name, kf.ArgsPattern, err)
+				return nil, fmt.Errorf("interpreters file %s: kind %q: args_pattern %q cannot be anchored: %s", path, name, kf.ArgsPattern, regexpProblem(err))
 			}
 			k.Args = re
 		}
@@ -99,15 +121,81 @@ func LoadKinds(path string) (map[string]Kind, error) {
 	return kinds, nil
 }
 
+// jsonProblem says what is wrong with a kind's JSON in the file's terms, not
+// Go's: the key and the type it needs.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		want := map[string]string{"command": "a list of strings", "env": "an object of strings", "dir": "a string",
+			"max": "a whole number", "args_pattern": "a string", "user": "a string", "restart": "a string"}[te.Field]
+		if want == "" {
+			want = "another type"
+		}
+		return fmt.Sprintf("%q must be %s, not a JSON %s", te.Field, want, te.Value)
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return "unknown key " + msg
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// regexpProblem is the regexp package's complaint without its prefix.
+func regexpProblem(err error) string {
+	var re *syntax.Error
+	if errors.As(err, &re) {
+		return string(re.Code)
+	}
+	return err.Error()
+}
+
 var validKindName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
-// builtinDemo is the demo kind: this binary's own line-echo server.
-func builtinDemo(self string) Kind {
+// checkPaths finds the kind's program (on the PATH its interpreters get)
+// and its working directory, so that a kind that cannot start is refused at
+// load rather than offered in bids.
+func (k Kind) checkPaths() error {
+	if k.Dir != "" {
+		if st, err := os.Stat(k.Dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("dir %q does not exist or is not a directory: create it or fix \"dir\"", k.Dir)
+		}
+	}
+	prog := k.Command[0]
+	if strings.Contains(prog, "{") {
+		return nil // a placeholder; known only at start
+	}
+	if !strings.Contains(prog, "/") {
+		path := os.Getenv("PATH")
+		if p, ok := k.Env["PATH"]; ok {
+			path = p
+		}
+		for _, dir := range filepath.SplitList(path) {
+			if isExecutable(filepath.Join(dir, prog)) {
+				return nil
+			}
+		}
+		return fmt.Errorf("program %q is not on the PATH (%s): install it or give its full path in \"command\"", prog, path)
+	}
+	if k.Dir != "" && !filepath.IsAbs(prog) {
+		prog = filepath.Join(k.Dir, prog)
+	}
+	if !isExecutable(prog) {
+		return fmt.Errorf("program %q does not exist or is not executable: fix \"command\"", k.Command[0])
+	}
+	return nil
+}
+
+func isExecutable(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
+
+// Demo is the demo kind: this binary's own line-echo server.
+func Demo(self string) Kind {
 	return Kind{Name: BuiltinKind, Command: []string{self, "echo-server", "--addr", "{addr}"}}
 }
 
-// kindNames lists the kinds, sorted.
-func kindNames(kinds map[string]Kind) []string {
+// Names lists the kinds, sorted.
+func Names(kinds map[string]Kind) []string {
 	names := make([]string, 0, len(kinds))
 	for n := range kinds {
 		names = append(names, n)
@@ -116,9 +204,9 @@ func kindNames(kinds map[string]Kind) []string {
 	return names
 }
 
-// checkArgs refuses extra arguments the kind does not allow, naming the
+// CheckArgs refuses extra arguments the kind does not allow, naming the
 // first bad one.
-func (k Kind) checkArgs(args []string) error {
+func (k Kind) CheckArgs(args []string) error {
 	if len(args) == 0 {
 		return nil
 	}

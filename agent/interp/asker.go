@@ -1,0 +1,432 @@
+package interp
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/bidding"
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/placement"
+)
+
+// This file is the asker's side, on any agent: spawn an interpreter
+// anywhere, stop one wherever it runs, list them.
+
+const (
+	// orderTimeout bounds the asker's wait for one server's answer.
+	orderTimeout = 15 * time.Second
+	// maxAttempts is how many servers one spawn tries, best bid first.
+	maxAttempts = 3
+)
+
+// RequestIDFor derives the request id: from the idempotency key when there
+// is one, so that the same key always names the same request everywhere.
+func RequestIDFor(key string) string {
+	if key == "" {
+		return NewRequestID()
+	}
+	sum := sha256.Sum256([]byte("agent-spawn-key\x00" + key))
+	return "k" + hex.EncodeToString(sum[:8])
+}
+
+// NewRequestID returns a random id for one placement request.
+func NewRequestID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		// crypto/rand does not fail on Linux; a clock-based id is still unique enough here.
+		return fmt.Sprintf("t%x", time.Now().UnixNano())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// ParsePlaceRequest checks a place request from a client, naming any bad
+// value and the fix.
+func ParsePlaceRequest(kind string, constraints []string, policy string) (placement.Request, error) {
+	req := placement.Request{ID: NewRequestID(), Kind: kind}
+	if strings.TrimSpace(kind) == "" {
+		return req, errors.New("no interpreter kind: give --kind, e.g. --kind demo")
+	}
+	for _, c := range constraints {
+		pc, err := placement.ParseConstraint(c)
+		if err != nil {
+			return req, err
+		}
+		req.Constraints = append(req.Constraints, pc)
+	}
+	if policy != "" {
+		p, err := placement.ParsePolicy(policy)
+		if err != nil {
+			return req, err
+		}
+		req.Policy = p
+	}
+	return req, nil
+}
+
+// Spawn elects a server and starts an interpreter there. A keyed spawn
+// answers with the key's live interpreter when there is one, and is refused
+// on a side of a partition that sees no majority of the servers.
+func (l *Lifecycle) Spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnResponse {
+	start := time.Now()
+	rid := RequestIDFor(req.Key)
+	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}
+	restart, err := ParseRestart(req.Restart)
+	if err != nil {
+		return fail(resp, rpc.SpawnBadRequest, err, start)
+	}
+	if req.Restart == "" {
+		restart = "" // the kind's own policy, which only its server knows
+	}
+	req.Restart = restart
+	if req.Key != "" {
+		members := l.deps.Node.Members()
+		if in, ok := Live(Instances(members), rid); ok {
+			t := in.Tags
+			resp.Name, resp.Node, resp.Kind, resp.PID, resp.Endpoint, resp.Existing = in.Name, t.Host, t.Kind, t.PID, t.Endpoint, true
+			resp.TotalMS = ms(time.Since(start))
+			return resp
+		}
+		if q := ServerQuorum(members); !q.Majority() {
+			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s sees %s: a keyed spawn here could start a second "+
+				"interpreter for --key %q on the other side of a partition, so it is refused; retry when the mesh heals, "+
+				"ask an agent that sees most servers, or, if the failed servers are gone for good, remove them with "+
+				"`agent force-leave NAME`", l.cfg.Node, q, req.Key), start)
+		}
+	}
+	return l.place(ctx, req, rid, 0, start)
+}
+
+func fail(resp rpc.SpawnResponse, code string, err error, start time.Time) rpc.SpawnResponse {
+	resp.Code, resp.Error = code, err.Error()
+	resp.TotalMS = ms(time.Since(start))
+	return resp
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// place elects a server for a request and has it start the interpreter,
+// trying the next best bid when one refuses. What it reports is true: a
+// failure started nothing (a server that did not answer in time is told to
+// stop whatever it started for the request), and a success with Wait names
+// an interpreter alive at that moment.
+func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, start time.Time) rpc.SpawnResponse {
+	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}
+	preq, err := ParsePlaceRequest(req.Kind, req.Constraints, req.Policy)
+	if err != nil {
+		return fail(resp, rpc.SpawnBadRequest, err, start)
+	}
+	preq.ID = rid
+
+	e := l.deps.Elect(ctx, preq)
+	resp.DecisionMS = ms(e.Elapsed)
+	if e.Err != nil {
+		code := rpc.SpawnRefused
+		switch {
+		case errors.Is(e.Err, bidding.ErrNoServers), errors.Is(e.Err, placement.ErrNoEligibleServer) && !unknownKind(e):
+			code = rpc.SpawnNoServer
+		case unknownKind(e):
+			code = rpc.SpawnUnknownKind
+			e.Err = fmt.Errorf("no server offers kind %q; kinds offered: %s", req.Kind, strings.Join(offeredKinds(e), ", "))
+		}
+		return fail(resp, code, e.Err, start)
+	}
+
+	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: l.cfg.Node, Restart: req.Restart, Gen: gen})
+	timeouts := 0
+	var timedOut []string
+	for i, cand := range e.Decision.Ranked {
+		if i == maxAttempts {
+			break
+		}
+		l.deps.Reserve(rid, cand.Bid)
+		var ans spawnAnswer // one per server: an answer never carries over to the next
+		raw, err := l.askOne(ctx, cand.Bid.Node, querySpawn, order, orderTimeout)
+		if errors.Is(err, errOrderTooLarge) {
+			l.deps.Release(rid)
+			return fail(resp, rpc.SpawnBadRequest, fmt.Errorf("%w: pass fewer or shorter arguments", err), start)
+		}
+		if err == nil {
+			err = msgpack.Unmarshal(raw, &ans)
+			if err == nil && ans.Died != "" {
+				l.deps.Release(rid)
+				resp.Node, resp.Name = cand.Bid.Node, ans.Name
+				return fail(resp, rpc.SpawnDied, fmt.Errorf("%s started %s, but %s", cand.Bid.Node, ans.Name, ans.Died), start)
+			}
+			if err == nil && ans.Refusal != "" {
+				err = errors.New(ans.Refusal)
+			}
+		} else {
+			timeouts++
+			timedOut = append(timedOut, cand.Bid.Node)
+		}
+		if err == nil {
+			resp.Node = cand.Bid.Node
+			resp.Name, resp.PID, resp.Endpoint, resp.Existing = ans.Name, ans.PID, ans.Endpoint, ans.Existing
+			break
+		}
+		l.deps.Release(rid)
+		resp.Attempts = append(resp.Attempts, cand.Bid.Node+": "+err.Error())
+		l.logger.Warn("server did not start the interpreter; trying the next best", "server", cand.Bid.Node, "err", err)
+	}
+	if resp.Node == "" {
+		l.takeBack(rid, timedOut)
+		code := rpc.SpawnRefused
+		if timeouts == len(resp.Attempts) {
+			code = rpc.SpawnTimeout
+		}
+		return fail(resp, code, fmt.Errorf("no server started the interpreter: %s", strings.Join(resp.Attempts, "; ")), start)
+	}
+	// The servers that did not answer may have started it after all: only
+	// the one that answered may keep it.
+	l.takeBack(rid, timedOut)
+
+	if req.Wait {
+		if err := l.waitStarted(ctx, resp.Name, resp.Node, req.Timeout); err != nil {
+			code := rpc.SpawnTimeout
+			var died *diedError
+			if errors.As(err, &died) {
+				code = rpc.SpawnDied
+			}
+			return fail(resp, code, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err), start)
+		}
+	}
+	resp.TotalMS = ms(time.Since(start))
+	return resp
+}
+
+// takeBack tells servers that timed out to stop whatever they started for
+// rid. Best effort, in the background: the duplicate rule covers the rest.
+func (l *Lifecycle) takeBack(rid string, servers []string) {
+	for _, s := range servers {
+		order, _ := msgpack.Marshal(stopOrder{RequestID: rid})
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), orderTimeout)
+			defer cancel()
+			if _, err := l.askOne(ctx, s, queryStop, order, orderTimeout); err != nil {
+				l.logger.Warn("could not take back a spawn from a server that did not answer", "server", s, "request", rid, "err", err)
+			}
+		}()
+	}
+}
+
+// waitStarted waits until the interpreter is alive in this agent's view.
+// If it leaves or fails first, or never shows up, its server is asked how
+// it ended, and a death is reported with its status and first output.
+func (l *Lifecycle) waitStarted(ctx context.Context, name, host string, limit time.Duration) error {
+	if limit <= 0 {
+		limit = rpc.DefaultSpawnWait
+	}
+	ended := func(s gossip.Status) bool { return s == gossip.StatusLeft || s == gossip.StatusFailed }
+	status, err := l.waitMember(name, limit, func(s gossip.Status) bool { return s == gossip.StatusAlive || ended(s) },
+		"it is not alive in "+l.cfg.Node+"'s member list")
+	if err == nil && status == gossip.StatusAlive {
+		return nil
+	}
+	ans, qerr := l.askExit(ctx, host, name)
+	switch {
+	case qerr == nil && ans.Found:
+		d := &diedError{status: ans.Status, output: ans.Output}
+		if ans.How != HowExited {
+			d.status = ans.How + " (" + ans.Status + ")"
+		}
+		return fmt.Errorf("it ended during the wait: %w", d)
+	case err != nil:
+		return err
+	default:
+		return fmt.Errorf("it was %s before it was seen alive", status)
+	}
+}
+
+func (l *Lifecycle) askExit(ctx context.Context, host, name string) (exitAnswer, error) {
+	var ans exitAnswer
+	order, _ := msgpack.Marshal(exitOrder{Name: name})
+	raw, err := l.askOne(ctx, host, queryExit, order, 5*time.Second)
+	if err != nil {
+		return ans, err
+	}
+	return ans, msgpack.Unmarshal(raw, &ans)
+}
+
+// unknownKind reports whether every server rejected the request for the kind.
+func unknownKind(e Election) bool {
+	if len(e.Decision.Rejected) == 0 {
+		return false
+	}
+	for _, r := range e.Decision.Rejected {
+		if r.Rule != placement.RuleKind {
+			return false
+		}
+	}
+	return true
+}
+
+func offeredKinds(e Election) []string {
+	set := map[string]bool{}
+	for _, b := range e.Result.Bids {
+		for _, k := range b.Kinds {
+			set[k] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// errOrderTooLarge is askOne's refusal of an order serf would refuse.
+var errOrderTooLarge = fmt.Errorf("over serf's %d-byte query limit", gossip.QuerySizeLimit)
+
+// orderParams addresses an order to one node, which acknowledges it.
+func orderParams(node string, timeout time.Duration) gossip.QueryParams {
+	return gossip.QueryParams{FilterNodes: []string{node}, RequestAck: true, Timeout: timeout}
+}
+
+// askOne sends a query to one node and returns its answer. A gossiped query
+// can miss its one target, so when the target has not acknowledged it
+// within a second the query is sent again; the orders are idempotent.
+func (l *Lifecycle) askOne(ctx context.Context, node, name string, payload []byte, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if size := l.deps.Node.QuerySize(name, payload, orderParams(node, timeout)); size > gossip.QuerySizeLimit {
+		return nil, fmt.Errorf("the %s order would be %d bytes, %w", name, size, errOrderTooLarge)
+	}
+	answers := make(chan []byte, 2)
+	acked := make(chan struct{})
+	var ackOnce sync.Once
+	send := func() {
+		l.deps.Node.Query(ctx, name, payload, orderParams(node, timeout),
+			func(string) { ackOnce.Do(func() { close(acked) }) },
+			func(_ string, p []byte) {
+				select {
+				case answers <- p:
+				default:
+				}
+				cancel()
+			})
+	}
+	go send()
+	select {
+	case p := <-answers:
+		return p, nil
+	case <-acked:
+	case <-l.clock.After(time.Second):
+		go send()
+	case <-ctx.Done():
+	}
+	select {
+	case p := <-answers:
+		return p, nil
+	case <-ctx.Done():
+		select {
+		case p := <-answers:
+			return p, nil
+		default:
+		}
+		return nil, fmt.Errorf("%s did not answer within %s", node, timeout)
+	}
+}
+
+// List is every interpreter in this agent's view, sorted by name.
+func (l *Lifecycle) List() []rpc.InterpreterView {
+	var out []rpc.InterpreterView
+	for _, in := range Instances(l.deps.Node.Members()) {
+		host := string(in.HostStatus)
+		if host == "" {
+			host = "unknown"
+		}
+		t := in.Tags
+		restart := t.Restart
+		if restart == "" {
+			restart = RestartNo
+		}
+		out = append(out, rpc.InterpreterView{Name: in.Name, Kind: t.Kind, Host: t.Host, HostStatus: host,
+			Status: string(in.Status), Endpoint: t.Endpoint, PID: t.PID, RequestID: t.RequestID,
+			Restart: restart, Restarts: t.Restarts, Generation: t.Gen})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Stop stops an interpreter wherever it runs: the order goes to its host
+// server, and the call returns once this agent sees the interpreter leave.
+func (l *Lifecycle) Stop(ctx context.Context, req rpc.StopRequest) (rpc.StopResponse, error) {
+	var in Instance
+	found := false
+	for _, x := range Instances(l.deps.Node.Members()) {
+		if x.Name == req.Name {
+			in, found = x, true
+		}
+	}
+	if !found {
+		return rpc.StopResponse{}, fmt.Errorf("no interpreter named %q in this agent's view: `agent interpreters` lists them", req.Name)
+	}
+	if in.Status != gossip.StatusAlive {
+		return rpc.StopResponse{Name: in.Name, Host: in.Host, Status: string(in.Status)}, nil
+	}
+	order, _ := msgpack.Marshal(stopOrder{Name: req.Name})
+	raw, err := l.askOne(ctx, in.Host, queryStop, order, orderTimeout)
+	if err != nil {
+		return rpc.StopResponse{}, fmt.Errorf("stop %s: its server %w", req.Name, err)
+	}
+	var ans stopAnswer
+	if err := msgpack.Unmarshal(raw, &ans); err != nil {
+		return rpc.StopResponse{}, fmt.Errorf("stop %s: %s answered garbage: %w", req.Name, in.Host, err)
+	}
+	if ans.Error != "" {
+		return rpc.StopResponse{}, fmt.Errorf("stop %s: %s", req.Name, ans.Error)
+	}
+	gone := func(s gossip.Status) bool { return s != gossip.StatusAlive && s != gossip.StatusLeaving }
+	final, err := l.waitMember(req.Name, 20*time.Second, gone, "it was told to stop but is still alive")
+	if err != nil {
+		return rpc.StopResponse{}, fmt.Errorf("stop %s: %w", req.Name, err)
+	}
+	return rpc.StopResponse{Name: req.Name, Host: in.Host, Status: string(final)}, nil
+}
+
+// waitMember returns name's status in this agent's member list (StatusNone
+// when it is not listed) once done holds for it, looking again at every
+// member event. After limit it fails with what it was waiting for.
+func (l *Lifecycle) waitMember(name string, limit time.Duration, done func(gossip.Status) bool, waitingFor string) (gossip.Status, error) {
+	changed := make(chan struct{}, 1)
+	cancel := l.deps.Node.Subscribe(func(gossip.Event) {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	})
+	defer cancel()
+	timeout := l.clock.After(limit)
+	for {
+		status := gossip.StatusNone
+		for _, m := range l.deps.Node.Members() {
+			if m.Name == name {
+				status = m.Status
+			}
+		}
+		if done(status) {
+			return status, nil
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return status, fmt.Errorf("%s after %s", waitingFor, limit)
+		case <-l.deps.Done:
+			return status, errors.New("the agent is shutting down")
+		}
+	}
+}

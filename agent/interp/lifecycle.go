@@ -1,0 +1,179 @@
+package interp
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/meshagent/agent/bidding"
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/placement"
+	"github.com/meshagent/agent/state"
+)
+
+// Config is what the lifecycle needs to know about its agent.
+type Config struct {
+	Node     string // this agent's node name
+	Server   bool   // whether this agent runs interpreters
+	Dir      string // the registry and one directory per interpreter
+	Profile  string // the gossip profile supervisors join with
+	Capacity int    // the most interpreters this server runs; 0: no limit
+	Kinds    map[string]Kind
+	Self     string // this binary, which supervisors run
+	// StopGrace is how long an interpreter has between SIGTERM and SIGKILL.
+	StopGrace time.Duration
+}
+
+// Election is one run of the place query and the decision.
+type Election struct {
+	Result   bidding.Result
+	Decision placement.Decision
+	Err      error
+	Elapsed  time.Duration
+}
+
+// Deps are the agent's parts the lifecycle uses, handed in so that it
+// owns none of them.
+type Deps struct {
+	Node   *gossip.Node // set by Start
+	Clock  state.Clock
+	Logger *slog.Logger
+	Done   <-chan struct{} // closed when the agent shuts down
+	// Elect runs an election; reserve says whether the winner is counted
+	// in the asker's ledger. Reserve and Release manage that ledger.
+	Elect   func(ctx context.Context, req placement.Request) Election
+	Reserve func(rid string, b placement.Bid)
+	Release func(rid string)
+	// AllowSpawn rate-limits spawn orders per asker; nil allows all.
+	AllowSpawn func(asker string) bool
+	// Changed is told when the count of interpreters here changed.
+	Changed func()
+	// Emit hands a lifecycle event to the operators' streams; nil drops it.
+	Emit func(Event)
+}
+
+// Event is something that happened to an interpreter that operators want
+// to see: on the HTTP event stream, in `agent monitor`, in metrics.
+type Event struct {
+	Type        string `json:"type"`
+	Interpreter string `json:"interpreter"`
+	RequestID   string `json:"request_id"`
+	Host        string `json:"host,omitempty"`
+	Gen         int    `json:"gen,omitempty"`
+	How         string `json:"how,omitempty"`
+	Status      string `json:"status,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	Winner      string `json:"winner,omitempty"`
+	WinnerHost  string `json:"winner_host,omitempty"`
+}
+
+// The lifecycle events.
+const (
+	EventStarted   = "interpreter-started"
+	EventExited    = "interpreter-exited"
+	EventRestarted = "interpreter-restart"
+	EventGaveUp    = "interpreter-gave-up"
+	EventReplaced  = "interpreter-replaced"
+	EventDuplicate = "interpreter-duplicate"
+)
+
+// Lifecycle is one agent's part in the interpreters' life: on a server, it
+// starts, stops, re-adopts and restarts the interpreters of this host; on
+// every agent, it spawns and stops interpreters anywhere, lists them, and
+// applies the mesh's rules (one interpreter per request after a heal, re-
+// placement of a failed host's interpreters by one owner). All methods are
+// safe for concurrent use.
+type Lifecycle struct {
+	cfg    Config
+	deps   Deps
+	logger *slog.Logger
+	clock  state.Clock
+
+	regMu        sync.Mutex
+	registry     *state.Registry
+	inflight     map[string]chan struct{} // request id -> closed when its start ends
+	inflightKind map[string]string
+	supervisors  map[string]startedSupervisor
+	hostRestarts map[string]*Tracker // request id -> restarts after supervisor crashes
+
+	meshMu     sync.Mutex
+	replacing  map[string]bool     // request ids being re-placed by this owner
+	replaces   map[string]*Tracker // request id -> re-placement attempts
+	duplicates map[string]string   // request id -> the losers last reported
+
+	wg sync.WaitGroup
+}
+
+// New prepares the lifecycle; Start runs it.
+func New(cfg Config, deps Deps) (*Lifecycle, error) {
+	if deps.Clock == nil || deps.Logger == nil || deps.Done == nil || deps.Elect == nil || deps.Reserve == nil || deps.Release == nil {
+		return nil, errors.New("interpreter lifecycle needs a clock, a logger, a done channel and the election")
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 10 * time.Second
+	}
+	return &Lifecycle{
+		cfg: cfg, deps: deps, logger: deps.Logger.With("component", "interpreters"), clock: deps.Clock,
+		registry:     state.NewRegistry(),
+		inflight:     map[string]chan struct{}{},
+		inflightKind: map[string]string{},
+		supervisors:  map[string]startedSupervisor{},
+		hostRestarts: map[string]*Tracker{},
+		replacing:    map[string]bool{},
+		replaces:     map[string]*Tracker{},
+		duplicates:   map[string]string{},
+	}, nil
+}
+
+// LoadRegistry re-adopts the interpreters a server started before it
+// restarted. It runs before the node joins anyone, so the server's first
+// tags count them.
+func (l *Lifecycle) LoadRegistry() error {
+	if !l.cfg.Server {
+		return nil
+	}
+	return l.loadRegistry()
+}
+
+// Start answers the server's queries on node and runs the loops that watch
+// supervisors and apply the mesh's rules. It returns at once.
+func (l *Lifecycle) Start(node *gossip.Node) {
+	l.deps.Node = node
+	if l.cfg.Server {
+		node.HandleQuery(querySpawn, l.handleSpawnOrder)
+		node.HandleQuery(queryStop, l.handleStopOrder)
+		node.HandleQuery(queryExit, l.handleExitOrder)
+		l.wg.Add(1)
+		go func() { defer l.wg.Done(); l.watchSupervisors() }()
+	}
+	changed := make(chan struct{}, 1)
+	cancel := node.Subscribe(func(e gossip.Event) {
+		if e.Type == gossip.EventUser || e.Type == gossip.EventQuery {
+			return
+		}
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	})
+	l.wg.Add(1)
+	go func() { defer l.wg.Done(); defer cancel(); l.watchMesh(changed) }()
+}
+
+// Wait returns once every goroutine of the lifecycle has ended, after Done
+// was closed.
+func (l *Lifecycle) Wait() { l.wg.Wait() }
+
+func (l *Lifecycle) emit(e Event) {
+	if l.deps.Emit != nil {
+		l.deps.Emit(e)
+	}
+}
+
+func (l *Lifecycle) changed() {
+	if l.deps.Changed != nil {
+		l.deps.Changed()
+	}
+}

@@ -1,0 +1,162 @@
+package interp
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/gossip"
+)
+
+// This file applies the mesh's rules from this agent's own view: it reports
+// duplicates (their supervisors stop the losers themselves) and, on a
+// server, re-places the interpreters of a failed host when this server is
+// their owner.
+
+// meshTick is how often the view is checked even when no event arrives
+// (an owner's earlier attempt may have failed).
+const meshTick = time.Second
+
+// replaceBackoff bounds one owner's re-placements of one request.
+var replaceBackoff = Backoff{Attempts: 5, Window: 10 * time.Minute, Delay: time.Second, MaxDelay: 30 * time.Second}
+
+func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
+	for {
+		select {
+		case <-l.deps.Done:
+			return
+		case <-changed:
+		case <-l.clock.After(meshTick):
+		}
+		members := l.deps.Node.Members()
+		view := Instances(members)
+		l.reportDuplicates(view)
+		if l.cfg.Server {
+			l.replaceOrphans(members, view)
+		}
+	}
+}
+
+// reportDuplicates logs and emits each duplicate once (again if its losers
+// change).
+func (l *Lifecycle) reportDuplicates(view []Instance) {
+	seen := map[string]bool{}
+	for _, d := range Duplicates(view) {
+		seen[d.RequestID] = true
+		names := make([]string, 0, len(d.Losers))
+		for _, x := range d.Losers {
+			names = append(names, x.Name+"@"+x.Host)
+		}
+		key := strings.Join(names, ",")
+		l.meshMu.Lock()
+		fresh := l.duplicates[d.RequestID] != key
+		l.duplicates[d.RequestID] = key
+		l.meshMu.Unlock()
+		if !fresh {
+			continue
+		}
+		l.logger.Warn("interpreter-duplicate: more than one interpreter runs for one request; the losers stop themselves",
+			"request", d.RequestID, "winner", d.Winner.Name, "winner_host", d.Winner.Host, "losers", key)
+		for _, x := range d.Losers {
+			l.emit(Event{Type: EventDuplicate, Interpreter: x.Name, RequestID: d.RequestID, Host: x.Host, Gen: x.Tags.Gen,
+				Winner: d.Winner.Name, WinnerHost: d.Winner.Host})
+		}
+	}
+	l.meshMu.Lock()
+	for rid := range l.duplicates {
+		if !seen[rid] {
+			delete(l.duplicates, rid)
+		}
+	}
+	l.meshMu.Unlock()
+}
+
+// replaceOrphans re-places each interpreter whose host failed, when this
+// server is its owner and sees a majority of the servers: exactly one actor
+// in a connected mesh, and none on a minority side.
+func (l *Lifecycle) replaceOrphans(members []gossip.Member, view []Instance) {
+	orphans := Orphans(view)
+	if len(orphans) == 0 {
+		return
+	}
+	q := ServerQuorum(members)
+	if !q.Majority() {
+		l.logger.Debug("not re-placing interpreters of failed hosts: no majority of servers in view", "seen", q.String())
+		return
+	}
+	for _, o := range orphans {
+		rid := o.Last.Tags.RequestID
+		if owner, _ := Owner(rid, q.Alive); owner != l.cfg.Node {
+			continue
+		}
+		l.meshMu.Lock()
+		if l.replacing[rid] {
+			l.meshMu.Unlock()
+			continue
+		}
+		t := l.replaces[rid]
+		if t == nil {
+			t = NewTracker(replaceBackoff)
+			l.replaces[rid] = t
+		}
+		delay, ok := t.Next(l.clock.Now())
+		if ok {
+			l.replacing[rid] = true
+		}
+		l.meshMu.Unlock()
+		if !ok {
+			continue // given up: said once, when the last attempt failed
+		}
+		l.wg.Add(1)
+		go func(o Orphan, delay time.Duration, first bool) {
+			defer l.wg.Done()
+			defer func() { l.meshMu.Lock(); delete(l.replacing, rid); l.meshMu.Unlock() }()
+			if !first {
+				select {
+				case <-l.deps.Done:
+					return
+				case <-l.clock.After(delay):
+				}
+			}
+			l.replace(o)
+		}(o, delay, delay == replaceBackoff.Delay)
+	}
+}
+
+// replace places a failed host's interpreter anew, as a spawn with the same
+// request id, kind, arguments and policy, one generation up.
+func (l *Lifecycle) replace(o Orphan) {
+	t := o.Last.Tags
+	l.logger.Info("re-placing an interpreter whose host failed", "interpreter", o.Last.Name, "host", o.Last.Host,
+		"request", t.RequestID, "gen", o.NextGen)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-l.deps.Done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, time.Now())
+	if resp.Code != "" {
+		l.meshMu.Lock()
+		spent := l.replaces[t.RequestID] != nil && !l.replaces[t.RequestID].canTry(l.clock.Now())
+		l.meshMu.Unlock()
+		if spent {
+			l.logger.Error("interpreter-gave-up: could not re-place an interpreter whose host failed", "request", t.RequestID, "err", resp.Error)
+			l.emit(Event{Type: EventGaveUp, Interpreter: o.Last.Name, RequestID: t.RequestID, Host: o.Last.Host, Reason: resp.Error})
+		} else {
+			l.logger.Warn("re-placement failed; trying again", "request", t.RequestID, "err", resp.Error)
+		}
+		return
+	}
+	if resp.Existing {
+		return // somebody else's re-placement is already alive
+	}
+	l.logger.Info("interpreter-replaced: interpreter re-placed after its host failed", "interpreter", resp.Name, "on", resp.Node,
+		"was", o.Last.Name, "failed_host", o.Last.Host, "gen", o.NextGen)
+	l.emit(Event{Type: EventReplaced, Interpreter: resp.Name, RequestID: t.RequestID, Host: resp.Node, Gen: o.NextGen,
+		Reason: "host " + o.Last.Host + " failed"})
+}

@@ -1,0 +1,546 @@
+package interp
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/internal/durable"
+	"github.com/meshagent/agent/state"
+)
+
+// This file is the server's side: starting, stopping, re-adopting and
+// restarting the interpreters of this host.
+
+// The queries a server answers for interpreters, addressed to it alone.
+const (
+	querySpawn = "spawn"
+	queryStop  = "stop-interpreter"
+	queryExit  = "interpreter-exit"
+)
+
+const (
+	// startTimeout bounds a server's start of one supervisor.
+	startTimeout = 10 * time.Second
+	// settle is how long a new interpreter must keep running before its
+	// supervisor reports it started: one that exits at once is reported as
+	// died, with its status, rather than as started.
+	settle = 200 * time.Millisecond
+)
+
+// spawnOrder is what the asker sends the elected server.
+type spawnOrder struct {
+	RequestID string   `msgpack:"rid"`
+	Kind      string   `msgpack:"k"`
+	Args      []string `msgpack:"a,omitempty"`
+	Asker     string   `msgpack:"f"`
+	Restart   string   `msgpack:"rp,omitempty"`
+	Gen       int      `msgpack:"g,omitempty"`
+}
+
+// spawnAnswer is the server's reply: where the interpreter runs, or why not.
+type spawnAnswer struct {
+	Name     string `msgpack:"n,omitempty"`
+	PID      int    `msgpack:"p,omitempty"`
+	Endpoint string `msgpack:"e,omitempty"`
+	Existing bool   `msgpack:"x,omitempty"`
+	Refusal  string `msgpack:"r,omitempty"`
+	// Died, when set, says the interpreter started but exited at once
+	// (its status and first lines of output): no other server should try.
+	Died string `msgpack:"d,omitempty"`
+}
+
+// stopOrder names an interpreter to stop; with RequestID instead, it asks
+// the server to stop whatever it started for that request (an asker taking
+// back a spawn it reported as failed).
+type stopOrder struct {
+	Name      string `msgpack:"n"`
+	RequestID string `msgpack:"rid,omitempty"`
+}
+
+type stopAnswer struct {
+	Error string `msgpack:"e,omitempty"`
+}
+
+// exitOrder asks a server how one of its interpreters ended.
+type exitOrder struct {
+	Name string `msgpack:"n"`
+}
+
+type exitAnswer struct {
+	Running bool   `msgpack:"r,omitempty"`
+	Found   bool   `msgpack:"f,omitempty"`
+	How     string `msgpack:"h,omitempty"`
+	Status  string `msgpack:"s,omitempty"`
+	Code    int    `msgpack:"c,omitempty"`
+	Output  string `msgpack:"o,omitempty"`
+}
+
+// InterpreterName names one interpreter of a request: the kind, the
+// request id and a random launch id, so that two interpreters of one
+// request (started on both sides of a partition, or a re-placement) are
+// two members, never a name conflict.
+func InterpreterName(kind, rid string) string {
+	var b [2]byte
+	rand.Read(b[:])
+	return kind + "-" + rid + "-" + hex.EncodeToString(b[:])
+}
+
+func (l *Lifecycle) registryPath() string { return filepath.Join(l.cfg.Dir, "interpreters.json") }
+
+// loadRegistry reads the registry and keeps the interpreters whose
+// supervisor still runs: after a restart the agent re-adopts them.
+func (l *Lifecycle) loadRegistry() error {
+	data, err := os.ReadFile(l.registryPath())
+	if errors.Is(err, os.ErrNotExist) {
+		l.registry = state.NewRegistry()
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read interpreter registry: %w", err)
+	}
+	reg, err := state.UnmarshalRegistry(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w: move it aside to start with no interpreters", l.registryPath(), err)
+	}
+	dropped := reg.Retain(func(i state.Interpreter) bool { return isOurSupervisor(i.SupervisorPID, i.Spec) })
+	l.registry = reg
+	for _, i := range dropped {
+		l.logger.Info("interpreter gone while the agent was down", "interpreter", i.Name, "pid", i.PID)
+	}
+	for _, i := range reg.List() {
+		l.logger.Info("re-adopted running interpreter", "interpreter", i.Name, "pid", i.PID, "endpoint", i.Endpoint)
+	}
+	if len(dropped) > 0 {
+		return l.saveRegistryLocked()
+	}
+	return nil
+}
+
+// saveRegistryLocked writes the registry; l.regMu must be held.
+func (l *Lifecycle) saveRegistryLocked() error {
+	data, err := l.registry.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(l.cfg.Dir, 0o700); err != nil {
+		return err
+	}
+	return durable.WriteFile(l.registryPath(), data, 0o600)
+}
+
+// Running counts the live interpreters this server started. Safe for
+// concurrent use.
+func (l *Lifecycle) Running() int {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	if l.registry == nil {
+		return 0
+	}
+	return l.registry.Len()
+}
+
+// Starting counts spawns accepted but not yet registered. Safe for
+// concurrent use.
+func (l *Lifecycle) Starting() int {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	return len(l.inflight)
+}
+
+// Kinds lists the kinds this server offers, sorted.
+func (l *Lifecycle) Kinds() []string { return Names(l.cfg.Kinds) }
+
+// KindRefusal says why this server would refuse a new interpreter of kind
+// (not offered, or at the kind's max), or "" when it would not. Safe for
+// concurrent use.
+func (l *Lifecycle) KindRefusal(kind string) string {
+	k, ok := l.cfg.Kinds[kind]
+	if !ok {
+		return ""
+	}
+	if k.Max <= 0 {
+		return ""
+	}
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	if n := l.countKindLocked(kind); n >= k.Max {
+		return fmt.Sprintf("at the limit for kind %q: %d of %d", kind, n, k.Max)
+	}
+	return ""
+}
+
+func (l *Lifecycle) countKindLocked(kind string) int {
+	n := l.registry.CountKind(kind)
+	for _, k := range l.inflightKind {
+		if k == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// handleSpawnOrder answers the spawn query: start the interpreter unless
+// this request already started one or the server is full.
+func (l *Lifecycle) handleSpawnOrder(q *gossip.Query) {
+	var o spawnOrder
+	var ans spawnAnswer
+	switch err := msgpack.Unmarshal(q.Payload, &o); {
+	case err != nil:
+		ans.Refusal = "cannot decode the spawn order: " + err.Error()
+	case l.deps.AllowSpawn != nil && !l.deps.AllowSpawn(q.From):
+		ans.Refusal = fmt.Sprintf("rate limited: %s sent more than its share of spawn orders (--spawn-rate-limit)", q.From)
+		l.logger.Warn("spawn order refused: rate limit", "asker", q.From)
+	default:
+		ans = l.startInterpreter(o)
+	}
+	respond(q, ans, l.logger)
+}
+
+func respond(q *gossip.Query, ans any, logger interface{ Warn(string, ...any) }) {
+	data, err := msgpack.Marshal(ans)
+	if err == nil {
+		err = q.Respond(data)
+	}
+	if err != nil {
+		logger.Warn("answer not sent", "query", q.Name, "to", q.From, "err", err)
+	}
+}
+
+func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
+	kind, ok := l.cfg.Kinds[o.Kind]
+	if !ok {
+		return spawnAnswer{Refusal: fmt.Sprintf("kind %q is not offered here (offered: %s)", o.Kind, strings.Join(Names(l.cfg.Kinds), ", "))}
+	}
+	if err := kind.CheckArgs(o.Args); err != nil {
+		return spawnAnswer{Refusal: err.Error()}
+	}
+	if _, err := ParseRestart(o.Restart); err != nil {
+		return spawnAnswer{Refusal: err.Error()}
+	}
+	select {
+	case <-l.deps.Done:
+		return spawnAnswer{Refusal: "shutting down"}
+	default:
+	}
+
+	l.regMu.Lock()
+	for {
+		if i, ok := l.registry.ByRequestID(o.RequestID); ok {
+			l.regMu.Unlock()
+			return spawnAnswer{Name: i.Name, PID: i.PID, Endpoint: i.Endpoint, Existing: true}
+		}
+		wait, busy := l.inflight[o.RequestID]
+		if !busy {
+			break
+		}
+		// The same order arrived twice (the asker re-sent it): wait for
+		// the first start to finish and answer with its outcome.
+		l.regMu.Unlock()
+		<-wait
+		l.regMu.Lock()
+		if _, ok := l.registry.ByRequestID(o.RequestID); !ok {
+			l.regMu.Unlock()
+			return spawnAnswer{Refusal: "the first attempt to start this request failed; see the server's log"}
+		}
+	}
+	running := l.registry.Len() + len(l.inflight)
+	if l.cfg.Capacity > 0 && running >= l.cfg.Capacity {
+		l.regMu.Unlock()
+		return spawnAnswer{Refusal: fmt.Sprintf("at capacity: %d of %d interpreters", running, l.cfg.Capacity)}
+	}
+	if kind.Max > 0 {
+		if n := l.countKindLocked(o.Kind); n >= kind.Max {
+			l.regMu.Unlock()
+			return spawnAnswer{Refusal: fmt.Sprintf("at the limit for kind %q: %d of %d", o.Kind, n, kind.Max)}
+		}
+	}
+	done := make(chan struct{})
+	l.inflight[o.RequestID] = done
+	l.inflightKind[o.RequestID] = o.Kind
+	l.regMu.Unlock()
+	defer func() {
+		l.regMu.Lock()
+		delete(l.inflight, o.RequestID)
+		delete(l.inflightKind, o.RequestID)
+		l.regMu.Unlock()
+		close(done)
+	}()
+
+	name := InterpreterName(o.Kind, o.RequestID)
+	ans, err := l.launch(kind, name, o, 0)
+	if err != nil {
+		var died *diedError
+		if errors.As(err, &died) {
+			l.logger.Warn("interpreter exited at once", "interpreter", name, "kind", o.Kind, "asker", o.Asker, "status", died.status)
+			return spawnAnswer{Name: name, Died: died.Error()}
+		}
+		l.logger.Error("interpreter did not start", "interpreter", name, "kind", o.Kind, "asker", o.Asker, "err", err)
+		return spawnAnswer{Refusal: "could not start: " + err.Error()}
+	}
+	l.logger.Info("interpreter started", "interpreter", name, "kind", o.Kind, "pid", ans.PID, "endpoint", ans.Endpoint,
+		"asker", o.Asker, "restart", o.Restart, "gen", o.Gen)
+	l.emit(Event{Type: EventStarted, Interpreter: name, RequestID: o.RequestID, Host: l.cfg.Node, Gen: o.Gen})
+	l.changed()
+	return ans
+}
+
+// diedError is a launch whose interpreter exited before it settled.
+type diedError struct{ status, output string }
+
+func (e *diedError) Error() string {
+	if e.output == "" {
+		return "the interpreter exited at once: " + e.status
+	}
+	return "the interpreter exited at once: " + e.status + "; its output began: " + e.output
+}
+
+// launch starts the supervisor of one interpreter and registers it;
+// restarts counts how often this host already restarted the request.
+func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (spawnAnswer, error) {
+	ip := l.deps.Node.LocalMember().Addr.String()
+	childPort, err := freePort(ip, false)
+	if err != nil {
+		return spawnAnswer{}, err
+	}
+	gossipPort, err := freePort(ip, true)
+	if err != nil {
+		return spawnAnswer{}, err
+	}
+	endpoint := net.JoinHostPort(ip, strconv.Itoa(childPort))
+	dir := filepath.Join(l.cfg.Dir, "interpreters", name)
+	spec := Spec{
+		Name: name, Kind: kind.Name, Host: l.cfg.Node, RequestID: o.RequestID,
+		Argv:      kind.argv(name, endpoint, strconv.Itoa(childPort), o.Args),
+		Env:       childEnv(kind, name, endpoint, strconv.Itoa(childPort)),
+		Dir:       kind.Dir,
+		Endpoint:  endpoint,
+		Gossip:    net.JoinHostPort(ip, strconv.Itoa(gossipPort)),
+		Join:      []string{l.deps.Node.Addr()},
+		Profile:   l.cfg.Profile,
+		Keys:      l.deps.Node.LocalKeys(),
+		OutputLog: filepath.Join(dir, "output.log"),
+		StopGrace: l.cfg.StopGrace,
+		User:      kind.User, UID: kind.UID, GID: kind.GID,
+		Restart: o.Restart, Gen: o.Gen, Restarts: restarts,
+	}
+	if o.Restart == RestartOnFailure {
+		spec.Args = o.Args
+	}
+	s, err := launchSupervisor(l.cfg.Self, dir, spec, startTimeout)
+	if err != nil {
+		var died *diedError
+		if !errors.As(err, &died) {
+			os.RemoveAll(dir) // nothing ran: leave no folder behind
+		}
+		return spawnAnswer{}, err
+	}
+	rec := state.Interpreter{Name: name, Kind: kind.Name, RequestID: o.RequestID, SupervisorPID: s.pid, PID: s.childPID,
+		Endpoint: endpoint, Spec: filepath.Join(dir, "spec.json"), Started: l.clock.Now().UTC(),
+		Restart: o.Restart, Args: o.Args, Gen: o.Gen, Restarts: restarts}
+	l.regMu.Lock()
+	err = l.registry.Add(rec)
+	if err == nil {
+		l.supervisors[name] = s
+		if serr := l.saveRegistryLocked(); serr != nil {
+			l.logger.Error("interpreter registry not saved; a restart will not re-adopt it", "interpreter", name, "err", serr)
+		}
+	}
+	l.regMu.Unlock()
+	if err != nil {
+		syscall.Kill(s.pid, syscall.SIGTERM)
+		return spawnAnswer{}, err
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		select {
+		case <-s.done:
+			l.supervisorGone(name)
+		case <-l.deps.Done:
+		}
+	}()
+	return spawnAnswer{Name: name, PID: s.childPID, Endpoint: endpoint}, nil
+}
+
+// supervisorGone handles a supervisor that exited: it forgets the
+// interpreter, says how it ended, and, when the supervisor itself crashed
+// (no exit record) under the on-failure policy, starts the request again on
+// this host.
+func (l *Lifecycle) supervisorGone(name string) {
+	l.regMu.Lock()
+	rec, ok := l.registry.Get(name)
+	removed := l.registry.Remove(name)
+	delete(l.supervisors, name)
+	if removed {
+		if err := l.saveRegistryLocked(); err != nil {
+			l.logger.Error("interpreter registry not saved", "err", err)
+		}
+	}
+	l.regMu.Unlock()
+	if !ok || !removed {
+		return
+	}
+	exit, err := ReadExit(filepath.Dir(rec.Spec))
+	switch {
+	case err == nil:
+		l.logger.Info("interpreter gone", "interpreter", name, "how", exit.How, "status", exit.Status, "restarts", exit.Restarts)
+		ev := Event{Type: EventExited, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, How: exit.How,
+			Status: exit.Status, Reason: exit.Reason}
+		if exit.GaveUp {
+			ev.Type = EventGaveUp
+		}
+		l.emit(ev)
+	default:
+		l.logger.Warn("interpreter gone: its supervisor exited without a record (it crashed or was killed)", "interpreter", name)
+		l.emit(Event{Type: EventExited, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, How: "supervisor-failed"})
+		if rec.Restart == RestartOnFailure {
+			l.restartHere(rec)
+		}
+	}
+	l.changed()
+}
+
+// restartHere starts a request again on this host after its supervisor
+// crashed, within the on-failure policy's bounds.
+func (l *Lifecycle) restartHere(rec state.Interpreter) {
+	l.regMu.Lock()
+	t := l.hostRestarts[rec.RequestID]
+	if t == nil {
+		t = NewTracker(DefaultBackoff)
+		l.hostRestarts[rec.RequestID] = t
+	}
+	delay, ok := t.Next(l.clock.Now())
+	l.regMu.Unlock()
+	if !ok {
+		l.logger.Error("interpreter-gave-up: its supervisor failed too often, not restarting it", "request", rec.RequestID)
+		l.emit(Event{Type: EventGaveUp, Interpreter: rec.Name, RequestID: rec.RequestID, Host: l.cfg.Node, How: "supervisor-failed"})
+		return
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		select {
+		case <-l.deps.Done:
+			return
+		case <-l.clock.After(delay):
+		}
+		kind, ok := l.cfg.Kinds[rec.Kind]
+		if !ok {
+			return
+		}
+		name := InterpreterName(rec.Kind, rec.RequestID)
+		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: rec.Gen}
+		if _, err := l.launch(kind, name, o, rec.Restarts+1); err != nil {
+			l.logger.Error("interpreter not restarted after its supervisor failed", "request", rec.RequestID, "err", err)
+			return
+		}
+		l.logger.Info("interpreter-restart: started again after its supervisor failed", "interpreter", name, "request", rec.RequestID)
+		l.emit(Event{Type: EventRestarted, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, Gen: rec.Gen})
+		l.changed()
+	}()
+}
+
+// watchSupervisors notices supervisors that exited: those this agent
+// re-adopted after a restart are not its children, so nothing else tells it
+// when they exit.
+func (l *Lifecycle) watchSupervisors() {
+	for {
+		select {
+		case <-l.deps.Done:
+			return
+		case <-l.clock.After(time.Second):
+		}
+		l.regMu.Lock()
+		var gone []string
+		for _, i := range l.registry.List() {
+			if _, ours := l.supervisors[i.Name]; ours {
+				continue // its exit is seen directly
+			}
+			if !isOurSupervisor(i.SupervisorPID, i.Spec) {
+				gone = append(gone, i.Name)
+			}
+		}
+		l.regMu.Unlock()
+		for _, name := range gone {
+			l.supervisorGone(name)
+		}
+	}
+}
+
+// handleStopOrder answers the stop query: signal the supervisor, which
+// stops the interpreter and leaves the mesh.
+func (l *Lifecycle) handleStopOrder(q *gossip.Query) {
+	var o stopOrder
+	var ans stopAnswer
+	if err := msgpack.Unmarshal(q.Payload, &o); err != nil {
+		ans.Error = "cannot decode the stop order: " + err.Error()
+	} else {
+		l.regMu.Lock()
+		i, ok := l.registry.Get(o.Name)
+		if o.RequestID != "" {
+			i, ok = l.registry.ByRequestID(o.RequestID)
+		}
+		l.regMu.Unlock()
+		switch {
+		case !ok && o.RequestID != "":
+			// Nothing was started for it here: that is what the asker wants.
+		case !ok:
+			ans.Error = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
+		case syscall.Kill(i.SupervisorPID, syscall.SIGTERM) != nil:
+			ans.Error = fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)
+		default:
+			l.logger.Info("stopping interpreter", "interpreter", i.Name, "pid", i.PID, "asker", q.From)
+		}
+	}
+	respond(q, ans, l.logger)
+}
+
+// handleExitOrder answers how one of this server's interpreters is doing:
+// running, or how it ended (from its supervisor's exit record) with the
+// first lines of its output.
+func (l *Lifecycle) handleExitOrder(q *gossip.Query) {
+	var o exitOrder
+	var ans exitAnswer
+	if err := msgpack.Unmarshal(q.Payload, &o); err == nil && o.Name != "" && !strings.ContainsAny(o.Name, "/\\") && o.Name != ".." {
+		l.regMu.Lock()
+		_, running := l.registry.Get(o.Name)
+		l.regMu.Unlock()
+		dir := filepath.Join(l.cfg.Dir, "interpreters", o.Name)
+		if e, err := ReadExit(dir); err == nil {
+			ans.Found, ans.How, ans.Status, ans.Code = true, e.How, e.Status, e.Code
+			ans.Output = outputHead(filepath.Join(dir, "output.log"))
+		} else {
+			ans.Running = running
+		}
+	}
+	respond(q, ans, l.logger)
+}
+
+// outputHead is the first few lines of an interpreter's output, bounded
+// so that it fits in a query answer.
+func outputHead(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	buf := make([]byte, 400)
+	n, _ := f.Read(buf)
+	lines := strings.SplitN(string(buf[:n]), "\n", 6)
+	if len(lines) > 5 {
+		lines = lines[:5]
+	}
+	return strings.TrimSpace(strings.ToValidUTF8(strings.Join(lines, "\n"), "?"))
+}
