@@ -72,11 +72,12 @@ func supervisorsUnder(dir string) []int {
 }
 
 type spawnJSON struct {
-	Name     string `json:"name"`
-	Node     string `json:"node"`
-	PID      int    `json:"pid"`
-	Endpoint string `json:"endpoint"`
-	Existing bool   `json:"existing"`
+	Name     string   `json:"name"`
+	Node     string   `json:"node"`
+	PID      int      `json:"pid"`
+	Endpoint string   `json:"endpoint"`
+	Existing bool     `json:"existing"`
+	Attempts []string `json:"attempts"`
 	TotalMS  float64
 	Error    string `json:"error"`
 }
@@ -322,9 +323,10 @@ func TestServerAtCapacityRefusesAndIsSkipped(t *testing.T) {
 		}
 	}
 	// Every server now holds its one interpreter: the fourth spawn has
-	// nowhere to go, and place explains each refusal.
+	// nowhere to go (no eligible server: exit 3, as place), and place
+	// explains each refusal.
 	_, errOut, code := spawnVia(t, agents[0], "--kind", "demo")
-	if code != 5 || !strings.Contains(errOut, "full") && !strings.Contains(errOut, "capacity") {
+	if code != 3 || !strings.Contains(errOut, "full") && !strings.Contains(errOut, "capacity") {
 		t.Fatalf("spawn into a full mesh: code %d %s", code, errOut)
 	}
 	out, _, code := runCLI(t, "place", "--rpc-addr", agents[1].rpc, "--kind", "demo", "--format", "json")

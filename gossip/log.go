@@ -29,7 +29,7 @@ func (b *logBridge) Write(p []byte) (int, error) {
 	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
 		level, component, msg := parseLibraryLine(string(line))
 		if i := strings.Index(msg, conflictLine); i >= 0 && b.onConflict != nil {
-			addr, _, _ := strings.Cut(msg[i+len(conflictLine):], ".")
+			addr, _, _ := strings.Cut(msg[i+len(conflictLine):], ". ")
 			b.onConflict(addr)
 		}
 		b.logger.Log(context.Background(), level, msg, "component", component)

@@ -229,6 +229,12 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	if _, err := ParseRestart(o.Restart); err != nil {
 		return spawnAnswer{Refusal: err.Error()}
 	}
+	if o.Restart == "" {
+		o.Restart = kind.Restart // the request named none: the kind's
+	}
+	if o.Restart == RestartNo {
+		o.Restart = ""
+	}
 	select {
 	case <-l.deps.Done:
 		return spawnAnswer{Refusal: "shutting down"}
