@@ -86,6 +86,11 @@ func TestImportRules(t *testing.T) {
 		"bidding": func(p string) bool {
 			return isStdlib(p) || p == "github.com/vmihailenco/msgpack/v5" || p == module+"/gossip" || p == module+"/placement"
 		},
+		"agent/interp": func(p string) bool {
+			return isStdlib(p) || p == "github.com/vmihailenco/msgpack/v5" || p == module+"/gossip" || p == module+"/placement" ||
+				p == module+"/state" || p == module+"/bidding" || p == module+"/agent/rpc" || p == module+"/internal/durable"
+		},
+		"internal/durable": isStdlib,
 		"cli": func(p string) bool {
 			return isStdlib(p) || p == "github.com/urfave/cli/v2" || p == module+"/agent" ||
 				p == module+"/agent/rpc" || p == module+"/gossip" || p == module+"/simulation"

@@ -29,7 +29,9 @@ const BuiltinKind = interp.BuiltinKind
 const reservationTTL = 30 * time.Second
 
 // RunSupervisor is `agent interpreter`, the supervisor of one interpreter.
-func RunSupervisor(specPath string, logger *slog.Logger) int { return interp.RunSupervisor(specPath, logger) }
+func RunSupervisor(specPath string, logger *slog.Logger) int {
+	return interp.RunSupervisor(specPath, logger)
+}
 
 // RunEchoServer is the built-in demo interpreter.
 func RunEchoServer(addr string, stderr io.Writer) int { return interp.RunEchoServer(addr, stderr) }
