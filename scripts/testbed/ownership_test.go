@@ -1,0 +1,326 @@
+package testbed_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshagent/agent/scripts/testbed"
+)
+
+// Tests of the rules in the README's "Interpreters under faults", with real
+// processes: each counts the interpreter processes in every host's
+// namespace, not only the rows the hosts list.
+
+// keyedInterpreter is one row of `agent interpreters --format json`.
+type keyedInterpreter struct {
+	Name       string `json:"name"`
+	Host       string `json:"host"`
+	HostStatus string `json:"host_status"`
+	Status     string `json:"status"`
+	RequestID  string `json:"request_id"`
+	Generation int    `json:"generation"`
+}
+
+// aliveFor lists, as h sees it, the alive interpreters of request rid.
+func aliveFor(t *testing.T, h *testbed.Host, rid string) []keyedInterpreter {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := h.CLI(ctx, "interpreters", "--format", "json")
+	if err != nil || res.Code != 0 {
+		return nil
+	}
+	var list struct{ Interpreters []keyedInterpreter }
+	json.Unmarshal([]byte(res.Stdout), &list)
+	var out []keyedInterpreter
+	for _, in := range list.Interpreters {
+		if in.RequestID == rid && in.Status == "alive" {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// oneListedEverywhere reports whether every host lists exactly one alive
+// interpreter for rid, the same one, on a host in allowed (nil: any).
+func oneListedEverywhere(t *testing.T, hosts []*testbed.Host, rid string, allowed map[string]bool) (keyedInterpreter, bool) {
+	var first keyedInterpreter
+	for i, h := range hosts {
+		list := aliveFor(t, h, rid)
+		if len(list) != 1 || allowed != nil && !allowed[list[0].Host] {
+			return first, false
+		}
+		if i == 0 {
+			first = list[0]
+		} else if list[0].Name != first.Name {
+			return first, false
+		}
+	}
+	return first, true
+}
+
+// processesFor counts, in every host's namespace, the supervisors of
+// interpreters of request rid (their spec path names the request) and the
+// demo interpreters they run.
+func processesFor(t *testing.T, b *testbed.Testbed, rid string) (map[string]int, int) {
+	t.Helper()
+	perHost := map[string]int{}
+	total := 0
+	for _, h := range b.Hosts {
+		out, err := exec.Command("ip", "netns", "pids", h.NS).Output()
+		if err != nil {
+			t.Fatalf("ip netns pids %s: %v", h.NS, err)
+		}
+		for _, f := range strings.Fields(string(out)) {
+			pid, _ := strconv.Atoi(f)
+			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if err != nil {
+				continue
+			}
+			args := strings.Split(string(cmdline), "\x00")
+			if len(args) > 3 && args[1] == "interpreter" && strings.Contains(args[3], "-"+rid+"-") {
+				perHost[h.Name]++
+				total++
+			}
+		}
+	}
+	return perHost, total
+}
+
+// spawnKeyed runs a keyed spawn on h and returns its result.
+func spawnKeyed(t *testing.T, h *testbed.Host, key string, args ...string) (testbed.Result, map[string]any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	res, err := h.CLI(ctx, append([]string{"spawn", "--kind", "demo", "--wait", "--format", "json", "--key", key}, args...)...)
+	if err != nil {
+		t.Fatalf("spawn --key %s on %s: %v", key, h.Name, err)
+	}
+	var out map[string]any
+	json.Unmarshal([]byte(res.Stdout), &out)
+	t.Logf("spawn --key %s %v on %s: exit %d %v %s", key, args, h.Name, res.Code, out, strings.TrimSpace(res.Stderr))
+	return res, out
+}
+
+// TestOneInterpreterPerKeyThroughAPartition: a 3|2 partition. A keyed
+// spawn on the majority side starts; the same key asked on the minority
+// side is refused (exit 7), saying what it saw. An interpreter with
+// --restart on-failure on the minority side is re-placed by the majority
+// (its host looks failed there), so after the heal the key has two: the
+// re-placement (generation 1) wins and the old one stops itself. Every host
+// then lists the same single interpreter for each key, and exactly one
+// process runs for each.
+func TestOneInterpreterPerKeyThroughAPartition(t *testing.T) {
+	b := newBed(t, "", testbed.Filters)
+	left, right := b.Hosts[:3], b.Hosts[3:]
+	res, out := spawnKeyed(t, right[0], "nb-restart", "--restart", "on-failure", "--constraint", "box="+right[0].Name)
+	if res.Code != 0 {
+		t.Fatalf("spawn on %s failed", right[0].Name)
+	}
+	ridRestart := out["request_id"].(string)
+	waitView(t, b, "the interpreter alive everywhere", 30*time.Second, b.Hosts, func(v testbed.View) bool {
+		return oneView(v, b.Hosts, out["name"].(string))
+	})
+
+	if err := b.Partition(left, right); err != nil {
+		t.Fatal(err)
+	}
+	waitView(t, b, "each side to see the other failed", 60*time.Second, b.Hosts, func(v testbed.View) bool {
+		return v.All(left, right, "failed") && v.All(right, left, "failed")
+	})
+	res, out = spawnKeyed(t, left[0], "nb-42")
+	if res.Code != 0 || !hostSet(left)[out["node"].(string)] {
+		t.Fatalf("keyed spawn on the majority side: exit %d, %v", res.Code, out)
+	}
+	rid := out["request_id"].(string)
+	res, _ = spawnKeyed(t, right[1], "nb-42")
+	if res.Code != 7 || !strings.Contains(res.Stderr, "2 of 5 known servers alive") {
+		t.Fatalf("keyed spawn on the minority side: exit %d, want 7 naming what it saw: %s", res.Code, res.Stderr)
+	}
+	start := time.Now()
+	waitFor(t, "the majority to re-place the minority's interpreter", 60*time.Second, func() bool {
+		_, ok := oneListedEverywhere(t, left, ridRestart, hostSet(left))
+		return ok
+	})
+	measure(t, "partition 3|2", "re-placed on the majority side", time.Since(start))
+	if n, _ := processesFor(t, b, ridRestart); n[right[0].Name] != 1 {
+		t.Fatalf("the minority's interpreter should still run during the partition: %v", n)
+	}
+
+	if err := b.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	for _, r := range []string{rid, ridRestart} {
+		waitFor(t, "one interpreter for "+r+" listed by every host", 60*time.Second, func() bool {
+			_, ok := oneListedEverywhere(t, b.Hosts, r, nil)
+			return ok
+		})
+	}
+	waitFor(t, "one process per key", 30*time.Second, func() bool {
+		_, a := processesFor(t, b, rid)
+		_, c := processesFor(t, b, ridRestart)
+		return a == 1 && c == 1
+	})
+	measure(t, "partition 3|2", "heal to one interpreter per key", time.Since(healed))
+	won, _ := oneListedEverywhere(t, b.Hosts, ridRestart, nil)
+	if won.Generation != 1 || !hostSet(left)[won.Host] {
+		t.Errorf("the re-placement should win the duplicate: %+v", won)
+	}
+	if log, _ := right[0].Log(); !strings.Contains(log, "interpreter-duplicate") {
+		t.Errorf("%s did not log the duplicate", right[0].Name)
+	}
+	// The loser says why in its own log.
+	matches, _ := filepath.Glob(filepath.Join(right[0].DataDir, "interpreters", "*-"+ridRestart+"-*", "exit.json"))
+	found := false
+	for _, m := range matches {
+		data, _ := os.ReadFile(m)
+		found = found || strings.Contains(string(data), `"how": "duplicate"`)
+	}
+	if !found {
+		t.Errorf("no exit record on %s says the loser stopped as a duplicate (%v)", right[0].Name, matches)
+	}
+	for i := 0; i < 5; i++ {
+		for _, r := range []string{rid, ridRestart} {
+			if _, n := processesFor(t, b, r); n != 1 {
+				t.Fatalf("%d processes for %s after the heal", n, r)
+			}
+		}
+		time.Sleep(time.Second) // an observation window: nothing may come back
+	}
+}
+
+// TestHostCrashFreesItsKeys: kill -9 of everything on a host. A keyed spawn
+// of one of its keys, asked elsewhere, places a new interpreter on a live
+// host; a key spawned with --restart on-failure comes back by itself, once,
+// on a live host.
+func TestHostCrashFreesItsKeys(t *testing.T) {
+	b := newBed(t, "")
+	victim, rest := b.Hosts[4], b.Hosts[:4]
+	res, plain := spawnKeyed(t, victim, "nb-plain", "--constraint", "box="+victim.Name)
+	if res.Code != 0 {
+		t.Fatal("spawn failed")
+	}
+	res, restarting := spawnKeyed(t, victim, "nb-restart", "--constraint", "box="+victim.Name, "--restart", "on-failure")
+	if res.Code != 0 {
+		t.Fatal("spawn failed")
+	}
+	ridRestart := restarting["request_id"].(string)
+	waitView(t, b, "every host to see the interpreters alive", 30*time.Second, b.Hosts, func(v testbed.View) bool {
+		return oneView(v, b.Hosts, plain["name"].(string), restarting["name"].(string))
+	})
+	if err := victim.Crash(); err != nil {
+		t.Fatal(err)
+	}
+	crashed := time.Now()
+	waitFor(t, "the restarting key alive again on a live host in every view", 60*time.Second, func() bool {
+		_, ok := oneListedEverywhere(t, rest, ridRestart, hostSet(rest))
+		return ok
+	})
+	measure(t, "kill -9 (host crash)", "restarted interpreter alive in every view", time.Since(crashed))
+	if _, n := processesFor(t, b, ridRestart); n != 1 {
+		t.Fatalf("%d processes for the restarted key", n)
+	}
+	waitView(t, b, "the crashed host failed everywhere", 60*time.Second, rest, func(v testbed.View) bool {
+		return v.All(rest, b.Hosts[4:], "failed")
+	})
+	res, again := spawnKeyed(t, rest[1], "nb-plain")
+	if res.Code != 0 || again["existing"] == true || again["node"] == victim.Name {
+		t.Fatalf("a keyed spawn of the crashed host's key: exit %d %v", res.Code, again)
+	}
+	if _, n := processesFor(t, b, again["request_id"].(string)); n != 1 {
+		t.Fatalf("%d processes for the re-spawned key", n)
+	}
+	// The restart policy re-placed once, not once per observer.
+	time.Sleep(3 * time.Second) // an observation window
+	if _, n := processesFor(t, b, ridRestart); n != 1 {
+		t.Fatalf("%d processes for the restarted key after a while", n)
+	}
+}
+
+// TestNameConflictLoserStopsItsInterpreter: a supervisor started on h4 with
+// the name of an interpreter already running on h1 joins the mesh; the mesh
+// sides with the one it knows, and the newcomer stops its interpreter and
+// exits non-zero, saying why, so no process runs unlisted.
+func TestNameConflictLoserStopsItsInterpreter(t *testing.T) {
+	b := newBed(t, "")
+	h1, h4 := b.Hosts[0], b.Hosts[3]
+	res, in := spawnKeyed(t, h1, "nb-conflict", "--constraint", "box="+h1.Name)
+	if res.Code != 0 {
+		t.Fatal("spawn failed")
+	}
+	name := in["name"].(string)
+	waitView(t, b, "the interpreter alive everywhere", 30*time.Second, b.Hosts, func(v testbed.View) bool {
+		return oneView(v, b.Hosts, name)
+	})
+	data, err := os.ReadFile(filepath.Join(h1.DataDir, "interpreters", name, "spec.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec map[string]any
+	json.Unmarshal(data, &spec)
+	dir := filepath.Join(h4.DataDir, "impostor")
+	os.MkdirAll(dir, 0o700)
+	addr := h4.IP + ":7999"
+	spec["gossip_bind"] = h4.IP + ":7998"
+	spec["endpoint"] = addr
+	spec["join"] = []string{h4.Gossip}
+	spec["output_log"] = filepath.Join(dir, "output.log")
+	argv := spec["argv"].([]any)
+	argv[len(argv)-1] = addr
+	data, _ = json.Marshal(spec)
+	specPath := filepath.Join(dir, "spec.json")
+	os.WriteFile(specPath, data, 0o600)
+	cmd := exec.Command("ip", "netns", "exec", h4.NS, b.Agent(), "interpreter", "--spec", specPath)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("the conflict's loser exited 0:\n%s", out.String())
+		}
+	case <-time.After(40 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("the conflict's loser still runs after 40s:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "no longer a member") || !strings.Contains(out.String(), "held by the member at "+h1.IP) {
+		t.Errorf("the loser does not say why it stopped:\n%s", out.String())
+	}
+	perHost, total := processesFor(t, b, in["request_id"].(string))
+	if total != 1 || perHost[h1.Name] != 1 {
+		t.Fatalf("processes for the key after the conflict: %v", perHost)
+	}
+	if c, err := exec.Command("ip", "netns", "exec", h4.NS, "ss", "-ltnH", "sport = :7999").Output(); err == nil && len(strings.TrimSpace(string(c))) > 0 {
+		t.Fatalf("the loser's interpreter still listens on %s: %s", addr, c)
+	}
+	waitFor(t, "the original listed alive everywhere", 30*time.Second, func() bool {
+		_, ok := oneListedEverywhere(t, b.Hosts, in["request_id"].(string), map[string]bool{h1.Name: true})
+		return ok
+	})
+}
+
+// waitFor polls cond until it holds, at most limit (a bounded poll).
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > limit {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
