@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -161,4 +162,57 @@ func TestDuplicateAgentNameExits(t *testing.T) {
 	if st := membersOf(t, second)[first.name]; st.Status != "alive" || st.Addr != first.ip {
 		t.Fatalf("the real %s is %+v on %s", first.name, st, second.name)
 	}
+}
+
+// TestPlaceHonoursAKindsMax: with every server at a kind's max, the dry run
+// elects nobody (exit 3, each server's refusal named), as the spawn would.
+func TestPlaceHonoursAKindsMax(t *testing.T) {
+	kinds := writeKinds(t, `{"one": {"command": ["sh", "-c", "exec sleep 600"], "max": 1}}`)
+	agents := spawnCluster(t, "--interpreters", kinds)
+	for i := range agents {
+		if _, errOut, code := spawnVia(t, agents[0], "--kind", "one", "--wait"); code != 0 {
+			t.Fatalf("spawn %d: %s", i, errOut)
+		}
+	}
+	out, _, code := runCLI(t, "place", "--rpc-addr", agents[1].rpc, "--kind", "one", "--format", "json")
+	if code != 3 || strings.Contains(out, `"winner": "node`) || !strings.Contains(out, `at the limit for kind \"one\": 1 of 1`) {
+		t.Fatalf("place with every server at the kind's max: exit %d\n%s", code, out)
+	}
+}
+
+// TestListenersAreCheckedBeforeJoining: an agent whose RPC port is taken
+// fails before it gossips, so the mesh never sees it.
+func TestListenersAreCheckedBeforeJoining(t *testing.T) {
+	first := newTestAgent(t, 1)
+	first.start(t)
+	second := newTestAgent(t, 2)
+	out, code := runAgent(t, "run", "--node", "late", "--bind", second.gossip, "--rpc-addr", first.rpc,
+		"--http-addr", second.http, "--data-dir", second.dataDir, "--join", first.gossip)
+	if code == 0 || !strings.Contains(out, "rpc listen on "+first.rpc) {
+		t.Fatalf("an agent on a taken RPC port: exit %d\n%s", code, out)
+	}
+	if _, ok := membersOf(t, first)["late"]; ok {
+		t.Fatalf("the mesh saw the agent that could not serve RPC: %v", membersOf(t, first))
+	}
+}
+
+// runAgent runs the binary to its end, bounded, and returns its output.
+func runAgent(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(agentBin, args...)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("agent %v still runs after 20s:\n%s", args, out.String())
+	}
+	return out.String(), cmd.ProcessState.ExitCode()
 }

@@ -404,8 +404,14 @@ func (l *Lifecycle) supervisorGone(name string) {
 		l.logger.Info("interpreter gone", "interpreter", name, "how", exit.How, "status", exit.Status, "restarts", exit.Restarts)
 		ev := Event{Type: EventExited, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, How: exit.How,
 			Status: exit.Status, Reason: exit.Reason}
-		if exit.GaveUp {
+		switch {
+		case exit.GaveUp:
 			ev.Type = EventGaveUp
+		case exit.How == HowDuplicate:
+			// Its host says so even if it never saw both alive at once.
+			ev.Type = EventDuplicate
+			l.logger.Warn("interpreter-duplicate: this host's interpreter stopped, a duplicate of its request", "interpreter", name,
+				"request", rec.RequestID, "reason", exit.Reason)
 		}
 		l.emit(ev)
 	default:
