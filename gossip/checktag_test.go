@@ -87,3 +87,18 @@ func FuzzCheckTag(f *testing.F) {
 		}
 	})
 }
+
+func TestOneLine(t *testing.T) {
+	for in, want := range map[string]string{
+		"east":           "east",
+		"eu west, 1":     "eu west, 1",
+		"Zürich":         "Zürich",
+		"a\nFAKE\tx":     `"a\nFAKE\tx"`,
+		"\xff":           `"\xff"`,
+		"bidi\u202eevil": `"bidi\u202eevil"`,
+	} {
+		if got := OneLine(in); got != want {
+			t.Errorf("OneLine(%q) = %s, want %s", in, got, want)
+		}
+	}
+}

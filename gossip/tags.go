@@ -276,6 +276,16 @@ func CheckTags(m map[string]string) error {
 	return nil
 }
 
+// OneLine renders a name or tag for a one-line listing: as it is when it
+// is printable, quoted with Go escapes otherwise. Our agents refuse such
+// tags (CheckTag), but a foreign serf member in the mesh may carry any.
+func OneLine(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
 // describeRune names a character a user cannot see.
 func describeRune(r rune) string {
 	switch r {
