@@ -189,12 +189,16 @@ func TestUserFacingEdge(t *testing.T) {
 			{"members no match", []string{"members", "--name", "nobody"}, 2},
 			{"place no eligible server", []string{"place", "--kind", "demo", "--constraint", "dc=nowhere"}, 3},
 			{"spawn no eligible server", []string{"spawn", "--kind", "demo", "--constraint", "dc=nowhere"}, 3},
+			{"spawn no eligible server, json", []string{"spawn", "--kind", "demo", "--constraint", "dc=nowhere", "--format", "json"}, 3},
 			{"spawn unknown kind", []string{"spawn", "--kind", "cobol"}, 4},
 			{"place without --kind", []string{"place"}, 1},
 		} {
 			out, errOut, code := runCLI(t, append(tc.args, rpcAddr...)...)
 			if code != tc.code {
 				t.Errorf("%s: code %d, want %d\n%s%s", tc.name, code, tc.code, out, errOut)
+			}
+			if strings.HasSuffix(tc.name, "json") && !strings.Contains(out, `"code": "no-server"`) {
+				t.Errorf("%s: the JSON's code disagrees with the exit code:\n%s", tc.name, out)
 			}
 		}
 		help, _, _ := runCLI(t, "--help")

@@ -65,6 +65,12 @@ func spawn(c *ucli.Context) error {
 	if err != nil {
 		return fmt.Errorf("spawn: %w", err)
 	}
+	if resp.Code == rpc.SpawnRefused && len(resp.Attempts) == 0 {
+		// Refused at the election, before any server was asked to start
+		// it: no server was eligible, as place reports it. (The agent
+		// should say so itself; until it does, the CLI tells them apart.)
+		resp.Code = rpc.SpawnNoServer
+	}
 	if format == "json" {
 		if err := writeJSON(c.App.Writer, spawnJSON(resp)); err != nil {
 			return err
@@ -76,11 +82,6 @@ func spawn(c *ucli.Context) error {
 		}
 		fmt.Fprintf(c.App.Writer, "%s %s on %s: pid %d, endpoint %s (decision %.0f ms, total %.0f ms)\n",
 			resp.Name, verb, resp.Node, resp.PID, resp.Endpoint, resp.DecisionMS, resp.TotalMS)
-	}
-	if resp.Code == rpc.SpawnRefused && len(resp.Attempts) == 0 {
-		// Refused at the election, before any server was asked to start
-		// it: no server was eligible, as place reports it.
-		resp.Code = rpc.SpawnNoServer
 	}
 	if resp.Code != "" {
 		code, ok := spawnExitCodes[resp.Code]
