@@ -10,7 +10,7 @@ PKGS     := ./...
 
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
-FUZZ_TARGETS := ./agent/rpc:FuzzServerInput ./gossip:FuzzParseTags ./bidding:FuzzDecodeBid \
+FUZZ_TARGETS := ./agent/rpc:FuzzServerInput ./gossip:FuzzParseTags ./gossip:FuzzCheckTag ./bidding:FuzzDecodeBid \
 	./agent/interp:FuzzSpawnOrder ./agent:FuzzConfigFile ./agent/interp:FuzzLoadKinds ./placement:FuzzParseConstraint
 
 help: ## list the targets

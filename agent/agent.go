@@ -391,10 +391,15 @@ func (a *Agent) checkGossipSecurity(g gossip.Config) error {
 			a.cfg.BindAddr+" can join the mesh and ask it to start interpreters", "bind", a.cfg.BindAddr)
 		return nil
 	}
+	where, fix := "--bind "+a.cfg.BindAddr, "bind to 127.0.0.1"
+	if isLoopback(a.cfg.BindAddr) {
+		// The bind is local; the advertised address is what others reach.
+		where, fix = "--advertise "+a.cfg.AdvertiseAddr, "advertise a 127.0.0.0/8 address"
+	}
 	return fmt.Errorf("gossip on %s is reachable from other hosts but not encrypted, so anyone who reaches it could join "+
 		"the mesh and start interpreters: make a key with `agent keygen` and give it to every agent with --encrypt "+
-		"(it is then kept in the data dir's keyring), or bind to 127.0.0.1; on a network you fully trust, --insecure "+
-		"turns this check off", a.cfg.BindAddr)
+		"(it is then kept in the data dir's keyring), or %s; on a network you fully trust, --insecure "+
+		"turns this check off", where, fix)
 }
 
 // ReadTokenFile reads an RPC token from a file: the first line, trimmed.

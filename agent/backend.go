@@ -2,11 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"strconv"
 
 	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/gossip"
 )
 
@@ -58,13 +61,32 @@ func (b *backend) Leave() error {
 	return err
 }
 
+// ForceLeave marks a failed member as left. Serf accepts any name and says
+// nothing; here an unknown name or an alive member is an error that says so,
+// since "marked as left" would be a lie for both.
 func (b *backend) ForceLeave(node string, prune bool) error {
+	status := gossip.StatusNone
+	for _, m := range b.a.node.Members() {
+		if m.Name == node {
+			status = m.Status
+		}
+	}
+	switch status {
+	case gossip.StatusNone:
+		return fmt.Errorf("no member named %q in this agent's member list (agent members lists them)", node)
+	case gossip.StatusAlive:
+		return fmt.Errorf("%q is alive: force-leave is for failed members; to take it out of the mesh, run agent leave against its agent", node)
+	}
 	return b.a.node.ForceLeave(node, prune)
 }
 
 // UpdateTags changes the user's own tags; the tags the agent derives (role,
-// load, interpreter fields) cannot be set or deleted from outside.
+// load, interpreter fields) cannot be set or deleted from outside. Tags are
+// checked here, not only by our CLI: serf's own client sends them as given.
 func (b *backend) UpdateTags(set map[string]string, remove []string) error {
+	if err := gossip.CheckTags(set); err != nil {
+		return err
+	}
 	return b.a.updateUserTags(set, remove)
 }
 
@@ -73,6 +95,10 @@ func (b *backend) UserEvent(name string, payload []byte, coalesce bool) error {
 }
 
 func (b *backend) Query(req rpc.QueryRequest, onAck func(string), onResponse func(rpc.NodeResponse)) error {
+	if req.Name == bidding.QueryName || req.Name == "spawn" { // "spawn": the start order's query
+		// A user's query of that name would reach the placement handlers.
+		return fmt.Errorf("query name %q is the agent's own (placement uses it): choose another name", req.Name)
+	}
 	return b.a.node.Query(context.Background(), req.Name, req.Payload, gossip.QueryParams{
 		FilterNodes: req.FilterNodes,
 		FilterTags:  req.FilterTags,
@@ -89,6 +115,11 @@ func (b *backend) Keys(op rpc.KeyOp, key string) (rpc.KeyResponse, error) {
 		rpc.KeyInstall: gossip.KeyInstall, rpc.KeyUse: gossip.KeyUse,
 		rpc.KeyRemove: gossip.KeyRemove, rpc.KeyList: gossip.KeyList,
 	}[op]
+	if !b.a.node.EncryptionEnabled() {
+		// Serf answers with one "keyring is empty" per member.
+		return rpc.KeyResponse{}, errors.New("gossip encryption is off in this mesh, so there are no keys to manage: " +
+			"start every agent with --encrypt (make a key with agent keygen)")
+	}
 	r, err := b.a.node.Keys(gop, key)
 	return rpc.KeyResponse{Messages: r.Messages, Keys: r.Keys, NumNodes: r.NumNodes, NumErr: r.NumErr, NumResp: r.NumResp}, err
 }

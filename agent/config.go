@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/state"
@@ -49,6 +51,7 @@ type Config struct {
 
 	// Operators.
 	HTTPAddr            string   // HTTP API and dashboard; empty turns it off
+	HTTPAllowHosts      []string // Host header names the HTTP API answers besides its own; "*" any
 	EventHandlers       []string // [filter=]script, as serf's
 	EventHandlerTimeout time.Duration
 
@@ -94,8 +97,12 @@ type Option struct {
 	Usage      string
 	Repeatable bool
 	Bool       bool // a switch: --name alone means true
-	set        func(c *Config, values []string) error
-	get        func(c *Config) []string
+	// DefaultText describes a default that depends on the host, for help.
+	DefaultText string
+	// Secret values are never repeated in errors.
+	Secret bool
+	set    func(c *Config, values []string) error
+	get    func(c *Config) []string
 }
 
 // FileKey is the option's key in a config file.
@@ -108,6 +115,9 @@ func (o Option) EnvVar() string {
 
 // Default renders the option's default for help text.
 func (o Option) Default() string {
+	if o.DefaultText != "" {
+		return o.DefaultText
+	}
 	c := DefaultConfig()
 	return strings.Join(o.get(&c), ",")
 }
@@ -124,16 +134,25 @@ var ErrUnknownOption = errors.New("unknown setting")
 func (c *Config) Apply(name string, values []string) error {
 	for _, o := range options {
 		if o.Name == name {
-			if !o.Repeatable && len(values) > 1 {
-				return fmt.Errorf("%s is given %d times (%s): it takes one value", name, len(values), strings.Join(values, ", "))
-			}
-			if err := o.set(c, values); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			return nil
+			return c.apply(o, name, values)
 		}
 	}
 	return fmt.Errorf("%w %q", ErrUnknownOption, name)
+}
+
+// apply sets o; label is how the error names it (the flag's name, or the
+// file's key).
+func (c *Config) apply(o Option, label string, values []string) error {
+	if !o.Repeatable && len(values) > 1 {
+		if o.Secret {
+			return fmt.Errorf("%s is given %d times: it takes one value", label, len(values))
+		}
+		return fmt.Errorf("%s is given %d times (%s): it takes one value", label, len(values), strings.Join(values, ", "))
+	}
+	if err := o.set(c, values); err != nil {
+		return fmt.Errorf("%s: %w", label, err)
+	}
+	return nil
 }
 
 // ApplyFile layers a JSON config file, or every *.json file of a directory
@@ -188,7 +207,7 @@ func (c *Config) applyOneFile(path string) error {
 		if err != nil {
 			return fmt.Errorf("config file %s: key %q: %w", path, k, err)
 		}
-		if err := c.Apply(o.Name, values); err != nil {
+		if err := c.apply(o, fmt.Sprintf("key %q", k), values); err != nil {
 			return fmt.Errorf("config file %s: %w", path, err)
 		}
 	}
@@ -247,6 +266,9 @@ func jsonValues(raw json.RawMessage, repeatable bool) ([]string, error) {
 		sort.Strings(keys)
 		out := make([]string, 0, len(x))
 		for _, k := range keys {
+			if strings.Contains(k, "=") {
+				return nil, fmt.Errorf("object key %q holds '=', which separates key from value: drop it from the key", k)
+			}
 			s, err := scalar(x[k])
 			if err != nil {
 				return nil, err
@@ -339,6 +361,68 @@ func rateOption(name, usage string, field func(*Config) *float64) Option {
 	}
 }
 
+// checkAllowHost accepts a host name for --http-allow-host: a name as a
+// browser sends it in the Host header, without a port, or "*".
+func checkAllowHost(s string) error {
+	if s == "*" {
+		return nil
+	}
+	if s == "" || strings.ContainsAny(s, "/:@ ") {
+		return fmt.Errorf("%q is not a host name: give a name as it appears in the browser's address bar, without scheme or port, e.g. agent.example.com", s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("%q holds a control character: give a plain host name", s)
+		}
+	}
+	return nil
+}
+
+func secret(o Option) Option { o.Secret = true; return o }
+
+func withDefaultText(o Option, text string) Option { o.DefaultText = text; return o }
+
+// MaxNodeName is serf's limit on a node name.
+const MaxNodeName = 128
+
+// CheckNodeName accepts a node name as serf does (at most 128 bytes) that
+// also fits one field of a listing: printable, no spaces.
+func CheckNodeName(s string) error {
+	switch {
+	case strings.TrimSpace(s) == "":
+		return errors.New("node name is empty: give each node a unique name, e.g. --node web-1")
+	case len(s) > MaxNodeName:
+		return fmt.Errorf("node name %.20q… is %d bytes long: the most is %d (serf's limit)", s, len(s), MaxNodeName)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("node name %q is not valid UTF-8: use printable text", s)
+	}
+	for _, r := range s {
+		if r == ' ' || !unicode.IsPrint(r) {
+			return fmt.Errorf("node name %q holds a space or a control character: use letters, digits, '-', '_' or '.'", s)
+		}
+	}
+	return nil
+}
+
+// checkAdvertise accepts the address other nodes reach this one at: an
+// address they can dial, so neither 0.0.0.0 nor port 0.
+func checkAdvertise(s string) error {
+	if s == "" {
+		return nil
+	}
+	if err := CheckHostPort(s); err != nil {
+		return err
+	}
+	host, port, _ := net.SplitHostPort(s)
+	if ip := net.ParseIP(host); host == "" || ip.IsUnspecified() {
+		return fmt.Errorf("address %q is not one other nodes can reach: advertise this host's own IP, e.g. 10.0.0.5:%s", s, port)
+	}
+	if port == "0" {
+		return fmt.Errorf("address %q has port 0: advertise the gossip port others dial, e.g. %s", s, net.JoinHostPort(host, "7946"))
+	}
+	return nil
+}
+
 // ParseDuration parses a positive Go duration ("500ms", "30s", "2m").
 func ParseDuration(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
@@ -390,11 +474,28 @@ func checkJoinAddr(s string) error {
 	return nil
 }
 
-// ParseTag splits "k=v".
+// ParseTag splits "k=v". It does not check the tag (a filter's value is
+// a regex, not a tag); ParseUserTag does.
 func ParseTag(s string) (string, string, error) {
 	k, v, ok := strings.Cut(s, "=")
 	if !ok || k == "" {
-		return "", "", fmt.Errorf("tag %q is not key=value: write it like --tag dc=east", s)
+		return "", "", fmt.Errorf("%q is not key=value: write it like dc=east", s)
+	}
+	return k, v, nil
+}
+
+// ParseUserTag splits "k=v" and checks it as a tag of the user's own: one
+// printable line, not a key the agent sets itself.
+func ParseUserTag(s string) (string, string, error) {
+	k, v, err := ParseTag(s)
+	if err != nil {
+		return "", "", err
+	}
+	if err := gossip.CheckTag(k, v); err != nil {
+		return "", "", err
+	}
+	if gossip.IsReservedTag(k) {
+		return "", "", fmt.Errorf("tag %q is set by the agent itself: choose another key", k)
 	}
 	return k, v, nil
 }
@@ -411,22 +512,12 @@ func oneOf(valid ...string) func(string) error {
 }
 
 var options = []Option{
-	stringOption("node", "unique name of this node in the mesh (default: the host name)",
-		func(c *Config) *string { return &c.NodeName }, func(s string) error {
-			if strings.TrimSpace(s) == "" || strings.ContainsAny(s, " \t\n") {
-				return fmt.Errorf("node name %q must be non-empty and contain no spaces", s)
-			}
-			return nil
-		}),
+	withDefaultText(stringOption("node", "unique name of this node in the mesh",
+		func(c *Config) *string { return &c.NodeName }, CheckNodeName), "the host name"),
 	stringOption("bind", "gossip address to listen on, host:port",
 		func(c *Config) *string { return &c.BindAddr }, CheckHostPort),
-	stringOption("advertise", "gossip address other nodes reach this one at, host:port (default: derived from --bind)",
-		func(c *Config) *string { return &c.AdvertiseAddr }, func(s string) error {
-			if s == "" {
-				return nil
-			}
-			return CheckHostPort(s)
-		}),
+	withDefaultText(stringOption("advertise", "gossip address other nodes reach this one at, host:port",
+		func(c *Config) *string { return &c.AdvertiseAddr }, checkAdvertise), "derived from --bind"),
 	stringOption("rpc-addr", "address the RPC listens on, host:port (loopback unless you mean it)",
 		func(c *Config) *string { return &c.RPCAddr }, CheckHostPort),
 	stringOption("http-addr", "address of the HTTP API, metrics and dashboard, host:port (empty turns it off)",
@@ -436,6 +527,20 @@ var options = []Option{
 			}
 			return CheckHostPort(s)
 		}),
+	{
+		Name: "http-allow-host", Repeatable: true,
+		Usage: "another name the HTTP API answers to in the Host header (it always answers IP addresses, localhost, the node name and the host name); repeatable; * allows any (behind a proxy that checks it)",
+		set: func(c *Config, v []string) error {
+			for _, h := range v {
+				if err := checkAllowHost(h); err != nil {
+					return err
+				}
+			}
+			c.HTTPAllowHosts = append([]string(nil), v...)
+			return nil
+		},
+		get: func(c *Config) []string { return c.HTTPAllowHosts },
+	},
 	{
 		Name: "event-handler", Repeatable: true,
 		Usage: "run a script on events, as serf does: [member-join|member-leave|member-failed|member-update|member-reap|user:NAME|query:NAME|*[,…]=]SCRIPT; repeatable",
@@ -452,18 +557,23 @@ var options = []Option{
 	},
 	durationOption("event-handler-timeout", "an event handler still running after this is killed",
 		func(c *Config) *time.Duration { return &c.EventHandlerTimeout }),
-	stringOption("rpc-token", "token every RPC client must present (empty: none)",
-		func(c *Config) *string { return &c.RPCToken }, nil),
+	secret(stringOption("rpc-token", "token every RPC client must present (empty: none)",
+		func(c *Config) *string { return &c.RPCToken }, nil)),
 	{
-		Name: "join", Usage: "address of a member to join, host:port; repeatable; retried with backoff until one answers",
+		Name: "join", Usage: "address of a member to join, host:port; repeatable (or comma-separated); retried with backoff until one answers",
 		Repeatable: true,
 		set: func(c *Config, v []string) error {
-			for _, a := range v {
-				if err := checkJoinAddr(a); err != nil {
-					return err
+			var addrs []string
+			for _, list := range v {
+				// An address never holds a comma, so a list is safe to split.
+				for _, a := range strings.Split(list, ",") {
+					if err := checkJoinAddr(strings.TrimSpace(a)); err != nil {
+						return err
+					}
+					addrs = append(addrs, strings.TrimSpace(a))
 				}
 			}
-			c.Join = append([]string(nil), v...)
+			c.Join = addrs
 			return nil
 		},
 		get: func(c *Config) []string { return c.Join },
@@ -487,12 +597,9 @@ var options = []Option{
 		set: func(c *Config, v []string) error {
 			tags := make(map[string]string, len(v))
 			for _, kv := range v {
-				k, val, err := ParseTag(kv)
+				k, val, err := ParseUserTag(kv)
 				if err != nil {
 					return err
-				}
-				if gossip.IsReservedTag(k) {
-					return fmt.Errorf("tag %q is set by the agent itself: choose another key", k)
 				}
 				tags[k] = val
 			}
@@ -512,16 +619,17 @@ var options = []Option{
 		func(c *Config) *string { return &c.DataDir }, nil),
 	stringOption("profile", "gossip timing profile: "+strings.Join(gossip.Profiles(), ", "),
 		func(c *Config) *string { return &c.Profile }, gossip.CheckProfile),
-	stringOption("encrypt", "base64 gossip encryption key (make one with `agent keygen`)",
+	// No backquotes in usages: urfave/cli shows a quoted word as the value's placeholder.
+	secret(stringOption("encrypt", "base64 gossip encryption key (make one with: agent keygen)",
 		func(c *Config) *string { return &c.EncryptKey }, func(s string) error {
 			if s == "" {
 				return nil
 			}
 			_, err := gossip.DecodeKey(s)
 			return err
-		}),
-	stringOption("keyring-file", "keyring file (default: keyring.json in --data-dir when that is set)",
-		func(c *Config) *string { return &c.KeyringFile }, nil),
+		})),
+	withDefaultText(stringOption("keyring-file", "keyring file kept across restarts",
+		func(c *Config) *string { return &c.KeyringFile }, nil), "keyring.json in --data-dir, when that is set"),
 	stringOption("log-level", "debug, info, warn or error",
 		func(c *Config) *string { return &c.LogLevel }, oneOf("debug", "info", "warn", "error")),
 	stringOption("log-format", "text or json",

@@ -115,6 +115,25 @@ func TestConfigErrorsNameTheBadValue(t *testing.T) {
 		}, []string{"broken.json", "not a JSON object"}},
 		{"missing file", func(c *Config) error { return c.ApplyFile(filepath.Join(dir, "nope.json")) },
 			[]string{"nope.json"}},
+		{"file errors name the file key", func(c *Config) error {
+			return c.ApplyFile(writeFile(t, dir, "dur.json", `{"leave_timeout": "soon"}`))
+		}, []string{`key "leave_timeout"`, `"soon"`}},
+		{"tag value with a newline", func(c *Config) error { return c.Apply("tag", []string{"nl=a\nFAKE"}) },
+			[]string{"tag", `"nl"`, "newline"}},
+		{"tag key with a tab in a file", func(c *Config) error {
+			return c.ApplyFile(writeFile(t, dir, "tag.json", `{"tag": {"a\tb": "x"}}`))
+		}, []string{"tag.json", `"a\tb"`, "a tab"}},
+		{"tag key with = in a file", func(c *Config) error {
+			return c.ApplyFile(writeFile(t, dir, "eq.json", `{"tag": {"a=b": "x"}}`))
+		}, []string{"eq.json", `"a=b"`, "'='"}},
+		{"node name over serf's limit", func(c *Config) error { return c.Apply("node", []string{strings.Repeat("n", 3000)}) },
+			[]string{"node", "3000 bytes", "128"}},
+		{"node name with a control character", func(c *Config) error { return c.Apply("node", []string{"a\x1bb"}) },
+			[]string{"node", "control character"}},
+		{"advertise 0.0.0.0", func(c *Config) error { return c.Apply("advertise", []string{"0.0.0.0:7946"}) },
+			[]string{"advertise", "reach"}},
+		{"event handler =", func(c *Config) error { return c.Apply("event-handler", []string{"="}) },
+			[]string{"event-handler", "starts with '='"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,6 +156,27 @@ func TestConfigErrorsNameTheBadValue(t *testing.T) {
 	c := DefaultConfig()
 	if err := c.Apply("nonsense", []string{"x"}); !errors.Is(err, ErrUnknownOption) {
 		t.Fatalf("unknown option: %v", err)
+	}
+}
+
+// TestSecretsAreNotEchoed: a bad gossip key or a repeated token is
+// described, never repeated, so a mistyped real secret stays out of logs.
+func TestSecretsAreNotEchoed(t *testing.T) {
+	const almost = "cg8StVXbQJ0gPvMd9o7yrg==x"
+	const short = "c2hvcnQ="
+	for _, tc := range []struct {
+		name, secret string
+		run          func(*Config) error
+	}{
+		{"not base64", almost, func(c *Config) error { return c.Apply("encrypt", []string{almost}) }},
+		{"wrong length", short, func(c *Config) error { return c.Apply("encrypt", []string{short}) }},
+		{"token twice", "hunter2", func(c *Config) error { return c.Apply("rpc-token", []string{"hunter2", "hunter3"}) }},
+	} {
+		c := DefaultConfig()
+		err := tc.run(&c)
+		if err == nil || strings.Contains(err.Error(), tc.secret) {
+			t.Errorf("%s: err %v: want an error without the secret", tc.name, err)
+		}
 	}
 }
 

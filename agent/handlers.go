@@ -56,6 +56,9 @@ func ParseEventHandler(s string) (EventHandler, error) {
 		return EventHandler{}, errors.New("empty event handler: give a script, e.g. member-join=/usr/local/bin/on-join")
 	}
 	if head, script, ok := strings.Cut(s, "="); ok {
+		if strings.TrimSpace(head) == "" {
+			return EventHandler{}, fmt.Errorf("event handler %q starts with '=': put the filter before it, e.g. member-join=/usr/local/bin/on-join, or give the script alone", s)
+		}
 		var filters []EventFilter
 		all := true
 		for _, part := range strings.Split(head, ",") {
@@ -215,9 +218,10 @@ func handlerInput(e gossip.Event) []byte {
 		sort.Strings(keys)
 		kv := make([]string, 0, len(keys))
 		for _, k := range keys {
-			kv = append(kv, k+"="+m.Tags[k])
+			kv = append(kv, gossip.OneLine(k)+"="+gossip.OneLine(m.Tags[k]))
 		}
-		fmt.Fprintf(&b, "%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.Tags[gossip.TagRole], strings.Join(kv, ","))
+		// A foreign member's tags are unchecked: one member, one line.
+		fmt.Fprintf(&b, "%s\t%s\t%s\t%s\n", gossip.OneLine(m.Name), m.Addr, gossip.OneLine(m.Tags[gossip.TagRole]), strings.Join(kv, ","))
 	}
 	return b.Bytes()
 }

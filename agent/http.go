@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -129,7 +131,7 @@ func (a *Agent) startHTTP() error {
 	mux.Handle("GET /", dashboardHandler())
 
 	ln := a.httpLn // opened by Start before the node gossips
-	a.http = &http.Server{Handler: a.countRequests(mux), ReadHeaderTimeout: 10 * time.Second,
+	a.http = &http.Server{Handler: a.guardHTTP(a.countRequests(mux)), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return a.httpCtx }}
 	a.wg.Add(1)
 	go func() {
@@ -273,6 +275,59 @@ func (a *Agent) httpEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		flusher.Flush()
 	}
+}
+
+// guardHTTP answers only requests whose Host header names this agent, so
+// that a page on another site cannot read the API through DNS rebinding
+// (its requests carry the attacker's host name), and tells browsers not to
+// guess content types.
+func (a *Agent) guardHTTP(next http.Handler) http.Handler {
+	allowed := a.httpHostAllowed()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if !allowed(r.Host) {
+			a.metrics.httpRequests.inc("refused_host")
+			http.Error(w, fmt.Sprintf("this agent does not answer to host %q: use its address, or start it with --http-allow-host %s",
+				hostOnly(r.Host), hostOnly(r.Host)), http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// httpHostAllowed returns the Host header check: IP addresses (a
+// rebinding attack needs a DNS name), localhost, the node and host names,
+// and --http-allow-host; "*" there turns the check off.
+func (a *Agent) httpHostAllowed() func(host string) bool {
+	names := map[string]bool{"localhost": true, strings.ToLower(a.cfg.NodeName): true}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		names[strings.ToLower(h)] = true
+	}
+	for _, h := range a.cfg.HTTPAllowHosts {
+		if h == "*" {
+			return func(string) bool { return true }
+		}
+		names[strings.ToLower(strings.TrimSuffix(h, "."))] = true
+	}
+	return func(host string) bool {
+		if host == "" {
+			return true // HTTP/1.0 without Host: not a browser
+		}
+		h := hostOnly(host)
+		if net.ParseIP(h) != nil {
+			return true
+		}
+		return names[strings.ToLower(strings.TrimSuffix(h, "."))]
+	}
+}
+
+// hostOnly drops the port of a Host header, and the brackets of an IPv6
+// address.
+func hostOnly(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 }
 
 // countRequests counts HTTP requests by path for /metrics.

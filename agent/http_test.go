@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/gossip"
 )
 
 func getJSON(t *testing.T, url string, v any) {
@@ -242,6 +244,8 @@ func TestParseEventHandler(t *testing.T) {
 		{in: "member-jion=/x", err: `"member-jion" is not an event filter`},
 		{in: "member-join=", err: "no script"},
 		{in: "  ", err: "empty"},
+		{in: "=", err: "starts with '='"},
+		{in: " =/x", err: "starts with '='"},
 	} {
 		h, err := ParseEventHandler(tc.in)
 		if tc.err != "" {
@@ -261,5 +265,19 @@ func TestParseEventHandler(t *testing.T) {
 		if err != nil || strings.Join(fs, ",") != tc.filters || h.Script != tc.script {
 			t.Errorf("%q: %v %q %q", tc.in, err, fs, h.Script)
 		}
+	}
+}
+
+// TestHandlerInputIsOneLinePerMember: a foreign member's tags (our agents
+// refuse such tags, a plain serf agent does not) cannot forge a member line
+// on a handler's stdin.
+func TestHandlerInputIsOneLinePerMember(t *testing.T) {
+	in := handlerInput(gossip.Event{Type: gossip.EventMemberJoin, Members: []gossip.Member{
+		{Name: "serf1", Addr: net.ParseIP("10.0.0.9"), Tags: map[string]string{"nl": "a\nFAKE\t1.2.3.4\tserver\tx=y"}},
+		{Name: "ok", Addr: net.ParseIP("10.0.0.8"), Tags: map[string]string{"role": "server", "dc": "a,b"}},
+	}})
+	want := "serf1\t10.0.0.9\t\tnl=\"a\\nFAKE\\t1.2.3.4\\tserver\\tx=y\"\nok\t10.0.0.8\tserver\tdc=a,b,role=server\n"
+	if string(in) != want {
+		t.Fatalf("stdin:\n%q\nwant\n%q", in, want)
 	}
 }

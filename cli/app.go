@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	ucli "github.com/urfave/cli/v2"
@@ -13,12 +15,53 @@ import (
 	"github.com/meshagent/agent/agent/rpc"
 )
 
-// Exit codes, stable for scripts.
+// Exit codes, stable for scripts: one set for every command, listed by
+// exitCodes in `agent --help` and in the README.
 const (
-	ExitOK      = 0
-	ExitError   = 1 // anything went wrong; the message says what
-	ExitNoMatch = 2 // a listing matched nothing
+	ExitOK          = 0
+	ExitError       = 1 // anything went wrong; the message says what
+	ExitNoMatch     = 2 // a listing matched nothing
+	ExitNoServer    = 3 // no server is eligible for the request
+	ExitUnknownKind = 4
+	ExitRefused     = 5 // every eligible server refused
+	ExitTimeout     = 6
+	ExitMinority    = 7 // a keyed spawn on the minority side of a partition
+	ExitDied        = 8 // the interpreter exited during spawn --wait
 )
+
+// exitCodes is the one table of exit codes, for help and the README.
+var exitCodes = []struct {
+	Code     int
+	Commands string
+	Meaning  string
+}{
+	{ExitOK, "all", "success"},
+	{ExitError, "all", "any other error; the message says what"},
+	{ExitNoMatch, "members", "no member matches the filters"},
+	{ExitNoServer, "place, spawn", "no server is eligible: none alive, none matching the constraints, or all full"},
+	{ExitUnknownKind, "spawn", "no server offers the kind"},
+	{ExitRefused, "spawn", "every eligible server refused to start it"},
+	{ExitTimeout, "spawn", "no server answered the start order in time, or --wait ran out"},
+	{ExitMinority, "spawn", "a keyed spawn on the minority side of a partition"},
+	{ExitDied, "spawn", "the interpreter exited during --wait"},
+}
+
+// exitCodesText renders exitCodes for help: all of them, or those of one
+// command (and then not the ones every command has).
+func exitCodesText(command string) string {
+	var b strings.Builder
+	for _, e := range exitCodes {
+		if command != "" && !slices.Contains(strings.Split(e.Commands, ", "), command) {
+			continue
+		}
+		if command == "" {
+			fmt.Fprintf(&b, "  %d  %-13s %s\n", e.Code, e.Commands, e.Meaning)
+		} else {
+			fmt.Fprintf(&b, "  %d  %s\n", e.Code, e.Meaning)
+		}
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
 
 // exitError carries an exit code other than 1 up to Run.
 type exitError struct {
@@ -35,12 +78,14 @@ func withCode(code int, err error) error { return &exitError{code: code, err: er
 // to stdout and stderr as given, so that tests can read it.
 func Run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
-	err := app.Run(args)
+	err := app.Run(reorderArgs(app, args))
 	if err == nil {
 		return ExitOK
 	}
 	if errors.Is(err, rpc.ErrUnauthorized) {
-		err = fmt.Errorf("%w: the agent requires an RPC token; give it with --rpc-token-file or AGENT_RPC_TOKEN", err)
+		// The agent wants a token none was given for; a wrong token is
+		// already explained by dial.
+		err = errors.New("the agent requires an RPC token: give it with --rpc-token-file or AGENT_RPC_TOKEN")
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
@@ -54,15 +99,20 @@ func Run(args []string, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdout, stderr io.Writer) *ucli.App {
-	return &ucli.App{
+	app := &ucli.App{
 		Name:            "agent",
 		Usage:           "gossip membership and interpreter placement agent",
+		Description:     "Exit codes, the same for every command:\n" + exitCodesText(""),
 		Version:         agent.Version,
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
 		// Errors are printed once, by Run, with the right exit code.
 		ExitErrHandler: func(*ucli.Context, error) {},
+		// A comma belongs to the value (--tag dc=a,b, a filter list in
+		// --event-handler, a regex's {1,3}); repeat the flag for two values.
+		DisableSliceFlagSeparator: true,
+		OnUsageError:              onUsageError,
 		Commands: []*ucli.Command{
 			runCommand(),
 			membersCommand(),
@@ -76,6 +126,8 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			leaveCommand(),
 			forceLeaveCommand(),
 			tagsCommand(),
+			eventCommand(),
+			queryCommand(),
 			monitorCommand(),
 			infoCommand(),
 			keygenCommand(),
@@ -84,6 +136,24 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			simulateCommand(),
 		},
 	}
+	for _, c := range app.Commands {
+		c.OnUsageError = onUsageError
+		if c.ArgsUsage == "" {
+			c.Before = chainBefore(noArgs(noArgsHints[c.Name]), c.Before)
+		}
+	}
+	return app
+}
+
+// noArgsHints say what a user who typed a word after these commands
+// probably meant.
+var noArgsHints = map[string]string{
+	"run":     "settings are flags, e.g. --join ADDR",
+	"members": "to list one member, filter with --name NAME",
+	"leave":   "leave stops the agent at --rpc-addr; to remove a failed member, use force-leave NODE",
+	"tags":    "give tags with --set key=value and --delete key",
+	"keys":    "give the key with --install, --use or --remove",
+	"place":   "give the kind with --kind",
 }
 
 // rpcFlags are the flags of every command that talks to an agent.
@@ -124,7 +194,7 @@ func dial(c *ucli.Context) (*rpc.Client, error) {
 		return nil, fmt.Errorf("no agent answers at %s: is `agent run` started? (point --rpc-addr or AGENT_RPC_ADDR at a running agent)", addr)
 	}
 	if errors.Is(err, rpc.ErrUnauthorized) {
-		return nil, fmt.Errorf("agent at %s refused the RPC token: give the agent's token with --rpc-token-file or AGENT_RPC_TOKEN (%w)", addr, err)
+		return nil, fmt.Errorf("agent at %s refused the RPC token: give the agent's token with --rpc-token-file or AGENT_RPC_TOKEN", addr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("agent at %s: %w", addr, err)

@@ -72,7 +72,11 @@ func forceLeaveCommand() *ucli.Command {
 			if err := cl.ForceLeave(node, c.Bool("prune")); err != nil {
 				return fmt.Errorf("force-leave %s: %w", node, err)
 			}
-			fmt.Fprintf(c.App.Writer, "%s marked as left\n", node)
+			if c.Bool("prune") {
+				fmt.Fprintf(c.App.Writer, "%s marked as left and removed from the member list\n", node)
+			} else {
+				fmt.Fprintf(c.App.Writer, "%s marked as left\n", node)
+			}
 			return nil
 		}),
 	}
@@ -89,7 +93,7 @@ func tagsCommand() *ucli.Command {
 		Before: func(c *ucli.Context) error {
 			set = map[string]string{}
 			for _, kv := range c.StringSlice("set") {
-				k, v, err := agent.ParseTag(kv)
+				k, v, err := agent.ParseUserTag(kv)
 				if err != nil {
 					return fmt.Errorf("--set: %w", err)
 				}

@@ -35,7 +35,7 @@ func keysCommand() *ucli.Command {
 		Usage: "manage the gossip keyring across the whole mesh",
 		Description: "Rotate a key without downtime: --install NEW on one agent (every node learns it), then --use NEW,\n" +
 			"then --remove OLD. Each node that fails is named; the exit code is 1 when any did.",
-		Flags: append(rpcFlags(),
+		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "install", Usage: "add this base64 key to every node's keyring"},
 			&ucli.StringFlag{Name: "use", Usage: "make this installed key the one every node encrypts with"},
 			&ucli.StringFlag{Name: "remove", Usage: "remove this key from every node's keyring"},
@@ -46,6 +46,10 @@ func keysCommand() *ucli.Command {
 }
 
 func keys(c *ucli.Context) error {
+	format, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
 	var op, key string
 	n := 0
 	for _, f := range []string{"install", "use", "remove"} {
@@ -83,6 +87,18 @@ func keys(c *ucli.Context) error {
 		resp, err = cl.ListKeys()
 	}
 	w := c.App.Writer
+	if format == "json" {
+		if err != nil && resp.NumNodes == 0 {
+			return fmt.Errorf("keys --%s: %w", op, err)
+		}
+		if jerr := writeJSON(w, keysJSON(op, resp)); jerr != nil {
+			return jerr
+		}
+		if resp.NumErr > 0 || err != nil {
+			return fmt.Errorf("keys --%s failed on %d of %d nodes", op, resp.NumErr, resp.NumNodes)
+		}
+		return nil
+	}
 	if op == "list" && resp.NumNodes > 0 {
 		fmt.Fprintf(w, "keys installed in the mesh (%d nodes):\n", resp.NumNodes)
 		listed := make([]string, 0, len(resp.Keys))
@@ -104,6 +120,28 @@ func keys(c *ucli.Context) error {
 		return fmt.Errorf("keys --%s failed on %d nodes", op, resp.NumErr)
 	}
 	return nil
+}
+
+// keysJSON is the mesh's answer as JSON: every key and how many nodes hold
+// it (list), and every node that failed, with why.
+func keysJSON(op string, r rpc.KeyResponse) map[string]any {
+	out := map[string]any{"op": op, "nodes": r.NumNodes, "answered": r.NumResp, "failed": r.NumErr,
+		"failures": nonNilMap(r.Messages)}
+	if op == "list" {
+		keys := make(map[string]int, len(r.Keys))
+		for k, n := range r.Keys {
+			keys[k] = n
+		}
+		out["keys"] = keys
+	}
+	return out
+}
+
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
 }
 
 func reportKeyFailures(w io.Writer, resp rpc.KeyResponse) {

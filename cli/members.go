@@ -66,7 +66,7 @@ func members(c *ucli.Context) error {
 		ms, err = cl.Members()
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("members: %w", err)
 	}
 	views := make([]agent.MemberJSON, 0, len(ms))
 	for _, m := range ms {
@@ -78,7 +78,7 @@ func members(c *ucli.Context) error {
 		if err := writeJSON(c.App.Writer, map[string]any{"members": views}); err != nil {
 			return err
 		}
-	} else {
+	} else if len(views) > 0 {
 		writeMembersTable(c.App.Writer, views)
 	}
 	if len(views) == 0 {
@@ -91,8 +91,8 @@ func writeMembersTable(w io.Writer, views []agent.MemberJSON) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tROLE\tCPU\tMEM\tINTERP\tTAGS")
 	for _, v := range views {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name,
-			net.JoinHostPort(v.Addr, strconv.Itoa(int(v.Port))), v.Status, dash(v.Role),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", gossip.OneLine(v.Name),
+			net.JoinHostPort(v.Addr, strconv.Itoa(int(v.Port))), v.Status, gossip.OneLine(dash(v.Role)),
 			percent(v.CPU), percent(v.Mem), count(v.Interpreters), otherTags(v.Tags))
 	}
 	tw.Flush()
@@ -127,7 +127,7 @@ func otherTags(tags map[string]string) string {
 		case gossip.TagRole, gossip.TagCPU, gossip.TagMem, gossip.TagRunning:
 			continue
 		}
-		kv = append(kv, k+"="+v)
+		kv = append(kv, gossip.OneLine(k)+"="+gossip.OneLine(v))
 	}
 	sort.Strings(kv)
 	if len(kv) == 0 {

@@ -13,15 +13,12 @@ import (
 	"github.com/meshagent/agent/agent/rpc"
 )
 
-// ExitNoServer is the exit code when no server is eligible for a request.
-const ExitNoServer = 3
-
 func placeCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "place",
 		Usage: "run the placement election without starting anything: every bid and the winner",
-		Description: "The local agent asks every alive server for a bid and elects one, exactly as spawn would.\n" +
-			"Exit code 3 when no server is eligible; the bids say why each was rejected.",
+		Description: "The local agent asks every alive server for a bid and elects one, exactly as spawn would;\n" +
+			"the bids say why each server was rejected.\n\nExit codes besides 0 and 1 (agent --help lists all):\n" + exitCodesText("place"),
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "kind", Usage: "interpreter kind to place, e.g. demo"},
 			&ucli.StringSliceFlag{Name: "constraint", Usage: "server tag k must match regex (anchored), k=regex; repeatable"},
@@ -39,6 +36,9 @@ func place(c *ucli.Context) error {
 	}
 	if c.String("kind") == "" {
 		return errors.New("place needs --kind, e.g. agent place --kind demo")
+	}
+	if d := c.Duration("timeout"); c.IsSet("timeout") && d <= 0 {
+		return fmt.Errorf("--timeout %s must be positive: write it like 500ms or 2s", d)
 	}
 	cl, err := dial(c)
 	if err != nil {

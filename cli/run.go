@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	ucli "github.com/urfave/cli/v2"
@@ -40,7 +41,7 @@ func runCommand() *ucli.Command {
 // gives a flag precedence over its environment variable).
 func loadConfig(c *ucli.Context) (agent.Config, error) {
 	cfg := agent.DefaultConfig()
-	for _, f := range c.StringSlice("config-file") {
+	for _, f := range envLines(c.StringSlice("config-file"), "AGENT_CONFIG_FILE") {
 		if err := cfg.ApplyFile(f); err != nil {
 			return cfg, err
 		}
@@ -50,6 +51,9 @@ func loadConfig(c *ucli.Context) (agent.Config, error) {
 			continue
 		}
 		values := c.StringSlice(o.Name)
+		if o.Repeatable {
+			values = envLines(values, o.EnvVar())
+		}
 		switch {
 		case o.Bool:
 			values = []string{strconv.FormatBool(c.Bool(o.Name))}
@@ -63,6 +67,26 @@ func loadConfig(c *ucli.Context) (agent.Config, error) {
 	return cfg, cfg.Validate()
 }
 
+// envLines splits a repeatable setting that came from its environment
+// variable into one value per line. Commas are not separators: they are
+// part of values such as --tag dc=a,b or an event handler's filter list.
+// (urfave/cli hands the variable over whole, as one value, and only when no
+// flag was given.)
+func envLines(values []string, env string) []string {
+	v, ok := os.LookupEnv(env)
+	// urfave/cli trims the value's surrounding space.
+	if !ok || len(values) != 1 || values[0] != strings.TrimSpace(v) || !strings.Contains(values[0], "\n") {
+		return values
+	}
+	var out []string
+	for _, line := range strings.Split(v, "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
 // unwrapName drops Apply's "name: " prefix, which the caller states itself.
 func unwrapName(err error, name string) error {
 	msg := err.Error()
@@ -73,9 +97,6 @@ func unwrapName(err error, name string) error {
 }
 
 func runAgent(c *ucli.Context) error {
-	if c.Args().Len() > 0 {
-		return fmt.Errorf("run takes no arguments, got %q: settings are flags, e.g. --join %s", c.Args().First(), c.Args().First())
-	}
 	cfg, err := loadConfig(c)
 	if err != nil {
 		return err

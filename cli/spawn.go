@@ -13,15 +13,6 @@ import (
 	"github.com/meshagent/agent/agent/rpc"
 )
 
-// Exit codes of spawn, one per way it can fail.
-const (
-	ExitUnknownKind = 4
-	ExitRefused     = 5
-	ExitTimeout     = 6
-	ExitMinority    = 7 // a keyed spawn on the minority side of a partition
-	ExitDied        = 8 // the interpreter exited during --wait
-)
-
 var spawnExitCodes = map[string]int{
 	rpc.SpawnNoServer:    ExitNoServer,
 	rpc.SpawnUnknownKind: ExitUnknownKind,
@@ -37,9 +28,8 @@ func spawnCommand() *ucli.Command {
 		Name:      "spawn",
 		Usage:     "elect a server and start an interpreter there",
 		ArgsUsage: "[-- EXTRA ARGS...]",
-		Description: "Extra arguments after -- are appended to the kind's configured command, if its args_pattern allows them.\n" +
-			"Exit codes: 3 no server, 4 unknown kind, 5 every server refused, 6 timed out, 7 a keyed spawn on the minority\n" +
-			"side of a partition, 8 the interpreter exited during --wait, 1 other errors.",
+		Description: "Extra arguments after -- are appended to the kind's configured command, if its args_pattern allows them.\n\n" +
+			"Exit codes besides 0 and 1 (agent --help lists all):\n" + exitCodesText("spawn"),
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "kind", Usage: "interpreter kind, e.g. demo"},
 			&ucli.BoolFlag{Name: "wait", Usage: "return once the interpreter is alive in the local agent's member list"},
@@ -61,6 +51,9 @@ func spawn(c *ucli.Context) error {
 	if c.String("kind") == "" {
 		return errors.New("spawn needs --kind, e.g. agent spawn --kind demo")
 	}
+	if d := c.Duration("wait-timeout"); d <= 0 {
+		return fmt.Errorf("--wait-timeout %s must be positive: write it like 30s or 2m", d)
+	}
 	cl, err := dial(c)
 	if err != nil {
 		return err
@@ -71,6 +64,12 @@ func spawn(c *ucli.Context) error {
 		Restart: c.String("restart")})
 	if err != nil {
 		return fmt.Errorf("spawn: %w", err)
+	}
+	if resp.Code == rpc.SpawnRefused && len(resp.Attempts) == 0 {
+		// Refused at the election, before any server was asked to start
+		// it: no server was eligible, as place reports it. (The agent
+		// should say so itself; until it does, the CLI tells them apart.)
+		resp.Code = rpc.SpawnNoServer
 	}
 	if format == "json" {
 		if err := writeJSON(c.App.Writer, spawnJSON(resp)); err != nil {

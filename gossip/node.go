@@ -443,12 +443,14 @@ func (n *Node) Addr() string {
 
 // DecodeKey decodes one base64 gossip key and checks its length.
 func DecodeKey(s string) ([]byte, error) {
+	// The key is a secret: errors say what is wrong with it, never what it
+	// is, so that a mistyped real key stays out of terminals and logs.
 	k, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
-		return nil, fmt.Errorf("gossip key %q is not base64: generate one with `agent keygen`", s)
+		return nil, fmt.Errorf("the gossip key (%d characters) is not valid base64: copy it again, or make one with `agent keygen`", len(s))
 	}
 	if l := len(k); l != 16 && l != 24 && l != 32 {
-		return nil, fmt.Errorf("gossip key %q decodes to %d bytes: it must be 16, 24 or 32 bytes (`agent keygen` makes one)", s, l)
+		return nil, fmt.Errorf("the gossip key decodes to %d bytes: it must be 16, 24 or 32 bytes (`agent keygen` makes one)", l)
 	}
 	return k, nil
 }

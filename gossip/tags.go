@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/memberlist"
@@ -247,4 +249,82 @@ func CheckTagSize(tags map[string]string) error {
 	}
 	return fmt.Errorf("%w: tags encode to %d bytes, over the %d-byte limit; biggest: %s; shorten or drop some of them",
 		ErrTagsTooLarge, size, MaxTagBytes, strings.Join(biggest, ", "))
+}
+
+// ErrBadTag is returned for a tag key or value that cannot be listed on one
+// line: listings (agent members, an event handler's stdin, serf's own
+// tools) print a member and its tags as one line of tab-separated fields,
+// so a newline or a tab in a tag could forge a member row.
+var ErrBadTag = errors.New("bad tag")
+
+// CheckTag checks one user tag, whatever its source (a flag, the
+// environment, a config file, the RPC). A key is printable, with no space
+// and no '=' (listings write k=v); a value is printable and may hold spaces
+// and commas. Both must be valid UTF-8. The error names the key and the fix.
+func CheckTag(key, value string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w with an empty key (value %q): name it, as in dc=VALUE", ErrBadTag, value)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w key %q is not valid UTF-8: use printable text", ErrBadTag, key)
+	}
+	for i, r := range key {
+		switch {
+		case r == '=':
+			return fmt.Errorf("%w key %q holds '=', which separates key from value: drop it from the key", ErrBadTag, key)
+		case r == ' ' || !unicode.IsPrint(r):
+			return fmt.Errorf("%w key %q holds %s at byte %d: a key is one printable word, such as dc or rack_id", ErrBadTag, key, describeRune(r), i)
+		}
+	}
+	if !utf8.ValidString(value) {
+		return fmt.Errorf("%w %q: its value %q is not valid UTF-8: use printable text", ErrBadTag, key, value)
+	}
+	for i, r := range value {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("%w %q: its value %q holds %s at byte %d: a value is one printable line (spaces are fine, tabs and newlines are not)",
+				ErrBadTag, key, value, describeRune(r), i)
+		}
+	}
+	return nil
+}
+
+// CheckTags checks every tag of m with CheckTag, in key order, so the error
+// is the same on every run.
+func CheckTags(m map[string]string) error {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := CheckTag(k, m[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OneLine renders a name or tag for a one-line listing: as it is when it
+// is printable, quoted with Go escapes otherwise. Our agents refuse such
+// tags (CheckTag), but a foreign serf member in the mesh may carry any.
+func OneLine(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// describeRune names a character a user cannot see.
+func describeRune(r rune) string {
+	switch r {
+	case '\n':
+		return "a newline"
+	case '\t':
+		return "a tab"
+	case '\r':
+		return "a carriage return"
+	case ' ':
+		return "a space"
+	}
+	return fmt.Sprintf("the character %U", r)
 }

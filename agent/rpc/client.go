@@ -40,9 +40,9 @@ type RemoteError struct {
 	Message string // the agent's message, verbatim
 }
 
-func (e *RemoteError) Error() string {
-	return fmt.Sprintf("agent: %s: %s", e.Command, e.Message)
-}
+// Error is the agent's message alone: the command's wire name means
+// nothing to a user, and callers say which of their actions failed.
+func (e *RemoteError) Error() string { return e.Message }
 
 // Unwrap lets callers branch on ErrUnauthorized.
 func (e *RemoteError) Unwrap() error {
