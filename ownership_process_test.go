@@ -216,3 +216,23 @@ func runAgent(t *testing.T, args ...string) (string, int) {
 	}
 	return out.String(), cmd.ProcessState.ExitCode()
 }
+
+// TestKindsThatCannotStartAreRefusedAtStart: an interpreters file whose
+// kind names a missing program or directory stops `agent run` at once,
+// naming the kind and the path, before it gossips or writes anything.
+func TestKindsThatCannotStartAreRefusedAtStart(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{`{"py": {"command": ["no-such-program-here"]}}`, `kind "py": program "no-such-program-here" is not on the PATH`},
+		{`{"py": {"command": ["sh"], "dir": "/no/such/dir"}}`, `kind "py": dir "/no/such/dir" does not exist`},
+	} {
+		a := newTestAgent(t, 1)
+		out, code := runAgent(t, "run", "--node", a.name, "--bind", a.gossip, "--rpc-addr", a.rpc, "--http-addr", a.http,
+			"--data-dir", a.dataDir, "--interpreters", writeKinds(t, tc.body))
+		if code != 1 || !strings.Contains(out, tc.want) {
+			t.Errorf("exit %d, want 1 naming %s:\n%s", code, tc.want, out)
+		}
+		if entries, _ := os.ReadDir(a.dataDir); len(entries) != 0 {
+			t.Errorf("the refused agent left %d entries in its data dir", len(entries))
+		}
+	}
+}
