@@ -289,6 +289,25 @@ func spawnFrom(t *testing.T, h *testbed.Host, args ...string) interpreter {
 	}
 }
 
+// spawnUnkeyed is spawnFrom without an idempotency key, for a side of a
+// partition that refuses keyed spawns. It is asked once: a retry could
+// start a second interpreter.
+func spawnUnkeyed(t *testing.T, h *testbed.Host) interpreter {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := h.CLI(ctx, "spawn", "--kind", "demo", "--wait", "--format", "json")
+	if err != nil || res.Code != 0 {
+		t.Fatalf("agent spawn on %s: %v, exit %d: %s%s", h.Name, err, res.Code, res.Stdout, res.Stderr)
+	}
+	var in interpreter
+	if err := json.Unmarshal([]byte(res.Stdout), &in); err != nil || in.Name == "" || in.Node == "" {
+		t.Fatalf("agent spawn on %s: %v: %s", h.Name, err, res.Stdout)
+	}
+	t.Logf("spawn asked on %s: %s started on %s (pid %d)", h.Name, in.Name, in.Node, in.PID)
+	return in
+}
+
 // spawns numbers the spawns of a test run, for their idempotency keys.
 var spawns int
 
@@ -394,7 +413,20 @@ func TestPartitionThreeTwo(t *testing.T) {
 	for _, side := range [][]*testbed.Host{left, right} {
 		ok := hostSet(side)
 		for _, h := range side {
-			in := spawnFrom(t, h)
+			// The minority side (h4, h5) refuses keyed spawns (exit 7)
+			// and takes unkeyed ones.
+			var in interpreter
+			if side[0] == right[0] {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				res, err := h.CLI(ctx, "spawn", "--kind", "demo", "--key", "minority-"+h.Name, "--format", "json")
+				cancel()
+				if err != nil || res.Code != 7 {
+					t.Errorf("a keyed spawn on the minority side (%s): %v, exit %d, want 7: %s", h.Name, err, res.Code, res.Stderr)
+				}
+				in = spawnUnkeyed(t, h)
+			} else {
+				in = spawnFrom(t, h)
+			}
 			if !ok[in.Node] {
 				t.Errorf("a spawn asked on %s during the partition landed on %s, across it", h.Name, in.Node)
 			}
