@@ -23,8 +23,9 @@ test: ## run every test (root-only tests skip, saying why, unless run as root)
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 
-check: ## vet, formatting, import rules and the race detector
+check: ## vet, formatting, go mod tidy, import rules and the race detector
 	$(GO) vet $(PKGS)
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) test -count=1 -run 'TestImportRules|TestPurePackagesReadNoClock|TestEveryPackageHasADoc' .
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)

@@ -105,7 +105,7 @@ type interpJSON struct {
 
 func interpretersOf(t testing.TB, a *testAgent) map[string]interpJSON {
 	t.Helper()
-	out, _, code := runCLI(t, "interpreters", "--rpc-addr", a.rpc, "--format", "json")
+	out, _, code := runCLI(t, "interpreters", "--all", "--rpc-addr", a.rpc, "--format", "json")
 	if code != 0 {
 		return nil
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,7 +81,6 @@ type Agent struct {
 	httpCancel    context.CancelFunc
 	history       *loadHistory
 	metrics       *agentMetrics
-	gossipMetrics *gossip.MetricsSink
 	handlers      []EventHandler
 
 	// The asker's reservations, so that a burst of spawns spreads.
@@ -89,6 +89,12 @@ type Agent struct {
 
 	lostMu  sync.Mutex
 	lostErr error
+
+	// drain is the server's drain; drainGen counts its changes, so that
+	// a superseded deadline does nothing.
+	drainMu  sync.Mutex
+	drain    drainState
+	drainGen uint64
 
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
@@ -169,10 +175,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		leftCh:     make(chan struct{}),
 	}
 	a.interps, err = interp.New(interp.Config{Node: cfg.NodeName, Server: cfg.Role == gossip.RoleServer, Dir: a.interpDir(),
-		Profile: cfg.Profile, Capacity: cfg.Capacity, Kinds: kinds, Self: self},
+		Profile: cfg.Profile, Capacity: cfg.Capacity, Kinds: kinds, Self: self, Reap: cfg.InterpreterReap},
 		interp.Deps{Clock: deps.Clock, Logger: deps.Logger, Done: a.shutdownCh, Elect: a.electForSpawn,
 			Reserve: a.reserve, Release: a.release, AllowSpawn: func(asker string) bool { return a.allow(a.spawnLimit, asker) },
-			Changed: a.publishCounts, Emit: a.emitInterpreterEvent})
+			Changed: a.publishCounts, Emit: a.emitInterpreterEvent, Draining: a.draining})
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +191,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 func (a *Agent) Start() error {
 	if a.cfg.Role == gossip.RoleServer {
 		if err := a.interps.LoadRegistry(); err != nil {
+			return err
+		}
+		if err := a.loadDrain(); err != nil {
 			return err
 		}
 		if a.cfg.DataDir == "" {
@@ -211,20 +220,30 @@ func (a *Agent) Start() error {
 		}
 		a.httpLn = hln
 	}
-	a.gossipMetrics = gossip.EnableMetrics()
+	gossipMetrics, err := gossip.EnableMetrics()
+	if err != nil {
+		a.closeListeners()
+		return err
+	}
 	node, err := gossip.Start(gcfg)
 	if err != nil {
 		a.closeListeners()
 		return err
 	}
 	a.node = node
+	if err := a.registerMetrics(gossipMetrics); err != nil {
+		node.Shutdown()
+		a.closeListeners()
+		return fmt.Errorf("metrics: %w", err)
+	}
 
 	a.rpc = rpc.NewServer(ln, &backend{a: a}, rpc.ServerConfig{Token: a.cfg.RPCToken, MaxConns: a.cfg.RPCMaxConns,
-		Logger: a.logger.With("component", "rpc"), OnCommand: a.metrics.rpcRequests.inc})
+		Logger: a.logger.With("component", "rpc"), OnCommand: func(c string) { a.metrics.rpcRequests.WithLabelValues(c).Inc() }})
 	a.rpc.Register(rpc.CommandPlace, a.handlePlace)
 	a.rpc.Register(rpc.CommandSpawn, a.handleSpawn)
 	a.rpc.Register(rpc.CommandInterpreters, a.handleInterpreters)
 	a.rpc.Register(rpc.CommandStopInterpreter, a.handleStopInterpreter)
+	a.rpc.Register(rpc.CommandDrain, a.handleDrain)
 	a.interps.Start(node)
 	if a.cfg.Role == gossip.RoleServer {
 		bidding.Serve(node, a.bid, a.logger.With("component", "placement"))
@@ -278,6 +297,13 @@ func (a *Agent) Start() error {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); defer cancel(); a.recordPeers(changed, time.Second) }()
 	}
+	// The interpreters it re-adopted know the mesh, and it is their
+	// server: contacting them at once relists them everywhere, even when
+	// every agent restarted together and knows nobody else yet.
+	if own := a.interps.MemberAddrs(); len(own) > 0 {
+		a.logger.Info("rejoining through the interpreters re-adopted here", "addrs", own)
+		joinAddrs = append(slices.Clone(joinAddrs), own...)
+	}
 	if len(joinAddrs) > 0 {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.retryJoin(joinAddrs) }()
@@ -298,6 +324,8 @@ func (a *Agent) gossipConfig() (gossip.Config, error) {
 		Tags:      a.initialTags(),
 		Transport: a.deps.Transport,
 		Logger:    a.logger,
+		Reap:      gossip.IsInterpreter,
+		ReapAfter: a.cfg.InterpreterReap,
 	}
 	if a.cfg.AdvertiseAddr != "" {
 		if g.AdvertiseAddr, g.AdvertisePort, err = splitHostPort(a.cfg.AdvertiseAddr); err != nil {

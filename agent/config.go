@@ -42,6 +42,9 @@ type Config struct {
 
 	// Load telemetry and placement (servers).
 	LoadWindow   time.Duration // averaging window of cpu and mem
+	// InterpreterReap is how long interpreter members that left or failed
+	// stay listed; servers keep serf's long timeouts.
+	InterpreterReap time.Duration
 	LoadSource   string        // host, fixed:cpu=40,mem=30, or script:…
 	Publish      state.PublishPolicy
 	Capacity     int           // the most interpreters this server accepts; 0: no limit
@@ -78,6 +81,7 @@ func DefaultConfig() Config {
 		LogFormat:           "text",
 		LeaveTimeout:        10 * time.Second,
 		LoadWindow:          30 * time.Second,
+		InterpreterReap:     time.Minute,
 		LoadSource:          "host",
 		Publish:             state.DefaultPublishPolicy(),
 		PlaceTimeout:        time.Second,
@@ -636,6 +640,8 @@ var options = []Option{
 		func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
 	durationOption("leave-timeout", "how long a graceful leave may take before the agent exits anyway",
 		func(c *Config) *time.Duration { return &c.LeaveTimeout }),
+	durationOption("interpreter-reap", "how long interpreters that left or failed stay listed before the whole mesh forgets them "+
+		"(servers keep serf's 24 h)", func(c *Config) *time.Duration { return &c.InterpreterReap }),
 	durationOption("load-window", "window of the exponential average of cpu and mem that servers publish",
 		func(c *Config) *time.Duration { return &c.LoadWindow }),
 	stringOption("load-source", "where load comes from: host (gopsutil), fixed:cpu=40,mem=30, or script:0s=cpu/mem,30s=cpu/mem,…",

@@ -36,6 +36,7 @@ type MemberJSON struct {
 	Mem          *float64          `json:"mem,omitempty"`
 	Interpreters *int              `json:"interpreters,omitempty"`
 	Capacity     int               `json:"capacity,omitempty"` // servers: the most they accept; 0 no limit
+	Draining     bool              `json:"draining,omitempty"` // servers: taking no new interpreters
 	Host         string            `json:"host,omitempty"`     // interpreters: their server
 	Kind         string            `json:"kind,omitempty"`     // interpreters
 	Endpoint     string            `json:"endpoint,omitempty"`
@@ -56,6 +57,7 @@ func MemberView(name string, addr net.IP, port uint16, status string, tags map[s
 		ni := t.Interpreters
 		v.Interpreters = &ni
 		v.Capacity = t.Capacity
+		v.Draining = t.Draining
 	}
 	return v
 }
@@ -183,6 +185,7 @@ type InterpreterJSON struct {
 	Restart    string `json:"restart"`
 	Restarts   int    `json:"restarts"`
 	Generation int    `json:"generation"`
+	Ended      string `json:"ended,omitempty"`
 }
 
 // InterpretersView renders interpreters for JSON output.
@@ -191,14 +194,15 @@ func InterpretersView(list []rpc.InterpreterView) []InterpreterJSON {
 	for _, i := range list {
 		out = append(out, InterpreterJSON{Name: i.Name, Kind: i.Kind, Host: i.Host, HostStatus: i.HostStatus,
 			Status: i.Status, Endpoint: i.Endpoint, PID: i.PID, RequestID: i.RequestID,
-			Restart: i.Restart, Restarts: i.Restarts, Generation: i.Generation})
+			Restart: i.Restart, Restarts: i.Restarts, Generation: i.Generation, Ended: i.Ended})
 	}
 	return out
 }
 
 func (a *Agent) httpInterpreters(w http.ResponseWriter, r *http.Request) {
-	resp, _ := a.handleInterpreters(rpc.Body{})
-	writeJSONResponse(w, map[string]any{"interpreters": InterpretersView(resp.(rpc.InterpretersResponse).Interpreters)})
+	// Every interpreter the agent lists, gone ones too (the dashboard
+	// shows how they ended); ?live=1 keeps only the live ones.
+	writeJSONResponse(w, map[string]any{"interpreters": InterpretersView(a.interps.List(r.URL.Query().Get("live") != "1"))})
 }
 
 func (a *Agent) httpSelf(w http.ResponseWriter, r *http.Request) {
@@ -286,7 +290,7 @@ func (a *Agent) guardHTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		if !allowed(r.Host) {
-			a.metrics.httpRequests.inc("refused_host")
+			a.metrics.httpRequests.WithLabelValues("refused_host").Inc()
 			http.Error(w, fmt.Sprintf("this agent does not answer to host %q: use its address, or start it with --http-allow-host %s",
 				hostOnly(r.Host), hostOnly(r.Host)), http.StatusMisdirectedRequest)
 			return
@@ -337,7 +341,7 @@ func (a *Agent) countRequests(next http.Handler) http.Handler {
 		if path != "/metrics" && path != "/v1/events" && !isAPIPath(path) {
 			path = "/"
 		}
-		a.metrics.httpRequests.inc(path)
+		a.metrics.httpRequests.WithLabelValues(path).Inc()
 		next.ServeHTTP(w, r)
 	})
 }

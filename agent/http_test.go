@@ -194,7 +194,11 @@ func TestMetricsParseAsPrometheusText(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"agent_rpc_requests_total", "agent_http_requests_total", "agent_tag_updates_total",
-		"agent_members", "agent_spawn_seconds", "memberlist_msg_alive_total", "serf_member_join_total"} {
+		"agent_members", "agent_spawn_seconds", "agent_interpreters", "agent_interpreter_events_total",
+		// serf's and memberlist's through go-metrics' Prometheus sink
+		"memberlist_msg_alive", "serf_member_join",
+		// the Go and process collectors every Prometheus dashboard expects
+		"go_goroutines", "go_memstats_alloc_bytes", "process_resident_memory_bytes", "process_cpu_seconds_total"} {
 		if !seen[want] {
 			t.Errorf("/metrics lacks %s", want)
 		}

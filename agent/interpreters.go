@@ -76,7 +76,7 @@ func (a *Agent) publishCounts() {
 // the metrics; the lifecycle has logged it already, which `agent monitor`
 // shows.
 func (a *Agent) emitInterpreterEvent(e interp.Event) {
-	a.metrics.interpreterEvents.inc(strings.TrimPrefix(e.Type, "interpreter-"))
+	a.metrics.interpreterEvents.WithLabelValues(strings.TrimPrefix(e.Type, "interpreter-")).Inc()
 	a.events.publish(e)
 }
 
@@ -88,21 +88,25 @@ func (a *Agent) handleSpawn(body rpc.Body) (any, error) {
 	}
 	start := time.Now()
 	resp := a.interps.Spawn(context.Background(), req)
-	a.metrics.spawnLatency.observe(time.Since(start))
+	a.metrics.spawnLatency.Observe(time.Since(start).Seconds())
 	switch {
 	case resp.Code != "":
-		a.metrics.spawns.inc(strings.ReplaceAll(resp.Code, "-", "_"))
+		a.metrics.spawns.WithLabelValues(strings.ReplaceAll(resp.Code, "-", "_")).Inc()
 	case resp.Existing:
-		a.metrics.spawns.inc("existing")
+		a.metrics.spawns.WithLabelValues("existing").Inc()
 	default:
-		a.metrics.spawns.inc("started")
+		a.metrics.spawns.WithLabelValues("started").Inc()
 	}
 	return resp, nil
 }
 
 // handleInterpreters lists every interpreter in this agent's view.
-func (a *Agent) handleInterpreters(rpc.Body) (any, error) {
-	return rpc.InterpretersResponse{Interpreters: a.interps.List()}, nil
+func (a *Agent) handleInterpreters(body rpc.Body) (any, error) {
+	var req rpc.InterpretersRequest
+	if err := body.Decode(&req); err != nil {
+		return nil, fmt.Errorf("bad interpreters request: %w", err)
+	}
+	return rpc.InterpretersResponse{Interpreters: a.interps.List(req.All)}, nil
 }
 
 // handleStopInterpreter stops an interpreter wherever it runs.

@@ -1,111 +1,108 @@
 package agent
 
 import (
-	"fmt"
-	"io"
 	"net/http"
-	"sort"
 	"strings"
-	"sync"
-	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshagent/agent/gossip"
 )
 
-// counterVec is a Prometheus counter with one label. Safe for concurrent use.
-type counterVec struct {
-	name, help, label string
-	mu                sync.Mutex
-	m                 map[string]uint64
-}
-
-func newCounterVec(name, help, label string) *counterVec {
-	return &counterVec{name: name, help: help, label: label, m: map[string]uint64{}}
-}
-
-func (c *counterVec) inc(value string) {
-	c.mu.Lock()
-	c.m[value]++
-	c.mu.Unlock()
-}
-
-func (c *counterVec) write(w io.Writer) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n", c.name, c.help, c.name)
-	keys := make([]string, 0, len(c.m))
-	for k := range c.m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(w, "%s{%s=%q} %d\n", c.name, c.label, k, c.m[k])
-	}
-}
-
-// histogram is a Prometheus histogram of seconds. Safe for concurrent use.
-type histogram struct {
-	name, help string
-	bounds     []float64
-	mu         sync.Mutex
-	counts     []uint64 // per bound, not cumulative; the last is +Inf
-	sum        float64
-	count      uint64
-}
-
-func newHistogram(name, help string, bounds ...float64) *histogram {
-	return &histogram{name: name, help: help, bounds: bounds, counts: make([]uint64, len(bounds)+1)}
-}
-
-func (h *histogram) observe(d time.Duration) {
-	v := d.Seconds()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	i := sort.SearchFloat64s(h.bounds, v)
-	h.counts[i]++
-	h.sum += v
-	h.count++
-}
-
-func (h *histogram) write(w io.Writer) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s histogram\n", h.name, h.help, h.name)
-	var cum uint64
-	for i, b := range h.bounds {
-		cum += h.counts[i]
-		fmt.Fprintf(w, "%s_bucket{le=\"%g\"} %d\n", h.name, b, cum)
-	}
-	fmt.Fprintf(w, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %g\n%s_count %d\n", h.name, h.count, h.name, h.sum, h.name, h.count)
-}
-
 // agentMetrics are the agent's own figures, next to serf's and memberlist's.
 type agentMetrics struct {
-	placements   *counterVec
-	spawns       *counterVec
-	spawnLatency *histogram
-	placeLatency *histogram
-	bidsRefused  *counterVec
-	rpcRequests  *counterVec
-	httpRequests *counterVec
-	// interpreterEvents counts the lifecycle's events: started, exited,
-	// restart, gave-up, replaced, duplicate.
-	interpreterEvents *counterVec
+	registry     *prometheus.Registry
+	handler      http.Handler // /metrics
+	placements   *prometheus.CounterVec
+	spawns       *prometheus.CounterVec
+	spawnLatency prometheus.Histogram
+	placeLatency prometheus.Histogram
+	bidsRefused  *prometheus.CounterVec
+	rpcRequests  *prometheus.CounterVec
+	httpRequests *prometheus.CounterVec
+	// interpreterEvents counts the lifecycle's events by type: started,
+	// exited, stopped, restart, gave-up, replaced, duplicate, reaped.
+	interpreterEvents *prometheus.CounterVec
 }
 
+// newAgentMetrics builds the agent's registry: its own series, Go's and
+// the process's (the collectors every Prometheus dashboard expects), and,
+// once the node starts, serf's and memberlist's through go-metrics.
 func newAgentMetrics() *agentMetrics {
-	return &agentMetrics{
-		placements:   newCounterVec("agent_placements_total", "Elections this agent ran as the asker, by outcome.", "outcome"),
-		spawns:       newCounterVec("agent_spawns_total", "Spawn requests this agent handled as the asker, by outcome.", "outcome"),
-		spawnLatency: newHistogram("agent_spawn_seconds", "Time from a spawn request to its answer (to alive, with --wait).", 0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30),
-		placeLatency: newHistogram("agent_place_seconds", "Time to collect bids and elect.", 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2),
-		bidsRefused:  newCounterVec("agent_bids_refused_total", "Place queries this server answered with a refusal, by reason.", "reason"),
-		rpcRequests:  newCounterVec("agent_rpc_requests_total", "RPC requests served, by command.", "command"),
-		httpRequests: newCounterVec("agent_http_requests_total", "HTTP requests served, by path.", "path"),
-		interpreterEvents: newCounterVec("agent_interpreter_events_total",
-			"Interpreter lifecycle events this agent saw or caused, by type (started, exited, restart, gave-up, replaced, duplicate).", "type"),
+	counter := func(name, help, label string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label})
 	}
+	m := &agentMetrics{
+		registry:   prometheus.NewRegistry(),
+		placements: counter("agent_placements_total", "Elections this agent ran as the asker, by outcome.", "outcome"),
+		spawns:     counter("agent_spawns_total", "Spawn requests this agent handled as the asker, by outcome.", "outcome"),
+		spawnLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "agent_spawn_seconds",
+			Help:    "Time from a spawn request to its answer (to alive, with --wait).",
+			Buckets: []float64{0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30}}),
+		placeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "agent_place_seconds",
+			Help: "Time to collect bids and elect.", Buckets: []float64{0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2}}),
+		bidsRefused:  counter("agent_bids_refused_total", "Place queries this server answered with a refusal, by reason.", "reason"),
+		rpcRequests:  counter("agent_rpc_requests_total", "RPC requests served, by command.", "command"),
+		httpRequests: counter("agent_http_requests_total", "HTTP requests served, by path.", "path"),
+		interpreterEvents: counter("agent_interpreter_events_total", "Interpreter lifecycle events this agent saw or caused, "+
+			"by type (started, exited, stopped, restart, gave-up, replaced, duplicate, reaped).", "type"),
+	}
+	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.placements, m.spawns, m.spawnLatency, m.placeLatency, m.bidsRefused, m.rpcRequests, m.httpRequests, m.interpreterEvents)
+	// Every event type is a series from the start, at 0, so that a rate
+	// over it works before the first event.
+	for _, t := range []string{"started", "exited", "stopped", "restart", "gave-up", "replaced", "duplicate", "reaped"} {
+		m.interpreterEvents.WithLabelValues(t)
+	}
+	m.handler = promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+	return m
 }
+
+// register adds the agent's gauges, read at each scrape, and serf's and
+// memberlist's figures.
+func (a *Agent) registerMetrics(gossipMetrics prometheus.Collector) error {
+	gauge := func(name, help string, value func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, value)
+	}
+	members := prometheus.NewDesc("agent_members", "Members this agent sees, by status.", []string{"status"}, nil)
+	for _, c := range []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_tag_updates_total", Help: "Load publications to this agent's tags."},
+			func() float64 { return float64(a.loadUpdates()) }),
+		gauge("agent_interpreters", "Interpreters this server runs.", func() float64 { return float64(a.runningInterpreters()) }),
+		gauge("agent_draining", "1 while this server is draining.", func() float64 {
+			if a.draining() {
+				return 1
+			}
+			return 0
+		}),
+		collectorFunc{desc: members, collect: func(ch chan<- prometheus.Metric) {
+			counts := map[gossip.Status]int{}
+			for _, mem := range a.node.Members() {
+				counts[mem.Status]++
+			}
+			for _, s := range []gossip.Status{gossip.StatusAlive, gossip.StatusLeaving, gossip.StatusLeft, gossip.StatusFailed} {
+				ch <- prometheus.MustNewConstMetric(members, prometheus.GaugeValue, float64(counts[s]), string(s))
+			}
+		}},
+		gossipMetrics,
+	} {
+		if err := a.metrics.registry.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// collectorFunc is a collector of one family computed at each scrape.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric)  { c.collect(ch) }
 
 // refusalReason turns a refusal sentence into a short metric label.
 func refusalReason(refusal string) string {
@@ -117,28 +114,4 @@ func refusalReason(refusal string) string {
 	return "other"
 }
 
-func (a *Agent) httpMetrics(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	m := a.metrics
-	m.placements.write(w)
-	m.spawns.write(w)
-	m.spawnLatency.write(w)
-	m.placeLatency.write(w)
-	m.bidsRefused.write(w)
-	m.rpcRequests.write(w)
-	m.httpRequests.write(w)
-	m.interpreterEvents.write(w)
-	fmt.Fprintf(w, "# HELP agent_tag_updates_total Load publications to this agent's tags.\n# TYPE agent_tag_updates_total counter\nagent_tag_updates_total %d\n", a.loadUpdates())
-	fmt.Fprintf(w, "# HELP agent_interpreters Interpreters this server runs.\n# TYPE agent_interpreters gauge\nagent_interpreters %d\n", a.runningInterpreters())
-	counts := map[gossip.Status]int{}
-	for _, mem := range a.node.Members() {
-		counts[mem.Status]++
-	}
-	fmt.Fprintf(w, "# HELP agent_members Members this agent sees, by status.\n# TYPE agent_members gauge\n")
-	for _, s := range []gossip.Status{gossip.StatusAlive, gossip.StatusLeaving, gossip.StatusLeft, gossip.StatusFailed} {
-		fmt.Fprintf(w, "agent_members{status=%q} %d\n", s, counts[s])
-	}
-	if a.gossipMetrics != nil {
-		a.gossipMetrics.WritePrometheus(w, "")
-	}
-}
+func (a *Agent) httpMetrics(w http.ResponseWriter, r *http.Request) { a.metrics.handler.ServeHTTP(w, r) }

@@ -35,6 +35,9 @@ func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 		b.Refusal = "shutting down"
 	default:
 	}
+	if b.Refusal == "" && a.draining() {
+		b.Refusal = "draining: this server takes no new interpreters (agent drain --undo ends it)"
+	}
 	if b.Refusal == "" && !a.allow(a.placeLimit, asker) {
 		b.Refusal = fmt.Sprintf("rate limited: %s sent more than %g place queries a second (--place-rate-limit)", asker, a.cfg.PlaceRate)
 	}
@@ -45,7 +48,7 @@ func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 		b.Refusal = a.interps.KindRefusal(req.Kind)
 	}
 	if b.Refusal != "" {
-		a.metrics.bidsRefused.inc(refusalReason(b.Refusal))
+		a.metrics.bidsRefused.WithLabelValues(refusalReason(b.Refusal)).Inc()
 	}
 	return b
 }
@@ -76,16 +79,16 @@ func (a *Agent) elect(ctx context.Context, req placement.Request, timeout time.D
 		}
 	}
 	e.Elapsed = time.Since(start)
-	a.metrics.placeLatency.observe(e.Elapsed)
+	a.metrics.placeLatency.Observe(e.Elapsed.Seconds())
 	switch {
 	case e.Err == nil:
-		a.metrics.placements.inc("elected")
+		a.metrics.placements.WithLabelValues("elected").Inc()
 	case errors.Is(e.Err, bidding.ErrNoServers):
-		a.metrics.placements.inc("no_server")
+		a.metrics.placements.WithLabelValues("no_server").Inc()
 	case errors.Is(e.Err, placement.ErrNoEligibleServer):
-		a.metrics.placements.inc("none_eligible")
+		a.metrics.placements.WithLabelValues("none_eligible").Inc()
 	default:
-		a.metrics.placements.inc("error")
+		a.metrics.placements.WithLabelValues("error").Inc()
 	}
 	return e
 }

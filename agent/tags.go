@@ -33,6 +33,7 @@ func (a *Agent) buildTagsLocked() map[string]string {
 			t.Interpreters = a.runningInterpreters()
 		}
 		t.Capacity = a.cfg.Capacity
+		t.Draining = a.draining()
 	}
 	return t.Map()
 }

@@ -91,8 +91,12 @@ func writeMembersTable(w io.Writer, views []agent.MemberJSON) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tROLE\tCPU\tMEM\tINTERP\tTAGS")
 	for _, v := range views {
+		role := gossip.OneLine(dash(v.Role))
+		if v.Draining {
+			role += " (draining)"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", gossip.OneLine(v.Name),
-			net.JoinHostPort(v.Addr, strconv.Itoa(int(v.Port))), v.Status, gossip.OneLine(dash(v.Role)),
+			net.JoinHostPort(v.Addr, strconv.Itoa(int(v.Port))), v.Status, role,
 			percent(v.CPU), percent(v.Mem), count(v.Interpreters), otherTags(v.Tags))
 	}
 	tw.Flush()

@@ -107,10 +107,13 @@ func spawnJSON(r rpc.SpawnResponse) map[string]any {
 func interpretersCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "interpreters",
-		Usage: "list the interpreters in the mesh, with their host server and status",
-		Flags: append(rpcFlags(), formatFlag()),
+		Usage: "list the live interpreters in the mesh, with their host server and status",
+		Description: "--all adds the interpreters that ended within the reap window (--interpreter-reap of `agent run`),\n" +
+			"with how they ended: an exit status, stopped, duplicate, gave up, host failed or supervisor failed.",
+		Flags: append(rpcFlags(), formatFlag(),
+			&ucli.BoolFlag{Name: "all", Usage: "also list the interpreters that ended within the reap window, and how"}),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
-			list, err := cl.Interpreters()
+			list, err := cl.Interpreters(c.Bool("all"))
 			if err != nil {
 				return err
 			}
@@ -128,7 +131,10 @@ func writeInterpretersTable(w io.Writer, list []rpc.InterpreterView) {
 	fmt.Fprintln(tw, "NAME\tKIND\tHOST\tSTATUS\tENDPOINT\tPID\tRESTART")
 	for _, i := range list {
 		status := i.Status
-		if i.HostStatus != "alive" {
+		switch {
+		case i.Ended != "":
+			status += ": " + i.Ended
+		case i.HostStatus != "alive":
 			status += " (host " + i.HostStatus + ")"
 		}
 		restart := i.Restart

@@ -59,6 +59,28 @@ type Config struct {
 
 	// EventBuffer sizes the channel from serf; default 1024.
 	EventBuffer int
+
+	// Reap, when set, gives the members for which it returns true a
+	// shorter life after they left or failed than serf's (24 hours): they
+	// are forgotten after ReapAfter. serf's reaper then runs every
+	// ReapAfter/4 (between 1 s and serf's 15 s).
+	Reap      func(tags map[string]string) bool
+	ReapAfter time.Duration
+}
+
+// reapOverride is serf's per-member reconnect timeout: the members Reap
+// picks are forgotten after ReapAfter, left or failed alike (serf applies
+// it to both lists).
+type reapOverride struct {
+	pick  func(map[string]string) bool
+	after time.Duration
+}
+
+func (r reapOverride) ReconnectTimeout(m *serf.Member, timeout time.Duration) time.Duration {
+	if r.pick(m.Tags) && r.after < timeout {
+		return r.after
+	}
+	return timeout
 }
 
 // Node is one running member of the mesh. All methods are safe for
@@ -147,6 +169,10 @@ func Start(cfg Config) (*Node, error) {
 	sc.SnapshotPath = cfg.SnapshotPath
 	sc.RejoinAfterLeave = cfg.RejoinAfterLeave
 	sc.KeyringFile = cfg.KeyringFile
+	if cfg.Reap != nil && cfg.ReapAfter > 0 {
+		sc.ReconnectTimeoutOverride = reapOverride{pick: cfg.Reap, after: cfg.ReapAfter}
+		sc.ReapInterval = min(max(cfg.ReapAfter/4, time.Second), sc.ReapInterval)
+	}
 
 	s, err := serf.Create(sc)
 	if err != nil {

@@ -36,16 +36,21 @@ const (
 	TagRestarts  = "rc"   // how often its supervisor restarted it
 	TagGen       = "gen"  // how often the mesh re-placed it after its host failed
 	TagArgs      = "args" // its extra arguments (JSON), kept only with a restart policy
+	TagEnd       = "end"  // how it ended, set just before it leaves
+	TagDrain     = "drain" // a server that takes no new interpreters ("1")
 )
 
 var reservedTags = map[string]bool{
 	TagRole: true, TagCPU: true, TagMem: true, TagRunning: true, TagCapacity: true,
 	TagKind: true, TagHost: true, TagRequestID: true, TagEndpoint: true, TagPID: true,
-	TagRestart: true, TagRestarts: true, TagGen: true, TagArgs: true,
+	TagRestart: true, TagRestarts: true, TagGen: true, TagArgs: true, TagEnd: true, TagDrain: true,
 }
 
 // IsReservedTag reports whether key is one of the tags the agent sets itself.
 func IsReservedTag(key string) bool { return reservedTags[key] }
+
+// IsInterpreter reports whether a member's tags say it is an interpreter.
+func IsInterpreter(tags map[string]string) bool { return tags[TagRole] == string(RoleInterpreter) }
 
 // Role says what a member is in the mesh.
 type Role string
@@ -81,6 +86,7 @@ type Tags struct {
 	Load         *Load // nil until the first average is known
 	Interpreters int   // ni: interpreters running on the server
 	Capacity     int   // cap: the most the server accepts; 0 means no limit
+	Draining     bool  // drain: it takes no new interpreters
 
 	// Interpreters.
 	Kind      string
@@ -92,6 +98,7 @@ type Tags struct {
 	Restarts  int      // restarts on its host so far
 	Gen       int      // re-placements after a host failure so far
 	Args      []string // the request's extra arguments, with a restart policy
+	End       string   // how it ended ("exited 0", "stopped", …), once it did
 
 	// Extra holds the user's own tags (--tag k=v).
 	Extra map[string]string
@@ -119,6 +126,9 @@ func (t Tags) Map() map[string]string {
 	if t.Capacity > 0 {
 		m[TagCapacity] = strconv.Itoa(t.Capacity)
 	}
+	if t.Draining {
+		m[TagDrain] = "1"
+	}
 	setIf(m, TagKind, t.Kind)
 	setIf(m, TagHost, t.Host)
 	setIf(m, TagRequestID, t.RequestID)
@@ -133,6 +143,7 @@ func (t Tags) Map() map[string]string {
 	if t.Gen > 0 {
 		m[TagGen] = strconv.Itoa(t.Gen)
 	}
+	setIf(m, TagEnd, t.End)
 	if len(t.Args) > 0 {
 		data, _ := json.Marshal(t.Args) // a []string always encodes
 		m[TagArgs] = string(data)
@@ -177,7 +188,8 @@ func ParseTags(m map[string]string) (Tags, error) {
 		return n
 	}
 	t.Interpreters, t.Capacity, t.PID = num(TagRunning), num(TagCapacity), num(TagPID)
-	t.Restart, t.Restarts, t.Gen = m[TagRestart], num(TagRestarts), num(TagGen)
+	t.Restart, t.Restarts, t.Gen, t.End = m[TagRestart], num(TagRestarts), num(TagGen), m[TagEnd]
+	t.Draining = m[TagDrain] == "1"
 	if v, ok := m[TagArgs]; ok {
 		if err := json.Unmarshal([]byte(v), &t.Args); err != nil {
 			errs = append(errs, fmt.Errorf("tag %s=%q is not a JSON list of strings", TagArgs, v))

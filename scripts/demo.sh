@@ -10,8 +10,34 @@ bin=${AGENT_BIN:-$root/bin/agent}
 work=$(mktemp -d "${TMPDIR:-/tmp}/agent-demo.XXXXXX")
 pids=()
 
+# supervisors lists the interpreter supervisors this demo's agents started
+# (`agent interpreter --spec $work/...`): they run detached, in sessions of
+# their own, so stopping the agents does not stop them.
+supervisors() {
+  for d in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+    case "$cmd" in
+      *" interpreter --spec $work/"*) echo "${d#/proc/}" ;;
+    esac
+  done
+}
+
 stop_all() {
   trap - EXIT INT TERM
+  # Interpreters first: each supervisor stops its interpreter's process
+  # group (SIGTERM, then SIGKILL after its grace) and leaves the mesh.
+  sups=$(supervisors)
+  if [ -n "$sups" ]; then
+    echo
+    echo "stopping $(echo "$sups" | wc -w) interpreters..."
+    kill -TERM $sups 2>/dev/null || true
+    for _ in $(seq 1 150); do
+      [ -z "$(supervisors)" ] && break
+      sleep 0.1
+    done
+    sups=$(supervisors)
+    [ -n "$sups" ] && kill -KILL $sups 2>/dev/null || true
+  fi
   if [ ${#pids[@]} -gt 0 ]; then
     echo
     echo "stopping ${#pids[@]} agents (graceful leave)..."

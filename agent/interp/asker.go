@@ -341,10 +341,16 @@ func (l *Lifecycle) askOne(ctx context.Context, node, name string, payload []byt
 	}
 }
 
-// List is every interpreter in this agent's view, sorted by name.
-func (l *Lifecycle) List() []rpc.InterpreterView {
+// List is the interpreters in this agent's view, sorted by name: the live
+// ones (alive or leaving), and with all those gone too, until the mesh
+// reaps them, with how they ended.
+func (l *Lifecycle) List(all bool) []rpc.InterpreterView {
 	var out []rpc.InterpreterView
 	for _, in := range Instances(l.deps.Node.Members()) {
+		live := in.Status == gossip.StatusAlive || in.Status == gossip.StatusLeaving
+		if !live && !all {
+			continue
+		}
 		host := string(in.HostStatus)
 		if host == "" {
 			host = "unknown"
@@ -356,10 +362,25 @@ func (l *Lifecycle) List() []rpc.InterpreterView {
 		}
 		out = append(out, rpc.InterpreterView{Name: in.Name, Kind: t.Kind, Host: t.Host, HostStatus: host,
 			Status: string(in.Status), Endpoint: t.Endpoint, PID: t.PID, RequestID: t.RequestID,
-			Restart: restart, Restarts: t.Restarts, Generation: t.Gen})
+			Restart: restart, Restarts: t.Restarts, Generation: t.Gen, Ended: ended(in)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// ended says how a gone interpreter ended, as far as the view tells.
+func ended(in Instance) string {
+	switch {
+	case in.Status == gossip.StatusLeft && in.Tags.End != "":
+		return in.Tags.End
+	case in.Status == gossip.StatusLeft:
+		return "left"
+	case in.Status != gossip.StatusFailed:
+		return ""
+	case in.HostStatus == gossip.StatusFailed || in.HostStatus == gossip.StatusLeft || in.HostStatus == gossip.StatusNone:
+		return "host failed"
+	}
+	return "supervisor failed"
 }
 
 // Stop stops an interpreter wherever it runs: the order goes to its host

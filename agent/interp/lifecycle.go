@@ -24,6 +24,9 @@ type Config struct {
 	Self     string // this binary, which supervisors run
 	// StopGrace is how long an interpreter has between SIGTERM and SIGKILL.
 	StopGrace time.Duration
+	// Reap is how long interpreter members stay listed after they left or
+	// failed; supervisors forget them after it too.
+	Reap time.Duration
 }
 
 // Election is one run of the place query and the decision.
@@ -52,6 +55,8 @@ type Deps struct {
 	Changed func()
 	// Emit hands a lifecycle event to the operators' streams; nil drops it.
 	Emit func(Event)
+	// Draining says the server takes no new interpreters; nil: never.
+	Draining func() bool
 }
 
 // Event is something that happened to an interpreter that operators want
@@ -77,6 +82,8 @@ const (
 	EventGaveUp    = "interpreter-gave-up"
 	EventReplaced  = "interpreter-replaced"
 	EventDuplicate = "interpreter-duplicate"
+	EventStopped   = "interpreter-stopped"
+	EventReaped    = "interpreter-reaped"
 )
 
 // Lifecycle is one agent's part in the interpreters' life: on a server, it
@@ -152,6 +159,14 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 	cancel := node.Subscribe(func(e gossip.Event) {
 		if e.Type == gossip.EventUser || e.Type == gossip.EventQuery {
 			return
+		}
+		if e.Type == gossip.EventMemberReap {
+			for _, m := range e.Members {
+				if gossip.IsInterpreter(m.Tags) {
+					l.logger.Debug("interpreter-reaped: forgotten after the reap window", "interpreter", m.Name)
+					l.emit(Event{Type: EventReaped, Interpreter: m.Name, RequestID: m.Tags[gossip.TagRequestID], Host: m.Tags[gossip.TagHost]})
+				}
+			}
 		}
 		select {
 		case changed <- struct{}{}:

@@ -140,6 +140,21 @@ func (l *Lifecycle) saveRegistryLocked() error {
 	return durable.WriteFile(l.registryPath(), data, 0o600)
 }
 
+// MemberAddrs lists the gossip addresses of the interpreters this server
+// runs (re-adopted after a restart, say), from their specs.
+func (l *Lifecycle) MemberAddrs() []string {
+	l.regMu.Lock()
+	list := l.registry.List()
+	l.regMu.Unlock()
+	var out []string
+	for _, i := range list {
+		if spec, err := LoadSpec(i.Spec); err == nil {
+			out = append(out, spec.Gossip)
+		}
+	}
+	return out
+}
+
 // Running counts the live interpreters this server started. Safe for
 // concurrent use.
 func (l *Lifecycle) Running() int {
@@ -240,6 +255,9 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 		return spawnAnswer{Refusal: "shutting down"}
 	default:
 	}
+	if l.deps.Draining != nil && l.deps.Draining() {
+		return spawnAnswer{Refusal: "draining: this server takes no new interpreters"}
+	}
 
 	l.regMu.Lock()
 	for {
@@ -339,7 +357,7 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 		OutputLog: filepath.Join(dir, "output.log"),
 		StopGrace: l.cfg.StopGrace,
 		User:      kind.User, UID: kind.UID, GID: kind.GID,
-		Restart: o.Restart, Gen: o.Gen, Restarts: restarts,
+		Restart: o.Restart, Gen: o.Gen, Restarts: restarts, Reap: l.cfg.Reap,
 	}
 	if o.Restart == RestartOnFailure {
 		spec.Args = o.Args
@@ -407,6 +425,8 @@ func (l *Lifecycle) supervisorGone(name string) {
 		switch {
 		case exit.GaveUp:
 			ev.Type = EventGaveUp
+		case exit.How == HowStopped:
+			ev.Type = EventStopped
 		case exit.How == HowDuplicate:
 			// Its host says so even if it never saw both alive at once.
 			ev.Type = EventDuplicate
@@ -489,6 +509,23 @@ func (l *Lifecycle) watchSupervisors() {
 			l.supervisorGone(name)
 		}
 	}
+}
+
+// StopAll tells every interpreter of this server to stop (its supervisor
+// stops it, SIGTERM then SIGKILL after the grace, and leaves) and returns
+// how many it told.
+func (l *Lifecycle) StopAll(why string) int {
+	l.regMu.Lock()
+	list := l.registry.List()
+	l.regMu.Unlock()
+	n := 0
+	for _, i := range list {
+		if syscall.Kill(i.SupervisorPID, syscall.SIGTERM) == nil {
+			n++
+			l.logger.Info("stopping interpreter", "interpreter", i.Name, "why", why)
+		}
+	}
+	return n
 }
 
 // handleStopOrder answers the stop query: signal the supervisor, which

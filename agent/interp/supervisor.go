@@ -51,6 +51,8 @@ type Spec struct {
 	Backoff *Backoff `json:"backoff,omitempty"`
 	// Restarts is how often the host already restarted this request.
 	Restarts int `json:"restarts,omitempty"`
+	// Reap is how long interpreter members stay listed after they ended.
+	Reap time.Duration `json:"reap,omitempty"`
 	// User, UID and GID, when User is set, are the account the
 	// interpreter runs as.
 	User string `json:"user,omitempty"`
@@ -266,6 +268,17 @@ wait:
 	code := exitCode(waitErr)
 	writeExit(spec, end, waitErr)
 	logger.Info("interpreter ended; leaving the mesh", "pid", pid, "how", end.How, "status", describeExit(waitErr), "code", code)
+	// Say how it ended before leaving, so that every list can show it.
+	tags.End = end.How
+	switch {
+	case end.GaveUp:
+		tags.End = "gave up (" + describeExit(waitErr) + ")"
+	case end.How == HowExited:
+		tags.End = describeExit(waitErr)
+	}
+	if err := node.SetTags(tags.Map()); err != nil {
+		logger.Warn("how it ended not published", "err", err)
+	}
 	if err := node.Leave(); err != nil {
 		logger.Warn("leave failed", "err", err)
 	}
@@ -399,7 +412,7 @@ func startSupervisorNode(spec Spec, tags map[string]string, logger *slog.Logger)
 		keys = append(keys, key)
 	}
 	node, err := gossip.Start(gossip.Config{Name: spec.Name, BindAddr: host, BindPort: port, Profile: spec.Profile,
-		Tags: tags, Keys: keys, Logger: logger})
+		Tags: tags, Keys: keys, Logger: logger, Reap: gossip.IsInterpreter, ReapAfter: spec.Reap})
 	if err != nil {
 		return nil, err
 	}

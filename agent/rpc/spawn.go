@@ -66,6 +66,15 @@ type InterpreterView struct {
 	Restart    string // the restart policy
 	Restarts   int    // how often it was restarted on its host
 	Generation int    // how often the mesh re-placed it after its host failed
+	// Ended says how a gone interpreter ended: "exit status 3", "stopped",
+	// "duplicate", "gave up (…)", "host failed", "supervisor failed".
+	Ended string
+}
+
+// InterpretersRequest asks for the interpreters in the agent's view: the
+// live ones, and with All those gone within the reap window too.
+type InterpretersRequest struct {
+	All bool
 }
 
 // InterpretersResponse lists the interpreters in the mesh.
@@ -107,10 +116,11 @@ func SpawnBudget(wait time.Duration) time.Duration {
 	return 35*time.Second + wait
 }
 
-// Interpreters lists the interpreters in the mesh.
-func (c *Client) Interpreters() ([]InterpreterView, error) {
+// Interpreters lists the live interpreters in the mesh; with all, those
+// gone within the reap window too.
+func (c *Client) Interpreters(all bool) ([]InterpreterView, error) {
 	var resp InterpretersResponse
-	err := c.Call(CommandInterpreters, struct{}{}, &resp)
+	err := c.Call(CommandInterpreters, InterpretersRequest{All: all}, &resp)
 	return resp.Interpreters, err
 }
 

@@ -7,7 +7,8 @@
 
 (() => {
   const EVENT_TYPES = ['member-join', 'member-leave', 'member-failed', 'member-update', 'member-reap'];
-  const RESERVED_TAGS = new Set(['role', 'cpu', 'mem', 'ni', 'cap', 'kind', 'host', 'rid', 'ep', 'pid']);
+  const RESERVED_TAGS = new Set(['role', 'cpu', 'mem', 'ni', 'cap', 'kind', 'host', 'rid', 'ep', 'pid',
+    'rp', 'rc', 'gen', 'args', 'end', 'drain']);
   const STATUS_ORDER = { alive: 0, leaving: 1, failed: 2, left: 3 };
   const SVG_W = 300, SVG_H = 60;
   const HIGH_LOAD = 80;
@@ -280,7 +281,9 @@
     card.dataset.status = status;
     setText($('.name', card), s.name);
     badge($('.badge', card), status);
-    setText($('.addr', card), `${s.addr}:${s.port}`);
+    // A draining server takes no new interpreters: say so beside its address.
+    setText($('.addr', card), `${s.addr}:${s.port}${s.draining ? ' · draining' : ''}`);
+    card.dataset.draining = s.draining ? 'yes' : 'no';
 
     const chips = Object.entries(s.tags || {}).filter(([k]) => !RESERVED_TAGS.has(k))
       .sort(([a], [b]) => byName(a, b)).map(([k, v]) => `${k}=${v}`);

@@ -316,7 +316,7 @@ func interpretersOn(t *testing.T, h *testbed.Host) map[string]interpreter {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	res, err := h.CLI(ctx, "interpreters", "--format", "json")
+	res, err := h.CLI(ctx, "interpreters", "--all", "--format", "json")
 	if err != nil || res.Code != 0 {
 		t.Fatalf("agent interpreters on %s: %v, exit %d: %s", h.Name, err, res.Code, res.Stderr)
 	}
