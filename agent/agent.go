@@ -75,13 +75,13 @@ type Agent struct {
 
 	// Operators: the HTTP API, the load history behind its charts, metrics
 	// and event handlers.
-	http          *http.Server
-	httpLn        net.Listener
-	httpCtx       context.Context
-	httpCancel    context.CancelFunc
-	history       *loadHistory
-	metrics       *agentMetrics
-	handlers      []EventHandler
+	http       *http.Server
+	httpLn     net.Listener
+	httpCtx    context.Context
+	httpCancel context.CancelFunc
+	history    *loadHistory
+	metrics    *agentMetrics
+	handlers   []EventHandler
 
 	// The asker's reservations, so that a burst of spawns spreads.
 	ledgerMu sync.Mutex

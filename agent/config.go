@@ -41,14 +41,14 @@ type Config struct {
 	LeaveTimeout  time.Duration
 
 	// Load telemetry and placement (servers).
-	LoadWindow   time.Duration // averaging window of cpu and mem
+	LoadWindow time.Duration // averaging window of cpu and mem
 	// InterpreterReap is how long interpreter members that left or failed
 	// stay listed; servers keep serf's long timeouts.
 	InterpreterReap time.Duration
-	LoadSource   string        // host, fixed:cpu=40,mem=30, or script:…
-	Publish      state.PublishPolicy
-	Capacity     int           // the most interpreters this server accepts; 0: no limit
-	PlaceTimeout time.Duration // how long an asker waits for bids
+	LoadSource      string // host, fixed:cpu=40,mem=30, or script:…
+	Publish         state.PublishPolicy
+	Capacity        int           // the most interpreters this server accepts; 0: no limit
+	PlaceTimeout    time.Duration // how long an asker waits for bids
 
 	InterpretersFile string // kinds this server may start, besides demo
 

@@ -102,7 +102,7 @@ type collectorFunc struct {
 }
 
 func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
-func (c collectorFunc) Collect(ch chan<- prometheus.Metric)  { c.collect(ch) }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 // refusalReason turns a refusal sentence into a short metric label.
 func refusalReason(refusal string) string {
@@ -114,4 +114,6 @@ func refusalReason(refusal string) string {
 	return "other"
 }
 
-func (a *Agent) httpMetrics(w http.ResponseWriter, r *http.Request) { a.metrics.handler.ServeHTTP(w, r) }
+func (a *Agent) httpMetrics(w http.ResponseWriter, r *http.Request) {
+	a.metrics.handler.ServeHTTP(w, r)
+}

@@ -32,11 +32,11 @@ const (
 	TagRequestID = "rid"
 	TagEndpoint  = "ep"
 	TagPID       = "pid"
-	TagRestart   = "rp"   // an interpreter's restart policy, when not "no"
-	TagRestarts  = "rc"   // how often its supervisor restarted it
-	TagGen       = "gen"  // how often the mesh re-placed it after its host failed
-	TagArgs      = "args" // its extra arguments (JSON), kept only with a restart policy
-	TagEnd       = "end"  // how it ended, set just before it leaves
+	TagRestart   = "rp"    // an interpreter's restart policy, when not "no"
+	TagRestarts  = "rc"    // how often its supervisor restarted it
+	TagGen       = "gen"   // how often the mesh re-placed it after its host failed
+	TagArgs      = "args"  // its extra arguments (JSON), kept only with a restart policy
+	TagEnd       = "end"   // how it ended, set just before it leaves
 	TagDrain     = "drain" // a server that takes no new interpreters ("1")
 )
 
