@@ -19,11 +19,11 @@ func percentile(sorted []float64, q float64) float64 {
 }
 
 // benchServers starts n server agents (real processes) with equal load.
-func benchServers(b *testing.B, n int) []*testAgent {
+func benchServers(b *testing.B, n int, extra ...string) []*testAgent {
 	var agents []*testAgent
 	for i := 1; i <= n; i++ {
 		a := newTestAgent(b, i)
-		args := []string{"--load-source", "fixed:cpu=30,mem=30", "--log-level", "warn"}
+		args := append([]string{"--load-source", "fixed:cpu=30,mem=30", "--log-level", "warn"}, extra...)
 		if i > 1 {
 			args = append(args, "--join", agents[0].gossip)
 		}
