@@ -159,6 +159,10 @@ func TestOneInterpreterPerKeyThroughAPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	healed := time.Now()
+	waitView(t, b, "the five servers alive in every view", 90*time.Second, b.Hosts, func(v testbed.View) bool {
+		return v.All(b.Hosts, b.Hosts, "alive")
+	})
+	measure(t, "partition 3|2", "heal to the servers' one view", time.Since(healed))
 	for _, r := range []string{rid, ridRestart} {
 		waitFor(t, "one interpreter for "+r+" listed by every host", 60*time.Second, func() bool {
 			_, ok := oneListedEverywhere(t, b.Hosts, r, nil)
@@ -221,11 +225,22 @@ func TestHostCrashFreesItsKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	crashed := time.Now()
+	var detected time.Duration
 	waitFor(t, "the restarting key alive again on a live host in every view", 60*time.Second, func() bool {
+		if detected == 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if b.View(ctx, rest...).All(rest, b.Hosts[4:], "failed") {
+				detected = time.Since(crashed)
+			}
+			cancel()
+		}
 		_, ok := oneListedEverywhere(t, rest, ridRestart, hostSet(rest))
 		return ok
 	})
 	measure(t, "kill -9 (host crash)", "restarted interpreter alive in every view", time.Since(crashed))
+	if detected > 0 {
+		measure(t, "kill -9 (host crash)", "host failed in every view (detection)", detected)
+	}
 	if _, n := processesFor(t, b, ridRestart); n != 1 {
 		t.Fatalf("%d processes for the restarted key", n)
 	}
