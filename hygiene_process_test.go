@@ -253,6 +253,9 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// On any failure, interrupt the script as a user's Ctrl-C would: its
+	// trap stops everything it started (a SIGKILL would orphan them).
+	stopDemo := func() { cmd.Process.Signal(syscall.SIGINT) }
 	done := make(chan error, 1)
 	lines := make(chan string, 100)
 	go func() {
@@ -270,8 +273,15 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 			break
 		}
 	}
-	if _, errOut, code := runCLI(t, "spawn", "--kind", "demo", "--wait", "--rpc-addr", "127.0.0.1:7373"); code != 0 {
-		cmd.Process.Kill()
+	// The demo's servers bid once they have sampled their load.
+	bidding := false
+	for start := time.Now(); !bidding && time.Since(start) < 20*time.Second; time.Sleep(100 * time.Millisecond) {
+		_, _, code := runCLI(t, "place", "--kind", "demo", "--rpc-addr", "127.0.0.1:7373")
+		bidding = code == 0
+	}
+	if _, errOut, code := runCLI(t, "spawn", "--kind", "demo", "--wait", "--rpc-addr", "127.0.0.1:7373"); !bidding || code != 0 {
+		stopDemo()
+		<-done
 		t.Fatalf("spawn inside the demo: %s\n%s", errOut, log.String())
 	}
 	for line := range lines {
@@ -283,7 +293,8 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 			t.Fatalf("demo: %v\n%s", err, log.String())
 		}
 	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
+		stopDemo()
+		<-done
 		t.Fatalf("the demo did not end:\n%s", log.String())
 	}
 	if left := processesOf(agentBin); len(left) > 0 {

@@ -36,7 +36,14 @@ func Instances(members []gossip.Member) []Instance {
 		if t.Role != gossip.RoleInterpreter || t.RequestID == "" {
 			continue
 		}
-		out = append(out, Instance{Name: m.Name, Status: m.Status, Host: t.Host, HostStatus: status[t.Host], Tags: t})
+		st := m.Status
+		if st == gossip.StatusFailed && t.End != "" {
+			// Its supervisor said how it ended, then left; this view missed
+			// serf's leave intent (a gossip that can miss a member) and saw
+			// only memberlist's dead message. It left.
+			st = gossip.StatusLeft
+		}
+		out = append(out, Instance{Name: m.Name, Status: st, Host: t.Host, HostStatus: status[t.Host], Tags: t})
 	}
 	return out
 }

@@ -216,3 +216,21 @@ func TestTracker(t *testing.T) {
 		t.Fatalf("after the first attempt left the window: %s %v", d, ok)
 	}
 }
+
+// TestInstancesTrustTheEndTag: a member serf shows failed whose supervisor
+// published how it ended is an interpreter that left (its leave intent was
+// missed), so it is neither an orphan nor "supervisor failed".
+func TestInstancesTrustTheEndTag(t *testing.T) {
+	tags := gossip.Tags{Role: gossip.RoleInterpreter, RequestID: "r", Host: "h1", Restart: RestartOnFailure, End: "stopped"}.Map()
+	members := []gossip.Member{
+		{Name: "h1", Status: failed, Tags: map[string]string{"role": "server"}},
+		{Name: "a-1", Status: failed, Tags: tags},
+	}
+	view := Instances(members)
+	if len(view) != 1 || view[0].Status != left {
+		t.Fatalf("view %+v, want a-1 left", view)
+	}
+	if o := Orphans(view); len(o) != 0 {
+		t.Fatalf("an interpreter that ended on purpose was re-placed: %+v", o)
+	}
+}
