@@ -304,6 +304,9 @@ func (a *Agent) Start() error {
 		a.logger.Info("rejoining through the interpreters re-adopted here", "addrs", own)
 		joinAddrs = append(slices.Clone(joinAddrs), own...)
 	}
+	// Every subscriber is in place: the events held since the node started
+	// (its own join first) may flow.
+	node.ReleaseEvents()
 	if len(joinAddrs) > 0 {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.retryJoin(joinAddrs) }()
@@ -317,15 +320,16 @@ func (a *Agent) gossipConfig() (gossip.Config, error) {
 		return gossip.Config{}, fmt.Errorf("bind: %w", err)
 	}
 	g := gossip.Config{
-		Name:      a.cfg.NodeName,
-		BindAddr:  host,
-		BindPort:  port,
-		Profile:   a.cfg.Profile,
-		Tags:      a.initialTags(),
-		Transport: a.deps.Transport,
-		Logger:    a.logger,
-		Reap:      gossip.IsInterpreter,
-		ReapAfter: a.cfg.InterpreterReap,
+		Name:       a.cfg.NodeName,
+		BindAddr:   host,
+		BindPort:   port,
+		Profile:    a.cfg.Profile,
+		Tags:       a.initialTags(),
+		Transport:  a.deps.Transport,
+		Logger:     a.logger,
+		Reap:       gossip.IsInterpreter,
+		ReapAfter:  a.cfg.InterpreterReap,
+		HoldEvents: true,
 	}
 	if a.cfg.AdvertiseAddr != "" {
 		if g.AdvertiseAddr, g.AdvertisePort, err = splitHostPort(a.cfg.AdvertiseAddr); err != nil {

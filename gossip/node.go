@@ -60,6 +60,11 @@ type Config struct {
 	// EventBuffer sizes the channel from serf; default 1024.
 	EventBuffer int
 
+	// HoldEvents keeps serf's events (the node's own join among them) in
+	// the buffer until ReleaseEvents, so that subscribers registered right
+	// after Start miss none of them.
+	HoldEvents bool
+
 	// Reap, when set, gives the members for which it returns true a
 	// shorter life after they left or failed than serf's (24 hours): they
 	// are forgotten after ReapAfter. serf's reaper then runs every
@@ -96,9 +101,11 @@ type Node struct {
 	nextSub  uint64
 	handlers map[string]func(*Query)
 
-	stopOnce sync.Once
-	done     chan struct{}
-	wg       sync.WaitGroup
+	stopOnce    sync.Once
+	done        chan struct{}
+	wg          sync.WaitGroup
+	release     chan struct{} // closed when events may flow
+	releaseOnce sync.Once
 
 	// lost is closed when serf shut the node down by itself, which it does
 	// only when it lost a name conflict; conflictWith is the other claimant.
@@ -123,7 +130,10 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{lost: make(chan struct{})}
+	n := &Node{lost: make(chan struct{}), release: make(chan struct{})}
+	if !cfg.HoldEvents {
+		n.ReleaseEvents()
+	}
 	stdLogger := newStdLogger(logger, func(addr string) {
 		n.conflictMu.Lock()
 		n.conflictWith = addr
@@ -227,6 +237,11 @@ func (n *Node) LostErr() error {
 // event delivery: subscribers are documented as non-blocking.
 func (n *Node) dispatch() {
 	defer n.wg.Done()
+	select {
+	case <-n.release:
+	case <-n.done:
+		return
+	}
 	for {
 		select {
 		case <-n.done:
@@ -256,6 +271,10 @@ func (n *Node) dispatch() {
 		}
 	}
 }
+
+// ReleaseEvents lets held events flow to subscribers and query handlers
+// (see Config.HoldEvents). It is idempotent.
+func (n *Node) ReleaseEvents() { n.releaseOnce.Do(func() { close(n.release) }) }
 
 // Subscribe calls fn with every event from now on until cancel is called.
 // fn runs on the node's event goroutine and must not block.
