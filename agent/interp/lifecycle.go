@@ -152,6 +152,7 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 		node.HandleQuery(querySpawn, l.handleSpawnOrder)
 		node.HandleQuery(queryStop, l.handleStopOrder)
 		node.HandleQuery(queryExit, l.handleExitOrder)
+		node.HandleQuery(querySignal, l.handleSignalOrder)
 		l.wg.Add(1)
 		go func() { defer l.wg.Done(); l.watchSupervisors() }()
 	}

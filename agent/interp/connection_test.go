@@ -1,0 +1,132 @@
+package interp
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/meshagent/agent/agent/rpc"
+)
+
+func TestJupyterKind(t *testing.T) {
+	dir := t.TempDir()
+	kinds, err := LoadKinds(writeFile(t, dir, "k.json", `{"ipykernel": {"command": ["sh", "-m", "ipykernel_launcher",
+		"-f", "{connection_file}", "--extra={port:extra}"], "connection": "jupyter", "ports": ["extra"]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := kinds["ipykernel"]
+	if strings.Join(k.Ports, ",") != "shell,iopub,stdin,control,hb,extra" {
+		t.Fatalf("ports %v", k.Ports)
+	}
+	ports, err := k.namedPorts("127.0.0.1")
+	if err != nil || len(ports) != 6 {
+		t.Fatalf("ports %v %v", ports, err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] || p == 0 {
+			t.Fatalf("ports not distinct: %v", ports)
+		}
+		seen[p] = true
+	}
+	argv, env := k.expand(k.argv("ipykernel-x", "127.0.0.1:1", "1", nil), nil, ports, "/d/kernel/connection.json")
+	if argv[4] != "/d/kernel/connection.json" || argv[5] != "--extra="+itoa(ports["extra"]) {
+		t.Fatalf("argv %q", argv)
+	}
+	if !strings.Contains(strings.Join(env, "\n"), "AGENT_INTERPRETER_CONNECTION_FILE=/d/kernel/connection.json") {
+		t.Fatalf("env %q", env)
+	}
+
+	c, err := newConnection(k, "10.0.0.1", ports)
+	if err != nil || len(c.Key) != 64 {
+		t.Fatalf("connection %+v %v", c, err)
+	}
+	idir := filepath.Join(dir, "interp")
+	os.MkdirAll(idir, 0o700)
+	path, err := writeConnection(idir, c, -1, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("connection file mode %v", st.Mode())
+	}
+	var f map[string]any
+	data, _ := os.ReadFile(path)
+	json.Unmarshal(data, &f)
+	for _, key := range []string{"ip", "transport", "shell_port", "iopub_port", "stdin_port", "control_port", "hb_port", "key",
+		"signature_scheme", "kernel_name"} {
+		if _, ok := f[key]; !ok {
+			t.Errorf("connection file lacks %q: %s", key, data)
+		}
+	}
+	back, err := readConnection(path)
+	if err != nil || back.Key != c.Key || back.Ports["hb"] != ports["hb"] || back.IP != "10.0.0.1" {
+		t.Fatalf("read back %+v %v", back, err)
+	}
+
+	for name, tc := range map[string]struct{ body, want string }{
+		"unknown connection": {`{"k": {"command": ["sh"], "connection": "ssh"}}`, `connection "ssh" is not known`},
+		"port not declared":  {`{"k": {"command": ["sh", "{port:web}"]}}`, `{port:web}`},
+		"no connection file": {`{"k": {"command": ["sh", "{connection_file}"]}}`, `"connection": "jupyter"`},
+		"bad port name":      {`{"k": {"command": ["sh"], "ports": ["Web"]}}`, `port name "Web"`},
+		"twice":              {`{"k": {"command": ["sh"], "connection": "jupyter", "ports": ["hb"]}}`, `"hb" appears twice`},
+		"ports not a list":   {`{"k": {"command": ["sh"], "ports": "web"}}`, `"ports" must be a list of strings`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := LoadKinds(writeFile(t, dir, strings.ReplaceAll(name, " ", "-")+".json", tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want it to mention %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestSpawnAnswerFitsAQueryResponse: the largest spawn answer with a
+// connection must fit serf's 1024-byte query response with room for serf's
+// header (its clock, id, flags and the server's node name, up to 128 bytes,
+// about 200 bytes in all).
+func TestSpawnAnswerFitsAQueryResponse(t *testing.T) {
+	ports := map[string]int{}
+	for _, p := range append(JupyterPorts, "abcdefghijklmnop", "bbcdefghijklmnop", "cbcdefghijklmnop") {
+		ports[p] = 65535
+	}
+	c, _ := newConnection(Kind{Name: strings.Repeat("k", 32)}, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", ports)
+	ans := spawnAnswer{Name: InterpreterName(strings.Repeat("k", 32), RequestIDFor("x")), PID: 1 << 30,
+		Endpoint: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", Existing: true, Conn: toConnAnswer(&c)}
+	data, err := msgpack.Marshal(ans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > 700 {
+		t.Fatalf("worst spawn answer is %d bytes; serf's response limit is 1024 with about 200 of header", len(data))
+	}
+	t.Logf("worst spawn answer: %d bytes", len(data))
+	var back spawnAnswer
+	if err := msgpack.Unmarshal(data, &back); err != nil || back.Conn.connection().Key != c.Key {
+		t.Fatalf("round trip: %v", err)
+	}
+}
+
+func TestDeliverAllowsOnlyTheListedSignals(t *testing.T) {
+	for _, s := range []string{"SIGHUP", "STOP", "1", "", "SIGUSR1"} {
+		if a := deliver(s, 1); a.Delivered || !strings.Contains(a.Reason, "SIGINT, SIGTERM, SIGKILL") {
+			t.Errorf("%q: %+v", s, a)
+		}
+	}
+	if a := deliver("SIGINT", 0); a.Delivered || !strings.Contains(a.Reason, "not running") {
+		t.Errorf("no child: %+v", a)
+	}
+	for in, want := range map[string]string{"int": "SIGINT", "SIGTERM": "SIGTERM", "9": "SIGKILL", " kill ": "SIGKILL"} {
+		if got, _, err := rpc.ParseSignal(in); err != nil || got != want {
+			t.Errorf("ParseSignal(%q) = %q, %v", in, got, err)
+		}
+	}
+}
