@@ -215,7 +215,10 @@ class MeshProvisioner(KernelProvisionerBase):
     # -- the agent ----------------------------------------------------------
 
     def _spec_name(self) -> str:
-        return getattr(self.kernel_spec, "name", "") or "?"
+        name = getattr(self.kernel_spec, "name", "") or getattr(self.parent, "kernel_name", "")
+        if not name and getattr(self.kernel_spec, "resource_dir", ""):
+            name = os.path.basename(self.kernel_spec.resource_dir.rstrip("/"))
+        return name or "?"
 
     def _agent_binary(self) -> str:
         if self.agent:
