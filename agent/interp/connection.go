@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/internal/durable"
@@ -243,23 +242,4 @@ func connectionFor(specPath, asker string) *connAnswer {
 		return nil
 	}
 	return toConnAnswer(c)
-}
-
-// endingWait bounds how long a spawn order waits for an interpreter of
-// the same request that is ending.
-const endingWait = 10 * time.Second
-
-// endingSupervisor reports whether the interpreter of specPath has ended
-// (its supervisor wrote the exit record) and, if so, waits at most limit
-// for its supervisor to exit, so that the request can start anew.
-func endingSupervisor(specPath string, s startedSupervisor, limit time.Duration) bool {
-	if _, err := ReadExit(filepath.Dir(specPath)); err != nil {
-		return false
-	}
-	select {
-	case <-s.done:
-		return true
-	case <-time.After(limit):
-		return false
-	}
 }

@@ -2,9 +2,14 @@ package interp
 
 import (
 	"encoding/json"
+	"io"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -128,5 +133,47 @@ func TestDeliverAllowsOnlyTheListedSignals(t *testing.T) {
 		if got, _, err := rpc.ParseSignal(in); err != nil || got != want {
 			t.Errorf("ParseSignal(%q) = %q, %v", in, got, err)
 		}
+	}
+}
+
+// TestControlSocketSignalsTheGroup: the supervisor's control socket, under
+// a directory too long for a Unix socket address, takes a signal for the
+// interpreter's process group and says it was delivered.
+func TestControlSocketSignalsTheGroup(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command("sleep", "60")
+	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- child.Wait() }()
+	t.Cleanup(func() { child.Process.Kill(); <-done })
+	var pid atomic.Int64
+	pid.Store(int64(child.Process.Pid))
+	path := filepath.Join(dir, controlSocket)
+	ctl, err := serveControl(path, &pid, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := askSupervisor(path, "SIGHUP"); a.Delivered || !strings.Contains(a.Reason, "not allowed") {
+		t.Fatalf("SIGHUP: %+v", a)
+	}
+	if a := askSupervisor(path, "SIGTERM"); !a.Delivered || a.PID != child.Process.Pid {
+		t.Fatalf("SIGTERM: %+v", a)
+	}
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "terminated") {
+		t.Fatalf("the child ended with %v, want SIGTERM", err)
+	}
+	done <- nil // for the cleanup
+	ctl.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the socket is left after Close: %v", err)
+	}
+	if a := askSupervisor(path, "SIGINT"); a.Delivered || !strings.Contains(a.Reason, "does not answer") {
+		t.Fatalf("after Close: %+v", a)
 	}
 }

@@ -266,11 +266,12 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	l.regMu.Lock()
 	for {
 		if i, ok := l.registry.ByRequestID(o.RequestID); ok {
-			s, ours := l.supervisors[i.Name]
 			l.regMu.Unlock()
-			if ours && endingSupervisor(i.Spec, s, endingWait) {
-				// Stopped just now (a kernel restart stops, then
-				// spawns the same key): start it anew.
+			if _, err := ReadExit(filepath.Dir(i.Spec)); err == nil {
+				// It ended (its supervisor is leaving the mesh): a
+				// kernel restart stops, then spawns the same key at
+				// once. Forget it now and start the request anew.
+				l.supervisorGone(i.Name)
 				l.regMu.Lock()
 				continue
 			}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -107,7 +108,11 @@ func (l *Lifecycle) handleSignalOrder(q *gossip.Query) {
 // askSupervisor sends one signal name over a supervisor's control socket
 // and reads its answer.
 func askSupervisor(path, sig string) signalAnswer {
-	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	var c net.Conn
+	err := viaShortPath(path, func(p string) (err error) {
+		c, err = net.DialTimeout("unix", p, 2*time.Second)
+		return err
+	})
 	if err != nil {
 		return signalAnswer{Reason: "its supervisor does not answer: " + err.Error()}
 	}
@@ -137,15 +142,19 @@ type controlAnswer struct {
 // process group of the interpreter running at that moment (pid holds it;
 // 0 between a failure and its restart). It returns the listener, which
 // the caller closes.
-func serveControl(path string, pid *atomic.Int64, logger *slog.Logger) (net.Listener, error) {
-	if len(path) >= 108 {
-		return nil, fmt.Errorf("control socket path %s is %d bytes, over the system's 107: use a shorter --data-dir", path, len(path))
-	}
+func serveControl(path string, pid *atomic.Int64, logger *slog.Logger) (io.Closer, error) {
 	os.Remove(path) // left by a supervisor of the same name that crashed
-	l, err := net.Listen("unix", path)
+	var l *net.UnixListener
+	err := viaShortPath(path, func(p string) (err error) {
+		l, err = net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	// Removed by its full path below, never by the short one, which may
+	// name another directory once its descriptor is closed.
+	l.SetUnlinkOnClose(false)
 	os.Chmod(path, 0o600)
 	go func() {
 		for {
@@ -168,7 +177,27 @@ func serveControl(path string, pid *atomic.Int64, logger *slog.Logger) (net.List
 			}()
 		}
 	}()
-	return l, nil
+	return closerFunc(func() error { err := l.Close(); os.Remove(path); return err }), nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// viaShortPath calls use with path, or, when path is too long for a Unix
+// socket address (107 bytes), with the same file reached through an open
+// descriptor of its directory (/proc/self/fd/N/NAME), so that a long
+// --data-dir still works.
+func viaShortPath(path string, use func(string) error) error {
+	if len(path) < 108 {
+		return use(path)
+	}
+	dir, err := os.OpenFile(filepath.Dir(path), os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return use(fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(path)))
 }
 
 // deliver signals the process group of pid with an allowlisted signal.
