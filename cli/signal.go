@@ -17,12 +17,16 @@ func signalCommand() *ucli.Command {
 		Description: "SIGNAL is one of " + strings.Join(rpc.AllowedSignals, ", ") + " (also INT, TERM, KILL, 2, 15, 9). It goes to the\n" +
 			"interpreter's process group; its supervisor stays (SIGINT interrupts a kernel, it does not stop it).\n" +
 			"Exit code 1 when it was not delivered, with the reason.",
-		Flags:  append(rpcFlags(), formatFlag()),
-		Before: needArgs(2, true, "signal needs an interpreter name and a signal: agent signal NAME SIGINT (see agent interpreters)"),
-		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
-			if _, _, err := rpc.ParseSignal(c.Args().Get(1)); err != nil {
+		Flags: append(rpcFlags(), formatFlag()),
+		Before: func(c *ucli.Context) error {
+			if err := needArgs(2, true, "signal needs an interpreter name and a signal: agent signal NAME SIGINT (see agent interpreters)")(c); err != nil {
 				return err
 			}
+			// Refused before any agent is asked.
+			_, _, err := rpc.ParseSignal(c.Args().Get(1))
+			return err
+		},
+		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
 			resp, err := cl.SignalInterpreter(c.Args().First(), c.Args().Get(1))
 			if err != nil {
 				return err
