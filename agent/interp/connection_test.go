@@ -177,3 +177,54 @@ func TestControlSocketSignalsTheGroup(t *testing.T) {
 		t.Fatalf("after Close: %+v", a)
 	}
 }
+
+// TestConnectionForTheAskerOnly: a re-sent spawn order gets the connection
+// again only from the agent that asked first.
+func TestConnectionForTheAskerOnly(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := newConnection(Kind{Name: "k"}, "10.0.0.2", map[string]int{"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "hb": 5})
+	file, err := writeConnection(dir, c, -1, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := Spec{Name: "k-1", Argv: []string{"x"}, Gossip: "127.0.0.1:1", Asker: "node1", ConnectionFile: file}
+	data, _ := json.Marshal(spec)
+	specPath := filepath.Join(dir, "spec.json")
+	os.WriteFile(specPath, data, 0o600)
+	if got := connectionFor(specPath, "node1"); got == nil || got.Key != c.Key {
+		t.Fatalf("the first asker: %+v", got)
+	}
+	if got := connectionFor(specPath, "node2"); got != nil {
+		t.Fatalf("another asker got the connection: %+v", got)
+	}
+}
+
+// TestConnectionFileForTheKindsUser: with a kind's user, the kernel's
+// subdirectory and file are that user's, and the interpreter's directory
+// lets it through without letting it list the spec.
+func TestConnectionFileForTheKindsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to hand files to another user")
+	}
+	var k Kind
+	if err := k.setUser("nobody"); err != nil {
+		t.Skip(err)
+	}
+	dir := filepath.Join(t.TempDir(), "interp")
+	os.MkdirAll(dir, 0o700)
+	c, _ := newConnection(Kind{Name: "k"}, "10.0.0.2", map[string]int{"shell": 1})
+	file, err := writeConnection(dir, c, int(k.UID), int(k.GID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, mode := range map[string]os.FileMode{dir: 0o711, filepath.Dir(file): 0o700, file: 0o600} {
+		st, err := os.Stat(path)
+		if err != nil || st.Mode().Perm() != mode {
+			t.Errorf("%s: %v %v, want mode %v", path, st.Mode(), err, mode)
+		}
+		owner := st.Sys().(*syscall.Stat_t).Uid
+		if want := map[bool]uint32{true: 0, false: k.UID}[path == dir]; owner != want {
+			t.Errorf("%s owned by %d, want %d", path, owner, want)
+		}
+	}
+}
