@@ -81,6 +81,15 @@ func newJupyterBed(t *testing.T) *jupyterBed {
 	if out, err := install.CombinedOutput(); err != nil {
 		t.Fatalf("install.sh: %v\n%s", err, out)
 	}
+	// Two broken kernelspecs beside it: a kind no server offers, and an
+	// agent binary that is not there.
+	for name, config := range map[string]string{"mesh-nope": `{"kind": "nope"}`, "mesh-noagent": `{"agent": "/no/such/agent"}`} {
+		os.MkdirAll(filepath.Join(kernels, name), 0o755)
+		spec := `{"argv": ["python3"], "display_name": "` + name + `", "language": "python", "metadata": {"kernel_provisioner": {"provisioner_name": "mesh-provisioner", "config": ` + config + `}}}`
+		if err := os.WriteFile(filepath.Join(kernels, name, "kernel.json"), []byte(spec), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bin := filepath.Join(dir, "bin")
 	os.MkdirAll(bin, 0o755)
 	if err := os.Symlink(agentBin, filepath.Join(bin, "agent")); err != nil {
@@ -146,6 +155,7 @@ type flowStep struct {
 	Before  string  `json:"before"`
 	Ename   string  `json:"ename"`
 	Alive   bool    `json:"alive"`
+	Error   string  `json:"error"`
 	P50     float64 `json:"p50"`
 }
 
@@ -338,5 +348,32 @@ func TestJupyterStartTimes(t *testing.T) {
 	}
 	if k, s := j.kernelProcesses(t); k != 0 || s != 0 {
 		t.Fatalf("after the starts, %d kernel processes and %d supervisors still run", k, s)
+	}
+}
+
+// TestJupyterBadKernelspecs: a kernelspec naming a kind no server offers,
+// and one naming an agent binary that does not exist: start_kernel() fails
+// with the reason and the fix, and nothing starts anywhere.
+func TestJupyterBadKernelspecs(t *testing.T) {
+	j := newJupyterBed(t)
+	for kernel, want := range map[string]string{
+		"mesh-nope":    `kernelspec 'mesh-nope'): no server offers kind "nope"; kinds offered: demo, ipykernel`,
+		"mesh-noagent": `the agent binary '/no/such/agent' named in kernelspec 'mesh-noagent' does not exist or is not executable: fix "agent" in its provisioner config`,
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		out, err := j.client(ctx, j.b.Hosts[0], "refused", kernel).Output()
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v %s", kernel, err, out)
+		}
+		var s flowStep
+		json.Unmarshal(out, &s)
+		t.Logf("%s: %s", kernel, s.Error)
+		if s.Step != "refused" || !strings.Contains(s.Error, want) {
+			t.Errorf("%s: %q, want it to say %q", kernel, s.Error, want)
+		}
+	}
+	if k, s := j.kernelProcesses(t); k != 0 || s != 0 {
+		t.Fatalf("%d kernel processes and %d supervisors after refused starts", k, s)
 	}
 }

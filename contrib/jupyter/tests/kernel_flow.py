@@ -5,6 +5,7 @@ to take the numbers in the README.
     kernel_flow.py flow KERNEL    start, execute, interrupt, restart, shut down
     kernel_flow.py crash KERNEL   start, then after a line on stdin time is_alive() to false
     kernel_flow.py bench KERNEL N start to ready N times (each shut down after)
+    kernel_flow.py refused KERNEL start_kernel() must fail; prints Jupyter's error
 
 Each step prints one JSON line on stdout; a failure exits non-zero with the
 reason on stderr.
@@ -141,6 +142,16 @@ def bench(kernel, n):
     say(step="bench", kernel=kernel, n=n, p50=round(statistics.median(times), 3), all=[round(t, 3) for t in times])
 
 
+def refused(kernel):
+    km = KernelManager(kernel_name=kernel)
+    try:
+        km.start_kernel()
+    except Exception as e:
+        say(step="refused", error=f"{type(e).__name__}: {e}")
+        return
+    sys.exit(f"{kernel} started, as {km.provisioner.name}")
+
+
 # Every kernel a step started, shut down on the way out whatever happened.
 started = []
 _start = start
@@ -161,6 +172,8 @@ if __name__ == "__main__":
             crash(kernel)
         elif what == "bench":
             bench(kernel, int(sys.argv[3]))
+        elif what == "refused":
+            refused(kernel)
         else:
             sys.exit(f"unknown step {what}")
     finally:
