@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -226,5 +227,23 @@ func TestConnectionFileForTheKindsUser(t *testing.T) {
 		if want := map[bool]uint32{true: 0, false: k.UID}[path == dir]; owner != want {
 			t.Errorf("%s owned by %d, want %d", path, owner, want)
 		}
+	}
+}
+
+// TestSignalOrderDeliveredOnce: a re-sent signal order (same id) gets the
+// first answer and does not deliver again; another id delivers.
+func TestSignalOrderDeliveredOnce(t *testing.T) {
+	var r recentSignals
+	now := time.Unix(1000, 0)
+	n := 0
+	deliver := func() signalAnswer { n++; return signalAnswer{Delivered: true, PID: n} }
+	first := r.once("a", now, deliver)
+	again := r.once("a", now.Add(time.Second), deliver)
+	other := r.once("b", now.Add(time.Second), deliver)
+	if n != 2 || first != again || other.PID != 2 {
+		t.Fatalf("delivered %d times: %+v %+v %+v", n, first, again, other)
+	}
+	if later := r.once("a", now.Add(2*time.Minute), deliver); n != 3 || later.PID != 3 {
+		t.Fatalf("an order id a minute old is forgotten: %d %+v", n, later)
 	}
 }

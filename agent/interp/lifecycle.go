@@ -110,6 +110,8 @@ type Lifecycle struct {
 	replaces   map[string]*Tracker // request id -> re-placement attempts
 	duplicates map[string]string   // request id -> the losers last reported
 
+	signals recentSignals // signal orders answered lately, by order id
+
 	wg sync.WaitGroup
 }
 

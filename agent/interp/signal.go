@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -35,9 +36,59 @@ const querySignal = "signal-interpreter"
 // directory (mode 0700: only the agent's user reaches it).
 const controlSocket = "control.sock"
 
+// signalOrder carries an id: the asker re-sends an order its target did
+// not acknowledge within a second, and a signal, unlike a stop, must not
+// be delivered twice.
 type signalOrder struct {
+	ID     string `msgpack:"i"`
 	Name   string `msgpack:"n"`
 	Signal string `msgpack:"s"`
+}
+
+// recentSignals remembers the answers to the signal orders of the last
+// minute, so that a re-sent order is answered again, not delivered again.
+// Safe for concurrent use.
+type recentSignals struct {
+	mu      sync.Mutex
+	answers map[string]recentSignal
+}
+
+type recentSignal struct {
+	at   time.Time
+	done chan struct{} // closed once ans is set
+	ans  signalAnswer
+}
+
+// once runs deliver for the first order with id and returns its answer;
+// a later order with the same id waits for and returns the same answer.
+func (r *recentSignals) once(id string, now time.Time, deliver func() signalAnswer) signalAnswer {
+	r.mu.Lock()
+	if r.answers == nil {
+		r.answers = map[string]recentSignal{}
+	}
+	for k, v := range r.answers {
+		if now.Sub(v.at) > time.Minute {
+			delete(r.answers, k)
+		}
+	}
+	if prev, ok := r.answers[id]; ok && id != "" {
+		r.mu.Unlock()
+		<-prev.done
+		r.mu.Lock()
+		ans := r.answers[id].ans
+		r.mu.Unlock()
+		return ans
+	}
+	entry := recentSignal{at: now, done: make(chan struct{})}
+	r.answers[id] = entry
+	r.mu.Unlock()
+	ans := deliver()
+	r.mu.Lock()
+	entry.ans = ans
+	r.answers[id] = entry
+	r.mu.Unlock()
+	close(entry.done)
+	return ans
 }
 
 type signalAnswer struct {
@@ -68,7 +119,7 @@ func (l *Lifecycle) Signal(ctx context.Context, req rpc.SignalRequest) (rpc.Sign
 		resp.Reason = "the interpreter is " + string(in.Status)
 		return resp, nil
 	}
-	order, _ := msgpack.Marshal(signalOrder{Name: req.Name, Signal: sig})
+	order, _ := msgpack.Marshal(signalOrder{ID: NewRequestID(), Name: req.Name, Signal: sig})
 	raw, err := l.askOne(ctx, in.Host, querySignal, order, orderTimeout)
 	if err != nil {
 		return resp, fmt.Errorf("signal %s: its server %w", req.Name, err)
@@ -97,7 +148,9 @@ func (l *Lifecycle) handleSignalOrder(q *gossip.Query) {
 		if !ok {
 			ans.Reason = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
 		} else {
-			ans = askSupervisor(filepath.Join(filepath.Dir(i.Spec), controlSocket), sig)
+			ans = l.signals.once(o.ID, l.clock.Now(), func() signalAnswer {
+				return askSupervisor(filepath.Join(filepath.Dir(i.Spec), controlSocket), sig)
+			})
 			l.logger.Info("signal for interpreter", "interpreter", o.Name, "signal", sig, "asker", q.From,
 				"delivered", ans.Delivered, "pid", ans.PID, "reason", ans.Reason)
 		}
