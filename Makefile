@@ -6,7 +6,7 @@ LDFLAGS  := -X github.com/meshagent/agent/agent.Version=$(VERSION)
 PKGS     := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build test check bench demo testbed fmt clean fuzz
+.PHONY: help build test check bench demo testbed fmt clean fuzz jupyter jupyter-uninstall
 
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
@@ -45,6 +45,12 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 60s; CI uses 10s)
 
 testbed: build ## as root: 5 agents in network namespaces, members, a partition and its heal (KEEP=1 keeps them up)
 	AGENT_BIN=$(CURDIR)/$(BIN) ./scripts/testbed.sh
+
+jupyter: ## install the mesh kernel provisioner and the mesh-python3 kernelspec for Debian's jupyter_client (as root)
+	./contrib/jupyter/install.sh
+
+jupyter-uninstall: ## remove what make jupyter installed
+	./contrib/jupyter/install.sh --uninstall
 
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')

@@ -244,6 +244,7 @@ func (a *Agent) Start() error {
 	a.rpc.Register(rpc.CommandInterpreters, a.handleInterpreters)
 	a.rpc.Register(rpc.CommandStopInterpreter, a.handleStopInterpreter)
 	a.rpc.Register(rpc.CommandDrain, a.handleDrain)
+	a.rpc.Register(rpc.CommandSignalInterpreter, a.handleSignalInterpreter)
 	a.interps.Start(node)
 	if a.cfg.Role == gossip.RoleServer {
 		bidding.Serve(node, a.bid, a.logger.With("component", "placement"))

@@ -120,6 +120,7 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			spawnCommand(),
 			interpretersCommand(),
 			stopCommand(),
+			signalCommand(),
 			drainCommand(),
 			interpreterCommand(),
 			echoServerCommand(),

@@ -101,6 +101,16 @@ func spawnJSON(r rpc.SpawnResponse) map[string]any {
 	if r.Code != "" {
 		out["error"], out["code"] = r.Error, r.Code
 	}
+	if c := r.Connection; c != nil {
+		// Jupyter's connection file fields, key included: this output
+		// goes to the one client that asked for the spawn.
+		conn := map[string]any{"ip": c.IP, "transport": c.Transport, "key": c.Key, "signature_scheme": c.SignatureScheme,
+			"kernel_name": c.KernelName}
+		for name, p := range c.Ports {
+			conn[name+"_port"] = p
+		}
+		out["connection"] = conn
+	}
 	return out
 }
 

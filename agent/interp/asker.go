@@ -173,6 +173,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		if err == nil {
 			resp.Node = cand.Bid.Node
 			resp.Name, resp.PID, resp.Endpoint, resp.Existing = ans.Name, ans.PID, ans.Endpoint, ans.Existing
+			resp.Connection = ans.Conn.connection()
 			break
 		}
 		l.deps.Release(rid)

@@ -1,6 +1,7 @@
 // Package interp owns the interpreter lifecycle: the kinds a server offers,
 // the supervisor (`agent interpreter`) that runs one interpreter as a member
-// of the mesh, the spawn, stop and list flows, the registry that lets a
+// of the mesh, the spawn, stop, signal and list flows, the connection files
+// of kinds that need one (a Jupyter kernel's ports and key), the registry that lets a
 // restarted server re-adopt its interpreters, the restart policy, and the
 // rules that keep one interpreter per request under faults (duplicates
 // resolved after a heal, re-placement of a failed host's interpreters by one

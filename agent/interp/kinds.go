@@ -36,6 +36,13 @@ type Kind struct {
 	UID, GID uint32
 	// Restart is the kind's restart policy, used when a request names none.
 	Restart string
+	// Ports names the ports the interpreter listens on besides (or
+	// instead of) {port}: "{port:NAME}" in the command is each one.
+	// Connection, "jupyter" or empty, makes the server write a connection
+	// file for each interpreter ("{connection_file}" in the command); see
+	// connection.go.
+	Ports      []string
+	Connection string
 }
 
 // BuiltinKind is the interpreter kind every server offers: a tiny echo
@@ -51,6 +58,8 @@ type kindFile struct {
 	ArgsPattern string            `json:"args_pattern"`
 	User        string            `json:"user"`
 	Restart     string            `json:"restart"`
+	Ports       []string          `json:"ports"`
+	Connection  string            `json:"connection"`
 }
 
 // LoadKinds reads an --interpreters file: a JSON object from kind name to
@@ -80,7 +89,7 @@ func LoadKinds(path string) (map[string]Kind, error) {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&kf); err != nil {
-			return nil, fmt.Errorf("interpreters file %s: kind %q: %s (keys are command, env, dir, max, args_pattern, user, restart)", path, name, jsonProblem(err))
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %s (keys are command, env, dir, max, args_pattern, user, restart, ports, connection)", path, name, jsonProblem(err))
 		}
 		if len(kf.Command) == 0 || kf.Command[0] == "" {
 			return nil, fmt.Errorf(`interpreters file %s: kind %q has no command: give the program and its arguments, e.g. "command": ["python3", "-m", "kernel", "--port", "{port}"]`, path, name)
@@ -93,6 +102,9 @@ func LoadKinds(path string) (map[string]Kind, error) {
 			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
 		}
 		k := Kind{Name: name, Command: kf.Command, Env: kf.Env, Dir: kf.Dir, Max: kf.Max, Restart: restart}
+		if err := k.setPorts(kf.Ports, kf.Connection); err != nil {
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
+		}
 		if err := k.checkPaths(); err != nil {
 			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
 		}
@@ -127,7 +139,8 @@ func jsonProblem(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
 		want := map[string]string{"command": "a list of strings", "env": "an object of strings", "dir": "a string",
-			"max": "a whole number", "args_pattern": "a string", "user": "a string", "restart": "a string"}[te.Field]
+			"max": "a whole number", "args_pattern": "a string", "user": "a string", "restart": "a string",
+			"ports": "a list of strings", "connection": "a string"}[te.Field]
 		if want == "" {
 			want = "another type"
 		}

@@ -110,6 +110,8 @@ type Lifecycle struct {
 	replaces   map[string]*Tracker // request id -> re-placement attempts
 	duplicates map[string]string   // request id -> the losers last reported
 
+	signals recentSignals // signal orders answered lately, by order id
+
 	wg sync.WaitGroup
 }
 
@@ -152,6 +154,7 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 		node.HandleQuery(querySpawn, l.handleSpawnOrder)
 		node.HandleQuery(queryStop, l.handleStopOrder)
 		node.HandleQuery(queryExit, l.handleExitOrder)
+		node.HandleQuery(querySignal, l.handleSignalOrder)
 		l.wg.Add(1)
 		go func() { defer l.wg.Done(); l.watchSupervisors() }()
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/internal/durable"
 	"github.com/meshagent/agent/state"
@@ -59,6 +60,9 @@ type spawnAnswer struct {
 	// Died, when set, says the interpreter started but exited at once
 	// (its status and first lines of output): no other server should try.
 	Died string `msgpack:"d,omitempty"`
+	// Conn is the connection of a kind with a connection file, key
+	// included: sent only to the asker that started the interpreter.
+	Conn *connAnswer `msgpack:"c,omitempty"`
 }
 
 // stopOrder names an interpreter to stop; with RequestID instead, it asks
@@ -263,7 +267,15 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	for {
 		if i, ok := l.registry.ByRequestID(o.RequestID); ok {
 			l.regMu.Unlock()
-			return spawnAnswer{Name: i.Name, PID: i.PID, Endpoint: i.Endpoint, Existing: true}
+			if _, err := ReadExit(filepath.Dir(i.Spec)); err == nil {
+				// It ended (its supervisor is leaving the mesh): a
+				// kernel restart stops, then spawns the same key at
+				// once. Forget it now and start the request anew.
+				l.supervisorGone(i.Name)
+				l.regMu.Lock()
+				continue
+			}
+			return spawnAnswer{Name: i.Name, PID: i.PID, Endpoint: i.Endpoint, Existing: true, Conn: connectionFor(i.Spec, o.Asker)}
 		}
 		wait, busy := l.inflight[o.RequestID]
 		if !busy {
@@ -342,6 +354,13 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 	if err != nil {
 		return spawnAnswer{}, err
 	}
+	var ports map[string]int
+	if len(kind.Ports) > 0 {
+		if ports, err = kind.namedPorts(ip); err != nil {
+			return spawnAnswer{}, err
+		}
+		childPort = ports[kind.Ports[0]] // the endpoint: a kernel's shell port
+	}
 	endpoint := net.JoinHostPort(ip, strconv.Itoa(childPort))
 	dir := filepath.Join(l.cfg.Dir, "interpreters", name)
 	spec := Spec{
@@ -361,6 +380,30 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 	}
 	if o.Restart == RestartOnFailure {
 		spec.Args = o.Args
+	}
+	spec.Asker = o.Asker
+	var conn *rpc.Connection
+	if len(ports) > 0 {
+		var connFile string
+		if kind.Connection != "" {
+			c, err := newConnection(kind, ip, ports)
+			if err != nil {
+				return spawnAnswer{}, err
+			}
+			uid, gid := -1, -1
+			if kind.User != "" {
+				uid, gid = int(kind.UID), int(kind.GID)
+			}
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return spawnAnswer{}, err
+			}
+			if connFile, err = writeConnection(dir, c, uid, gid); err != nil {
+				os.RemoveAll(dir)
+				return spawnAnswer{}, err
+			}
+			conn, spec.ConnectionFile = &c, connFile
+		}
+		spec.Argv, spec.Env = kind.expand(spec.Argv, spec.Env, ports, connFile)
 	}
 	s, err := launchSupervisor(l.cfg.Self, dir, spec, startTimeout)
 	if err != nil {
@@ -395,7 +438,7 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 		case <-l.deps.Done:
 		}
 	}()
-	return spawnAnswer{Name: name, PID: s.childPID, Endpoint: endpoint}, nil
+	return spawnAnswer{Name: name, PID: s.childPID, Endpoint: endpoint, Conn: toConnAnswer(conn)}, nil
 }
 
 // supervisorGone handles a supervisor that exited: it forgets the

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,6 +59,11 @@ type Spec struct {
 	User string `json:"user,omitempty"`
 	UID  uint32 `json:"uid,omitempty"`
 	GID  uint32 `json:"gid,omitempty"`
+	// Asker is the agent that asked for it, the only one a re-sent order
+	// may hand the connection to; ConnectionFile is the connection file,
+	// when the kind has one.
+	Asker          string `json:"asker,omitempty"`
+	ConnectionFile string `json:"connection_file,omitempty"`
 }
 
 // readiness is what a supervisor writes on its readiness pipe (fd 3) once
@@ -168,6 +174,17 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 	if spec.Restart == RestartOnFailure {
 		tags.Restart, tags.Args = spec.Restart, spec.Args
 	}
+	// Signals through the mesh reach whichever child runs now.
+	var current atomic.Int64
+	current.Store(int64(pid))
+	ctl, err := serveControl(filepath.Join(filepath.Dir(spec.OutputLog), controlSocket), &current, logger)
+	if err != nil {
+		stopGroup(pid, exited, 0)
+		reportReady(ready, readiness{Error: err.Error()})
+		logger.Error("no control socket", "err", err)
+		return 1
+	}
+	defer ctl.Close()
 	node, err := startSupervisorNode(spec, tags.Map(), logger)
 	if err != nil {
 		stopGroup(pid, exited, 0)
@@ -201,6 +218,7 @@ wait:
 		select {
 		case waitErr = <-exited:
 			exited = nil
+			current.Store(0)
 			if waitErr == nil || spec.Restart != RestartOnFailure {
 				end.How = HowExited
 				break wait
@@ -223,6 +241,7 @@ wait:
 				break wait
 			}
 			end.Restarts++
+			current.Store(int64(pid))
 			tags.PID, tags.Restarts = pid, end.Restarts
 			if err := node.SetTags(tags.Map()); err != nil {
 				logger.Warn("restart count not published", "err", err)

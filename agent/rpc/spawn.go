@@ -49,7 +49,11 @@ type SpawnResponse struct {
 	Attempts   []string // servers tried before the winner, with why they did not start it
 	DecisionMS float64
 	TotalMS    float64
-	Code       string // empty on success
+	// Connection is how to reach an interpreter whose kind writes a
+	// connection file (a Jupyter kernel), its secret key included; only
+	// the asker gets it, and only for an interpreter it started.
+	Connection *Connection `msgpack:",omitempty"`
+	Code       string      // empty on success
 	Error      string
 }
 

@@ -1,0 +1,272 @@
+package interp
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/gossip"
+)
+
+// This file delivers signals to interpreters through the mesh: the asker
+// sends the order to the interpreter's server, the server asks the
+// supervisor over its control socket, and the supervisor signals the
+// interpreter's process group. Only rpc.AllowedSignals pass, checked again
+// at each hop. The supervisor itself is never the target, so an interrupt
+// (SIGINT) reaches the interpreter as an interrupt and does not stop it.
+
+const querySignal = "signal-interpreter"
+
+// controlSocket is the supervisor's control socket, in the interpreter's
+// directory (mode 0700: only the agent's user reaches it).
+const controlSocket = "control.sock"
+
+// signalOrder carries an id: the asker re-sends an order its target did
+// not acknowledge within a second, and a signal, unlike a stop, must not
+// be delivered twice.
+type signalOrder struct {
+	ID     string `msgpack:"i"`
+	Name   string `msgpack:"n"`
+	Signal string `msgpack:"s"`
+}
+
+// recentSignals remembers the answers to the signal orders of the last
+// minute, so that a re-sent order is answered again, not delivered again.
+// Safe for concurrent use.
+type recentSignals struct {
+	mu      sync.Mutex
+	answers map[string]recentSignal
+}
+
+type recentSignal struct {
+	at   time.Time
+	done chan struct{} // closed once ans is set
+	ans  signalAnswer
+}
+
+// once runs deliver for the first order with id and returns its answer;
+// a later order with the same id waits for and returns the same answer.
+func (r *recentSignals) once(id string, now time.Time, deliver func() signalAnswer) signalAnswer {
+	r.mu.Lock()
+	if r.answers == nil {
+		r.answers = map[string]recentSignal{}
+	}
+	for k, v := range r.answers {
+		if now.Sub(v.at) > time.Minute {
+			delete(r.answers, k)
+		}
+	}
+	if prev, ok := r.answers[id]; ok && id != "" {
+		r.mu.Unlock()
+		<-prev.done
+		r.mu.Lock()
+		ans := r.answers[id].ans
+		r.mu.Unlock()
+		return ans
+	}
+	entry := recentSignal{at: now, done: make(chan struct{})}
+	r.answers[id] = entry
+	r.mu.Unlock()
+	ans := deliver()
+	r.mu.Lock()
+	entry.ans = ans
+	r.answers[id] = entry
+	r.mu.Unlock()
+	close(entry.done)
+	return ans
+}
+
+type signalAnswer struct {
+	Delivered bool   `msgpack:"d,omitempty"`
+	PID       int    `msgpack:"p,omitempty"`
+	Reason    string `msgpack:"r,omitempty"`
+}
+
+// Signal delivers an allowlisted signal to an interpreter wherever it
+// runs, and says whether it reached the interpreter's process group.
+func (l *Lifecycle) Signal(ctx context.Context, req rpc.SignalRequest) (rpc.SignalResponse, error) {
+	sig, _, err := rpc.ParseSignal(req.Signal)
+	if err != nil {
+		return rpc.SignalResponse{}, err
+	}
+	var in Instance
+	found := false
+	for _, x := range Instances(l.deps.Node.Members()) {
+		if x.Name == req.Name {
+			in, found = x, true
+		}
+	}
+	if !found {
+		return rpc.SignalResponse{}, fmt.Errorf("no interpreter named %q in this agent's view: `agent interpreters` lists them", req.Name)
+	}
+	resp := rpc.SignalResponse{Name: in.Name, Host: in.Host, Signal: sig}
+	if in.Status != gossip.StatusAlive {
+		resp.Reason = "the interpreter is " + string(in.Status)
+		return resp, nil
+	}
+	order, _ := msgpack.Marshal(signalOrder{ID: NewRequestID(), Name: req.Name, Signal: sig})
+	raw, err := l.askOne(ctx, in.Host, querySignal, order, orderTimeout)
+	if err != nil {
+		return resp, fmt.Errorf("signal %s: its server %w", req.Name, err)
+	}
+	var ans signalAnswer
+	if err := msgpack.Unmarshal(raw, &ans); err != nil {
+		return resp, fmt.Errorf("signal %s: %s answered garbage: %w", req.Name, in.Host, err)
+	}
+	resp.Delivered, resp.PID, resp.Reason = ans.Delivered, ans.PID, ans.Reason
+	return resp, nil
+}
+
+// handleSignalOrder answers the signal query: pass the signal to the
+// interpreter's supervisor.
+func (l *Lifecycle) handleSignalOrder(q *gossip.Query) {
+	var o signalOrder
+	var ans signalAnswer
+	if err := msgpack.Unmarshal(q.Payload, &o); err != nil {
+		ans.Reason = "cannot decode the signal order: " + err.Error()
+	} else if sig, _, err := rpc.ParseSignal(o.Signal); err != nil {
+		ans.Reason = err.Error()
+	} else {
+		l.regMu.Lock()
+		i, ok := l.registry.Get(o.Name)
+		l.regMu.Unlock()
+		if !ok {
+			ans.Reason = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
+		} else {
+			ans = l.signals.once(o.ID, l.clock.Now(), func() signalAnswer {
+				return askSupervisor(filepath.Join(filepath.Dir(i.Spec), controlSocket), sig)
+			})
+			l.logger.Info("signal for interpreter", "interpreter", o.Name, "signal", sig, "asker", q.From,
+				"delivered", ans.Delivered, "pid", ans.PID, "reason", ans.Reason)
+		}
+	}
+	respond(q, ans, l.logger)
+}
+
+// askSupervisor sends one signal name over a supervisor's control socket
+// and reads its answer.
+func askSupervisor(path, sig string) signalAnswer {
+	var c net.Conn
+	err := viaShortPath(path, func(p string) (err error) {
+		c, err = net.DialTimeout("unix", p, 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return signalAnswer{Reason: "its supervisor does not answer: " + err.Error()}
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintln(c, sig); err != nil {
+		return signalAnswer{Reason: "its supervisor does not answer: " + err.Error()}
+	}
+	var ans controlAnswer
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err == nil {
+		err = json.Unmarshal([]byte(line), &ans)
+	}
+	if err != nil {
+		return signalAnswer{Reason: "its supervisor's answer is garbled: " + err.Error()}
+	}
+	return signalAnswer{Delivered: ans.Delivered, PID: ans.PID, Reason: ans.Reason}
+}
+
+type controlAnswer struct {
+	Delivered bool   `json:"delivered"`
+	PID       int    `json:"pid,omitempty"`
+	Reason    string `json:"reason,omitempty"`
+}
+
+// serveControl listens on the supervisor's control socket and signals the
+// process group of the interpreter running at that moment (pid holds it;
+// 0 between a failure and its restart). It returns the listener, which
+// the caller closes.
+func serveControl(path string, pid *atomic.Int64, logger *slog.Logger) (io.Closer, error) {
+	os.Remove(path) // left by a supervisor of the same name that crashed
+	var l *net.UnixListener
+	err := viaShortPath(path, func(p string) (err error) {
+		l, err = net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	// Removed by its full path below, never by the short one, which may
+	// name another directory once its descriptor is closed.
+	l.SetUnlinkOnClose(false)
+	os.Chmod(path, 0o600)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err != nil {
+					return
+				}
+				ans := deliver(strings.TrimSpace(line), int(pid.Load()))
+				logger.Info("signal for the interpreter", "signal", strings.TrimSpace(line), "pid", ans.PID,
+					"delivered", ans.Delivered, "reason", ans.Reason)
+				data, _ := json.Marshal(ans)
+				c.Write(append(data, '\n'))
+			}()
+		}
+	}()
+	return closerFunc(func() error { err := l.Close(); os.Remove(path); return err }), nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// viaShortPath calls use with path, or, when path is too long for a Unix
+// socket address (107 bytes), with the same file reached through an open
+// descriptor of its directory (/proc/self/fd/N/NAME), so that a long
+// --data-dir still works.
+func viaShortPath(path string, use func(string) error) error {
+	if len(path) < 108 {
+		return use(path)
+	}
+	dir, err := os.OpenFile(filepath.Dir(path), os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return use(fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(path)))
+}
+
+// deliver signals the process group of pid with an allowlisted signal.
+func deliver(name string, pid int) controlAnswer {
+	sig, n, err := rpc.ParseSignal(name)
+	if err != nil {
+		return controlAnswer{Reason: err.Error()}
+	}
+	if pid <= 0 {
+		return controlAnswer{Reason: "the interpreter is not running (it exited; a restart may be pending)"}
+	}
+	if err := syscall.Kill(-pid, syscall.Signal(n)); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return controlAnswer{PID: pid, Reason: "the interpreter's process group is gone"}
+		}
+		return controlAnswer{PID: pid, Reason: fmt.Sprintf("%s to process group %d: %v", sig, pid, err)}
+	}
+	return controlAnswer{Delivered: true, PID: pid}
+}

@@ -1,0 +1,269 @@
+"""A Jupyter kernel provisioner that starts kernels on the agent's mesh.
+
+jupyter_client (7.0 and later) asks a provisioner to launch, watch, signal
+and stop a kernel. This one does each through the local agent, by running
+the ``agent`` binary the way a user's shell does:
+
+- launch: ``agent spawn --kind KIND --key KERNEL_ID --wait --format json``;
+  the mesh elects a server by load, the server starts the kernel and writes
+  its connection file there, and the spawn answer carries the connection
+  (ip, the five ports, the HMAC key) back to this agent only;
+- poll: the kernel's membership in the mesh (the failure detector replaces
+  Jupyter's heartbeat as the liveness source);
+- interrupt, terminate, kill: ``agent signal NAME SIGINT|SIGTERM|SIGKILL``;
+- cleanup: ``agent stop NAME``.
+
+The agent binary is found on PATH unless the kernelspec's provisioner
+config names one ("agent"); AGENT_RPC_ADDR and AGENT_RPC_TOKEN (or
+AGENT_RPC_TOKEN_FILE) come from the environment, as for the CLI.
+
+Standard library plus jupyter_client (and its traitlets) only.
+"""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+from typing import Any, Dict, List, Optional
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Float, List as TList, Unicode
+
+__all__ = ["MeshProvisioner", "MeshError"]
+__version__ = "0.1.0"
+
+# The signals the mesh delivers, by number (agent signal's allowlist).
+_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
+
+# How long one agent command other than spawn may take.
+_CALL_TIMEOUT = 30.0
+
+
+class MeshError(RuntimeError):
+    """An agent command failed; the message says what and how to fix it."""
+
+
+class MeshProvisioner(KernelProvisionerBase):
+    """Starts the kernel on a server of the mesh, chosen by load.
+
+    Its config (the kernelspec's ``metadata.kernel_provisioner.config``):
+    ``kind`` (the servers' interpreter kind, default ``ipykernel``),
+    ``restart`` (``no`` or ``on-failure``, the mesh's restart policy),
+    ``constraints`` (``k=regex`` server tag constraints), ``agent`` (path of
+    the agent binary; default: ``agent`` on PATH), ``wait_timeout``
+    (seconds the spawn may wait for the kernel to be alive).
+    """
+
+    kind = Unicode("ipykernel", help="the interpreter kind the servers offer").tag(config=True)
+    restart = Unicode("no", help="the mesh's restart policy: no or on-failure").tag(config=True)
+    constraints = TList(Unicode(), default_value=[], help="server tag constraints, k=regex").tag(config=True)
+    agent = Unicode("", help="path of the agent binary; empty: agent on PATH").tag(config=True)
+    wait_timeout = Float(60.0, help="seconds a spawn waits for the kernel to be alive").tag(config=True)
+
+    # The interpreter this provisioner started, once launched.
+    name: Optional[str] = None
+    node: Optional[str] = None
+    pid: Optional[int] = None
+    _exit_code: Optional[int] = None
+
+    # -- jupyter_client's interface -------------------------------------
+
+    @property
+    def has_process(self) -> bool:
+        return self.name is not None
+
+    async def pre_launch(self, **kwargs: Any) -> Dict[str, Any]:
+        self._agent_binary()  # fail early, with a message Jupyter shows
+        if self.restart not in ("no", "on-failure"):
+            raise MeshError(
+                f"mesh-provisioner: restart policy {self.restart!r} in kernelspec "
+                f"{self._spec_name()!r} is not known: use \"no\" or \"on-failure\""
+            )
+        kwargs = await super().pre_launch(**kwargs)
+        # The server runs its own configured command; the kernelspec's argv
+        # only documents it.
+        kwargs["cmd"] = list(self.kernel_spec.argv) if self.kernel_spec else []
+        return kwargs
+
+    async def launch_kernel(self, cmd: List[str], **kwargs: Any) -> KernelConnectionInfo:
+        args = ["spawn", "--kind", self.kind, "--key", self.kernel_id, "--wait", "--format", "json",
+                "--wait-timeout", f"{int(self.wait_timeout)}s", "--restart", self.restart]
+        for c in self.constraints:
+            args += ["--constraint", c]
+        code, out, err = await self._agent(args, timeout=self.wait_timeout + 60)
+        answer: Dict[str, Any] = {}
+        try:
+            answer = json.loads(out) if out.strip() else {}
+        except ValueError:
+            pass
+        if code != 0:
+            why = answer.get("error") or err.strip() or out.strip() or f"exit code {code}"
+            raise MeshError(
+                f"mesh-provisioner: the mesh did not start kernel {self.kernel_id} "
+                f"(kind {self.kind!r}, kernelspec {self._spec_name()!r}): {why}"
+            )
+        conn = answer.get("connection")
+        if not conn:
+            where = f"{answer.get('name')} on {answer.get('node')}"
+            if answer.get("existing"):
+                raise MeshError(
+                    f"mesh-provisioner: kernel {self.kernel_id} already runs as {where}, started by another "
+                    "agent; only the agent that started it holds its key"
+                )
+            raise MeshError(
+                f"mesh-provisioner: kind {self.kind!r} started {where} but gave no connection: "
+                "its servers must configure it with \"connection\": \"jupyter\""
+            )
+        self.name, self.node, self.pid = answer["name"], answer["node"], answer.get("pid")
+        self._exit_code = None
+        info: KernelConnectionInfo = {
+            "ip": conn["ip"],
+            "transport": conn.get("transport", "tcp"),
+            "shell_port": conn["shell_port"],
+            "iopub_port": conn["iopub_port"],
+            "stdin_port": conn["stdin_port"],
+            "control_port": conn["control_port"],
+            "hb_port": conn["hb_port"],
+            "key": conn["key"].encode(),
+            "signature_scheme": conn.get("signature_scheme", "hmac-sha256"),
+            "kernel_name": self._spec_name(),
+        }
+        self.connection_info = info
+        self.log.info("mesh-provisioner: kernel %s runs as %s on %s (%s:%s)", self.kernel_id, self.name,
+                      self.node, info["ip"], info["shell_port"])
+        return info
+
+    async def poll(self) -> Optional[int]:
+        """None while the kernel's member is alive (and its host too), else
+        its exit code as far as the mesh tells."""
+        if self._exit_code is not None:
+            return self._exit_code
+        if self.name is None:
+            return 0
+        code, out, err = await self._agent(["interpreters", "--all", "--format", "json"], timeout=_CALL_TIMEOUT)
+        if code != 0:
+            # The local agent does not answer: that says nothing about the
+            # kernel, which runs elsewhere.
+            self.log.warning("mesh-provisioner: cannot ask the agent about %s: %s", self.name, err.strip())
+            return None
+        try:
+            listed = json.loads(out).get("interpreters") or []
+        except ValueError:
+            return None
+        for row in listed:
+            if row.get("name") != self.name:
+                continue
+            status, host = row.get("status"), row.get("host_status")
+            if status in ("alive", "leaving") and host not in ("failed", "left"):
+                return None
+            self._exit_code = _exit_code(status, host, row.get("ended", ""))
+            return self._exit_code
+        self._exit_code = 0  # reaped: it ended a while ago
+        return self._exit_code
+
+    async def wait(self) -> Optional[int]:
+        while True:
+            ret = await self.poll()
+            if ret is not None:
+                return ret
+            await asyncio.sleep(0.1)
+
+    async def send_signal(self, signum: int) -> None:
+        name = _SIGNALS.get(signum)
+        if name is None:
+            allowed = ", ".join(_SIGNALS.values())
+            raise MeshError(f"mesh-provisioner: signal {signum} cannot be sent through the mesh: use {allowed}")
+        if self.name is None:
+            return
+        code, out, err = await self._agent(["signal", self.name, name], timeout=_CALL_TIMEOUT)
+        if code != 0:
+            if await self.poll() is not None:
+                return  # it ended already: nothing to signal
+            raise MeshError(f"mesh-provisioner: {name} to kernel {self.kernel_id} ({self.name}): {err.strip()}")
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Stops the interpreter (its supervisor leaves the mesh), so no
+        process is left behind and the kernel id can be spawned again."""
+        if self.name is None:
+            return
+        if self._exit_code is None or await self.poll() is None:
+            code, out, err = await self._agent(["stop", self.name], timeout=_CALL_TIMEOUT)
+            if code != 0 and "no interpreter named" not in err:
+                self.log.warning("mesh-provisioner: stopping %s: %s", self.name, err.strip())
+        self.name, self.node, self.pid = None, None, None
+
+    async def get_provisioner_info(self) -> Dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update({"mesh_name": self.name, "mesh_node": self.node, "mesh_pid": self.pid})
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: Dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.name = provisioner_info.get("mesh_name")
+        self.node = provisioner_info.get("mesh_node")
+        self.pid = provisioner_info.get("mesh_pid")
+
+    # -- the agent ----------------------------------------------------------
+
+    def _spec_name(self) -> str:
+        name = getattr(self.kernel_spec, "name", "") or getattr(self.parent, "kernel_name", "")
+        if not name and getattr(self.kernel_spec, "resource_dir", ""):
+            name = os.path.basename(self.kernel_spec.resource_dir.rstrip("/"))
+        return name or "?"
+
+    def _agent_binary(self) -> str:
+        if self.agent:
+            if os.path.isfile(self.agent) and os.access(self.agent, os.X_OK):
+                return self.agent
+            raise MeshError(
+                f"mesh-provisioner: the agent binary {self.agent!r} named in kernelspec "
+                f"{self._spec_name()!r} does not exist or is not executable: fix \"agent\" in its "
+                "provisioner config"
+            )
+        found = shutil.which("agent")
+        if found is None:
+            raise MeshError(
+                "mesh-provisioner: no `agent` binary on PATH "
+                f"({os.environ.get('PATH', '')}): install the agent, or name it with \"agent\" in the "
+                f"provisioner config of kernelspec {self._spec_name()!r}"
+            )
+        return found
+
+    async def _agent(self, args: List[str], timeout: float):
+        """Runs the agent binary; returns (exit code, stdout, stderr)."""
+        binary = self._agent_binary()
+        proc = await asyncio.create_subprocess_exec(
+            binary, *args, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return 1, "", f"agent {args[0]} did not finish within {timeout:.0f}s"
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def _exit_code(status: str, host_status: str, ended: str) -> int:
+    """An exit code for a kernel the mesh lists as gone."""
+    m = re.match(r"exit status (\d+)", ended or "")
+    if m:
+        return int(m.group(1))
+    m = re.match(r"signal: (\w+)", ended or "")
+    if m:
+        # Go's words for the signals that end a process.
+        sig = {"killed": signal.SIGKILL, "terminated": signal.SIGTERM, "interrupt": signal.SIGINT}.get(m.group(1))
+        return -int(sig) if sig else -1
+    if status == "left" and ended in ("stopped", "left", ""):
+        return 0
+    return 1  # failed: its host or its supervisor died

@@ -1,0 +1,185 @@
+"""Drives a kernel the way a user's Jupyter does: a stock
+jupyter_client.KernelManager. Used by the test bed's end-to-end test and
+to take the numbers in the README.
+
+    kernel_flow.py flow KERNEL    start, execute, interrupt, restart, shut down
+    kernel_flow.py crash KERNEL   start, then after a line on stdin time is_alive() to false
+    kernel_flow.py bench KERNEL N start to ready N times (each shut down after)
+    kernel_flow.py refused KERNEL start_kernel() must fail; prints Jupyter's error
+
+Each step prints one JSON line on stdout; a failure exits non-zero with the
+reason on stderr.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+from jupyter_client import KernelManager
+
+
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def where(km):
+    p = km.provisioner
+    return {"name": getattr(p, "name", None), "node": getattr(p, "node", None), "ip": km.ip}
+
+
+def start(kernel):
+    km = KernelManager(kernel_name=kernel)
+    t0 = time.monotonic()
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return km, kc, time.monotonic() - t0
+
+
+def run(kc, code, timeout=30):
+    """Executes code; returns (reply content, stdout text). ipykernel
+    aborts requests that arrive just after an error (an interrupt is one),
+    so an aborted request is sent again, a few times."""
+    for _ in range(5):
+        out = []
+        reply = kc.execute_interactive(code, timeout=timeout,
+                                       output_hook=lambda m: out.append(m["content"].get("text", "")))
+        if reply["content"]["status"] != "aborted":
+            break
+        time.sleep(0.1)
+    return reply["content"], "".join(out)
+
+
+def interrupt_sleep(km, kc):
+    """Interrupts a time.sleep(120) once the kernel runs it; returns the
+    seconds from interrupt_kernel() to the KeyboardInterrupt reply."""
+    while True:  # ipykernel aborts a request sent right after an error
+        msg_id = kc.execute("import time; time.sleep(120)")
+        deadline = time.monotonic() + 30
+        while True:  # until the kernel is busy with it, or refused it
+            m = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] in ("execute_input", "status"):
+                if m["msg_type"] == "execute_input" or m["content"].get("execution_state") == "idle":
+                    break
+        if m["msg_type"] == "execute_input":
+            break
+        kc.get_shell_msg(timeout=30)  # the aborted reply
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    km.interrupt_kernel()
+    while True:
+        r = kc.get_shell_msg(timeout=30)
+        if r["parent_header"].get("msg_id") == msg_id:
+            break
+    took = time.monotonic() - t0
+    if r["content"].get("ename") != "KeyboardInterrupt":
+        sys.exit(f"interrupt: the reply was {r['content']}")
+    return took
+
+
+def flow(kernel):
+    km, kc, ready = start(kernel)
+    say(step="ready", seconds=round(ready, 3), **where(km))
+    content, out = run(kc, "import os, socket; print(40 + 2, os.getpid())")
+    if content["status"] != "ok" or not out.startswith("42 "):
+        sys.exit(f"execute: {content} {out!r}")
+    say(step="executed", output=out.strip())
+
+    # A long sleep ends in KeyboardInterrupt when interrupted; five times,
+    # for the median latency.
+    took = []
+    for _ in range(5):
+        took.append(interrupt_sleep(km, kc))
+    say(step="interrupted", seconds=round(statistics.median(took), 3), ename="KeyboardInterrupt",
+        all=[round(x, 3) for x in took])
+    content, out = run(kc, "print('still here')")
+    if out.strip() != "still here":
+        sys.exit(f"after the interrupt: {content} {out!r}")
+
+    before = where(km)
+    t0 = time.monotonic()
+    km.restart_kernel()
+    kc.stop_channels()
+    kc = km.client()  # a restarted mesh kernel has new ports and a new key
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    content, out = run(kc, "print(6 * 7)")
+    if out.strip() != "42":
+        sys.exit(f"after the restart: {content} {out!r}")
+    say(step="restarted", seconds=round(time.monotonic() - t0, 3), before=before["name"], **where(km))
+
+    name = where(km)["name"]
+    kc.stop_channels()
+    km.shutdown_kernel()
+    say(step="shutdown", name=name, alive=km.is_alive())
+
+
+def crash(kernel):
+    km, kc, ready = start(kernel)
+    content, out = run(kc, "print('up')")
+    say(step="ready", seconds=round(ready, 3), **where(km))
+    sys.stdin.readline()  # the host has crashed
+    t0 = time.monotonic()
+    while km.is_alive():
+        if time.monotonic() - t0 > 60:
+            sys.exit("is_alive() still true 60 s after the crash")
+        time.sleep(0.05)
+    say(step="dead", seconds=round(time.monotonic() - t0, 3))
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def bench(kernel, n):
+    times = []
+    for _ in range(n):
+        km, kc, ready = start(kernel)
+        times.append(ready)
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    times.sort()
+    say(step="bench", kernel=kernel, n=n, p50=round(statistics.median(times), 3), all=[round(t, 3) for t in times])
+
+
+def refused(kernel):
+    km = KernelManager(kernel_name=kernel)
+    try:
+        km.start_kernel()
+    except Exception as e:
+        say(step="refused", error=f"{type(e).__name__}: {e}")
+        return
+    sys.exit(f"{kernel} started, as {km.provisioner.name}")
+
+
+# Every kernel a step started, shut down on the way out whatever happened.
+started = []
+_start = start
+
+
+def start(kernel):  # noqa: F811
+    km, kc, ready = _start(kernel)
+    started.append(km)
+    return km, kc, ready
+
+
+if __name__ == "__main__":
+    what, kernel = sys.argv[1], sys.argv[2]
+    try:
+        if what == "flow":
+            flow(kernel)
+        elif what == "crash":
+            crash(kernel)
+        elif what == "bench":
+            bench(kernel, int(sys.argv[3]))
+        elif what == "refused":
+            refused(kernel)
+        else:
+            sys.exit(f"unknown step {what}")
+    finally:
+        for km in started:
+            try:
+                if km.has_kernel:
+                    km.shutdown_kernel(now=True)
+            except Exception as e:  # the kernel's host may be gone
+                print(f"shutdown on the way out: {e}", file=sys.stderr)

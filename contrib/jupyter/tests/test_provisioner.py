@@ -1,0 +1,242 @@
+"""Unit tests of the mesh provisioner against a fake `agent` executable
+(fakebin/agent): which agent commands each of jupyter_client's calls runs,
+and what Jupyter sees when the mesh says no. Run with the Python that has
+jupyter_client: python3 -m unittest discover -s contrib/jupyter/tests"""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAKEBIN = os.path.join(HERE, "fakebin")
+
+try:
+    import jupyter_client  # noqa: F401
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpec
+except ImportError:  # pragma: no cover
+    raise unittest.SkipTest("jupyter_client is not installed: apt-get install python3-jupyter-client")
+
+_tmp = tempfile.TemporaryDirectory()
+SITE = os.path.join(_tmp.name, "site")
+KERNELS = os.path.join(_tmp.name, "kernels")
+
+
+def setUpModule():
+    # Installed as `make jupyter` installs it, into a temporary place.
+    subprocess.run([os.path.join(HERE, "..", "install.sh")], check=True, stdout=subprocess.DEVNULL,
+                   env=dict(os.environ, SITE_DIR=SITE, KERNELS_DIR=KERNELS, PYTHON=sys.executable))
+    sys.path.insert(0, SITE)
+    os.environ["JUPYTER_PATH"] = _tmp.name
+
+
+def tearDownModule():
+    _tmp.cleanup()
+
+
+SPAWNED = {
+    "name": "ipykernel-k0123456789abcdef-00aa", "node": "h2", "pid": 4711, "endpoint": "10.231.0.2:40001",
+    "existing": False, "kind": "ipykernel", "request_id": "k0123456789abcdef",
+    "connection": {"ip": "10.231.0.2", "transport": "tcp", "shell_port": 40001, "iopub_port": 40002,
+                   "stdin_port": 40003, "control_port": 40004, "hb_port": 40005, "key": "ab" * 32,
+                   "signature_scheme": "hmac-sha256", "kernel_name": "ipykernel"},
+}
+
+
+def row(status="alive", host_status="alive", ended=""):
+    return {"interpreters": [{"name": SPAWNED["name"], "status": status, "host_status": host_status, "ended": ended}]}
+
+
+class FakeAgent:
+    def __init__(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.answers = {"spawn": {"stdout": json.dumps(SPAWNED)},
+                        "interpreters": {"stdout": json.dumps(row())},
+                        "signal": {"stdout": "delivered\n"}, "stop": {"stdout": "stopped\n"}}
+        self.save()
+
+    def save(self):
+        with open(os.path.join(self.dir.name, "answers.json"), "w") as f:
+            json.dump(self.answers, f)
+
+    def answer(self, command, code=0, stdout="", stderr=""):
+        self.answers[command] = {"code": code, "stdout": stdout, "stderr": stderr}
+        self.save()
+
+    def calls(self):
+        try:
+            with open(os.path.join(self.dir.name, "calls.jsonl")) as f:
+                return [json.loads(line)["argv"] for line in f]
+        except FileNotFoundError:
+            return []
+
+
+def spec(**config):
+    cfg = {"kind": "ipykernel", "restart": "no"}
+    cfg.update(config)
+    return KernelSpec(name="mesh-python3", argv=["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                      display_name="mesh", language="python",
+                      metadata={"kernel_provisioner": {"provisioner_name": "mesh-provisioner", "config": cfg}})
+
+
+def run(coro):
+    return asyncio.new_event_loop().run_until_complete(coro)
+
+
+class FakeAgentCase(unittest.TestCase):
+    def setUp(self):
+        from mesh_provisioner import MeshProvisioner
+        self.fake = FakeAgent()
+        self.addCleanup(self.fake.dir.cleanup)
+        self.env = dict(os.environ)
+        self.addCleanup(lambda: (os.environ.clear(), os.environ.update(self.env)))
+        os.environ["PATH"] = FAKEBIN + os.pathsep + os.environ.get("PATH", "")
+        os.environ["FAKE_AGENT_DIR"] = self.fake.dir.name
+        os.environ["AGENT_RPC_ADDR"] = "127.0.0.1:7373"
+        self.MeshProvisioner = MeshProvisioner
+
+    def provisioner(self, **config):
+        s = spec(**config)
+        cfg = s.metadata["kernel_provisioner"]["config"]
+        return self.MeshProvisioner(kernel_id="kid-1", kernel_spec=s, **cfg)
+
+    def launch(self, p):
+        kw = run(p.pre_launch())
+        return run(p.launch_kernel(kw.pop("cmd"), **kw))
+
+
+class ProvisionerTest(FakeAgentCase):
+
+    def test_launch_spawns_with_the_kernel_id_as_key(self):
+        p = self.provisioner(restart="on-failure", constraints=["dc=east"])
+        info = self.launch(p)
+        spawn = self.fake.calls()[-1]
+        self.assertEqual(spawn[0], "spawn")
+        for flag, value in [("--kind", "ipykernel"), ("--key", "kid-1"), ("--restart", "on-failure"),
+                            ("--constraint", "dc=east"), ("--format", "json")]:
+            self.assertEqual(spawn[spawn.index(flag) + 1], value, spawn)
+        self.assertIn("--wait", spawn)
+        self.assertEqual(info["key"], b"ab" * 32)
+        self.assertEqual((info["ip"], info["shell_port"], info["hb_port"]), ("10.231.0.2", 40001, 40005))
+        self.assertEqual(info["kernel_name"], "mesh-python3")
+        self.assertTrue(p.has_process)
+        self.assertEqual((p.name, p.node), (SPAWNED["name"], "h2"))
+
+    def test_poll_answers_from_membership(self):
+        p = self.provisioner()
+        self.launch(p)
+        self.assertIsNone(run(p.poll()))
+        self.assertEqual(self.fake.calls()[-1], ["interpreters", "--all", "--format", "json"])
+        for answer, code in [(row("left", ended="exit status 3"), 3), (row("failed", "failed", "host failed"), 1),
+                             (row("alive", "failed"), 1), (row("left", ended="signal: killed"), -9),
+                             (row("left", ended="stopped"), 0), ({"interpreters": []}, 0)]:
+            with self.subTest(answer=answer):
+                p._exit_code = None
+                self.fake.answer("interpreters", stdout=json.dumps(answer))
+                self.assertEqual(run(p.poll()), code)
+                self.assertEqual(run(p.wait()), code)
+
+    def test_an_agent_that_does_not_answer_is_no_verdict(self):
+        p = self.provisioner()
+        self.launch(p)
+        self.fake.answer("interpreters", code=1, stderr="cannot reach the agent at 127.0.0.1:7373")
+        self.assertIsNone(run(p.poll()))
+
+    def test_signals_go_through_agent_signal(self):
+        p = self.provisioner()
+        self.launch(p)
+        for do, want in [(lambda: p.send_signal(signal.SIGINT), "SIGINT"), (lambda: p.terminate(), "SIGTERM"),
+                         (lambda: p.kill(), "SIGKILL")]:
+            run(do())
+            self.assertEqual(self.fake.calls()[-1], ["signal", SPAWNED["name"], want])
+        with self.assertRaisesRegex(Exception, "SIGINT, SIGTERM, SIGKILL"):
+            run(p.send_signal(signal.SIGHUP))
+
+    def test_a_signal_that_fails_on_a_live_kernel_is_an_error(self):
+        p = self.provisioner()
+        self.launch(p)
+        self.fake.answer("signal", code=1, stderr="Error: SIGINT not delivered: its supervisor does not answer")
+        with self.assertRaisesRegex(Exception, "supervisor does not answer"):
+            run(p.send_signal(signal.SIGINT))
+        self.fake.answer("interpreters", stdout=json.dumps(row("left", ended="exit status 0")))
+        run(p.send_signal(signal.SIGINT))  # it ended: nothing to signal, no error
+
+    def test_cleanup_stops_the_interpreter(self):
+        p = self.provisioner()
+        self.launch(p)
+        run(p.cleanup(restart=False))
+        self.assertEqual(self.fake.calls()[-1], ["stop", SPAWNED["name"]])
+        self.assertFalse(p.has_process)
+
+    def test_provisioner_info_round_trip(self):
+        p = self.provisioner()
+        self.launch(p)
+        info = run(p.get_provisioner_info())
+        q = self.provisioner()
+        run(q.load_provisioner_info(info))
+        self.assertEqual((q.name, q.node, q.connection_info["shell_port"]), (SPAWNED["name"], "h2", 40001))
+
+    def test_existing_kernel_without_a_connection(self):
+        p = self.provisioner()
+        answer = dict(SPAWNED, existing=True)
+        del answer["connection"]
+        self.fake.answer("spawn", stdout=json.dumps(answer))
+        with self.assertRaisesRegex(Exception, "already runs as .* on h2, started by another agent"):
+            self.launch(p)
+
+
+class JupyterVisibleErrorsTest(FakeAgentCase):
+    """Bad input through a stock KernelManager: the error start_kernel
+    raises names the problem and the fix."""
+
+    def write_spec(self, **config):
+        cfg = {"kind": "ipykernel", "restart": "no"}
+        cfg.update(config)
+        d = os.path.join(KERNELS, "mesh-test")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "kernel.json"), "w") as f:
+            json.dump({"argv": ["python3"], "display_name": "t", "language": "python",
+                       "metadata": {"kernel_provisioner": {"provisioner_name": "mesh-provisioner", "config": cfg}}}, f)
+
+    def test_unknown_kind(self):
+        self.write_spec(kind="nope")
+        self.fake.answer("spawn", code=4, stdout=json.dumps({"code": "unknown-kind", "error":
+                         'no server offers kind "nope"; kinds offered: demo, ipykernel'}),
+                         stderr='Error: no server offers kind "nope"; kinds offered: demo, ipykernel\n')
+        km = KernelManager(kernel_name="mesh-test")
+        with self.assertRaises(Exception) as e:
+            km.start_kernel()
+        self.assertIn('no server offers kind "nope"; kinds offered: demo, ipykernel', str(e.exception))
+        self.assertIn("kernelspec 'mesh-test'", str(e.exception))
+
+    def test_missing_agent_on_path(self):
+        self.write_spec()
+        os.environ["PATH"] = "/nonexistent"
+        km = KernelManager(kernel_name="mesh-test")
+        with self.assertRaisesRegex(Exception, "no `agent` binary on PATH .*install the agent, or name it"):
+            km.start_kernel()
+
+    def test_missing_agent_named_in_the_kernelspec(self):
+        self.write_spec(agent="/no/such/agent")
+        km = KernelManager(kernel_name="mesh-test")
+        with self.assertRaisesRegex(Exception, "'/no/such/agent' named in kernelspec 'mesh-test' does not exist"):
+            km.start_kernel()
+
+    def test_the_shipped_kernelspec_is_found_with_the_provisioner(self):
+        km = KernelManager(kernel_name="mesh-python3")
+        self.assertEqual(km.kernel_spec.metadata["kernel_provisioner"]["provisioner_name"], "mesh-provisioner")
+        km.start_kernel()
+        self.assertEqual(km.provisioner.name, SPAWNED["name"])
+        self.assertTrue(km.is_alive())
+        self.fake.answer("interpreters", stdout=json.dumps(row("left", ended="exit status 0")))
+        km.shutdown_kernel(now=True)
+        self.assertFalse(km.has_kernel)
+
+
+if __name__ == "__main__":
+    unittest.main()
