@@ -384,18 +384,22 @@ func ended(in Instance) string {
 	return "supervisor failed"
 }
 
+// findInstance is the interpreter called name in this agent's view.
+func (l *Lifecycle) findInstance(name string) (Instance, error) {
+	for _, x := range Instances(l.deps.Node.Members()) {
+		if x.Name == name {
+			return x, nil
+		}
+	}
+	return Instance{}, fmt.Errorf("no interpreter named %q in this agent's view: `agent interpreters` lists them", name)
+}
+
 // Stop stops an interpreter wherever it runs: the order goes to its host
 // server, and the call returns once this agent sees the interpreter leave.
 func (l *Lifecycle) Stop(ctx context.Context, req rpc.StopRequest) (rpc.StopResponse, error) {
-	var in Instance
-	found := false
-	for _, x := range Instances(l.deps.Node.Members()) {
-		if x.Name == req.Name {
-			in, found = x, true
-		}
-	}
-	if !found {
-		return rpc.StopResponse{}, fmt.Errorf("no interpreter named %q in this agent's view: `agent interpreters` lists them", req.Name)
+	in, err := l.findInstance(req.Name)
+	if err != nil {
+		return rpc.StopResponse{}, err
 	}
 	if in.Status != gossip.StatusAlive {
 		return rpc.StopResponse{Name: in.Name, Host: in.Host, Status: string(in.Status)}, nil

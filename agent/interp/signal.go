@@ -104,15 +104,9 @@ func (l *Lifecycle) Signal(ctx context.Context, req rpc.SignalRequest) (rpc.Sign
 	if err != nil {
 		return rpc.SignalResponse{}, err
 	}
-	var in Instance
-	found := false
-	for _, x := range Instances(l.deps.Node.Members()) {
-		if x.Name == req.Name {
-			in, found = x, true
-		}
-	}
-	if !found {
-		return rpc.SignalResponse{}, fmt.Errorf("no interpreter named %q in this agent's view: `agent interpreters` lists them", req.Name)
+	in, err := l.findInstance(req.Name)
+	if err != nil {
+		return rpc.SignalResponse{}, err
 	}
 	resp := rpc.SignalResponse{Name: in.Name, Host: in.Host, Signal: sig}
 	if in.Status != gossip.StatusAlive {

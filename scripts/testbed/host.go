@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -426,4 +427,23 @@ func (m *Monitor) Close() []Event {
 	<-m.read
 	m.pipe.Close()
 	return m.Events()
+}
+
+// Processes lists the command lines (argv) of every process in h's network
+// namespace, the agent's and everything it started: tests count
+// interpreters by what runs, not only by what the mesh lists.
+func (h *Host) Processes() ([][]string, error) {
+	out, err := exec.Command("ip", "netns", "pids", h.NS).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip netns pids %s: %w", h.NS, err)
+	}
+	var procs [][]string
+	for _, f := range strings.Fields(string(out)) {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", f, "cmdline"))
+		if err != nil {
+			continue // it exited meanwhile
+		}
+		procs = append(procs, strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"))
+	}
+	return procs, nil
 }

@@ -178,19 +178,13 @@ func readStep(t *testing.T, r *bufio.Reader) flowStep {
 func (j *jupyterBed) kernelProcesses(t *testing.T) (kernels, supervisors int) {
 	t.Helper()
 	for _, h := range j.b.Hosts {
-		out, err := exec.Command("ip", "netns", "pids", h.NS).Output()
+		procs, err := h.Processes()
 		if err != nil {
-			t.Fatalf("ip netns pids %s: %v", h.NS, err)
+			t.Fatal(err)
 		}
-		for _, f := range strings.Fields(string(out)) {
-			pid, _ := strconv.Atoi(f)
-			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			if err != nil {
-				continue
-			}
-			args := strings.Split(string(cmdline), "\x00")
+		for _, args := range procs {
 			switch {
-			case strings.Contains(string(cmdline), "ipykernel_launcher"):
+			case strings.Contains(strings.Join(args, " "), "ipykernel_launcher"):
 				kernels++
 			case len(args) > 1 && args[1] == "interpreter":
 				supervisors++

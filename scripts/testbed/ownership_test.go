@@ -3,11 +3,9 @@ package testbed_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -75,17 +73,11 @@ func processesFor(t *testing.T, b *testbed.Testbed, rid string) (map[string]int,
 	perHost := map[string]int{}
 	total := 0
 	for _, h := range b.Hosts {
-		out, err := exec.Command("ip", "netns", "pids", h.NS).Output()
+		procs, err := h.Processes()
 		if err != nil {
-			t.Fatalf("ip netns pids %s: %v", h.NS, err)
+			t.Fatal(err)
 		}
-		for _, f := range strings.Fields(string(out)) {
-			pid, _ := strconv.Atoi(f)
-			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			if err != nil {
-				continue
-			}
-			args := strings.Split(string(cmdline), "\x00")
+		for _, args := range procs {
 			if len(args) > 3 && args[1] == "interpreter" && strings.Contains(args[3], "-"+rid+"-") {
 				perHost[h.Name]++
 				total++
