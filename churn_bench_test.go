@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -123,6 +125,15 @@ func BenchmarkChurn500(b *testing.B) {
 			return false
 		})
 		settled := time.Since(start) - churn
+		dirs := 0
+		waitFor(b, "the ended interpreters' directories removed", time.Minute, func() bool {
+			dirs = 0
+			for _, a := range agents {
+				entries, _ := os.ReadDir(filepath.Join(a.dataDir, "interpreters"))
+				dirs += len(entries)
+			}
+			return dirs == 0
+		})
 		b.ReportMetric(float64(cycles), "cycles")
 		b.ReportMetric(float64(len(failures)), "failed_cycles")
 		b.ReportMetric(churn.Seconds(), "churn_s")
@@ -133,5 +144,6 @@ func BenchmarkChurn500(b *testing.B) {
 		b.ReportMetric(bytesReaped, "pushpull_bytes_at_reap")
 		b.ReportMetric(bytesAfter, "pushpull_bytes_after")
 		b.ReportMetric(settled.Seconds(), "pushpull_settle_s")
+		b.ReportMetric(float64(dirs), "dirs_after")
 	}
 }

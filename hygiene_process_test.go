@@ -88,6 +88,17 @@ func TestEndedInterpretersAreReaped(t *testing.T) {
 		return true
 	})
 	t.Logf("measure: stop or crash to gone from every view, --interpreter-reap 4s: %.1fs", time.Since(start).Seconds())
+	// Their hosts remove their directories too (the spec holds the keys).
+	waitFor(t, "the ended interpreters' directories removed", 20*time.Second, func() bool {
+		for _, a := range agents {
+			for _, n := range []string{stopped.Name, crashed.Name} {
+				if _, err := os.Stat(filepath.Join(a.dataDir, "interpreters", n)); err == nil {
+					return false
+				}
+			}
+		}
+		return true
+	})
 	for _, a := range agents {
 		if n := len(membersOf(t, a)); n != 3 {
 			t.Errorf("%s lists %d members, want the 3 servers", a.name, n)

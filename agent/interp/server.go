@@ -531,11 +531,16 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 // re-adopted after a restart are not its children, so nothing else tells it
 // when they exit.
 func (l *Lifecycle) watchSupervisors() {
+	lastSweep := l.clock.Now()
 	for {
 		select {
 		case <-l.deps.Done:
 			return
 		case <-l.clock.After(time.Second):
+		}
+		if now := l.clock.Now(); now.Sub(lastSweep) >= l.sweepEvery() {
+			lastSweep = now
+			l.sweepDirs(now)
 		}
 		l.regMu.Lock()
 		var gone []string
@@ -569,6 +574,57 @@ func (l *Lifecycle) StopAll(why string) int {
 		}
 	}
 	return n
+}
+
+// sweepEvery is how often ended interpreters' directories are looked at.
+func (l *Lifecycle) sweepEvery() time.Duration {
+	return min(max(l.cfg.Reap/2, time.Second), time.Minute)
+}
+
+// sweepDirs removes the directories of interpreters that ended more than
+// the reap window ago: the mesh has forgotten them, and their spec holds the
+// gossip keys. A directory whose interpreter is registered (it runs) or that
+// changed within the window (a start under way, an exit record still
+// wanted by an asker's --wait) stays.
+func (l *Lifecycle) sweepDirs(now time.Time) {
+	root := filepath.Join(l.cfg.Dir, "interpreters")
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	keep := l.cfg.Reap
+	if keep <= 0 {
+		keep = time.Minute
+	}
+	l.regMu.Lock()
+	running := map[string]bool{}
+	for _, i := range l.registry.List() {
+		running[i.Name] = true
+	}
+	l.regMu.Unlock()
+	for _, e := range entries {
+		if !e.IsDir() || running[e.Name()] {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		newest := time.Time{}
+		for _, f := range []string{exitFile, "spec.json", "output.log", "supervisor.log"} {
+			if st, err := os.Stat(filepath.Join(dir, f)); err == nil && st.ModTime().After(newest) {
+				newest = st.ModTime()
+			}
+		}
+		if st, err := os.Stat(dir); err == nil && st.ModTime().After(newest) {
+			newest = st.ModTime()
+		}
+		if now.Sub(newest) < keep {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			l.logger.Warn("could not remove an ended interpreter's directory", "dir", dir, "err", err)
+			continue
+		}
+		l.logger.Debug("removed an ended interpreter's directory", "dir", dir)
+	}
 }
 
 // handleStopOrder answers the stop query: signal the supervisor, which
