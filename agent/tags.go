@@ -75,6 +75,12 @@ func (a *Agent) observeLoad(l gossip.Load, now time.Time) {
 	a.tagsMu.Lock()
 	defer a.tagsMu.Unlock()
 	a.tags.latest = &l
+	// A node whose probes go unanswered is failed or about to be; a tag
+	// update would revive it everywhere until the mesh fails it again, a
+	// flap per update (issue 14). It publishes once it hears the mesh.
+	if a.node.Deaf() {
+		return
+	}
 	ni := a.runningInterpreters()
 	ok, why := a.cfg.Publish.Decide(a.tags.published, l.CPU, l.Mem, ni, now)
 	if !ok {
