@@ -25,6 +25,7 @@ func TestALongPartitionHealsAndReportsItsDetection(t *testing.T) {
 	if p == nil {
 		t.Fatal("a partition scenario reported no partition record")
 	}
+	t.Logf("detection p50/p99 %v/%v s, heal %v s, partition record %+v", deref(r.DetectionP50), deref(r.DetectionP99), deref(r.HealS), *p)
 	if p.HeldS < 119 {
 		t.Errorf("the partition was held %.1f s, want 120 s", p.HeldS)
 	}
@@ -59,4 +60,11 @@ func TestThePartitionLengthMovesTheHealAndKeepsWhatFollows(t *testing.T) {
 	if err := p.setPartitionLength(0); err == nil {
 		t.Error("a partition of no time was accepted")
 	}
+}
+
+func deref(v *float64) any {
+	if v == nil {
+		return nil
+	}
+	return *v
 }
