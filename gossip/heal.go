@@ -35,6 +35,10 @@ import (
 // stopped gossiping to them can need a second push/pull, which the next
 // answered ping makes.
 //
+// A node that missed some revivals of a heal is alone in seeing those
+// members failed; so for 30 s after any revival in its view, a node pings
+// one of its remaining failed members every round, whatever the mesh's size.
+//
 // Members that left, were force-left or reaped are not failed, so they are
 // never pinged; a failed member is pinged until serf reaps it
 // (ReconnectTimeout), at most healPingers times per interval by the whole
@@ -45,6 +49,10 @@ const healPingers = 3
 // with fast, 2 s with lan. With 3 pings a side per interval, the first
 // answer after the heal comes within about a quarter of it.
 const healIntervalProbes = 2
+
+// healFollowUp is how long after a failed member came back in its view a
+// node pings one of its remaining failed members every round.
+const healFollowUp = 30 * time.Second
 
 // HealStats counts the heal prober's work since the node started.
 type HealStats struct {
@@ -140,7 +148,15 @@ func (h *healer) pick(now time.Time) (serf.Member, bool) {
 		}
 	}
 	h.prevFailed = next
-	if len(failed) == 0 || rand.Float64()*float64(max(alive, 1)) >= healPingers {
+	if len(failed) == 0 {
+		return serf.Member{}, false
+	}
+	// Right after a heal a few nodes can miss a member's revival (its news
+	// ran out of retransmissions before reaching them). Only they see it
+	// failed, so the mesh-wide rate does not apply to them: for a while
+	// after any revival, every node pings each round.
+	following := !h.lastRevival.IsZero() && now.Sub(h.lastRevival) < healFollowUp
+	if !following && rand.Float64()*float64(max(alive, 1)) >= healPingers {
 		return serf.Member{}, false
 	}
 	return failed[rand.N(len(failed))], true
