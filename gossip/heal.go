@@ -36,8 +36,9 @@ import (
 // answered ping makes.
 //
 // A node that missed some revivals of a heal is alone in seeing those
-// members failed; so for 30 s after any revival in its view, a node pings
-// one of its remaining failed members every round, whatever the mesh's size.
+// members failed; so for 30 s after a heal in its view (two or more failed
+// members back at once), a node pings one of its remaining failed members
+// every round, whatever the mesh's size.
 //
 // Members that left, were force-left or reaped are not failed, so they are
 // never pinged; a failed member is pinged until serf reaps it
@@ -50,9 +51,13 @@ const healPingers = 3
 // answer after the heal comes within about a quarter of it.
 const healIntervalProbes = 2
 
-// healFollowUp is how long after a failed member came back in its view a
-// node pings one of its remaining failed members every round.
-const healFollowUp = 30 * time.Second
+// healFollowUp is how long after a heal (healRevivals or more failed
+// members back between two rounds) a node pings one of its remaining
+// failed members every round.
+const (
+	healFollowUp = 30 * time.Second
+	healRevivals = 2
+)
 
 // HealStats counts the heal prober's work since the node started.
 type HealStats struct {
@@ -71,6 +76,7 @@ type healer struct {
 	mu          sync.Mutex
 	prevFailed  map[string]bool // failed at the previous round
 	lastRevival time.Time       // a member failed at one round was alive at the next
+	lastHeal    time.Time       // several were: a heal, whose stragglers are followed up
 }
 
 // startHeal starts the prober unless interval is negative; zero picks the
@@ -135,12 +141,14 @@ func (h *healer) pick(now time.Time) (serf.Member, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	next := make(map[string]bool)
+	revived := 0
 	for _, m := range members {
 		switch m.Status {
 		case serf.StatusAlive:
 			alive++
 			if h.prevFailed[m.Name] {
 				h.lastRevival = now
+				revived++
 			}
 		case serf.StatusFailed:
 			failed = append(failed, m)
@@ -148,14 +156,18 @@ func (h *healer) pick(now time.Time) (serf.Member, bool) {
 		}
 	}
 	h.prevFailed = next
+	if revived >= healRevivals {
+		h.lastHeal = now
+	}
 	if len(failed) == 0 {
 		return serf.Member{}, false
 	}
 	// Right after a heal a few nodes can miss a member's revival (its news
 	// ran out of retransmissions before reaching them). Only they see it
 	// failed, so the mesh-wide rate does not apply to them: for a while
-	// after any revival, every node pings each round.
-	following := !h.lastRevival.IsZero() && now.Sub(h.lastRevival) < healFollowUp
+	// after a heal, every node pings each round. One member coming back (a
+	// restart, a false failure refuted) is no heal and costs nothing more.
+	following := !h.lastHeal.IsZero() && now.Sub(h.lastHeal) < healFollowUp
 	if !following && rand.Float64()*float64(max(alive, 1)) >= healPingers {
 		return serf.Member{}, false
 	}
