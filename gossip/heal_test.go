@@ -291,3 +291,23 @@ func TestADeafNodeKnowsItAndHearsAgainAfterTheRepair(t *testing.T) {
 	waitLong(t, "d alive everywhere after the repair", 20*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
 	waitLong(t, "d to hear the mesh again", 20*time.Second, func() bool { return !nodes["d"].Deaf() })
 }
+
+func TestOnlySeveralMembersBackAtOnceCountAsAHeal(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	_, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	h := healerFor(nodes["a"])
+	now := time.Now()
+	// As if b had been failed at the previous round and is alive now: a
+	// restart, or a false failure refuted.
+	h.prevFailed = map[string]bool{"b": true}
+	h.round(now)
+	if h.lastRevival != now || !h.lastHeal.IsZero() {
+		t.Errorf("one member back: revival %v, heal %v; want a revival and no heal", h.lastRevival, h.lastHeal)
+	}
+	h.prevFailed = map[string]bool{"b": true, "c": true}
+	h.round(now)
+	if h.lastHeal != now {
+		t.Errorf("two members back at once: heal %v, want %v", h.lastHeal, now)
+	}
+}
