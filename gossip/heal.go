@@ -20,8 +20,8 @@ import (
 // 21 s after the network came back.
 //
 // So every node, every HealInterval (jittered by half either way), pings one
-// failed member with probability healPingers/alive, alive counted in its own
-// view. Each side of a partition therefore sends about healPingers pings per
+// member failed in its view for at least healMinAge, with probability
+// healPingers/alive, alive counted in its own view. Each side of a partition therefore sends about healPingers pings per
 // interval across the split, whatever its size: about 100 bytes each, a
 // few bytes per node per second at 100 nodes, and nothing while no member
 // is failed. A ping is memberlist's own UDP ping, addressed by name, so an
@@ -51,6 +51,13 @@ const healPingers = 3
 // answer after the heal comes within about a quarter of it.
 const healIntervalProbes = 2
 
+// healMinAge is how long a member must have been failed in a node's view
+// before the node pings it. A false failure (loss, a busy host) is refuted
+// within seconds by the member itself; pinging and joining it would only
+// add push/pulls, and under loss they feed more false verdicts. A
+// partition lasts longer than that.
+const healMinAge = 10 * time.Second
+
 // healFollowUp is how long after a heal (healRevivals or more failed
 // members back between two rounds) a node pings one of its remaining
 // failed members every round.
@@ -70,13 +77,14 @@ type HealStats struct {
 type healer struct {
 	n        *Node
 	interval time.Duration
+	minAge   time.Duration // a member is pinged once failed this long here
 
 	pings, answers, joins atomic.Uint64
 
 	mu          sync.Mutex
-	prevFailed  map[string]bool // failed at the previous round
-	lastRevival time.Time       // a member failed at one round was alive at the next
-	lastHeal    time.Time       // several were: a heal, whose stragglers are followed up
+	prevFailed  map[string]time.Time // failed at the previous round, since when
+	lastRevival time.Time            // a member failed at one round was alive at the next
+	lastHeal    time.Time            // several were: a heal, whose stragglers are followed up
 }
 
 // startHeal starts the prober unless interval is negative; zero picks the
@@ -88,7 +96,7 @@ func (n *Node) startHeal(interval time.Duration) {
 	if interval == 0 {
 		interval = healIntervalProbes * n.ml.ProbeInterval
 	}
-	n.heal = &healer{n: n, interval: interval}
+	n.heal = &healer{n: n, interval: interval, minAge: healMinAge}
 	n.wg.Add(1)
 	go n.heal.run()
 }
@@ -140,19 +148,25 @@ func (h *healer) pick(now time.Time) (serf.Member, bool) {
 	alive := 0
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	next := make(map[string]bool)
+	next := make(map[string]time.Time)
 	revived := 0
 	for _, m := range members {
 		switch m.Status {
 		case serf.StatusAlive:
 			alive++
-			if h.prevFailed[m.Name] {
+			if _, was := h.prevFailed[m.Name]; was {
 				h.lastRevival = now
 				revived++
 			}
 		case serf.StatusFailed:
-			failed = append(failed, m)
-			next[m.Name] = true
+			since, ok := h.prevFailed[m.Name]
+			if !ok {
+				since = now
+			}
+			next[m.Name] = since
+			if now.Sub(since) >= h.minAge {
+				failed = append(failed, m)
+			}
 		}
 	}
 	h.prevFailed = next

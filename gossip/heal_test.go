@@ -195,6 +195,9 @@ func TestHealRejoinsTheSidesOfAPartition(t *testing.T) {
 	waitLong(t, "each side to see the other failed", 30*time.Second, func() bool {
 		return sees(nodes, left, right, StatusFailed) && sees(nodes, right, left, StatusFailed)
 	})
+	// The partition lasts past the prober's minimum age of a failure (a
+	// fault's duration, not a wait for gossip).
+	time.Sleep(healMinAge)
 	c.heal()
 	// Without the prober, only news gossiped to the dead or serf's
 	// reconnect (every 30 s) would bring them back; the bound is generous.
@@ -300,14 +303,31 @@ func TestOnlySeveralMembersBackAtOnceCountAsAHeal(t *testing.T) {
 	now := time.Now()
 	// As if b had been failed at the previous round and is alive now: a
 	// restart, or a false failure refuted.
-	h.prevFailed = map[string]bool{"b": true}
+	h.prevFailed = map[string]time.Time{"b": now}
 	h.round(now)
 	if h.lastRevival != now || !h.lastHeal.IsZero() {
 		t.Errorf("one member back: revival %v, heal %v; want a revival and no heal", h.lastRevival, h.lastHeal)
 	}
-	h.prevFailed = map[string]bool{"b": true, "c": true}
+	h.prevFailed = map[string]time.Time{"b": now, "c": now}
 	h.round(now)
 	if h.lastHeal != now {
 		t.Errorf("two members back at once: heal %v, want %v", h.lastHeal, now)
+	}
+}
+
+func TestHealLeavesAFreshFailureToItsOwnRefutation(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	c, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	c.cut([]string{"a", "b"}, []string{"c"})
+	c.cut([]string{"c"}, []string{"a", "b"})
+	waitLong(t, "c failed in a's view", 30*time.Second, func() bool { return statusOf(nodes["a"], "c") == StatusFailed })
+	h := healerFor(nodes["a"])
+	h.minAge = time.Hour
+	for range 20 {
+		h.round(time.Now())
+	}
+	if p := h.pings.Load(); p != 0 {
+		t.Errorf("the prober pinged a member failed for less than its minimum age %d times, want 0", p)
 	}
 }
