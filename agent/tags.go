@@ -19,6 +19,7 @@ type tagState struct {
 	healthy   bool              // load sampling works
 	published state.Published   // what the tags carry
 	updates   uint64            // load publications, for stats
+	deaf      bool              // load updates held: this node's probes go unanswered
 }
 
 // buildTagsLocked renders the tags from the state; a.tagsMu must be held.
@@ -75,6 +76,21 @@ func (a *Agent) observeLoad(l gossip.Load, now time.Time) {
 	a.tagsMu.Lock()
 	defer a.tagsMu.Unlock()
 	a.tags.latest = &l
+	// A node whose probes go unanswered is failed or about to be; a tag
+	// update would revive it everywhere until the mesh fails it again, a
+	// flap per update (issue 14). It publishes once it hears the mesh.
+	if a.node.Deaf() {
+		if !a.tags.deaf {
+			a.tags.deaf = true
+			a.logger.Warn("this node's probes go unanswered: load updates are held until it hears the mesh again",
+				"health_score", a.node.HealthScore())
+		}
+		return
+	}
+	if a.tags.deaf {
+		a.tags.deaf = false
+		a.logger.Info("this node hears the mesh again: load updates resume")
+	}
 	ni := a.runningInterpreters()
 	ok, why := a.cfg.Publish.Decide(a.tags.published, l.CPU, l.Mem, ni, now)
 	if !ok {

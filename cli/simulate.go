@@ -34,6 +34,8 @@ func simulateCommand() *ucli.Command {
 			&ucli.Int64Flag{Name: "seed", Value: 1, Usage: "seed of the fault schedule and of the network's randomness"},
 			&ucli.StringFlag{Name: "profile", Value: gossip.DefaultProfile, Usage: "gossip profile: " + strings.Join(gossip.Profiles(), ", ")},
 			&ucli.Float64Flag{Name: "loss", Usage: fmt.Sprintf("packet loss of the loss scenario, 0 to 1 (default %g)", simulation.LossRate)},
+			&ucli.DurationFlag{Name: "partition-for", Usage: "how long the partition scenarios keep the sides apart (default: the scenario's, about 34 s at 100 nodes)"},
+			&ucli.BoolFlag{Name: "no-heal", Usage: "turn the nodes' heal prober off, to compare with serf and memberlist alone"},
 			formatFlag(),
 			&ucli.StringFlag{Name: "out", Usage: "also write the JSON report to this file"},
 			&ucli.StringFlag{Name: "svg", Usage: "write the timeline as an SVG picture to this file"},
@@ -53,6 +55,15 @@ func simulate(c *ucli.Context) error {
 		Seed:     c.Int64("seed"),
 		Profile:  c.String("profile"),
 		Loss:     c.Float64("loss"),
+
+		PartitionFor: c.Duration("partition-for"),
+		NoHeal:       c.Bool("no-heal"),
+	}
+	if c.IsSet("partition-for") && cfg.Scenario != simulation.ScenarioPartition && cfg.Scenario != simulation.ScenarioPartition3 {
+		return fmt.Errorf("--partition-for applies to the %s and %s scenarios only", simulation.ScenarioPartition, simulation.ScenarioPartition3)
+	}
+	if c.IsSet("partition-for") && cfg.PartitionFor <= 0 {
+		return fmt.Errorf("--partition-for %s is not a duration to hold a partition: give a positive one, e.g. 5m", cfg.PartitionFor)
 	}
 	if c.IsSet("loss") && cfg.Scenario != simulation.ScenarioLoss {
 		return fmt.Errorf("--loss applies to the %s scenario only: drop it or use --scenario %s", simulation.ScenarioLoss, simulation.ScenarioLoss)

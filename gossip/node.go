@@ -71,6 +71,10 @@ type Config struct {
 	// ReapAfter/4 (between 1 s and serf's 15 s).
 	Reap      func(tags map[string]string) bool
 	ReapAfter time.Duration
+
+	// HealInterval is how often the heal prober may ping a failed member
+	// (heal.go); zero: twice the profile's probe interval; negative: never.
+	HealInterval time.Duration
 }
 
 // reapOverride is serf's per-member reconnect timeout: the members Reap
@@ -112,6 +116,8 @@ type Node struct {
 	lost         chan struct{}
 	conflictMu   sync.Mutex
 	conflictWith string
+
+	heal *healer // nil when heal probing is off
 }
 
 // Start creates the node and starts gossiping; it does not join anyone.
@@ -193,6 +199,7 @@ func Start(cfg Config) (*Node, error) {
 	n.wg.Add(2)
 	go n.dispatch()
 	go n.watchLost()
+	n.startHeal(cfg.HealInterval)
 	return n, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
 )
 
 // largeEnv opts in to the 1000-node benchmarks, which take several minutes
@@ -27,6 +28,29 @@ func BenchmarkScenario(b *testing.B) {
 					benchRun(b, RunConfig{Scenario: sc, Nodes: n, Seed: 1, Profile: profile})
 				})
 			}
+		}
+	}
+}
+
+// longEnv opts in to the partitions of 5 and 30 minutes, which run in real
+// time: SIM_LONG=1 go test -run '^$' -bench 'PartitionHeal' -timeout 2h ./simulation/
+const longEnv = "SIM_LONG"
+
+// BenchmarkPartitionHeal holds a 60/40 split of 100 nodes for 30 s (5 min
+// and 30 min with SIM_LONG=1), with the heal prober and without it (serf
+// and memberlist alone), and reports the heal per node (heal_p50_s,
+// heal_p99_s), the time until all agree (heal_s), the bytes per node and
+// second around the split and the push/pulls the heal cost.
+func BenchmarkPartitionHeal(b *testing.B) {
+	for _, hold := range []time.Duration{30 * time.Second, 5 * time.Minute, 30 * time.Minute} {
+		for _, noHeal := range []bool{false, true} {
+			name := fmt.Sprintf("N=100/hold=%s/profile=fast/heal=%v", hold, !noHeal)
+			b.Run(name, func(b *testing.B) {
+				if hold > time.Minute && os.Getenv(longEnv) == "" {
+					b.Skipf("a %s partition runs in real time: set %s=1 to run it", hold, longEnv)
+				}
+				benchRun(b, RunConfig{Scenario: ScenarioPartition, Nodes: 100, Profile: "fast", PartitionFor: hold, NoHeal: noHeal})
+			})
 		}
 	}
 }
@@ -61,6 +85,17 @@ func benchRun(b *testing.B, cfg RunConfig) {
 		add("converge_s", ptr(r.ConvergeS))
 		add("peak_rss_mb", r.PeakRSSMB)
 		add("go_mem_mb", ptr(r.PeakGoMemMB))
+		if p := r.Partition; p != nil {
+			add("heal_p50_s", p.HealP50)
+			add("heal_p99_s", p.HealP99)
+			add("bytes_before", ptr(p.BytesBefore))
+			add("bytes_during", ptr(p.BytesDuring))
+			add("bytes_10s_after", ptr(p.BytesHealing))
+			add("bytes_after", ptr(p.BytesAfter))
+			add("heal_pings_during", ptr(float64(p.HealPingsDuring)))
+			add("heal_joins_after", ptr(float64(p.HealJoinsAfter)))
+			add("push_pull_bytes_after", ptr(float64(p.PushPullBytesAfter)))
+		}
 	}
 	b.ReportMetric(0, "ns/op") // a run's wall time is wall_s
 	for unit, sum := range sums {

@@ -45,6 +45,9 @@ type ClusterConfig struct {
 	// Logger receives the harness's own messages; nil discards. The nodes'
 	// library logs are read for suspicions, not forwarded.
 	Logger *slog.Logger
+	// HealInterval is each node's gossip.Config.HealInterval: zero is the
+	// profile's default, negative turns the heal prober off (serf alone).
+	HealInterval time.Duration
 }
 
 // Cluster is N real gossip nodes over one simulated Network. It tracks what
@@ -231,6 +234,8 @@ func (c *Cluster) start(rng *rand.Rand) error {
 			Profile:   c.cfg.Profile,
 			Tags:      tags,
 			Logger:    slog.New(&suspicionLog{c: c, observer: i}),
+
+			HealInterval: c.cfg.HealInterval,
 		})
 		if err != nil {
 			ep.Shutdown()
@@ -581,6 +586,26 @@ func (c *Cluster) Status(observer, target string) gossip.Status {
 		return s
 	}
 	return gossip.StatusNone
+}
+
+// fullView reports whether node i sees exactly the live nodes alive.
+func (c *Cluster) fullView(i int) bool {
+	c.tallyMu.RLock()
+	defer c.tallyMu.RUnlock()
+	v := c.views[i]
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.alive == c.expCount && v.hash == c.expHash
+}
+
+// healStats sums the nodes' heal prober counters.
+func (c *Cluster) healStats() gossip.HealStats {
+	var s gossip.HealStats
+	for _, n := range c.nodes {
+		h := n.HealStats()
+		s.Pings, s.Answers, s.Joins = s.Pings+h.Pings, s.Answers+h.Answers, s.Joins+h.Joins
+	}
+	return s
 }
 
 // aliveCount is how many members node i sees alive (itself included).

@@ -351,6 +351,30 @@ func (p *Plan) setLoss(rate float64) error {
 	return nil
 }
 
+// setPartitionLength holds the partition of a partition scenario for d
+// before it heals; what the schedule observes after the heal stays as long.
+func (p *Plan) setPartitionLength(d time.Duration) error {
+	if p.Scenario != ScenarioPartition && p.Scenario != ScenarioPartition3 {
+		return fmt.Errorf("the %s scenario has no partition to lengthen: use the %s or %s scenario", p.Scenario, ScenarioPartition, ScenarioPartition3)
+	}
+	if d <= 0 {
+		return fmt.Errorf("a partition of %v: give a positive duration, e.g. 5m", d)
+	}
+	var split, heal *Fault
+	for i := range p.Faults {
+		switch p.Faults[i].Kind {
+		case FaultPartition:
+			split = &p.Faults[i]
+		case FaultHeal:
+			heal = &p.Faults[i]
+		}
+	}
+	after := p.Length - heal.At
+	heal.At = split.At + d
+	p.Length = heal.At + after
+	return nil
+}
+
 // healAt is when the network is whole again: the last heal or resume.
 func (p Plan) healAt() (time.Duration, bool) {
 	at, ok := time.Duration(0), false

@@ -14,7 +14,10 @@ import (
 type Figures struct {
 	// DetectionP50 and DetectionP99 rank, over every (crashed node, live
 	// observer) pair, the time from the crash until the observer marked the
-	// node failed. For the baseline the one observer is the monitor.
+	// node failed. For the baseline the one observer is the monitor. In a
+	// partition scenario (no crash) they rank, over the live nodes, the time
+	// from the split until the node saw every node across it failed; the
+	// baseline's stay nil there.
 	DetectionP50 *float64 `json:"detection_p50_s"`
 	DetectionP99 *float64 `json:"detection_p99_s"`
 	// DetectionAll is until every live observer saw every crash.
@@ -64,6 +67,12 @@ type Report struct {
 	TimerLagP99MS float64 `json:"timer_lag_p99_ms"`
 	TimerLagMaxMS float64 `json:"timer_lag_max_ms"`
 
+	// NoHeal is set when the nodes ran without the heal prober.
+	NoHeal bool `json:"no_heal,omitempty"`
+	// Partition is what a partition scenario measured about its split and
+	// heal, for the gossip.
+	Partition *PartitionRecord `json:"partition,omitempty"`
+
 	// Placements are the bursts of the burst scenario: per side of the
 	// partition, how many elections decided, next to how many askers could
 	// have reached the baseline's central monitor (the old system places
@@ -74,6 +83,30 @@ type Report struct {
 	FalseFailureExamples []string      `json:"false_failure_examples,omitempty"`
 	Groups               []GroupRecord `json:"groups"`
 	Timeline             []Sample      `json:"timeline"`
+}
+
+// PartitionRecord is a partition and its heal as the gossip lived them.
+// Bytes are per live node and second, payload only.
+type PartitionRecord struct {
+	HeldS float64 `json:"held_s"` // from the split to the heal
+	// HealP50 and HealP99 rank, over the live nodes, the time from the heal
+	// until the node saw every live node alive (HealS is until all did).
+	HealP50 *float64 `json:"heal_p50_s"`
+	HealP99 *float64 `json:"heal_p99_s"`
+	// BytesBefore is from the start of the schedule to the split (short:
+	// the schedule's lead); BytesDuring while the split lasted;
+	// BytesHealing the first 10 s after the heal; BytesAfter from then on,
+	// the steady state of the whole mesh.
+	BytesBefore  float64 `json:"bytes_per_node_per_s_before"`
+	BytesDuring  float64 `json:"bytes_per_node_per_s_during"`
+	BytesHealing float64 `json:"bytes_per_node_per_s_first_10s_after"`
+	BytesAfter   float64 `json:"bytes_per_node_per_s_after"`
+	// The heal prober's pings and joins (push/pulls) during the split and
+	// from the heal to the end; the push/pull bytes sent from the heal on.
+	HealPingsDuring    uint64 `json:"heal_pings_during"`
+	HealJoinsDuring    uint64 `json:"heal_joins_during"`
+	HealJoinsAfter     uint64 `json:"heal_joins_after"`
+	PushPullBytesAfter uint64 `json:"push_pull_bytes_after"`
 }
 
 // FaultRecord is a fault as it was applied.
@@ -134,6 +167,9 @@ const StarvedLagMS = 125
 func WriteText(w io.Writer, r *Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d nodes, profile %s, seed %d — %s\n", r.Scenario, r.Nodes, r.Profile, r.Seed, ScenarioSummary(r.Scenario))
+	if r.NoHeal {
+		b.WriteString("the heal prober was off: serf and memberlist alone\n")
+	}
 	fmt.Fprintf(&b, "converged in %.1f s, then %.0f s of schedule; wall %.1f s", r.ConvergeS, r.LengthS, r.WallS)
 	if r.PeakRSSMB != nil {
 		fmt.Fprintf(&b, ", peak RSS %.0f MiB", *r.PeakRSSMB)
@@ -161,6 +197,13 @@ func WriteText(w io.Writer, r *Report) error {
 	row("bytes per node per s", fmt.Sprintf("%.0f", g.BytesPerNodePerS), fmt.Sprintf("%.0f", h.BytesPerNodePerS))
 	row("packets per node per s", fmt.Sprintf("%.1f", g.PacketsPerNodePerS), fmt.Sprintf("%.1f", h.PacketsPerNodePerS))
 	row("most distinct views", fmt.Sprint(g.MaxViews), fmt.Sprint(h.MaxViews))
+	if p := r.Partition; p != nil {
+		row("heal p50 / p99 per node", secs(p.HealP50)+" / "+secs(p.HealP99), "-")
+		row("bytes per node per s: before / during / 10 s after / then",
+			fmt.Sprintf("%.0f / %.0f / %.0f / %.0f", p.BytesBefore, p.BytesDuring, p.BytesHealing, p.BytesAfter), "-")
+		row("heal pings during / joins during / joins after",
+			fmt.Sprintf("%d / %d / %d", p.HealPingsDuring, p.HealJoinsDuring, p.HealJoinsAfter), "-")
+	}
 	if g.Undetected > 0 || h.Undetected > 0 {
 		row("crashes never seen", fmt.Sprint(g.Undetected), fmt.Sprint(h.Undetected))
 	}

@@ -24,6 +24,12 @@ type RunConfig struct {
 	Profile  string // a gossip profile; empty is gossip.DefaultProfile
 	// Loss, when not zero, replaces LossRate in the loss scenario.
 	Loss float64
+	// PartitionFor, when not zero, is how long the partition scenarios
+	// keep the sides apart.
+	PartitionFor time.Duration
+	// NoHeal turns the nodes' heal prober off: serf and memberlist alone,
+	// to compare with.
+	NoHeal bool
 	// Prepare is passed to the cluster: it plugs a per-node responder (a
 	// query handler) into every node before it joins.
 	Prepare func(name string, n *gossip.Node) (stop func(), err error)
@@ -67,6 +73,11 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			return nil, err
 		}
 	}
+	if cfg.PartitionFor != 0 {
+		if err := plan.setPartitionLength(cfg.PartitionFor); err != nil {
+			return nil, err
+		}
+	}
 	progress := cfg.Progress
 	if progress == nil {
 		progress = func(Progress) {}
@@ -93,8 +104,12 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		}
 		return nil, nil
 	}
+	healInterval := time.Duration(0)
+	if cfg.NoHeal {
+		healInterval = -1
+	}
 	cluster, err := StartCluster(ctx, ClusterConfig{Nodes: cfg.Nodes, Profile: cfg.Profile, Seed: cfg.Seed,
-		Network: net, Prepare: prepare, Logger: logger})
+		Network: net, Prepare: prepare, Logger: logger, HealInterval: healInterval})
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +208,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 
 	r := rec.report(end)
 	r.Profile = cfg.Profile
+	r.NoHeal = cfg.NoHeal
 	r.ConvergeS = round(converged.Seconds())
 	r.WallS = round(time.Since(start).Seconds())
 	r.Baseline.WallS = r.WallS
@@ -293,7 +309,25 @@ type recorder struct {
 	traffic0, bTraffic0 TrafficStats
 	samples             []Sample
 	bursts              []BurstRecord
+
+	// A partition: when it came, the fault state it made, per observer
+	// when it first saw each node across it failed, per node when it first
+	// saw every live node alive after the heal, and the traffic and heal
+	// prober counters at the split, the heal and 10 s after it.
+	partAt      time.Time
+	partState   *faultState
+	partSeen    []map[int]time.Time
+	healSeen    []time.Time
+	partTraffic TrafficStats
+	healTraffic TrafficStats
+	settled     *TrafficStats // healSettle after the heal
+	partHeal    gossip.HealStats
+	healHeal    gossip.HealStats
 }
+
+// healSettle is how long after a heal its own traffic (the push/pulls, the
+// refutations) is counted apart from the steady state that follows.
+const healSettle = 10 * time.Second
 
 // burst runs a burst of placements and records it with the sides as the
 // network stood when it began.
@@ -376,11 +410,31 @@ func (r *recorder) faultsChanged(at time.Time, f *faultState) {
 }
 
 func (r *recorder) applied(f Fault, at time.Time) {
-	r.mu.Lock()
-	r.faults = append(r.faults, FaultRecord{AtS: round(r.since(at)), Kind: string(f.Kind), Label: f.Label})
+	traffic, hs := r.gossipTraffic(), r.cluster.healStats()
+	var full []bool
 	heal := f.Kind == FaultHeal || f.Kind == FaultResume
 	if heal {
+		full = make([]bool, r.n)
+		for i := range full {
+			full[i] = r.cluster.fullView(i)
+		}
+	}
+	r.mu.Lock()
+	r.faults = append(r.faults, FaultRecord{AtS: round(r.since(at)), Kind: string(f.Kind), Label: f.Label})
+	if f.Kind == FaultPartition && r.partSeen == nil {
+		r.partAt, r.partState = at, r.history[len(r.history)-1].f
+		r.partSeen = make([]map[int]time.Time, r.n)
+		r.partTraffic, r.partHeal = traffic, hs
+	}
+	if heal {
 		r.healAt, r.healed, r.bHealed = at, time.Time{}, time.Time{}
+		r.healTraffic, r.healHeal, r.settled = traffic, hs, nil
+		r.healSeen = make([]time.Time, r.n)
+		for i, ok := range full {
+			if ok {
+				r.healSeen[i] = at
+			}
+		}
 	}
 	r.mu.Unlock()
 	if !heal {
@@ -445,6 +499,12 @@ func (r *recorder) observing(node int, at time.Time) bool {
 }
 
 func (r *recorder) statusChanged(at time.Time, observer, target int, to gossip.Status) {
+	if to == gossip.StatusAlive {
+		if r.cluster.fullView(observer) {
+			r.sawAll(at, observer)
+		}
+		return
+	}
 	if to != gossip.StatusFailed {
 		return
 	}
@@ -452,6 +512,15 @@ func (r *recorder) statusChanged(at time.Time, observer, target int, to gossip.S
 	defer r.mu.Unlock()
 	if at.Before(r.t0) || !r.observing(observer, at) {
 		return
+	}
+	if r.partSeen != nil && (r.healAt.IsZero() || at.Before(r.healAt)) &&
+		!r.partState.reachable(r.cluster.hostID[observer], r.cluster.hostID[target], r.hosts) {
+		if r.partSeen[observer] == nil {
+			r.partSeen[observer] = make(map[int]time.Time)
+		}
+		if _, ok := r.partSeen[observer][target]; !ok {
+			r.partSeen[observer][target] = at
+		}
 	}
 	if c := r.crashAt[target]; !c.IsZero() && !at.Before(c) {
 		if seen := r.seen[target]; seen[observer].IsZero() {
@@ -465,6 +534,15 @@ func (r *recorder) statusChanged(at time.Time, observer, target int, to gossip.S
 			r.examples = append(r.examples, fmt.Sprintf("%.1f s: %s saw %s failed",
 				r.since(at), r.cluster.names[observer], r.cluster.names[target]))
 		}
+	}
+}
+
+// sawAll notes when a node first sees every live node alive after the heal.
+func (r *recorder) sawAll(at time.Time, observer int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.healSeen != nil && r.healSeen[observer].IsZero() && !at.Before(r.healAt) {
+		r.healSeen[observer] = at
 	}
 }
 
@@ -539,6 +617,15 @@ func (r *recorder) sampleLoop(stop <-chan struct{}, mem *memoryPeak) {
 }
 
 func (r *recorder) sample(now time.Time) {
+	r.mu.Lock()
+	settle := !r.healAt.IsZero() && r.settled == nil && now.Sub(r.healAt) >= healSettle
+	r.mu.Unlock()
+	if settle {
+		t := r.gossipTraffic()
+		r.mu.Lock()
+		r.settled = &t
+		r.mu.Unlock()
+	}
 	alive := make([]int, r.n)
 	hashes := make(map[uint64]bool)
 	r.mu.Lock()
@@ -602,6 +689,12 @@ func (r *recorder) report(end time.Time) *Report {
 	rep.Baseline.DetectionP50, rep.Baseline.DetectionP99, rep.Baseline.DetectionAll =
 		percentile(bPairs, 50), percentile(bPairs, 99), percentile(bPairs, 100)
 	rep.FirstSuspicion = percentile(firsts, 50)
+	if r.partSeen != nil {
+		rep.Partition = r.partitionRecord(end)
+		if len(pairs) == 0 {
+			rep.DetectionP50, rep.DetectionP99, rep.DetectionAll = r.partitionDetection()
+		}
+	}
 	falseS := r.falseS
 	rep.FalseSuspicions = &falseS
 	rep.FalseFailures, rep.Baseline.FalseFailures = r.falseF, r.bFalseF
@@ -636,6 +729,76 @@ func (r *recorder) report(end time.Time) *Report {
 	}
 	rep.Baseline.MaxViews = 1
 	return rep
+}
+
+// partitionDetection ranks, over the live nodes, the time from the split
+// until the node saw every node across it failed; r.mu is held.
+func (r *recorder) partitionDetection() (p50, p99, all *float64) {
+	var per []float64
+	for obs := range r.n {
+		if !r.crashAt[obs].IsZero() {
+			continue
+		}
+		worst := 0.0
+		for tgt := range r.n {
+			if tgt == obs || !r.crashAt[tgt].IsZero() ||
+				r.partState.reachable(r.cluster.hostID[obs], r.cluster.hostID[tgt], r.hosts) {
+				continue
+			}
+			at, ok := r.partSeen[obs][tgt]
+			if !ok {
+				worst = math.Inf(1)
+				break
+			}
+			worst = max(worst, at.Sub(r.partAt).Seconds())
+		}
+		per = append(per, worst)
+	}
+	return percentile(per, 50), percentile(per, 99), percentile(per, 100)
+}
+
+// partitionRecord is the heal per node and the traffic around the split;
+// r.mu is held.
+func (r *recorder) partitionRecord(end time.Time) *PartitionRecord {
+	rec := &PartitionRecord{}
+	n := float64(r.liveLocked())
+	rate := func(from, to TrafficStats, d time.Duration) float64 {
+		if d <= 0 || n == 0 {
+			return 0
+		}
+		return round(float64(to.BytesSent-from.BytesSent) / n / d.Seconds())
+	}
+	now := r.gossipTraffic()
+	hs := r.cluster.healStats()
+	rec.BytesBefore = rate(r.traffic0, r.partTraffic, r.partAt.Sub(r.t0))
+	if r.healAt.IsZero() {
+		rec.HeldS = round(end.Sub(r.partAt).Seconds())
+		rec.BytesDuring = rate(r.partTraffic, now, end.Sub(r.partAt))
+		rec.HealPingsDuring, rec.HealJoinsDuring = hs.Pings-r.partHeal.Pings, hs.Joins-r.partHeal.Joins
+		return rec
+	}
+	rec.HeldS = round(r.healAt.Sub(r.partAt).Seconds())
+	rec.BytesDuring = rate(r.partTraffic, r.healTraffic, r.healAt.Sub(r.partAt))
+	rec.HealPingsDuring, rec.HealJoinsDuring = r.healHeal.Pings-r.partHeal.Pings, r.healHeal.Joins-r.partHeal.Joins
+	rec.HealJoinsAfter = hs.Joins - r.healHeal.Joins
+	rec.PushPullBytesAfter = now.StreamBytesSent - r.healTraffic.StreamBytesSent
+	if r.settled != nil {
+		rec.BytesHealing = rate(r.healTraffic, *r.settled, healSettle)
+		rec.BytesAfter = rate(*r.settled, now, end.Sub(r.healAt.Add(healSettle)))
+	}
+	var per []float64
+	for i, at := range r.healSeen {
+		if !r.crashAt[i].IsZero() {
+			continue
+		}
+		if at.IsZero() {
+			per = append(per, math.Inf(1))
+		} else {
+			per = append(per, at.Sub(r.healAt).Seconds())
+		}
+	}
+	rec.HealP50, rec.HealP99 = percentile(per, 50), percentile(per, 99)
+	return rec
 }
 
 func (r *recorder) indexes(names []string) []int {

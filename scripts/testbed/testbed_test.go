@@ -438,8 +438,8 @@ func TestPartitionThreeTwo(t *testing.T) {
 
 	// Heal when the simulation's partition scenario heals, 26s in: past
 	// memberlist's gossip to the dead (15s in the local profile), so the
-	// sides find each other again only through serf's reconnects, as after
-	// any partition that lasts.
+	// sides find each other again through the heal prober's pings (or
+	// serf's reconnects), as after any partition that lasts.
 	if hold := partitionLength - time.Since(start); hold > 0 {
 		for _, p := range observe(t, b, hold, b.Hosts) {
 			if p.v.Any(left, right, "alive") || p.v.Any(right, left, "alive") {

@@ -1,0 +1,333 @@
+package gossip
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// cutNet is an in-memory network with faults: a packet from a node to one
+// it may not reach vanishes, and a stream between them cannot be opened, as
+// across a partition. It never blocks a sender: a full queue drops.
+type cutNet struct {
+	mu      sync.Mutex
+	byName  map[string]*cutTransport
+	byAddr  map[string]*cutTransport
+	blocked map[[2]string]bool // [from, to] node names
+	down    bool               // the test is over: drop everything
+	port    int
+}
+
+type cutTransport struct {
+	net     *cutNet
+	name    string
+	addr    *net.UDPAddr
+	packets chan *memberlist.Packet
+	streams chan net.Conn
+	done    chan struct{}
+	once    sync.Once
+}
+
+func (c *cutNet) transport(name string) *cutTransport {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byName == nil {
+		c.byName, c.byAddr = map[string]*cutTransport{}, map[string]*cutTransport{}
+	}
+	c.port++
+	t := &cutTransport{net: c, name: name, addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7000 + c.port},
+		packets: make(chan *memberlist.Packet, 1024), streams: make(chan net.Conn, 16), done: make(chan struct{})}
+	c.byName[name], c.byAddr[t.addr.String()] = t, t
+	return t
+}
+
+// cut makes every packet from each of from to each of to vanish.
+func (c *cutNet) cut(from, to []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.blocked == nil {
+		c.blocked = map[[2]string]bool{}
+	}
+	for _, f := range from {
+		for _, t := range to {
+			c.blocked[[2]string{f, t}] = true
+		}
+	}
+}
+
+func (c *cutNet) heal() {
+	c.mu.Lock()
+	c.blocked = nil
+	c.mu.Unlock()
+}
+
+// route is the destination of a send from t, nil when it is dropped.
+func (t *cutTransport) route(a memberlist.Address, bothWays bool) *cutTransport {
+	c := t.net
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dest := c.byName[a.Name]
+	if dest == nil {
+		dest = c.byAddr[a.Addr]
+	}
+	if dest == nil || c.down || c.blocked[[2]string{t.name, dest.name}] || (bothWays && c.blocked[[2]string{dest.name, t.name}]) {
+		return nil
+	}
+	return dest
+}
+
+func (t *cutTransport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
+	return t.addr.IP, t.addr.Port, nil
+}
+
+func (t *cutTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	now := time.Now()
+	if dest := t.route(a, false); dest != nil {
+		select {
+		case dest.packets <- &memberlist.Packet{Buf: append([]byte(nil), b...), From: t.addr, Timestamp: now}:
+		default:
+		}
+	}
+	return now, nil
+}
+
+func (t *cutTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	return t.WriteToAddress(b, memberlist.Address{Addr: addr})
+}
+
+func (t *cutTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	dest := t.route(a, true)
+	if dest == nil {
+		return nil, errors.New("dial: i/o timeout")
+	}
+	mine, theirs := net.Pipe()
+	select {
+	case dest.streams <- theirs:
+		return mine, nil
+	case <-dest.done:
+	case <-time.After(timeout):
+	}
+	return nil, errors.New("dial: i/o timeout")
+}
+
+func (t *cutTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	return t.DialAddressTimeout(memberlist.Address{Addr: addr}, timeout)
+}
+
+func (t *cutTransport) PacketCh() <-chan *memberlist.Packet { return t.packets }
+func (t *cutTransport) StreamCh() <-chan net.Conn           { return t.streams }
+func (t *cutTransport) Shutdown() error {
+	t.once.Do(func() { close(t.done) })
+	return nil
+}
+
+// startCutMesh starts one node per name on a cutNet with the fast profile,
+// joins them, and stops them when the test ends.
+func startCutMesh(t *testing.T, healInterval time.Duration, names ...string) (*cutNet, map[string]*Node) {
+	t.Helper()
+	c := &cutNet{}
+	transports := map[string]*cutTransport{}
+	for _, name := range names {
+		transports[name] = c.transport(name)
+	}
+	nodes := map[string]*Node{}
+	t.Cleanup(func() {
+		c.mu.Lock()
+		c.down = true
+		c.mu.Unlock()
+		for _, n := range nodes {
+			n.Shutdown()
+		}
+	})
+	for _, name := range names {
+		n, err := Start(Config{Name: name, Profile: "fast", Transport: transports[name], HealInterval: healInterval})
+		if err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		nodes[name] = n
+	}
+	first := nodes[names[0]]
+	for _, name := range names[1:] {
+		if _, err := nodes[name].Join([]string{first.Addr()}, false); err != nil {
+			t.Fatalf("join %s: %v", name, err)
+		}
+	}
+	return c, nodes
+}
+
+// sees reports whether every observer sees every target with status.
+func sees(nodes map[string]*Node, observers, targets []string, status Status) bool {
+	for _, o := range observers {
+		for _, tg := range targets {
+			if statusOf(nodes[o], tg) != status {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// waitLong is waitFor with a bound of its own, for waits that span a
+// failure detection or a heal.
+func waitLong(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestHealRejoinsTheSidesOfAPartition(t *testing.T) {
+	all := []string{"a", "b", "c", "d"}
+	left, right := all[:2], all[2:]
+	c, nodes := startCutMesh(t, 0, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+
+	c.cut(left, right)
+	c.cut(right, left)
+	waitLong(t, "each side to see the other failed", 30*time.Second, func() bool {
+		return sees(nodes, left, right, StatusFailed) && sees(nodes, right, left, StatusFailed)
+	})
+	// The partition lasts past the prober's minimum age of a failure (a
+	// fault's duration, not a wait for gossip).
+	time.Sleep(healMinAge)
+	c.heal()
+	// Without the prober, only news gossiped to the dead or serf's
+	// reconnect (every 30 s) would bring them back; the bound is generous.
+	waitLong(t, "one view after the heal", 20*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
+	var joins uint64
+	for _, n := range nodes {
+		joins += n.HealStats().Joins
+	}
+	if joins == 0 {
+		t.Errorf("the sides came back without a heal join; stats: %v", healStats(nodes))
+	}
+}
+
+func healStats(nodes map[string]*Node) map[string]HealStats {
+	out := map[string]HealStats{}
+	for name, n := range nodes {
+		out[name] = n.HealStats()
+	}
+	return out
+}
+
+// healerFor is a prober on n that only runs when the test calls round.
+func healerFor(n *Node) *healer { return &healer{n: n, interval: time.Second} }
+
+func TestHealPingsNobodyWhileNothingIsFailed(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	_, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	h := healerFor(nodes["a"])
+	for range 100 {
+		h.round(time.Now())
+	}
+	if p := h.pings.Load(); p != 0 {
+		t.Errorf("with every member alive the prober sent %d pings, want 0", p)
+	}
+}
+
+func TestHealNeverPingsAMemberThatLeft(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	_, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	if err := nodes["c"].Leave(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "c left in a's view", func() bool { return statusOf(nodes["a"], "c") == StatusLeft })
+	h := healerFor(nodes["a"])
+	for range 100 {
+		h.round(time.Now())
+	}
+	if p := h.pings.Load(); p != 0 {
+		t.Errorf("the prober pinged %d times with only a member that left gone, want 0", p)
+	}
+}
+
+func TestHealPingsAFailedMemberAndJoinsOnlyWhenItAnswers(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	c, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	c.cut([]string{"a", "b"}, []string{"c"})
+	c.cut([]string{"c"}, []string{"a", "b"})
+	waitLong(t, "c failed in a's view", 30*time.Second, func() bool { return statusOf(nodes["a"], "c") == StatusFailed })
+
+	// Two alive members in a's view: each round pings with probability
+	// 3/2, so always.
+	h := healerFor(nodes["a"])
+	h.round(time.Now())
+	if s := (HealStats{h.pings.Load(), h.answers.Load(), h.joins.Load()}); s != (HealStats{Pings: 1}) {
+		t.Fatalf("a round across the cut: %+v, want one unanswered ping", s)
+	}
+	c.heal()
+	h.round(time.Now())
+	if s := (HealStats{h.pings.Load(), h.answers.Load(), h.joins.Load()}); s.Answers != 1 || s.Joins > 1 {
+		t.Fatalf("a round after the heal: %+v, want the ping answered (and at most one join)", s)
+	}
+	waitFor(t, "c alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+}
+
+func TestADeafNodeKnowsItAndHearsAgainAfterTheRepair(t *testing.T) {
+	all := []string{"a", "b", "c", "d"}
+	c, nodes := startCutMesh(t, 0, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	if nodes["d"].Deaf() {
+		t.Fatalf("d is deaf before any fault (health score %d)", nodes["d"].HealthScore())
+	}
+	c.cut(all[:3], []string{"d"})
+	waitLong(t, "d to find itself deaf", 20*time.Second, nodes["d"].Deaf)
+	for _, o := range all[:3] {
+		if nodes[o].Deaf() {
+			t.Errorf("%s, which hears everyone, says it is deaf (health score %d)", o, nodes[o].HealthScore())
+		}
+	}
+	waitLong(t, "d failed everywhere", 30*time.Second, func() bool { return sees(nodes, all[:3], []string{"d"}, StatusFailed) })
+	c.heal()
+	waitLong(t, "d alive everywhere after the repair", 20*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
+	waitLong(t, "d to hear the mesh again", 20*time.Second, func() bool { return !nodes["d"].Deaf() })
+}
+
+func TestOnlySeveralMembersBackAtOnceCountAsAHeal(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	_, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	h := healerFor(nodes["a"])
+	now := time.Now()
+	// As if b had been failed at the previous round and is alive now: a
+	// restart, or a false failure refuted.
+	h.prevFailed = map[string]time.Time{"b": now}
+	h.round(now)
+	if h.lastRevival != now || !h.lastHeal.IsZero() {
+		t.Errorf("one member back: revival %v, heal %v; want a revival and no heal", h.lastRevival, h.lastHeal)
+	}
+	h.prevFailed = map[string]time.Time{"b": now, "c": now}
+	h.round(now)
+	if h.lastHeal != now {
+		t.Errorf("two members back at once: heal %v, want %v", h.lastHeal, now)
+	}
+}
+
+func TestHealLeavesAFreshFailureToItsOwnRefutation(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	c, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	c.cut([]string{"a", "b"}, []string{"c"})
+	c.cut([]string{"c"}, []string{"a", "b"})
+	waitLong(t, "c failed in a's view", 30*time.Second, func() bool { return statusOf(nodes["a"], "c") == StatusFailed })
+	h := healerFor(nodes["a"])
+	h.minAge = time.Hour
+	for range 20 {
+		h.round(time.Now())
+	}
+	if p := h.pings.Load(); p != 0 {
+		t.Errorf("the prober pinged a member failed for less than its minimum age %d times, want 0", p)
+	}
+}

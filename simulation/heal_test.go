@@ -1,0 +1,70 @@
+package simulation
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestALongPartitionHealsAndReportsItsDetection holds a 60/40 split for two
+// minutes: past memberlist's minute of gossip to the dead, when only serf's
+// reconnect (every 30 s, with probability failed/alive) or a push/pull
+// would find the other side without the heal prober. The bound on the heal
+// is generous; the figures go in the benchmarks.
+func TestALongPartitionHealsAndReportsItsDetection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a two-minute partition runs in real time")
+	}
+	t.Parallel()
+	r, err := Run(context.Background(), RunConfig{Scenario: ScenarioPartition, Nodes: 8, Seed: 5, Profile: "fast",
+		PartitionFor: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := r.Partition
+	if p == nil {
+		t.Fatal("a partition scenario reported no partition record")
+	}
+	t.Logf("detection p50/p99 %v/%v s, heal %v s, partition record %+v", deref(r.DetectionP50), deref(r.DetectionP99), deref(r.HealS), *p)
+	if p.HeldS < 119 {
+		t.Errorf("the partition was held %.1f s, want 120 s", p.HeldS)
+	}
+	if r.DetectionP50 == nil || r.DetectionP99 == nil {
+		t.Errorf("no detection figures for the split: p50 %v, p99 %v", r.DetectionP50, r.DetectionP99)
+	}
+	if r.HealS == nil || *r.HealS > 15 {
+		t.Errorf("heal after a two-minute partition: %v s, want one view within 15 s (serf alone: up to its 30 s reconnect and more)", r.HealS)
+	}
+	if p.HealP99 == nil || p.HealJoinsAfter == 0 || p.HealPingsDuring == 0 {
+		t.Errorf("the heal prober's record: %+v", p)
+	}
+}
+
+func TestThePartitionLengthMovesTheHealAndKeepsWhatFollows(t *testing.T) {
+	p, err := PlanScenario(ScenarioPartition, 100, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heal, _ := p.healAt()
+	after := p.Length - heal
+	if err := p.setPartitionLength(30 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := p.healAt(); got != lead+30*time.Minute || p.Length-got != after {
+		t.Errorf("heal at %v, then %v observed; want %v, then %v", got, p.Length-got, lead+30*time.Minute, after)
+	}
+	crash, _ := PlanScenario(ScenarioCrash, 100, 1)
+	if err := crash.setPartitionLength(time.Minute); err == nil {
+		t.Error("the crash scenario took a partition length")
+	}
+	if err := p.setPartitionLength(0); err == nil {
+		t.Error("a partition of no time was accepted")
+	}
+}
+
+func deref(v *float64) any {
+	if v == nil {
+		return nil
+	}
+	return *v
+}
