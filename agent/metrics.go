@@ -77,6 +77,14 @@ func (a *Agent) registerMetrics(gossipMetrics prometheus.Collector) error {
 			}
 			return 0
 		}),
+		gauge("agent_health_score", "memberlist's health score (Lifeguard local awareness): 0 is healthy; "+
+			"from 3 the node counts itself unheard and holds its load updates.", func() float64 { return float64(a.node.HealthScore()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_heal_pings_total",
+			Help: "Pings the heal prober sent to failed members."}, func() float64 { return float64(a.node.HealStats().Pings) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_heal_answers_total",
+			Help: "Heal prober pings a failed member answered."}, func() float64 { return float64(a.node.HealStats().Answers) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_heal_joins_total",
+			Help: "Push/pulls the heal prober started on an answer."}, func() float64 { return float64(a.node.HealStats().Joins) }),
 		collectorFunc{desc: members, collect: func(ch chan<- prometheus.Metric) {
 			counts := map[gossip.Status]int{}
 			for _, mem := range a.node.Members() {
