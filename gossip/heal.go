@@ -85,6 +85,7 @@ type healer struct {
 	prevFailed  map[string]time.Time // failed at the previous round, since when
 	lastRevival time.Time            // a member failed at one round was alive at the next
 	lastHeal    time.Time            // several were: a heal, whose stragglers are followed up
+	lastSync    time.Time            // the last push/pull with a member that came back
 }
 
 // startHeal starts the prober unless interval is negative; zero picks the
@@ -119,7 +120,18 @@ func (h *healer) run() {
 // round pings one failed member, with probability healPingers/alive, and
 // joins it when it answers and nobody bridged the sides meanwhile.
 func (h *healer) round(now time.Time) {
-	target, ok := h.pick(now)
+	target, ok, sync := h.pick(now)
+	if sync != nil {
+		// A heal: the other side's news of its own revival reached us,
+		// but members born on that side during the split do not gossip
+		// themselves; only a push/pull brings them. One per node per heal.
+		h.joins.Add(1)
+		addr := &net.UDPAddr{IP: sync.Addr, Port: int(sync.Port)}
+		h.n.logger.Debug("a heal: one push/pull with a member that came back", "member", sync.Name)
+		if _, err := h.n.serf.Memberlist().Join([]string{sync.Name + "/" + addr.String()}); err != nil {
+			h.n.logger.Debug("push/pull after a heal failed", "member", sync.Name, "err", err)
+		}
+	}
 	if !ok {
 		return
 	}
@@ -142,9 +154,9 @@ func (h *healer) round(now time.Time) {
 
 // pick notes revivals since the previous round and draws the member to
 // ping, if any.
-func (h *healer) pick(now time.Time) (serf.Member, bool) {
+func (h *healer) pick(now time.Time) (serf.Member, bool, *serf.Member) {
 	members := h.n.serf.Members()
-	var failed []serf.Member
+	var failed, back []serf.Member
 	alive := 0
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -157,6 +169,7 @@ func (h *healer) pick(now time.Time) (serf.Member, bool) {
 			if _, was := h.prevFailed[m.Name]; was {
 				h.lastRevival = now
 				revived++
+				back = append(back, m)
 			}
 		case serf.StatusFailed:
 			since, ok := h.prevFailed[m.Name]
@@ -170,11 +183,17 @@ func (h *healer) pick(now time.Time) (serf.Member, bool) {
 		}
 	}
 	h.prevFailed = next
+	// A member back from failed may come from a side that lived on without
+	// us; at most once per healFollowUp, this node syncs with one of them.
+	var sync *serf.Member
+	if revived > 0 && (h.lastSync.IsZero() || now.Sub(h.lastSync) >= healFollowUp) {
+		sync, h.lastSync = &back[rand.N(len(back))], now
+	}
 	if revived >= healRevivals {
 		h.lastHeal = now
 	}
 	if len(failed) == 0 {
-		return serf.Member{}, false
+		return serf.Member{}, false, sync
 	}
 	// Right after a heal a few nodes can miss a member's revival (its news
 	// ran out of retransmissions before reaching them). Only they see it
@@ -183,9 +202,9 @@ func (h *healer) pick(now time.Time) (serf.Member, bool) {
 	// restart, a false failure refuted) is no heal and costs nothing more.
 	following := !h.lastHeal.IsZero() && now.Sub(h.lastHeal) < healFollowUp
 	if !following && rand.Float64()*float64(max(alive, 1)) >= healPingers {
-		return serf.Member{}, false
+		return serf.Member{}, false, sync
 	}
-	return failed[rand.N(len(failed))], true
+	return failed[rand.N(len(failed))], true, sync
 }
 
 // shouldJoin reports whether an answered ping is still worth a push/pull:
