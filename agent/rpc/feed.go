@@ -28,7 +28,13 @@ type feed[T any] struct {
 
 // startFeed starts the writer, then subscribes. subscribe receives the
 // non-blocking push to hand to the Backend and returns its cancel.
-func startFeed[T any](c *conn, seq uint64, what string, send func(T) error, subscribe func(push func(T)) (cancel func())) *feed[T] {
+//
+// ack is the reply to the command: it is sent after the subscription and
+// before the first record, so that nothing that happens once the client
+// holds its handle is missed, and no record precedes the reply. When ack
+// fails the feed is stopped and the error returned.
+func startFeed[T any](c *conn, seq uint64, what string, send func(T) error, subscribe func(push func(T)) (cancel func()),
+	ack func() error) (*feed[T], error) {
 	f := &feed[T]{
 		c:     c,
 		seq:   seq,
@@ -38,9 +44,14 @@ func startFeed[T any](c *conn, seq uint64, what string, send func(T) error, subs
 		quit:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
+	f.cancel = subscribe(f.push) // pushes wait in items until run starts
+	if err := ack(); err != nil {
+		f.stopped.Store(true)
+		f.cancel()
+		return nil, err
+	}
 	go f.run()
-	f.cancel = subscribe(f.push)
-	return f
+	return f, nil
 }
 
 // push is what the Backend calls. It never blocks. It logs the first drop

@@ -615,11 +615,7 @@ func (c *conn) dispatch(cmd string, seq uint64, spec commandSpec, raw []byte) er
 		case c.streams[seq] != nil:
 			return c.reply(seq, msgStreamExists, nil, false)
 		}
-		// Reply first, so the client has its handle before any record.
-		if err := c.reply(seq, "", nil, false); err != nil {
-			return err
-		}
-		c.streams[seq] = startFeed(c, seq, "events",
+		f, err := startFeed(c, seq, "events",
 			func(e Event) error { return c.sendEvent(seq, e) },
 			func(push func(Event)) func() {
 				return b.SubscribeEvents(func(e Event) {
@@ -627,7 +623,12 @@ func (c *conn) dispatch(cmd string, seq uint64, spec commandSpec, raw []byte) er
 						push(e)
 					}
 				})
-			})
+			},
+			func() error { return c.reply(seq, "", nil, false) })
+		if err != nil {
+			return err
+		}
+		c.streams[seq] = f
 		return nil
 
 	case cmdMonitor:
@@ -642,12 +643,14 @@ func (c *conn) dispatch(cmd string, seq uint64, spec commandSpec, raw []byte) er
 		case c.monitor != nil:
 			return c.reply(seq, msgMonitorExists, nil, false)
 		}
-		if err := c.reply(seq, "", nil, false); err != nil {
+		f, err := startFeed(c, seq, "log lines",
+			func(line string) error { return c.sendRecord(seq, logRecord{Log: line}) },
+			func(push func(string)) func() { return b.SubscribeLogs(level, push) },
+			func() error { return c.reply(seq, "", nil, false) })
+		if err != nil {
 			return err
 		}
-		c.monitor = startFeed(c, seq, "log lines",
-			func(line string) error { return c.sendRecord(seq, logRecord{Log: line}) },
-			func(push func(string)) func() { return b.SubscribeLogs(level, push) })
+		c.monitor = f
 		return nil
 
 	case cmdStop:
