@@ -51,7 +51,8 @@ func startEdgeAgent(t *testing.T) edgeAgent {
 	return edgeAgent{a, dir}
 }
 
-func runCLIEnv(t *testing.T, env []string, args ...string) (string, string, int) {
+// runCLIEnv is runCLI with more environment variables.
+func runCLIEnv(t testing.TB, env []string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(agentBin, args...)
 	cmd.Env = append(os.Environ(), env...)

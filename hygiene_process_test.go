@@ -318,19 +318,8 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 
 // processesOf lists the pids running bin with a demo data dir.
 func processesOf(bin string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		args := strings.Split(string(cmdline), "\x00")
-		if len(args) > 0 && args[0] == bin && strings.Contains(string(cmdline), "agent-demo.") ||
-			len(args) > 2 && args[0] == bin && args[1] == "echo-server" {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return pidsWhere(func(args []string) bool {
+		return len(args) > 0 && args[0] == bin && strings.Contains(strings.Join(args, " "), "agent-demo.") ||
+			len(args) > 2 && args[0] == bin && args[1] == "echo-server"
+	})
 }

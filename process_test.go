@@ -133,17 +133,7 @@ func (a *testAgent) kill9(t testing.TB) {
 // runCLI runs the agent binary as a client and returns stdout, stderr, exit code.
 func runCLI(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(agentBin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
+	return runCLIEnv(t, nil, args...)
 }
 
 type memberJSON struct {

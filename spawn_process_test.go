@@ -50,8 +50,8 @@ func stopInterpreters(t testing.TB, agents ...*testAgent) {
 	})
 }
 
-// supervisorsUnder lists the pids of `agent interpreter --spec DIR/...`.
-func supervisorsUnder(dir string) []int {
+// pidsWhere lists the pids of the processes whose argv match.
+func pidsWhere(match func(args []string) bool) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -61,14 +61,20 @@ func supervisorsUnder(dir string) []int {
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		if err != nil {
-			continue
+			continue // it exited meanwhile
 		}
-		args := strings.Split(string(cmdline), "\x00")
-		if len(args) > 3 && args[1] == "interpreter" && args[2] == "--spec" && strings.HasPrefix(args[3], dir+"/") {
+		if match(strings.Split(string(cmdline), "\x00")) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// supervisorsUnder lists the pids of `agent interpreter --spec DIR/...`.
+func supervisorsUnder(dir string) []int {
+	return pidsWhere(func(args []string) bool {
+		return len(args) > 3 && args[1] == "interpreter" && args[2] == "--spec" && strings.HasPrefix(args[3], dir+"/")
+	})
 }
 
 type spawnJSON struct {
