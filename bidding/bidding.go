@@ -186,7 +186,7 @@ func Servers(members []gossip.Member) []string {
 func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Duration) (Result, error) {
 	start := time.Now()
 	if timeout <= 0 {
-		timeout = DefaultTimeout
+		timeout = n.Dilate(DefaultTimeout)
 	}
 	res := Result{Expected: Servers(n.Members())}
 	if len(res.Expected) == 0 {
@@ -249,7 +249,7 @@ func Collect(ctx context.Context, n *gossip.Node, req Request, timeout time.Dura
 	}()
 	reasks := 0
 	idle := reaskIdle * n.GossipInterval()
-	timer := time.NewTimer(min(timeout/4, maxReaskGrace))
+	timer := time.NewTimer(min(timeout/4, n.Dilate(maxReaskGrace)))
 	defer timer.Stop()
 wait:
 	for reasks < maxReasks {

@@ -223,3 +223,40 @@ func TestQuerySizeMatchesSerfsLimit(t *testing.T) {
 		t.Fatalf("a query 24 bytes past the limit: err %v, want serf's size refusal", err)
 	}
 }
+
+func TestTimeScaleStretchesEveryTimer(t *testing.T) {
+	base, err := profileConfig("fast")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Start(Config{Name: "slow", BindAddr: "127.0.0.1", BindPort: freePort(t), Profile: "fast", TimeScale: 4,
+		Reap: func(map[string]string) bool { return true }, ReapAfter: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Shutdown()
+	for name, got := range map[string][2]time.Duration{
+		"probe interval":          {n.ml.ProbeInterval, base.ProbeInterval},
+		"probe timeout":           {n.ml.ProbeTimeout, base.ProbeTimeout},
+		"gossip interval":         {n.GossipInterval(), base.GossipInterval},
+		"push/pull interval":      {n.ml.PushPullInterval, base.PushPullInterval},
+		"gossip to the dead":      {n.ml.GossipToTheDeadTime, base.GossipToTheDeadTime},
+		"TCP timeout":             {n.ml.TCPTimeout, base.TCPTimeout},
+		"the heal prober's round": {n.heal.interval, healIntervalProbes * base.ProbeInterval},
+		"the heal prober's age":   {n.heal.minAge, healMinAge},
+		"a dilated duration":      {n.Dilate(time.Second), time.Second},
+	} {
+		if got[0] != 4*got[1] {
+			t.Errorf("%s: %v at time scale 4, want 4 × %v", name, got[0], got[1])
+		}
+	}
+	if got := n.serf.Stats()["members"]; got != "1" {
+		t.Errorf("a dilated node alone has %s members, want 1", got)
+	}
+	for _, bad := range []float64{0.5, -1} {
+		_, err := Start(Config{Name: "bad", BindAddr: "127.0.0.1", BindPort: freePort(t), TimeScale: bad})
+		if err == nil || !strings.Contains(err.Error(), "time scale") {
+			t.Errorf("time scale %v: err %v, want one naming the time scale", bad, err)
+		}
+	}
+}

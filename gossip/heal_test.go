@@ -220,7 +220,9 @@ func healStats(nodes map[string]*Node) map[string]HealStats {
 }
 
 // healerFor is a prober on n that only runs when the test calls round.
-func healerFor(n *Node) *healer { return &healer{n: n, interval: time.Second} }
+func healerFor(n *Node) *healer {
+	return &healer{n: n, interval: time.Second, followUp: healFollowUp}
+}
 
 func TestHealPingsNobodyWhileNothingIsFailed(t *testing.T) {
 	all := []string{"a", "b", "c"}

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -75,6 +77,36 @@ type Config struct {
 	// HealInterval is how often the heal prober may ping a failed member
 	// (heal.go); zero: twice the profile's probe interval; negative: never.
 	HealInterval time.Duration
+
+	// Uncompressed sends packets and streams as they are; by default
+	// memberlist compresses each with LZW. The simulation sets it, because
+	// compressing every packet of a thousand nodes on two cores is most of
+	// its CPU, and estimates the compressed bytes from a sample instead.
+	Uncompressed bool
+
+	// TimeScale stretches every timer of the node by a factor: memberlist's
+	// and serf's (every duration of their configurations, so the suspicion
+	// and query timeouts derived from them too), the heal prober's, and the
+	// durations of this Config (ReapAfter, HealInterval). Zero or 1 is real
+	// time. The simulation sets it, with its network's delays stretched
+	// alike, to run many nodes on few cores without starving them: the
+	// protocol sees the same sequence of events, only slower (see
+	// simulation.Dilation). Durations passed to the node's methods (a
+	// query's Timeout) are taken as they are.
+	TimeScale float64
+}
+
+// dilate multiplies every time.Duration field of the struct cfg points to
+// by scale. The libraries' configurations hold their timers as plain
+// duration fields, so a field added by a later version is stretched too.
+func dilate(cfg any, scale float64) {
+	v := reflect.ValueOf(cfg).Elem()
+	durType := reflect.TypeOf(time.Duration(0))
+	for i := 0; i < v.NumField(); i++ {
+		if f := v.Field(i); f.Type() == durType && f.CanSet() {
+			f.SetInt(int64(float64(f.Int()) * scale))
+		}
+	}
 }
 
 // reapOverride is serf's per-member reconnect timeout: the members Reap
@@ -118,6 +150,17 @@ type Node struct {
 	conflictWith string
 
 	heal *healer // nil when heal probing is off
+
+	scale float64 // Config.TimeScale, at least 1
+}
+
+// Dilate stretches a protocol duration by the node's TimeScale: how long it
+// lasts on the wall clock for this node.
+func (n *Node) Dilate(d time.Duration) time.Duration {
+	if n.scale == 1 {
+		return d
+	}
+	return time.Duration(float64(d) * n.scale)
 }
 
 // Start creates the node and starts gossiping; it does not join anyone.
@@ -136,7 +179,14 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{lost: make(chan struct{}), release: make(chan struct{})}
+	scale := cfg.TimeScale
+	if scale == 0 {
+		scale = 1
+	}
+	if scale < 1 || math.IsInf(scale, 0) || math.IsNaN(scale) {
+		return nil, fmt.Errorf("time scale %v: use 1 (real time) or more", cfg.TimeScale)
+	}
+	n := &Node{lost: make(chan struct{}), release: make(chan struct{}), scale: scale}
 	if !cfg.HoldEvents {
 		n.ReleaseEvents()
 	}
@@ -156,6 +206,9 @@ func Start(cfg Config) (*Node, error) {
 	ml.AdvertisePort = cfg.AdvertisePort
 	if cfg.Transport != nil {
 		ml.Transport = cfg.Transport
+	}
+	if cfg.Uncompressed {
+		ml.EnableCompression = false
 	}
 	if len(cfg.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])
@@ -186,8 +239,14 @@ func Start(cfg Config) (*Node, error) {
 	sc.RejoinAfterLeave = cfg.RejoinAfterLeave
 	sc.KeyringFile = cfg.KeyringFile
 	if cfg.Reap != nil && cfg.ReapAfter > 0 {
-		sc.ReconnectTimeoutOverride = reapOverride{pick: cfg.Reap, after: cfg.ReapAfter}
+		sc.ReconnectTimeoutOverride = reapOverride{pick: cfg.Reap, after: n.Dilate(cfg.ReapAfter)}
 		sc.ReapInterval = min(max(cfg.ReapAfter/4, time.Second), sc.ReapInterval)
+	}
+	if scale != 1 {
+		// After the reap interval is chosen (in protocol time) and before
+		// serf derives anything from either configuration.
+		dilate(ml, scale)
+		dilate(sc, scale)
 	}
 
 	s, err := serf.Create(sc)
@@ -199,7 +258,11 @@ func Start(cfg Config) (*Node, error) {
 	n.wg.Add(2)
 	go n.dispatch()
 	go n.watchLost()
-	n.startHeal(cfg.HealInterval)
+	heal := cfg.HealInterval
+	if heal > 0 {
+		heal = n.Dilate(heal)
+	}
+	n.startHeal(heal)
 	return n, nil
 }
 
