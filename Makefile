@@ -6,7 +6,7 @@ LDFLAGS  := -X github.com/meshagent/agent/agent.Version=$(VERSION)
 PKGS     := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build test check bench demo testbed fmt clean fuzz jupyter jupyter-uninstall
+.PHONY: help build test check bench scale demo testbed fmt clean fuzz jupyter jupyter-uninstall
 
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
@@ -33,6 +33,13 @@ check: ## vet, formatting, go mod tidy, import rules and the race detector
 bench: ## run the benchmarks; prints a table and writes bench.json
 	$(GO) run ./scripts/benchreport -out bench.json -- $(PKGS)
 
+# The simulation at scale, dilated: SEEDS runs per scenario (seeds 1…SEEDS);
+# SCALE picks the sizes, a regexp (2000 runs the crash at 2,000 nodes).
+SEEDS ?= 1
+SCALE ?= 300|1000
+scale: ## opt-in: the simulation at 300 and 1,000 nodes (SCALE=2000: 2,000); a table and scale.json, about an hour
+	SIM_LARGE=1 SIM_HUGE=1 $(GO) run ./scripts/benchreport -out scale.json -bench 'BenchmarkScenario/N=($(SCALE))/' -benchtime $(SEEDS)x -timeout 6h -- ./simulation/
+
 demo: build ## start a 3-agent mesh on loopback; Ctrl-C (or DURATION=30s) stops it
 	AGENT_BIN=$(CURDIR)/$(BIN) ./scripts/demo.sh
 
@@ -56,4 +63,4 @@ fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')
 
 clean: ## remove build output
-	rm -rf bin bench.json
+	rm -rf bin bench.json scale.json

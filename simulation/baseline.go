@@ -21,8 +21,10 @@ const (
 	HeartbeatPort     = 7947
 )
 
-// baseline runs the heartbeat senders and the monitor.
+// baseline runs the heartbeat senders and the monitor. Its timers are
+// dilated like the network's; it tells onChange in protocol time.
 type baseline struct {
+	clk     clock
 	monitor *Endpoint
 	senders []*Endpoint
 	index   map[string]int
@@ -46,8 +48,9 @@ func startBaseline(n *Network, names []string, seed int64) (*baseline, error) {
 	if err != nil {
 		return nil, err
 	}
+	mon.plain()
 	now := time.Now()
-	b := &baseline{monitor: mon, index: make(map[string]int, len(names)), stop: make(chan struct{}),
+	b := &baseline{clk: n.clk, monitor: mon, index: make(map[string]int, len(names)), stop: make(chan struct{}),
 		lastSeen: make([]time.Time, len(names)), failed: make([]bool, len(names)), alive: len(names)}
 	rng := rand.New(rand.NewSource(seed ^ 0x5eed))
 	for i, name := range names {
@@ -58,13 +61,14 @@ func startBaseline(n *Network, names []string, seed int64) (*baseline, error) {
 			b.close()
 			return nil, err
 		}
+		ep.plain()
 		b.senders = append(b.senders, ep)
 		offset := time.Duration(rng.Int63n(int64(HeartbeatInterval)))
-		b.timers = append(b.timers, b.beat(ep, name, offset))
+		b.timers = append(b.timers, b.beat(ep, name, b.clk.wall(offset)))
 	}
 	b.wg.Add(2)
 	go b.listen()
-	go b.scan(time.Duration(rng.Int63n(int64(HeartbeatScan))))
+	go b.scan(b.clk.wall(time.Duration(rng.Int63n(int64(HeartbeatScan)))))
 	return b, nil
 }
 
@@ -84,7 +88,7 @@ func (b *baseline) beat(ep *Endpoint, name string, d time.Duration) *time.Timer 
 		select {
 		case <-b.stop:
 		default:
-			t.Reset(HeartbeatInterval)
+			t.Reset(b.clk.wall(HeartbeatInterval))
 		}
 	})
 	return t
@@ -111,7 +115,7 @@ func (b *baseline) listen() {
 				b.failed[i] = false
 				b.alive++
 				if b.onChange != nil {
-					b.onChange(p.Timestamp, i, false)
+					b.onChange(b.clk.proto(p.Timestamp), i, false)
 				}
 			}
 			b.mu.Unlock()
@@ -127,7 +131,7 @@ func (b *baseline) scan(phase time.Duration) {
 		return
 	case <-time.After(phase):
 	}
-	tick := time.NewTicker(HeartbeatScan)
+	tick := time.NewTicker(b.clk.wall(HeartbeatScan))
 	defer tick.Stop()
 	for {
 		select {
@@ -136,11 +140,11 @@ func (b *baseline) scan(phase time.Duration) {
 		case now := <-tick.C:
 			b.mu.Lock()
 			for i, seen := range b.lastSeen {
-				if !b.failed[i] && now.Sub(seen) > HeartbeatTimeout {
+				if !b.failed[i] && now.Sub(seen) > b.clk.wall(HeartbeatTimeout) {
 					b.failed[i] = true
 					b.alive--
 					if b.onChange != nil {
-						b.onChange(now, i, true)
+						b.onChange(b.clk.proto(now), i, true)
 					}
 				}
 			}

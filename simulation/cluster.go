@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/rand"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -48,6 +49,15 @@ type ClusterConfig struct {
 	// HealInterval is each node's gossip.Config.HealInterval: zero is the
 	// profile's default, negative turns the heal prober off (serf alone).
 	HealInterval time.Duration
+	// Dilation stretches time (clock.go): 0 or 1 is real time. With a
+	// Network, it must be 0 or the network's own; the cluster follows the
+	// network's. ConvergeTimeout is in protocol time.
+	Dilation float64
+	// ExactCompression, for a cluster that makes its network, has
+	// memberlist compress every packet, as a real node does; by default
+	// the network estimates it (compress.go). With a Network, the
+	// network's EstimateCompression decides.
+	ExactCompression bool
 }
 
 // Cluster is N real gossip nodes over one simulated Network. It tracks what
@@ -57,6 +67,7 @@ type Cluster struct {
 	cfg    ClusterConfig
 	net    *Network
 	ownNet bool
+	clk    clock // the network's
 	log    *slog.Logger
 
 	names   []string
@@ -90,15 +101,20 @@ type Cluster struct {
 // 100, a mesh of a few hundred nodes in one process spends most of its CPU
 // collecting those tables, its timers fire late, probes time out, and the
 // false suspicions feed more gossip: it never converges (300 nodes: no
-// agreement after 90 s; with GOGC=400, agreed in 16 s). While any cluster
-// runs, the collector's target is raised to gcPercent, unless the GOGC
-// environment variable chose one.
+// agreement after 90 s; with GOGC=400, agreed in 16 s). While a cluster
+// whose nodes compress runs, the collector's target is raised to
+// gcPercent, unless the GOGC environment variable chose one. Without
+// compression (the default, compress.go) there is little garbage, and the
+// default target keeps the heap near twice the live state instead of five
+// times: 1,000 nodes hold about 1.2 GB of it.
 const gcPercent = 400
 
-// A memory limit of half the machine's memory keeps the raised target from
-// growing the heap past what the machine holds: near the limit the
-// collector works harder instead (a 1000-node mesh was killed at 24 GiB
-// without it).
+// A memory limit keeps the heap from growing past what the mesh needs: near
+// it the collector works harder instead (a 1000-node mesh was killed at 24
+// GiB without one). Each node keeps every other's state in memberlist and
+// serf, about 1 KB a pair, so the limit is memBase plus memPerNode a node
+// (3.4 GiB at 1,000 nodes, 5.9 GiB at 2,000), and never more than half the
+// machine.
 var gcBoost struct {
 	mu        sync.Mutex
 	users     int
@@ -106,17 +122,26 @@ var gcBoost struct {
 	prevLimit int64
 }
 
-func raiseGCPercent() (release func()) {
+const (
+	memBase    = 1 << 30
+	memPerNode = 5 << 19 // 2.5 MiB
+)
+
+func raiseGCPercent(percent, nodes int) (release func()) {
 	if os.Getenv("GOGC") != "" {
 		return func() {}
 	}
 	gcBoost.mu.Lock()
 	defer gcBoost.mu.Unlock()
 	if gcBoost.users == 0 {
-		gcBoost.prev = debug.SetGCPercent(gcPercent)
+		gcBoost.prev = debug.SetGCPercent(percent)
 		gcBoost.prevLimit = debug.SetMemoryLimit(-1)
-		if total := physicalMemory(); total > 0 && os.Getenv("GOMEMLIMIT") == "" {
-			debug.SetMemoryLimit(min(gcBoost.prevLimit, total/2))
+		if os.Getenv("GOMEMLIMIT") == "" {
+			limit := min(gcBoost.prevLimit, int64(memBase+nodes*memPerNode))
+			if total := physicalMemory(); total > 0 {
+				limit = min(limit, total/2)
+			}
+			debug.SetMemoryLimit(limit)
 		}
 	}
 	gcBoost.users++
@@ -133,8 +158,8 @@ func raiseGCPercent() (release func()) {
 	}
 }
 
-// watcher is told what the nodes see; it runs on the nodes' event
-// goroutines and must not block.
+// watcher is told what the nodes see, in protocol time (clock.go); it runs
+// on the nodes' event goroutines and must not block.
 type watcher interface {
 	statusChanged(at time.Time, observer, target int, to gossip.Status)
 	suspected(at time.Time, observer, target int)
@@ -170,18 +195,31 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	if cfg.ConvergeTimeout <= 0 {
 		cfg.ConvergeTimeout = 60*time.Second + time.Duration(cfg.Nodes)*100*time.Millisecond
 	}
-	c := &Cluster{cfg: cfg, net: cfg.Network, log: cfg.Logger, index: make(map[string]int), releaseGC: raiseGCPercent()}
+	exact := cfg.ExactCompression
+	if cfg.Network != nil {
+		exact = !cfg.Network.estimating()
+	}
+	percent := 100
+	if exact {
+		percent = gcPercent
+	}
+	c := &Cluster{cfg: cfg, net: cfg.Network, log: cfg.Logger, index: make(map[string]int), releaseGC: raiseGCPercent(percent, cfg.Nodes)}
 	if c.log == nil {
 		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if c.net == nil {
-		n, err := NewNetwork(NetworkConfig{Seed: cfg.Seed})
+		n, err := NewNetwork(NetworkConfig{Seed: cfg.Seed, Dilation: cfg.Dilation, EstimateCompression: !cfg.ExactCompression})
 		if err != nil {
 			c.releaseGC()
 			return nil, err
 		}
 		c.net, c.ownNet = n, true
+	} else if cfg.Dilation != 0 && cfg.Dilation != c.net.Dilation() {
+		c.releaseGC()
+		return nil, fmt.Errorf("a cluster dilated %v on a network dilated %v: dilate the network, and leave the cluster's at 0",
+			cfg.Dilation, c.net.Dilation())
 	}
+	c.clk = c.net.clk
 	rng := rand.New(rand.NewSource(cfg.Seed))
 	c.names = nodeNames(cfg.Nodes)
 	c.keys = make([]uint64, cfg.Nodes)
@@ -208,7 +246,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 		c.Stop()
 		return nil, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, cfg.ConvergeTimeout)
+	wctx, cancel := context.WithTimeout(ctx, c.clk.wall(cfg.ConvergeTimeout))
 	defer cancel()
 	if err := c.converge(wctx, rng); err != nil {
 		c.Stop()
@@ -236,6 +274,8 @@ func (c *Cluster) start(rng *rand.Rand) error {
 			Logger:    slog.New(&suspicionLog{c: c, observer: i}),
 
 			HealInterval: c.cfg.HealInterval,
+			TimeScale:    c.clk.factor(),
+			Uncompressed: c.net.estimating(),
 		})
 		if err != nil {
 			ep.Shutdown()
@@ -260,9 +300,10 @@ func (c *Cluster) start(rng *rand.Rand) error {
 }
 
 // join has node i join a node started before it, chosen at random, so
-// that no seed carries every join. Joins are paced: each waits until the
-// process has CPU to spare, so that the gossip of earlier joins is handled
-// before more arrives (see pacer).
+// that no seed carries every join. Joins are paced twice: by what they
+// cost (joinBudget), and each waits until the process has CPU to spare
+// (pacer), so that the gossip of earlier joins is handled before more
+// arrives.
 func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 	targets := make([][]int, len(c.names))
 	for i := 1; i < len(c.names); i++ {
@@ -270,11 +311,15 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 			targets[i] = append(targets[i], rng.Intn(i))
 		}
 	}
-	pace := startPacer()
+	pace := startPacer(c.clk)
 	defer pace.stop()
+	budget := newJoinBudget()
 	errs := make([]error, len(c.names))
 	c.parallel(len(c.names)-1, func(k int) {
 		i := k + 1
+		if errs[i] = budget.take(ctx, i); errs[i] != nil {
+			return
+		}
 		if errs[i] = pace.wait(ctx); errs[i] != nil {
 			return
 		}
@@ -297,11 +342,11 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 // of them would starve the timers it is meant to help. This is setup, not
 // measurement.
 func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
-	pace := startPacer()
+	pace := startPacer(c.clk)
 	defer pace.stop()
 	perRound := max(4, len(c.nodes)/50)
 	for {
-		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, c.clk.wall(2*time.Second))
 		err := c.WaitAgreement(wctx)
 		cancel()
 		if err == nil || ctx.Err() != nil {
@@ -353,17 +398,19 @@ func rng2(rng *rand.Rand, n int) int {
 }
 
 // pacer tells whether the process has CPU to spare: a 20 ms timer that
-// fires more than pacerLag late means the nodes' own timers do too.
+// fires more than pacerLag (in protocol time) late means the nodes' own
+// timers do too.
 type pacer struct {
 	late atomic.Int64 // nanoseconds, the latest measure
+	lag  time.Duration
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
 const pacerLag = 25 * time.Millisecond
 
-func startPacer() *pacer {
-	p := &pacer{done: make(chan struct{})}
+func startPacer(clk clock) *pacer {
+	p := &pacer{done: make(chan struct{}), lag: clk.wall(pacerLag)}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -386,7 +433,7 @@ func startPacer() *pacer {
 
 // wait returns once the process keeps time again, or ctx ends.
 func (p *pacer) wait(ctx context.Context) error {
-	for time.Duration(p.late.Load()) > pacerLag {
+	for time.Duration(p.late.Load()) > p.lag {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -399,6 +446,59 @@ func (p *pacer) wait(ctx context.Context) error {
 func (p *pacer) stop() {
 	close(p.done)
 	p.wg.Wait()
+}
+
+// joinBudget paces joins by their cost. The news of a join (memberlist's
+// alive message and serf's join intent) is gossiped to every node already
+// in, each of which retransmits it a few times, so the i-th join costs
+// about i units of CPU, and the whole mesh about N²/2. A reactive pacer
+// alone starts joins until the timers run late, by when seconds of their
+// gossip are already owed: at 400 nodes that starved the probes into 1,800
+// false suspicions while the mesh formed, whose refutations cost as much
+// gossip again. So joins start at the rate that keeps the process's CPU,
+// per unit as measured so far, under joinShare of its cores.
+type joinBudget struct {
+	mu      sync.Mutex
+	cores   float64
+	cpu0    time.Duration
+	units   float64
+	perUnit time.Duration
+	next    time.Time
+}
+
+const (
+	joinShare      = 0.6
+	joinUnitGuess  = 60 * time.Microsecond // CPU per unit until measured
+	joinUnitsToFit = 20_000                // units before the measure replaces the guess
+)
+
+func newJoinBudget() *joinBudget {
+	return &joinBudget{cores: joinShare * float64(runtime.GOMAXPROCS(0)), cpu0: processCPU(),
+		perUnit: joinUnitGuess, next: time.Now()}
+}
+
+// take waits for the i-th join's turn.
+func (b *joinBudget) take(ctx context.Context, i int) error {
+	b.mu.Lock()
+	if b.units >= joinUnitsToFit {
+		b.perUnit = time.Duration(float64(processCPU()-b.cpu0) / b.units)
+	}
+	now := time.Now()
+	at := b.next
+	if at.Before(now) {
+		at = now
+	}
+	b.next = at.Add(time.Duration(float64(b.perUnit) * float64(i) / b.cores))
+	b.units += float64(i)
+	b.mu.Unlock()
+	timer := time.NewTimer(time.Until(at))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
 }
 
 // parallel runs fn(0) … fn(n-1), JoinParallel at a time.
@@ -436,7 +536,7 @@ func (c *Cluster) event(observer int, e gossip.Event) {
 	default:
 		return
 	}
-	now := time.Now()
+	now := c.clk.now()
 	w := c.watch.Load()
 	for _, m := range e.Members {
 		target, ok := c.index[m.Name]
@@ -689,7 +789,7 @@ func (h *suspicionLog) Handle(_ context.Context, r slog.Record) error {
 		return nil
 	}
 	if w := h.c.watch.Load(); w != nil {
-		(*w).suspected(time.Now(), h.observer, target)
+		(*w).suspected(h.c.clk.now(), h.observer, target)
 	}
 	return nil
 }

@@ -51,6 +51,14 @@ type NetworkConfig struct {
 	// (default 212992, Linux's default socket receive buffer). Past it,
 	// packets are dropped.
 	HoldBytes int
+	// Dilation stretches every link delay, jitter and TCP timer by this
+	// factor (clock.go); 0 or 1 is real time. The nodes over the network
+	// must be dilated alike (gossip.Config.TimeScale).
+	Dilation float64
+	// EstimateCompression is for nodes that send uncompressed: the network
+	// then estimates the bytes memberlist's compression would have sent
+	// (compress.go). Off, bytes are counted as sent.
+	EstimateCompression bool
 }
 
 // ErrUnknownHost is returned by fault methods for a host never attached.
@@ -76,14 +84,27 @@ type Network struct {
 	// changed is closed (and replaced) on every fault change, waking
 	// streams and dials that wait for a path to come back.
 	changed atomic.Pointer[chan struct{}]
-	// watchers are told of every fault change. They run with mu held and
-	// must not call back into the Network.
+	// watchers are told of every fault change, in protocol time (clock.go).
+	// They run with mu held and must not call back into the Network.
 	watchers []func(at time.Time, f *faultState)
 
 	sched *scheduler
+	clk   clock         // the dilation: link delays and TCP timers last clk.wall
+	est   *wireEstimate // nil: bytes count as sent
 
 	closeOnce sync.Once
 }
+
+// Dilation is the network's time dilation, at least 1.
+func (n *Network) Dilation() float64 { return n.clk.factor() }
+
+// WireBytes is what the bytes sent in s stand for on the wire: as counted,
+// or, when the network estimates compression, the compressed estimate.
+func (n *Network) WireBytes(s TrafficStats) float64 { return n.est.wireBytes(s) }
+
+// estimating reports whether the nodes send uncompressed and the network
+// estimates the compressed bytes.
+func (n *Network) estimating() bool { return n.est != nil }
 
 // NewNetwork returns an empty network; Close stops it.
 func NewNetwork(cfg NetworkConfig) (*Network, error) {
@@ -99,7 +120,13 @@ func NewNetwork(cfg NetworkConfig) (*Network, error) {
 	if cfg.HoldBytes <= 0 {
 		cfg.HoldBytes = 212992
 	}
-	n := &Network{cfg: cfg, byName: make(map[string]*host)}
+	if err := checkDilation(cfg.Dilation); err != nil {
+		return nil, err
+	}
+	n := &Network{cfg: cfg, byName: make(map[string]*host), clk: newClock(cfg.Dilation)}
+	if cfg.EstimateCompression {
+		n.est = newWireEstimate()
+	}
 	n.faults.Store(&faultState{def: cfg.Link})
 	ch := make(chan struct{})
 	n.changed.Store(&ch)
@@ -325,7 +352,7 @@ func (n *Network) change(edit func(f *faultState) error) error {
 	next := make(chan struct{})
 	old := n.changed.Swap(&next)
 	close(*old)
-	now := time.Now()
+	now := n.clk.now()
 	for _, w := range n.watchers {
 		w(now, f)
 	}
@@ -525,6 +552,8 @@ type Endpoint struct {
 	streamCh chan net.Conn
 	c        counters
 
+	uncompressed bool // not memberlist's traffic: see plain
+
 	closed    atomic.Bool
 	done      chan struct{}
 	closeOnce sync.Once
@@ -549,6 +578,10 @@ func (e *Endpoint) Stats() TrafficStats {
 	}
 }
 
+// plain marks an endpoint whose traffic memberlist does not send (the
+// heartbeat baseline's): it is never compressed, so never sampled.
+func (e *Endpoint) plain() { e.uncompressed = true }
+
 // FinalAdvertiseAddr is the endpoint's own address, whatever is asked.
 func (e *Endpoint) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
 	return e.host.ip, e.udp.Port, nil
@@ -572,6 +605,9 @@ func (e *Endpoint) WriteToAddress(b []byte, a gossip.Address) (time.Time, error)
 	}
 	e.c.packetsSent.Add(1)
 	e.c.bytesSent.Add(uint64(len(b)))
+	if !e.uncompressed {
+		e.net.est.packet(b)
+	}
 	dst := e.net.lookup(a.Addr)
 	if dst == nil {
 		e.c.dropped.Add(1)
@@ -614,7 +650,7 @@ func (n *Network) route(p *inflight, now time.Time) bool {
 		p.src.c.dropped.Add(1)
 		return false
 	}
-	p.at = now.Add(l.latency(jitter))
+	p.at = now.Add(n.clk.wall(l.latency(jitter)))
 	if p.at.Before(p.notBefore) {
 		p.at = p.notBefore
 	}

@@ -40,7 +40,7 @@ func serveBids(name string, n *gossip.Node, logger *slog.Logger) {
 type placementResult struct {
 	asker, winner string
 	bids, missing int
-	elapsed       time.Duration
+	elapsed       time.Duration // protocol time
 	err           error
 }
 
@@ -68,14 +68,14 @@ func (c *Cluster) place(ctx context.Context, id, asker string) placementResult {
 		return r
 	}
 	start := time.Now()
-	res, err := bidding.Collect(ctx, n, bidding.Request{ID: id, Kind: simKind}, bidding.DefaultTimeout)
+	res, err := bidding.Collect(ctx, n, bidding.Request{ID: id, Kind: simKind}, c.clk.wall(bidding.DefaultTimeout))
 	r.bids, r.missing = len(res.Bids), len(res.Missing)
 	if err == nil || len(res.Bids) > 0 {
 		var d placement.Decision
 		d, err = placement.Elect(placement.Request{ID: id, Kind: simKind}, res.Bids, nil, time.Now())
 		r.winner = d.Winner
 	}
-	r.elapsed, r.err = time.Since(start), err
+	r.elapsed, r.err = c.clk.protoDur(time.Since(start)), err
 	return r
 }
 

@@ -57,6 +57,13 @@ type Plan struct {
 	Faults   []Fault       // in time order
 	Length   time.Duration // how long the schedule observes the mesh
 	Groups   []Group       // every node in exactly one group
+	// HealedFor, when set, ends the schedule before Length once every node
+	// sees every live node alive again after the last heal and HealedFor
+	// has passed since it: long enough for the steady state after the heal
+	// to be measured and for a late false verdict to show. The rest of a
+	// long schedule waits for serf's reconnect rounds, which only a mesh
+	// still split needs.
+	HealedFor time.Duration
 }
 
 // MonitorHost is the host of the heartbeat baseline's central monitor. Each
@@ -255,8 +262,9 @@ func buildPartition(p *Plan, names []string, rng *rand.Rand, shares ...float64) 
 		Fault{At: heal, Kind: FaultHeal, Label: "heal"})
 	// Two of serf's reconnect rounds: after a partition complete enough that
 	// each side has failed the other, only they (and push/pull, 90 s apart
-	// at 100 nodes) bring the sides back together.
+	// at 100 nodes) bring the sides back together without the heal prober.
 	p.Length = heal + 2*reconnect + d
+	p.HealedFor = healSettle + d
 }
 
 // burstSize is how many placements a burst asks for, from distinct nodes.

@@ -51,6 +51,9 @@ func TestPlansAreWellFormed(t *testing.T) {
 				}
 			}
 			last := p.Faults[len(p.Faults)-1].At
+			if heal, ok := p.healAt(); ok && p.HealedFor > 0 && heal+p.HealedFor >= p.Length {
+				t.Errorf("%s/%d: healed for %v after the heal at %v is not before the end at %v", sc, n, p.HealedFor, heal, p.Length)
+			}
 			if p.Length <= last {
 				t.Errorf("%s/%d: the schedule ends at %v, at or before its last fault at %v", sc, n, p.Length, last)
 			}

@@ -44,7 +44,8 @@ type Figures struct {
 	// MaxViews is the most distinct member views among live nodes at one
 	// sample; the baseline has one view, the monitor's.
 	MaxViews int `json:"max_distinct_views"`
-	// WallS is the run's wall time; gossip and baseline share the run.
+	// WallS is the run's wall time, not dilated; gossip and baseline
+	// share the run.
 	WallS float64 `json:"wall_s"`
 }
 
@@ -58,8 +59,31 @@ type Report struct {
 	Figures
 	Baseline Figures `json:"baseline"`
 
-	ConvergeS   float64  `json:"converge_s"`     // from start until the mesh agreed
-	LengthS     float64  `json:"length_s"`       // the fault schedule's length
+	// Dilation is the run's time dilation (clock.go): every time in the
+	// report is protocol time, the wall time divided by it, but WallS.
+	Dilation float64 `json:"dilation"`
+	// CompressionEstimated says the nodes sent uncompressed and the bytes
+	// are memberlist's compressed bytes estimated from a sample, at
+	// CompressionRatio (compressed over uncompressed packet bytes).
+	CompressionEstimated bool    `json:"compression_estimated"`
+	CompressionRatio     float64 `json:"compression_ratio,omitempty"`
+	// CPUS is the process's CPU time (user and system) during the
+	// schedule; CompressCPUEstS what compressing every packet would have
+	// added (estimated; zero with exact compression). CPUMSPerNodePerS is
+	// both per node and protocol second: an upper bound on one node's cost,
+	// since it includes the simulated network and the harness.
+	CPUS             float64 `json:"cpu_s"`
+	CompressCPUEstS  float64 `json:"compress_cpu_est_s,omitempty"`
+	CPUMSPerNodePerS float64 `json:"cpu_ms_per_node_per_s"`
+	// PushPullBytes is the mean size of a push/pull message (one side's
+	// state) on the wire, from the sampled stream messages; zero with exact
+	// compression.
+	PushPullBytes float64 `json:"push_pull_bytes,omitempty"`
+	ConvergeS     float64 `json:"converge_s"` // from start until the mesh agreed
+	LengthS       float64 `json:"length_s"`   // the fault schedule's length, as run
+	// EndedEarly says the schedule ended once the mesh had healed and
+	// stayed whole for a while (Plan.HealedFor), before its full length.
+	EndedEarly  bool     `json:"ended_early,omitempty"`
 	PeakRSSMB   *float64 `json:"peak_rss_mb"`    // the process's peak resident set during the run (Linux)
 	PeakGoMemMB float64  `json:"peak_go_mem_mb"` // the Go runtime's peak memory, sampled
 	// How late a 50 ms timer fired during the schedule: when the machine
@@ -170,11 +194,26 @@ func WriteText(w io.Writer, r *Report) error {
 	if r.NoHeal {
 		b.WriteString("the heal prober was off: serf and memberlist alone\n")
 	}
-	fmt.Fprintf(&b, "converged in %.1f s, then %.0f s of schedule; wall %.1f s", r.ConvergeS, r.LengthS, r.WallS)
+	if r.Dilation > 1 {
+		fmt.Fprintf(&b, "time dilated %g: every time below is protocol time, the wall time divided by %g\n", r.Dilation, r.Dilation)
+	}
+	fmt.Fprintf(&b, "converged in %.1f s, then %.0f s of schedule", r.ConvergeS, r.LengthS)
+	if r.EndedEarly {
+		b.WriteString(" (ended once healed)")
+	}
+	fmt.Fprintf(&b, "; wall %.1f s", r.WallS)
 	if r.PeakRSSMB != nil {
 		fmt.Fprintf(&b, ", peak RSS %.0f MiB", *r.PeakRSSMB)
 	}
 	fmt.Fprintf(&b, ", Go memory %.0f MiB\n", r.PeakGoMemMB)
+	fmt.Fprintf(&b, "CPU during the schedule %.0f s", r.CPUS)
+	if r.CompressionEstimated {
+		fmt.Fprintf(&b, " (+%.0f s that compressing every packet would have cost)", r.CompressCPUEstS)
+	}
+	fmt.Fprintf(&b, ": %.2f ms per node per second\n", r.CPUMSPerNodePerS)
+	if r.CompressionEstimated {
+		fmt.Fprintf(&b, "bytes: memberlist's compression estimated from a sample (compressed/sent %.2f)\n", r.CompressionRatio)
+	}
 	if len(r.Faults) > 0 {
 		parts := make([]string, len(r.Faults))
 		for i, f := range r.Faults {
@@ -220,8 +259,9 @@ func WriteText(w io.Writer, r *Report) error {
 	}
 	if r.TimerLagP99MS > StarvedLagMS {
 		fmt.Fprintf(&b, "\nwarning: the machine was short of CPU: timers fired up to %.0f ms late (p99 %.0f ms), so probes\n"+
-			"timed out for want of CPU, not of network; the timings and false verdicts above overstate the mesh's.\n",
-			r.TimerLagMaxMS, r.TimerLagP99MS)
+			"timed out for want of CPU, not of network; the timings and false verdicts above overstate the mesh's.\n"+
+			"Run it again with a larger --dilation (this run's: %g).\n",
+			r.TimerLagMaxMS, r.TimerLagP99MS, max(r.Dilation, 1))
 	}
 	if len(r.FalseFailureExamples) > 0 {
 		fmt.Fprintf(&b, "\nfalse failures, first few: %s\n", strings.Join(r.FalseFailureExamples, "; "))

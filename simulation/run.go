@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/meshagent/agent/gossip"
@@ -30,6 +31,15 @@ type RunConfig struct {
 	// NoHeal turns the nodes' heal prober off: serf and memberlist alone,
 	// to compare with.
 	NoHeal bool
+	// Dilation stretches every timer of the run by this factor, so that a
+	// large mesh is not starved of CPU (clock.go); the report is in
+	// protocol time. 0 picks AutoDilation(Nodes); 1 is real time.
+	Dilation float64
+	// ExactCompression has memberlist compress every packet, as a real
+	// node does. By default the nodes send uncompressed and the network
+	// estimates the compressed bytes from a sample (compress.go): LZW is
+	// most of a large simulation's CPU.
+	ExactCompression bool
 	// Prepare is passed to the cluster: it plugs a per-node responder (a
 	// query handler) into every node before it joins.
 	Prepare func(name string, n *gossip.Node) (stop func(), err error)
@@ -43,8 +53,11 @@ type RunConfig struct {
 // Progress says how far a run is.
 type Progress struct {
 	Phase   string        // "converging", then "running"
-	Elapsed time.Duration // of the fault schedule, while running
-	Total   time.Duration // the schedule's length
+	Elapsed time.Duration // of the fault schedule, while running (protocol time)
+	Total   time.Duration // the schedule's length (protocol time)
+	// Dilation is the run's time dilation: the schedule takes Dilation
+	// times Total on the wall clock.
+	Dilation float64
 }
 
 // FaultGrace is how long after a fault stops separating two nodes a
@@ -55,9 +68,12 @@ const FaultGrace = 20 * time.Second
 
 // Run starts a cluster, lets it converge, plays the scenario's fault
 // schedule on it and on the heartbeat baseline at once, and reports what
-// both saw. It takes about the plan's Length plus the convergence: the
-// simulation runs in real time, because memberlist's timers do.
+// both saw. It takes about the plan's Length plus the convergence, times
+// the dilation: memberlist's timers are real, stretched (clock.go).
 func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
+	if err := checkDilation(cfg.Dilation); err != nil {
+		return nil, err
+	}
 	plan, err := PlanScenario(cfg.Scenario, cfg.Nodes, cfg.Seed)
 	if err != nil {
 		return nil, err
@@ -82,17 +98,21 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if progress == nil {
 		progress = func(Progress) {}
 	}
+	if cfg.Dilation == 0 {
+		cfg.Dilation = AutoDilation(cfg.Nodes)
+	}
 	start := time.Now()
 	resetPeakRSS()
 	mem := &memoryPeak{}
 	mem.sample()
 
-	net, err := NewNetwork(NetworkConfig{Seed: cfg.Seed})
+	net, err := NewNetwork(NetworkConfig{Seed: cfg.Seed, Dilation: cfg.Dilation, EstimateCompression: !cfg.ExactCompression})
 	if err != nil {
 		return nil, err
 	}
 	defer net.Close()
-	progress(Progress{Phase: "converging", Total: plan.Length})
+	clk := net.clk
+	progress(Progress{Phase: "converging", Total: plan.Length, Dilation: clk.factor()})
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -128,7 +148,8 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	mem.sample()
 
 	rec := newRecorder(plan, cluster, base)
-	rec.begin(time.Now())
+	cpu0, comp0 := processCPU(), net.est.compressCPU()
+	rec.begin(clk.now())
 	var w watcher = rec
 	cluster.watch.Store(&w)
 	base.mu.Lock()
@@ -146,7 +167,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	}()
 	go func() {
 		defer wg.Done()
-		lag.measure(sampler)
+		lag.measure(sampler, clk)
 	}()
 	stopSampler := func() {
 		if sampler != nil {
@@ -164,8 +185,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	defer bursts.Wait()
 	next := 0
 	for {
-		now := time.Now()
-		elapsed := now.Sub(t0)
+		elapsed := clk.now().Sub(t0)
 		for next < len(plan.Faults) && plan.Faults[next].At <= elapsed {
 			f := plan.Faults[next]
 			next++
@@ -180,17 +200,17 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			if err := net.Apply(f); err != nil {
 				return nil, fmt.Errorf("apply %s: %w", f.Label, err)
 			}
-			rec.applied(f, time.Now())
+			rec.applied(f, clk.now())
 		}
-		if elapsed >= plan.Length {
+		if elapsed >= plan.Length || rec.healedFor(plan, elapsed) {
 			break
 		}
-		progress(Progress{Phase: "running", Elapsed: elapsed, Total: plan.Length})
+		progress(Progress{Phase: "running", Elapsed: elapsed, Total: plan.Length, Dilation: clk.factor()})
 		wait := plan.Length - elapsed
 		if next < len(plan.Faults) {
 			wait = min(wait, plan.Faults[next].At-elapsed)
 		}
-		timer := time.NewTimer(wait)
+		timer := time.NewTimer(clk.wall(wait))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -200,29 +220,44 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		}
 		timer.Stop()
 	}
-	end := time.Now()
+	end := clk.now()
 	bursts.Wait()
 	stopSampler()
-	progress(Progress{Phase: "running", Elapsed: plan.Length, Total: plan.Length})
+	progress(Progress{Phase: "running", Elapsed: plan.Length, Total: plan.Length, Dilation: clk.factor()})
 	mem.sample()
 
 	r := rec.report(end)
+	r.LengthS = round(end.Sub(t0).Seconds())
+	r.EndedEarly = end.Sub(t0) < plan.Length
 	r.Profile = cfg.Profile
 	r.NoHeal = cfg.NoHeal
-	r.ConvergeS = round(converged.Seconds())
+	r.Dilation = clk.factor()
+	r.ConvergeS = round(clk.protoDur(converged).Seconds())
 	r.WallS = round(time.Since(start).Seconds())
 	r.Baseline.WallS = r.WallS
 	r.PeakGoMemMB = round(float64(mem.peak) / (1 << 20))
 	r.PeakRSSMB = peakRSS()
+	r.CPUS = round((processCPU() - cpu0).Seconds())
+	if net.estimating() {
+		r.CompressionEstimated = true
+		r.CompressionRatio, _ = net.est.ratios()
+		r.CompressionRatio = round(r.CompressionRatio)
+		r.CompressCPUEstS = round((net.est.compressCPU() - comp0).Seconds())
+		r.PushPullBytes = math.Round(net.est.streamMean())
+	}
+	if s := plan.Length.Seconds() * float64(cfg.Nodes); s > 0 {
+		r.CPUMSPerNodePerS = round((r.CPUS + r.CompressCPUEstS) * 1000 / s)
+	}
 	r.TimerLagP99MS, r.TimerLagMaxMS = lag.figures()
 	return r, nil
 }
 
-// timerLag measures how late a 50 ms timer fires during the run. The
-// simulation runs in real time on a shared machine: when the CPU is short,
-// every node's timers fire late alike, probes time out, and the gossip
-// looks worse than it is. The report carries the lag so that a reader can
-// tell a slow detector from a starved machine.
+// timerLag measures how late a 50 ms timer fires during the run, in
+// protocol time. The simulation runs on a shared machine: when the CPU is
+// short, every node's timers fire late alike, probes time out, and the
+// gossip looks worse than it is. The report carries the lag so that a
+// reader can tell a slow detector from a starved machine; a lag of more
+// than a few protocol milliseconds asks for a larger dilation.
 type timerLag struct {
 	mu   sync.Mutex
 	lags []float64 // milliseconds
@@ -230,7 +265,7 @@ type timerLag struct {
 
 const lagPeriod = 50 * time.Millisecond
 
-func (l *timerLag) measure(stop <-chan struct{}) {
+func (l *timerLag) measure(stop <-chan struct{}, clk clock) {
 	timer := time.NewTimer(lagPeriod)
 	defer timer.Stop()
 	for {
@@ -240,7 +275,7 @@ func (l *timerLag) measure(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-timer.C:
-			late := time.Since(set) - lagPeriod // includes waiting for a CPU
+			late := clk.protoDur(time.Since(set) - lagPeriod) // includes waiting for a CPU
 			l.mu.Lock()
 			l.lags = append(l.lags, float64(late)/float64(time.Millisecond))
 			l.mu.Unlock()
@@ -264,14 +299,14 @@ func (l *timerLag) figures() (p99, worst float64) {
 // 5 s, plus 5 ms a node, and until it agrees again.
 func settle(ctx context.Context, c *Cluster) error {
 	quiet := 5*time.Second + time.Duration(len(c.names))*5*time.Millisecond
-	timer := time.NewTimer(quiet)
+	timer := time.NewTimer(c.clk.wall(quiet))
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-timer.C:
 	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, c.clk.wall(30*time.Second))
 	defer cancel()
 	if err := c.WaitAgreement(wctx); err != nil {
 		return fmt.Errorf("the mesh stopped agreeing while it settled: %w", err)
@@ -280,8 +315,9 @@ func settle(ctx context.Context, c *Cluster) error {
 }
 
 // recorder turns what the nodes, the monitor and the network report into
-// the run's figures. All its methods take its lock; they are called from
-// the nodes' event goroutines, the monitor and the network.
+// the run's figures. Every instant it holds is in protocol time (clock.go).
+// All its methods take its lock; they are called from the nodes' event
+// goroutines, the monitor and the network.
 type recorder struct {
 	plan    Plan
 	cluster *Cluster
@@ -332,7 +368,7 @@ const healSettle = 10 * time.Second
 // burst runs a burst of placements and records it with the sides as the
 // network stood when it began.
 func (r *recorder) burst(ctx context.Context, f Fault, tag string) {
-	at := time.Now()
+	at := r.cluster.clk.now()
 	net := r.cluster.net
 	fs := net.faults.Load()
 	results := r.cluster.burst(ctx, tag, f.Nodes)
@@ -394,6 +430,34 @@ func (r *recorder) gossipTraffic() TrafficStats {
 }
 
 func (r *recorder) since(t time.Time) float64 { return t.Sub(r.t0).Seconds() }
+
+// healedFor reports whether the schedule may end early: every node has
+// seen every live node alive since the last heal, at least plan.HealedFor
+// ago (see Plan.HealedFor).
+func (r *recorder) healedFor(plan Plan, elapsed time.Duration) bool {
+	at, ok := plan.healAt()
+	if !ok || plan.HealedFor <= 0 || elapsed < at+plan.HealedFor {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.healed.IsZero() && len(r.bursts) == countBursts(plan, at+plan.HealedFor)
+}
+
+// countBursts is how many bursts the plan starts before d.
+func countBursts(plan Plan, d time.Duration) int {
+	n := 0
+	for _, f := range plan.Faults {
+		if f.Kind == FaultBurst && f.At < d {
+			n++
+		}
+	}
+	return n
+}
+
+// wire is the gossip's bytes on the wire in s, estimated when the nodes
+// send uncompressed (compress.go).
+func (r *recorder) wire(s TrafficStats) float64 { return r.cluster.net.WireBytes(s) }
 
 // faultsChanged keeps the fault history and notes crashes; it runs under
 // the network's lock.
@@ -602,15 +666,16 @@ func (r *recorder) sampleLoop(stop <-chan struct{}, mem *memoryPeak) {
 	if r.n > 200 {
 		every = time.Second
 	}
-	tick := time.NewTicker(every)
+	clk := r.cluster.clk
+	tick := time.NewTicker(clk.wall(every))
 	defer tick.Stop()
-	r.sample(time.Now())
+	r.sample(clk.now())
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-tick.C:
-			r.sample(now)
+			r.sample(clk.proto(now))
 			mem.sample()
 		}
 	}
@@ -719,7 +784,7 @@ func (r *recorder) report(end time.Time) *Report {
 	g := r.gossipTraffic()
 	b := r.base.stats()
 	if nodeSeconds > 0 {
-		rep.BytesPerNodePerS = round(float64(g.BytesSent-r.traffic0.BytesSent) / nodeSeconds)
+		rep.BytesPerNodePerS = round((r.wire(g) - r.wire(r.traffic0)) / nodeSeconds)
 		rep.PacketsPerNodePerS = round(float64(g.PacketsSent-r.traffic0.PacketsSent) / nodeSeconds)
 		rep.Baseline.BytesPerNodePerS = round(float64(b.BytesSent-r.bTraffic0.BytesSent) / nodeSeconds)
 		rep.Baseline.PacketsPerNodePerS = round(float64(b.PacketsSent-r.bTraffic0.PacketsSent) / nodeSeconds)
@@ -766,7 +831,7 @@ func (r *recorder) partitionRecord(end time.Time) *PartitionRecord {
 		if d <= 0 || n == 0 {
 			return 0
 		}
-		return round(float64(to.BytesSent-from.BytesSent) / n / d.Seconds())
+		return round((r.wire(to) - r.wire(from)) / n / d.Seconds())
 	}
 	now := r.gossipTraffic()
 	hs := r.cluster.healStats()
@@ -781,7 +846,7 @@ func (r *recorder) partitionRecord(end time.Time) *PartitionRecord {
 	rec.BytesDuring = rate(r.partTraffic, r.healTraffic, r.healAt.Sub(r.partAt))
 	rec.HealPingsDuring, rec.HealJoinsDuring = r.healHeal.Pings-r.partHeal.Pings, r.healHeal.Joins-r.partHeal.Joins
 	rec.HealJoinsAfter = hs.Joins - r.healHeal.Joins
-	rec.PushPullBytesAfter = now.StreamBytesSent - r.healTraffic.StreamBytesSent
+	rec.PushPullBytesAfter = uint64(r.cluster.net.est.streamWire(now.StreamBytesSent - r.healTraffic.StreamBytesSent))
 	if r.settled != nil {
 		rec.BytesHealing = rate(r.healTraffic, *r.settled, healSettle)
 		rec.BytesAfter = rate(*r.settled, now, end.Sub(r.healAt.Add(healSettle)))
@@ -875,4 +940,14 @@ func peakRSS() *float64 {
 		}
 	}
 	return nil
+}
+
+// processCPU is the CPU time (user and system) the process has used, or 0
+// where the system does not tell.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

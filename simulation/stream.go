@@ -41,7 +41,7 @@ func (e *Endpoint) DialAddressTimeout(a gossip.Address, timeout time.Duration) (
 	if dst == nil {
 		return nil, opErr(syscall.ECONNREFUSED)
 	}
-	attempt, rto := start, synRTO
+	attempt, rto := start, e.net.clk.wall(synRTO)
 	for {
 		f := e.net.faults.Load()
 		src, to := e.host.id, dst.host.id
@@ -50,7 +50,7 @@ func (e *Endpoint) DialAddressTimeout(a gossip.Address, timeout time.Duration) (
 			l1, j1 := e.host.draw()
 			l2, j2 := e.host.draw()
 			if l1 >= fwd.Loss && l2 >= back.Loss {
-				connected := time.Now().Add(fwd.latency(j1) + back.latency(j2))
+				connected := time.Now().Add(e.net.clk.wall(fwd.latency(j1) + back.latency(j2)))
 				if connected.After(deadline) {
 					e.sleepUntil(deadline)
 					return nil, opErr(os.ErrDeadlineExceeded)
@@ -161,13 +161,14 @@ func (p *pipe) write(b []byte) {
 	}
 	l := f.link(p.from.host.id, p.to.host.id)
 	loss, jitter := p.from.host.draw()
-	arrival := now.Add(l.latency(jitter))
-	for rto := minRTO; loss < l.Loss && rto <= 64*minRTO; rto *= 2 {
+	arrival := now.Add(p.net.clk.wall(l.latency(jitter)))
+	for rto := p.net.clk.wall(minRTO); loss < l.Loss && rto <= p.net.clk.wall(64*minRTO); rto *= 2 {
 		arrival = arrival.Add(rto)
 		loss, _ = p.from.host.draw()
 	}
 	p.from.c.bytesSent.Add(uint64(len(b)))
 	p.from.c.streamSent.Add(uint64(len(b)))
+	p.net.est.stream(b)
 	p.mu.Lock()
 	if arrival.Before(p.last) {
 		arrival = p.last

@@ -39,6 +39,7 @@ func main() {
 	out := flag.String("out", "bench.json", "where to write the JSON report")
 	bench := flag.String("bench", ".", "benchmarks to run (go test -bench)")
 	benchtime := flag.String("benchtime", "", "go test -benchtime, when set")
+	timeout := flag.String("timeout", "", "go test -timeout, when set")
 	flag.Parse()
 	pkgs := flag.Args()
 	if len(pkgs) == 0 {
@@ -47,6 +48,9 @@ func main() {
 	args := []string{"test", "-run=^$", "-bench=" + *bench, "-benchmem", "-count=1"}
 	if *benchtime != "" {
 		args = append(args, "-benchtime="+*benchtime)
+	}
+	if *timeout != "" {
+		args = append(args, "-timeout="+*timeout)
 	}
 	cmd := exec.Command("go", append(args, pkgs...)...)
 	cmd.Stderr = os.Stderr

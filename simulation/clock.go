@@ -1,0 +1,101 @@
+package simulation
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Time dilation.
+//
+// Every simulated node is a real memberlist and serf, and their timers are
+// the time package's: they cannot be virtualised outside a test (Go's
+// testing/synctest bubbles exist only inside a test), and a virtual clock
+// that stops while any goroutine works would also make every node's CPU
+// work free, which hides what a large mesh costs. So the simulation
+// dilates time instead: with a dilation of D, every protocol timer (each
+// node's memberlist and serf configuration and heal prober, through
+// gossip.Config.TimeScale), every link delay, every TCP retransmission and
+// every timer of the harness (the fault schedule, the baseline's
+// heartbeats, the placement timeouts) lasts D times longer on the wall
+// clock, and every figure is reported in protocol time (wall time / D).
+//
+// The protocol sees the same sequence of events as at D = 1, only slower;
+// what does not stretch is the CPU time the nodes spend, which is the
+// point: at D the process has D times more CPU per protocol second, as if
+// the nodes ran on a machine D times faster. A run of N nodes needs a
+// dilation at which the whole mesh's work per protocol second fits the
+// machine's cores; AutoDilation picks one from N, and the report's timer
+// lag (in protocol milliseconds) says whether it sufficed.
+
+// MaxDilation bounds a run's dilation: past it a run of a few minutes of
+// protocol time would take hours.
+const MaxDilation = 50
+
+// AutoDilation is the dilation a run of n nodes gets when none is asked
+// for: 1 (real time) up to 100 nodes, then one more for every 100 nodes,
+// measured on this project's 2-core machine to keep the timer lag under a
+// few protocol milliseconds (docs/scale.md).
+func AutoDilation(n int) float64 {
+	if n <= 100 {
+		return 1
+	}
+	return math.Min(MaxDilation, math.Ceil(float64(n)/100))
+}
+
+// checkDilation accepts 0 (automatic) or a factor from 1 to MaxDilation.
+func checkDilation(d float64) error {
+	if d == 0 || (d >= 1 && d <= MaxDilation) {
+		return nil
+	}
+	return fmt.Errorf("dilation %v: use 1 (real time) to %d, or 0 to choose by the number of nodes", d, MaxDilation)
+}
+
+// clock converts between the wall clock and protocol time for one
+// dilation. Protocol instants are wall instants mapped around a fixed base,
+// so they compare and subtract like times; the zero clock is real time.
+type clock struct {
+	scale float64   // the dilation, at least 1; 0 is taken as 1
+	base  time.Time // the wall instant where both times agree
+}
+
+func newClock(scale float64) clock {
+	if scale < 1 {
+		scale = 1
+	}
+	return clock{scale: scale, base: time.Now()}
+}
+
+func (c clock) factor() float64 {
+	if c.scale < 1 {
+		return 1
+	}
+	return c.scale
+}
+
+// wall is how long a protocol duration lasts on the wall clock.
+func (c clock) wall(d time.Duration) time.Duration {
+	if c.factor() == 1 {
+		return d
+	}
+	return time.Duration(float64(d) * c.scale)
+}
+
+// proto maps a wall instant to protocol time.
+func (c clock) proto(t time.Time) time.Time {
+	if c.factor() == 1 || t.IsZero() {
+		return t
+	}
+	return c.base.Add(time.Duration(float64(t.Sub(c.base)) / c.scale))
+}
+
+// protoDur is the protocol duration of a wall duration.
+func (c clock) protoDur(d time.Duration) time.Duration {
+	if c.factor() == 1 {
+		return d
+	}
+	return time.Duration(float64(d) / c.scale)
+}
+
+// now is the protocol time now.
+func (c clock) now() time.Time { return c.proto(time.Now()) }

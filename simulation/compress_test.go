@@ -1,0 +1,48 @@
+package simulation
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"testing"
+)
+
+// gossipLike is a packet shaped like memberlist's alive messages.
+func gossipLike(i int) []byte {
+	var b bytes.Buffer
+	for b.Len() < 1300 {
+		fmt.Fprintf(&b, "\x82\xa4Node\xa9node-%04d\xa4Meta\xc4\x28role=server,load=%d,cap=8", i, 40+i%50)
+		i++
+	}
+	return b.Bytes()
+}
+
+func TestEstimatedBytesFollowTheSample(t *testing.T) {
+	n, ep := testNet(t, NetworkConfig{Seed: 1, EstimateCompression: true})
+	var sent, compressed float64
+	for i := 0; i < 4*packetSample; i++ {
+		p := gossipLike(i)
+		sent += float64(len(p))
+		compressed += float64(min(compressedSize(p), len(p)))
+		if _, err := ep["a"].WriteTo(p, ep["b"].Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := n.WireBytes(ep["a"].Stats())
+	if want := compressed; math.Abs(got-want)/want > 0.1 {
+		t.Errorf("estimated %.0f bytes on the wire, compressing each packet gives %.0f (sent %.0f)", got, want, sent)
+	}
+	if got >= sent {
+		t.Errorf("the estimate %.0f is not below the %.0f bytes sent uncompressed", got, sent)
+	}
+	if n.est.compressCPU() <= 0 {
+		t.Error("no CPU estimated for compressing what was sent")
+	}
+
+	exact, ep2 := testNet(t, NetworkConfig{Seed: 1})
+	p := gossipLike(0)
+	ep2["a"].WriteTo(p, ep2["b"].Addr())
+	if got := exact.WireBytes(ep2["a"].Stats()); got != float64(len(p)) {
+		t.Errorf("without the estimate, %v bytes count as %v", len(p), got)
+	}
+}
