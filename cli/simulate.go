@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -40,7 +41,7 @@ func simulateCommand() *ucli.Command {
 			&ucli.DurationFlag{Name: "partition-for", Usage: "how long the partition scenarios keep the sides apart (default: the scenario's, about 34 s at 100 nodes)"},
 			&ucli.BoolFlag{Name: "no-heal", Usage: "turn the nodes' heal prober off, to compare with serf and memberlist alone"},
 			&ucli.BoolFlag{Name: "exact-compression", Usage: "have memberlist compress every packet, as a real node does (by default the bytes are estimated from a sample: compressing is most of a large run's CPU)"},
-			&ucli.Float64Flag{Name: "dilation", Usage: fmt.Sprintf("stretch every timer by this factor, 1 (real time) to %d; default: 1 up to 100 nodes, then 1 per 100 nodes", simulation.MaxDilation)},
+			&ucli.Float64Flag{Name: "dilation", Usage: fmt.Sprintf("stretch every timer by this factor, 1 (real time) to %d; default: 1 up to 100 nodes, then 1 + nodes/250 (5 at 1,000)", simulation.MaxDilation)},
 			formatFlag(),
 			&ucli.StringFlag{Name: "out", Usage: "also write the JSON report to this file"},
 			&ucli.StringFlag{Name: "svg", Usage: "write the timeline as an SVG picture to this file"},
@@ -186,6 +187,7 @@ func writeFileAtomically(path string, data []byte) error {
 
 // bar draws the run's progress on a terminal.
 type bar struct {
+	mu    sync.Mutex // the joining goroutines report too
 	w     io.Writer
 	nodes int
 }
@@ -204,9 +206,11 @@ func progressBar(w io.Writer, nodes int) *bar {
 }
 
 func (b *bar) show(p simulation.Progress) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	const width = 30
 	if p.Phase != "running" {
-		fmt.Fprintf(b.w, "\r\033[Kstarting %d nodes and waiting until they agree…", b.nodes)
+		fmt.Fprintf(b.w, "\r\033[Kstarting %d nodes: %d joined, %d see every node alive…", b.nodes, p.Joined, p.Full)
 		return
 	}
 	frac := 0.0
@@ -228,16 +232,19 @@ func (b *bar) done() { fmt.Fprint(b.w, "\r\033[K") }
 // is, one line at a time.
 func progressLines(w io.Writer, nodes int) func(simulation.Progress) {
 	start := time.Now()
+	var mu sync.Mutex // the joining goroutines report too
 	var phase string
 	var last time.Time
 	return func(p simulation.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
 		if p.Phase == phase && time.Since(last) < 30*time.Second {
 			return
 		}
 		phase, last = p.Phase, time.Now()
 		wall := time.Since(start).Round(time.Second)
 		if p.Phase != "running" {
-			fmt.Fprintf(w, "%s: starting %d nodes (dilation %g) and waiting until they agree\n", wall, nodes, p.Dilation)
+			fmt.Fprintf(w, "%s: starting %d nodes (dilation %g): %d joined, %d see every node alive\n", wall, nodes, p.Dilation, p.Joined, p.Full)
 			return
 		}
 		fmt.Fprintf(w, "%s: %.0f of %.0f s of schedule (protocol time)\n", wall, p.Elapsed.Seconds(), p.Total.Seconds())

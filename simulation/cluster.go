@@ -53,6 +53,10 @@ type ClusterConfig struct {
 	// Network, it must be 0 or the network's own; the cluster follows the
 	// network's. ConvergeTimeout is in protocol time.
 	Dilation float64
+	// Forming, when set, is told how far the mesh is while it forms: how
+	// many nodes have joined, and how many see every node alive. It is
+	// called from the joining goroutines, at most every second.
+	Forming func(joined, full int)
 	// ExactCompression, for a cluster that makes its network, has
 	// memberlist compress every packet, as a real node does; by default
 	// the network estimates it (compress.go). With a Network, the
@@ -94,6 +98,7 @@ type Cluster struct {
 
 	releaseGC func()
 	stopOnce  sync.Once
+	formingAt atomic.Int64 // unix nanoseconds of the last Forming call
 }
 
 // memberlist compresses every packet it sends with a fresh LZW writer, a
@@ -314,6 +319,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 	pace := startPacer(c.clk)
 	defer pace.stop()
 	budget := newJoinBudget()
+	var joined atomic.Int64
 	errs := make([]error, len(c.names))
 	c.parallel(len(c.names)-1, func(k int) {
 		i := k + 1
@@ -325,6 +331,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 		}
 		for _, t := range targets[i] {
 			if _, errs[i] = c.nodes[i].Join([]string{c.eps[t].Addr()}, false); errs[i] == nil {
+				c.forming(int(joined.Add(1)) + 1)
 				return
 			}
 		}
@@ -349,6 +356,7 @@ func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
 		wctx, cancel := context.WithTimeout(ctx, c.clk.wall(2*time.Second))
 		err := c.WaitAgreement(wctx)
 		cancel()
+		c.forming(len(c.nodes))
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
@@ -446,6 +454,19 @@ func (p *pacer) wait(ctx context.Context) error {
 func (p *pacer) stop() {
 	close(p.done)
 	p.wg.Wait()
+}
+
+// forming tells ClusterConfig.Forming, at most once a second.
+func (c *Cluster) forming(joined int) {
+	if c.cfg.Forming == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := c.formingAt.Load()
+	if now-last < int64(time.Second) || !c.formingAt.CompareAndSwap(last, now) {
+		return
+	}
+	c.cfg.Forming(joined, int(c.full.Load()))
 }
 
 // joinBudget paces joins by their cost. The news of a join (memberlist's

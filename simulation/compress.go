@@ -31,19 +31,83 @@ import (
 const (
 	packetSample = 256 // one packet in this many is compressed for the ratio
 	streamSample = 16  // one stream message in this many
+	bucketWarmup = 16  // the first messages of each size class are all compressed
 )
+
+// sizeBuckets split messages by size: LZW's gain depends on it (a probe of
+// 80 bytes does not shrink, a full gossip packet halves), and the mix of
+// sizes changes over a run (big gossip while the mesh forms, small probes
+// after), so one ratio for all would be biased.
+var sizeBuckets = [...]int{128, 256, 512, 1024, 4096, 16384, 65536}
+
+func bucketOf(n int) int {
+	for i, limit := range sizeBuckets {
+		if n < limit {
+			return i
+		}
+	}
+	return len(sizeBuckets)
+}
+
+// ratioTable is compressed over sent bytes per size class, learnt from
+// samples. Safe for concurrent use.
+type ratioTable struct {
+	seen [len(sizeBuckets) + 1]atomic.Uint64
+	mu   sync.Mutex
+	raw  [len(sizeBuckets) + 1]uint64
+	wire [len(sizeBuckets) + 1]uint64
+	// ratio holds each class's ratio as float64 bits, 1 until sampled.
+	ratio [len(sizeBuckets) + 1]atomic.Uint64
+}
+
+// note estimates b's compressed size, compressing it when sampled; keep
+// says which of the two memberlist would send (packets: the smaller).
+func (t *ratioTable) note(b []byte, every uint64, packet bool) float64 {
+	k := bucketOf(len(b))
+	n := t.seen[k].Add(1)
+	if n <= bucketWarmup || n%every == 0 {
+		wire := compressedSize(b)
+		if packet {
+			wire = min(wire, len(b))
+		}
+		t.mu.Lock()
+		t.raw[k] += uint64(len(b))
+		t.wire[k] += uint64(wire)
+		t.ratio[k].Store(math.Float64bits(float64(t.wire[k]) / float64(t.raw[k])))
+		t.mu.Unlock()
+		return float64(wire)
+	}
+	r := 1.0
+	if bits := t.ratio[k].Load(); bits != 0 {
+		r = math.Float64frombits(bits)
+	}
+	return float64(len(b)) * r
+}
+
+// overall is the ratio over every sample.
+func (t *ratioTable) overall() float64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var raw, wire uint64
+	for k := range t.raw {
+		raw += t.raw[k]
+		wire += t.wire[k]
+	}
+	if raw == 0 {
+		return 1
+	}
+	return float64(wire) / float64(raw)
+}
 
 // wireEstimate estimates compressed sizes; a nil one means memberlist
 // compresses for real and bytes count as sent. Safe for concurrent use.
 type wireEstimate struct {
-	packets, streams atomic.Uint64 // offered so far
+	packets, streams ratioTable
+	nPackets         atomic.Uint64
+	streamBytes      atomic.Uint64 // every stream message's, for the CPU estimate
+	sWire, sCount    atomic.Uint64 // stream messages: estimated wire bytes, count
 
-	mu                    sync.Mutex
-	pRaw, pWire           uint64 // the sampled packets: as sent, compressed
-	sRaw, sWire           uint64 // the sampled stream messages
-	sCount                uint64
 	perPacket, perByteRaw float64 // calibrated CPU seconds: a full packet; a byte of a large message
-	streamBytes           uint64  // every stream message's bytes, for the CPU estimate
 }
 
 func newWireEstimate() *wireEstimate {
@@ -90,55 +154,36 @@ func compressedSize(b []byte) int {
 	return 1 + 1 + 5 + 1 + 4 + hdr + n
 }
 
-// packet notes one packet as sent, and samples it.
-func (e *wireEstimate) packet(b []byte) {
-	if e == nil || e.packets.Add(1)%packetSample != 0 {
-		return
-	}
-	wire := min(compressedSize(b), len(b)) // memberlist keeps the smaller
-	e.mu.Lock()
-	e.pRaw += uint64(len(b))
-	e.pWire += uint64(wire)
-	e.mu.Unlock()
-}
-
-// stream notes one stream message (memberlist writes each whole), and
-// samples it; memberlist always sends a stream message compressed.
-func (e *wireEstimate) stream(b []byte) {
+// packet is the estimated size on the wire of one packet as sent;
+// memberlist keeps the smaller of the packet and its compression.
+func (e *wireEstimate) packet(b []byte) float64 {
 	if e == nil {
-		return
+		return float64(len(b))
 	}
-	k := e.streams.Add(1)
-	e.mu.Lock()
-	e.streamBytes += uint64(len(b))
-	e.mu.Unlock()
-	if k%streamSample != 1 { // the first is sampled: a short run has few
-		return
-	}
-	wire := compressedSize(b)
-	e.mu.Lock()
-	e.sRaw += uint64(len(b))
-	e.sWire += uint64(wire)
-	e.sCount++
-	e.mu.Unlock()
+	e.nPackets.Add(1)
+	return e.packets.note(b, packetSample, true)
 }
 
-func ratio(wire, raw uint64) float64 {
-	if raw == 0 {
-		return 1
+// stream is the estimated size on the wire of one stream message
+// (memberlist writes each whole, and always compressed).
+func (e *wireEstimate) stream(b []byte) float64 {
+	if e == nil {
+		return float64(len(b))
 	}
-	return float64(wire) / float64(raw)
+	e.streamBytes.Add(uint64(len(b)))
+	w := e.streams.note(b, streamSample, false)
+	e.sWire.Add(uint64(math.Round(w)))
+	e.sCount.Add(1)
+	return w
 }
 
-// ratios are compressed over sent bytes, packets and streams; 1 before any
-// sample. A nil estimate has both 1.
+// ratios are compressed over sent bytes over every sample, packets and
+// streams; 1 before any sample, and for a nil estimate.
 func (e *wireEstimate) ratios() (packets, streams float64) {
 	if e == nil {
 		return 1, 1
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return ratio(e.pWire, e.pRaw), ratio(e.sWire, e.sRaw)
+	return e.packets.overall(), e.streams.overall()
 }
 
 // compressCPU estimates the CPU that compressing every packet and stream
@@ -147,37 +192,14 @@ func (e *wireEstimate) compressCPU() time.Duration {
 	if e == nil {
 		return 0
 	}
-	e.mu.Lock()
-	sb := e.streamBytes
-	e.mu.Unlock()
-	s := float64(e.packets.Load())*e.perPacket + float64(sb)*e.perByteRaw
+	s := float64(e.nPackets.Load())*e.perPacket + float64(e.streamBytes.Load())*e.perByteRaw
 	return time.Duration(s * float64(time.Second))
 }
 
-// streamMean is the mean size on the wire of the sampled stream messages.
+// streamMean is the mean estimated size on the wire of a stream message.
 func (e *wireEstimate) streamMean() float64 {
-	if e == nil {
+	if e == nil || e.sCount.Load() == 0 {
 		return 0
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.sCount == 0 {
-		return 0
-	}
-	return float64(e.sWire) / float64(e.sCount)
-}
-
-// wireBytes is what the bytes sent in s stand for on the wire.
-func (e *wireEstimate) wireBytes(s TrafficStats) float64 {
-	if e == nil {
-		return float64(s.BytesSent)
-	}
-	p, st := e.ratios()
-	return math.Round(float64(s.BytesSent-s.StreamBytesSent)*p + float64(s.StreamBytesSent)*st)
-}
-
-// streamWire is what stream bytes stand for on the wire.
-func (e *wireEstimate) streamWire(raw uint64) float64 {
-	_, st := e.ratios()
-	return math.Round(float64(raw) * st)
+	return float64(e.sWire.Load()) / float64(e.sCount.Load())
 }

@@ -20,9 +20,13 @@
 //     once, measured into a Report, printed by WriteText and drawn by
 //     WriteSVG.
 //
-// Simulated time is real time: memberlist's timers cannot be virtualised,
-// so a run lasts as long as its schedule, and a machine short of CPU makes
-// every node's timers late alike (the Report says how late). A paused node
+// memberlist's timers cannot be virtualised outside a test, so time is
+// dilated instead (clock.go): every timer and delay lasts Dilation times
+// longer on the wall clock and the Report is in protocol time, so that a
+// large mesh is not starved of CPU; a machine still short of it makes every
+// node's timers late alike (the Report says how late). The nodes send
+// uncompressed and the network estimates memberlist's compressed bytes
+// (compress.go). A paused node
 // differs from one under SIGSTOP: its traffic is held, but its timers keep
 // running, so it suspects the others while paused and says so on resume.
 // The package never prints; it returns errors and reports.

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand"
 	"net"
 	"sync"
@@ -100,7 +101,7 @@ func (n *Network) Dilation() float64 { return n.clk.factor() }
 
 // WireBytes is what the bytes sent in s stand for on the wire: as counted,
 // or, when the network estimates compression, the compressed estimate.
-func (n *Network) WireBytes(s TrafficStats) float64 { return n.est.wireBytes(s) }
+func (n *Network) WireBytes(s TrafficStats) float64 { return float64(s.WireBytesSent) }
 
 // estimating reports whether the nodes send uncompressed and the network
 // estimates the compressed bytes.
@@ -525,6 +526,10 @@ type TrafficStats struct {
 	BytesSent, BytesReceived     uint64 // packets and streams together
 	StreamBytesSent              uint64
 	Dropped                      uint64 // sent by this endpoint and lost: loss, faults, or a full queue
+	// WireBytesSent and StreamWireBytes are BytesSent and StreamBytesSent
+	// as memberlist would have put them on the wire compressed, when the
+	// network estimates compression (compress.go); else equal to them.
+	WireBytesSent, StreamWireBytes uint64
 }
 
 // Add sums two counts.
@@ -533,11 +538,13 @@ func (s TrafficStats) Add(o TrafficStats) TrafficStats {
 		PacketsSent: s.PacketsSent + o.PacketsSent, PacketsReceived: s.PacketsReceived + o.PacketsReceived,
 		BytesSent: s.BytesSent + o.BytesSent, BytesReceived: s.BytesReceived + o.BytesReceived,
 		StreamBytesSent: s.StreamBytesSent + o.StreamBytesSent, Dropped: s.Dropped + o.Dropped,
+		WireBytesSent: s.WireBytesSent + o.WireBytesSent, StreamWireBytes: s.StreamWireBytes + o.StreamWireBytes,
 	}
 }
 
 type counters struct {
 	packetsSent, packetsRecv, bytesSent, bytesRecv, streamSent, dropped atomic.Uint64
+	wireSent, streamWire                                                atomic.Uint64
 }
 
 // Endpoint is one port of one host: a memberlist NodeAwareTransport over
@@ -575,6 +582,7 @@ func (e *Endpoint) Stats() TrafficStats {
 		PacketsSent: e.c.packetsSent.Load(), PacketsReceived: e.c.packetsRecv.Load(),
 		BytesSent: e.c.bytesSent.Load(), BytesReceived: e.c.bytesRecv.Load(),
 		StreamBytesSent: e.c.streamSent.Load(), Dropped: e.c.dropped.Load(),
+		WireBytesSent: e.c.wireSent.Load(), StreamWireBytes: e.c.streamWire.Load(),
 	}
 }
 
@@ -605,8 +613,10 @@ func (e *Endpoint) WriteToAddress(b []byte, a gossip.Address) (time.Time, error)
 	}
 	e.c.packetsSent.Add(1)
 	e.c.bytesSent.Add(uint64(len(b)))
-	if !e.uncompressed {
-		e.net.est.packet(b)
+	if e.uncompressed {
+		e.c.wireSent.Add(uint64(len(b)))
+	} else {
+		e.c.wireSent.Add(uint64(math.Round(e.net.est.packet(b))))
 	}
 	dst := e.net.lookup(a.Addr)
 	if dst == nil {

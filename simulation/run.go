@@ -52,9 +52,12 @@ type RunConfig struct {
 
 // Progress says how far a run is.
 type Progress struct {
-	Phase   string        // "converging", then "running"
-	Elapsed time.Duration // of the fault schedule, while running (protocol time)
-	Total   time.Duration // the schedule's length (protocol time)
+	Phase string // "converging", then "running"
+	// Joined and Full, while converging: nodes joined, and nodes that see
+	// every node alive.
+	Joined, Full int
+	Elapsed      time.Duration // of the fault schedule, while running (protocol time)
+	Total        time.Duration // the schedule's length (protocol time)
 	// Dilation is the run's time dilation: the schedule takes Dilation
 	// times Total on the wall clock.
 	Dilation float64
@@ -128,8 +131,11 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if cfg.NoHeal {
 		healInterval = -1
 	}
+	forming := func(joined, full int) {
+		progress(Progress{Phase: "converging", Joined: joined, Full: full, Total: plan.Length, Dilation: clk.factor()})
+	}
 	cluster, err := StartCluster(ctx, ClusterConfig{Nodes: cfg.Nodes, Profile: cfg.Profile, Seed: cfg.Seed,
-		Network: net, Prepare: prepare, Logger: logger, HealInterval: healInterval})
+		Network: net, Prepare: prepare, Logger: logger, HealInterval: healInterval, Forming: forming})
 	if err != nil {
 		return nil, err
 	}
@@ -846,7 +852,7 @@ func (r *recorder) partitionRecord(end time.Time) *PartitionRecord {
 	rec.BytesDuring = rate(r.partTraffic, r.healTraffic, r.healAt.Sub(r.partAt))
 	rec.HealPingsDuring, rec.HealJoinsDuring = r.healHeal.Pings-r.partHeal.Pings, r.healHeal.Joins-r.partHeal.Joins
 	rec.HealJoinsAfter = hs.Joins - r.healHeal.Joins
-	rec.PushPullBytesAfter = uint64(r.cluster.net.est.streamWire(now.StreamBytesSent - r.healTraffic.StreamBytesSent))
+	rec.PushPullBytesAfter = now.StreamWireBytes - r.healTraffic.StreamWireBytes
 	if r.settled != nil {
 		rec.BytesHealing = rate(r.healTraffic, *r.settled, healSettle)
 		rec.BytesAfter = rate(*r.settled, now, end.Sub(r.healAt.Add(healSettle)))

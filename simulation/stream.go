@@ -2,6 +2,7 @@ package simulation
 
 import (
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -168,7 +169,9 @@ func (p *pipe) write(b []byte) {
 	}
 	p.from.c.bytesSent.Add(uint64(len(b)))
 	p.from.c.streamSent.Add(uint64(len(b)))
-	p.net.est.stream(b)
+	w := uint64(math.Round(p.net.est.stream(b)))
+	p.from.c.wireSent.Add(w)
+	p.from.c.streamWire.Add(w)
 	p.mu.Lock()
 	if arrival.Before(p.last) {
 		arrival = p.last
