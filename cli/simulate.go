@@ -30,7 +30,8 @@ func simulateCommand() *ucli.Command {
 		Description: "Every node is a real memberlist and serf, whose timers are real. Past 100 nodes the run dilates time\n" +
 			"(--dilation): every timer and link delay lasts D times longer, so two cores keep up with the whole mesh,\n" +
 			"and the report gives protocol time (wall time / D). A run takes its schedule's length plus the time to\n" +
-			"converge, times D: about a minute at 20 nodes, 5 to 10 minutes at 1,000. The same seed replays the same faults.\n\n" +
+			"converge, times D: about a minute at 20 nodes, 2 to 4 minutes at 300; 1,000 nodes take more than 10 minutes\n" +
+			"to form a mesh (docs/scale.md). The same seed replays the same faults.\n\n" +
 			"Scenarios:\n" + scenarios.String(),
 		Flags: []ucli.Flag{
 			&ucli.IntFlag{Name: "nodes", Value: 20, Usage: fmt.Sprintf("number of nodes, 3 to %d", simulation.MaxNodes)},
