@@ -219,6 +219,18 @@ func healStats(nodes map[string]*Node) map[string]HealStats {
 	return out
 }
 
+// cutOffC starts a, b and c with no prober of their own, cuts c off both
+// ways, and waits until a sees c failed.
+func cutOffC(t *testing.T, all []string) (*cutNet, map[string]*Node) {
+	t.Helper()
+	c, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	c.cut([]string{"a", "b"}, []string{"c"})
+	c.cut([]string{"c"}, []string{"a", "b"})
+	waitLong(t, "c failed in a's view", 30*time.Second, func() bool { return statusOf(nodes["a"], "c") == StatusFailed })
+	return c, nodes
+}
+
 // healerFor is a prober on n that only runs when the test calls round.
 func healerFor(n *Node) *healer {
 	return &healer{n: n, interval: time.Second, followUp: healFollowUp}
@@ -256,11 +268,7 @@ func TestHealNeverPingsAMemberThatLeft(t *testing.T) {
 
 func TestHealPingsAFailedMemberAndJoinsOnlyWhenItAnswers(t *testing.T) {
 	all := []string{"a", "b", "c"}
-	c, nodes := startCutMesh(t, -1, all...)
-	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
-	c.cut([]string{"a", "b"}, []string{"c"})
-	c.cut([]string{"c"}, []string{"a", "b"})
-	waitLong(t, "c failed in a's view", 30*time.Second, func() bool { return statusOf(nodes["a"], "c") == StatusFailed })
+	c, nodes := cutOffC(t, all)
 
 	// Two alive members in a's view: each round pings with probability
 	// 3/2, so always.
@@ -319,11 +327,7 @@ func TestOnlySeveralMembersBackAtOnceCountAsAHeal(t *testing.T) {
 
 func TestHealLeavesAFreshFailureToItsOwnRefutation(t *testing.T) {
 	all := []string{"a", "b", "c"}
-	c, nodes := startCutMesh(t, -1, all...)
-	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
-	c.cut([]string{"a", "b"}, []string{"c"})
-	c.cut([]string{"c"}, []string{"a", "b"})
-	waitLong(t, "c failed in a's view", 30*time.Second, func() bool { return statusOf(nodes["a"], "c") == StatusFailed })
+	_, nodes := cutOffC(t, all)
 	h := healerFor(nodes["a"])
 	h.minAge = time.Hour
 	for range 20 {
