@@ -83,10 +83,18 @@ type healer struct {
 	pings, answers, joins atomic.Uint64
 
 	mu          sync.Mutex
-	prevFailed  map[string]time.Time // failed at the previous round, since when
-	lastRevival time.Time            // a member failed at one round was alive at the next
-	lastHeal    time.Time            // several were: a heal, whose stragglers are followed up
-	lastSync    time.Time            // the last push/pull with a member that came back
+	failed      map[string]failedMember // failed in this node's view, from serf's events
+	back        []serf.Member           // failed at the previous round, alive since
+	lastRound   time.Time
+	lastRevival time.Time // a member failed at one round was alive at the next
+	lastHeal    time.Time // several were: a heal, whose stragglers are followed up
+	lastSync    time.Time // the last push/pull with a member that came back
+}
+
+// failedMember is a member failed in this node's view, and since when.
+type failedMember struct {
+	m     serf.Member
+	since time.Time
 }
 
 // startHeal starts the prober unless interval is negative; zero picks the
@@ -98,7 +106,8 @@ func (n *Node) startHeal(interval time.Duration) {
 	if interval == 0 {
 		interval = healIntervalProbes * n.ml.ProbeInterval
 	}
-	n.heal = &healer{n: n, interval: interval, minAge: n.Dilate(healMinAge), followUp: n.Dilate(healFollowUp)}
+	n.heal = &healer{n: n, interval: interval, minAge: n.Dilate(healMinAge), followUp: n.Dilate(healFollowUp),
+		failed: make(map[string]failedMember)}
 	n.wg.Add(1)
 	go n.heal.run()
 }
@@ -153,46 +162,52 @@ func (h *healer) round(now time.Time) {
 	}
 }
 
+// observe keeps the prober's view of the failed members from serf's member
+// events, so that a round costs nothing while no member is failed and, while
+// some are, does not copy the whole member list: at 1,000 members that copy
+// was a tenth of a mesh's CPU while it formed. dispatch calls it for every
+// event, before the subscribers.
+func (h *healer) observe(e serf.Event, now time.Time) {
+	me, ok := e.(serf.MemberEvent)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range me.Members {
+		switch me.Type {
+		case serf.EventMemberFailed:
+			if _, ok := h.failed[m.Name]; !ok {
+				h.failed[m.Name] = failedMember{m: m, since: now}
+			}
+		case serf.EventMemberJoin, serf.EventMemberUpdate:
+			f, ok := h.failed[m.Name]
+			if !ok {
+				continue
+			}
+			delete(h.failed, m.Name)
+			// A member that failed and came back between two rounds (a
+			// false failure refuted) is no revival: the rounds never saw
+			// it failed.
+			if !h.lastRound.IsZero() && !f.since.After(h.lastRound) {
+				h.back = append(h.back, m)
+			}
+		case serf.EventMemberLeave, serf.EventMemberReap:
+			delete(h.failed, m.Name)
+		}
+	}
+}
+
 // pick notes revivals since the previous round and draws the member to
 // ping, if any.
 func (h *healer) pick(now time.Time) (serf.Member, bool, *serf.Member) {
-	// Nothing failed now nor at the previous round: nothing to ping, and
-	// nothing came back. serf's counters say so without copying every
-	// member, which at 1,000 members is 150 KB a round per node.
 	h.mu.Lock()
-	quiet := len(h.prevFailed) == 0
-	h.mu.Unlock()
-	if quiet && h.n.serf.Stats()["failed"] == "0" {
-		return serf.Member{}, false, nil
+	back := h.back
+	h.back, h.lastRound = nil, now
+	revived := len(back)
+	if revived > 0 {
+		h.lastRevival = now
 	}
-	members := h.n.serf.Members()
-	var failed, back []serf.Member
-	alive := 0
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	next := make(map[string]time.Time)
-	revived := 0
-	for _, m := range members {
-		switch m.Status {
-		case serf.StatusAlive:
-			alive++
-			if _, was := h.prevFailed[m.Name]; was {
-				h.lastRevival = now
-				revived++
-				back = append(back, m)
-			}
-		case serf.StatusFailed:
-			since, ok := h.prevFailed[m.Name]
-			if !ok {
-				since = now
-			}
-			next[m.Name] = since
-			if now.Sub(since) >= h.minAge {
-				failed = append(failed, m)
-			}
-		}
-	}
-	h.prevFailed = next
 	// A member back from failed may come from a side that lived on without
 	// us; at most once per healFollowUp, this node syncs with one of them.
 	var sync *serf.Member
@@ -202,8 +217,11 @@ func (h *healer) pick(now time.Time) (serf.Member, bool, *serf.Member) {
 	if revived >= healRevivals {
 		h.lastHeal = now
 	}
-	if len(failed) == 0 {
-		return serf.Member{}, false, sync
+	var failed []serf.Member
+	for _, f := range h.failed {
+		if now.Sub(f.since) >= h.minAge {
+			failed = append(failed, f.m)
+		}
 	}
 	// Right after a heal a few nodes can miss a member's revival (its news
 	// ran out of retransmissions before reaching them). Only they see it
@@ -211,6 +229,13 @@ func (h *healer) pick(now time.Time) (serf.Member, bool, *serf.Member) {
 	// after a heal, every node pings each round. One member coming back (a
 	// restart, a false failure refuted) is no heal and costs nothing more.
 	following := !h.lastHeal.IsZero() && now.Sub(h.lastHeal) < h.followUp
+	h.mu.Unlock()
+	if len(failed) == 0 {
+		return serf.Member{}, false, sync
+	}
+	// Counted outside h.mu: memberlist calls serf's event delegate with its
+	// own lock held, and serf's event channel leads to observe.
+	alive := h.n.serf.Memberlist().NumMembers()
 	if !following && rand.Float64()*float64(max(alive, 1)) >= healPingers {
 		return serf.Member{}, false, sync
 	}
@@ -221,17 +246,12 @@ func (h *healer) pick(now time.Time) (serf.Member, bool, *serf.Member) {
 // the member is still failed here and no failed member came back lately.
 func (h *healer) shouldJoin(name string, now time.Time) bool {
 	h.mu.Lock()
-	recent := !h.lastRevival.IsZero() && now.Sub(h.lastRevival) < 2*h.interval
-	h.mu.Unlock()
-	if recent {
+	defer h.mu.Unlock()
+	if !h.lastRevival.IsZero() && now.Sub(h.lastRevival) < 2*h.interval {
 		return false
 	}
-	for _, m := range h.n.serf.Members() {
-		if m.Name == name {
-			return m.Status == serf.StatusFailed
-		}
-	}
-	return false
+	_, failed := h.failed[name]
+	return failed
 }
 
 // HealStats returns the heal prober's counters; zero when it is off.

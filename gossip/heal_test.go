@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"errors"
+	"github.com/hashicorp/serf/serf"
 	"net"
 	"sync"
 	"testing"
@@ -231,9 +232,33 @@ func cutOffC(t *testing.T, all []string) (*cutNet, map[string]*Node) {
 	return c, nodes
 }
 
-// healerFor is a prober on n that only runs when the test calls round.
+// healerFor is a prober on n that only runs when the test calls round. It
+// learns the failed members as the node's own prober does, from the node's
+// member events, and starts from the members failed now.
 func healerFor(n *Node) *healer {
-	return &healer{n: n, interval: time.Second, followUp: healFollowUp}
+	h := &healer{n: n, interval: time.Second, followUp: healFollowUp, failed: make(map[string]failedMember)}
+	types := map[EventType]serf.EventType{EventMemberJoin: serf.EventMemberJoin, EventMemberUpdate: serf.EventMemberUpdate,
+		EventMemberFailed: serf.EventMemberFailed, EventMemberLeave: serf.EventMemberLeave, EventMemberReap: serf.EventMemberReap}
+	n.Subscribe(func(e Event) {
+		t, ok := types[e.Type]
+		if !ok {
+			return
+		}
+		se := serf.MemberEvent{Type: t}
+		for _, m := range e.Members {
+			se.Members = append(se.Members, serf.Member{Name: m.Name, Addr: m.Addr, Port: m.Port})
+		}
+		h.observe(se, time.Now())
+	})
+	now := time.Now()
+	h.mu.Lock()
+	for _, m := range n.serf.Members() {
+		if _, seen := h.failed[m.Name]; m.Status == serf.StatusFailed && !seen {
+			h.failed[m.Name] = failedMember{m: m, since: now}
+		}
+	}
+	h.mu.Unlock()
+	return h
 }
 
 func TestHealPingsNobodyWhileNothingIsFailed(t *testing.T) {
@@ -310,18 +335,76 @@ func TestOnlySeveralMembersBackAtOnceCountAsAHeal(t *testing.T) {
 	_, nodes := startCutMesh(t, -1, all...)
 	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
 	h := healerFor(nodes["a"])
+	members := map[string]serf.Member{}
+	for _, m := range nodes["a"].serf.Members() {
+		members[m.Name] = m
+	}
+	event := func(t serf.EventType, names ...string) serf.MemberEvent {
+		e := serf.MemberEvent{Type: t}
+		for _, n := range names {
+			e.Members = append(e.Members, members[n])
+		}
+		return e
+	}
 	now := time.Now()
-	// As if b had been failed at the previous round and is alive now: a
-	// restart, or a false failure refuted.
-	h.prevFailed = map[string]time.Time{"b": now}
+	// b fails and comes back before a round sees it: a false failure
+	// refuted, no revival.
+	h.round(now)
+	h.observe(event(serf.EventMemberFailed, "b"), now.Add(time.Millisecond))
+	h.observe(event(serf.EventMemberJoin, "b"), now.Add(2*time.Millisecond))
+	now = now.Add(time.Second)
+	h.round(now)
+	if !h.lastRevival.IsZero() {
+		t.Errorf("a failure refuted between two rounds counted as a revival at %v", h.lastRevival)
+	}
+	// b failed at one round and alive at the next: a restart, or a false
+	// failure refuted slowly. One member back is no heal.
+	h.observe(event(serf.EventMemberFailed, "b"), now)
+	now = now.Add(time.Second)
+	h.round(now)
+	h.observe(event(serf.EventMemberJoin, "b"), now)
+	now = now.Add(time.Second)
 	h.round(now)
 	if h.lastRevival != now || !h.lastHeal.IsZero() {
-		t.Errorf("one member back: revival %v, heal %v; want a revival and no heal", h.lastRevival, h.lastHeal)
+		t.Errorf("one member back: revival %v, heal %v; want a revival at %v and no heal", h.lastRevival, h.lastHeal, now)
 	}
-	h.prevFailed = map[string]time.Time{"b": now, "c": now}
+	h.observe(event(serf.EventMemberFailed, "b", "c"), now)
+	now = now.Add(time.Second)
+	h.round(now)
+	h.observe(event(serf.EventMemberJoin, "b", "c"), now)
+	now = now.Add(time.Second)
 	h.round(now)
 	if h.lastHeal != now {
 		t.Errorf("two members back at once: heal %v, want %v", h.lastHeal, now)
+	}
+}
+
+func TestTheProberForgetsMembersThatLeftOrWereReaped(t *testing.T) {
+	all := []string{"a", "b", "c"}
+	_, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	h := healerFor(nodes["a"])
+	var b, c serf.Member
+	for _, m := range nodes["a"].serf.Members() {
+		switch m.Name {
+		case "b":
+			b = m
+		case "c":
+			c = m
+		}
+	}
+	now := time.Now()
+	h.observe(serf.MemberEvent{Type: serf.EventMemberFailed, Members: []serf.Member{b, c}}, now)
+	h.observe(serf.MemberEvent{Type: serf.EventMemberLeave, Members: []serf.Member{b}}, now)
+	h.observe(serf.MemberEvent{Type: serf.EventMemberReap, Members: []serf.Member{c}}, now)
+	h.mu.Lock()
+	left := len(h.failed)
+	h.mu.Unlock()
+	if left != 0 {
+		t.Errorf("the prober still holds %d failed members after they left or were reaped, want 0", left)
+	}
+	if m, ok, _ := h.pick(now.Add(time.Hour)); ok {
+		t.Errorf("the prober picked %s, which left", m.Name)
 	}
 }
 

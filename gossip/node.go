@@ -255,14 +255,14 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.serf = s
 	n.ml = ml
-	n.wg.Add(2)
-	go n.dispatch()
-	go n.watchLost()
 	heal := cfg.HealInterval
 	if heal > 0 {
 		heal = n.Dilate(heal)
 	}
-	n.startHeal(heal)
+	n.startHeal(heal) // before dispatch, which tells the prober serf's events
+	n.wg.Add(2)
+	go n.dispatch()
+	go n.watchLost()
 	return n, nil
 }
 
@@ -317,6 +317,9 @@ func (n *Node) dispatch() {
 		case <-n.done:
 			return
 		case se := <-n.events:
+			if n.heal != nil {
+				n.heal.observe(se, time.Now())
+			}
 			ev, ok := eventFromSerf(se)
 			if !ok {
 				continue
