@@ -46,3 +46,12 @@ func TestEstimatedBytesFollowTheSample(t *testing.T) {
 		t.Errorf("without the estimate, %v bytes count as %v", len(p), got)
 	}
 }
+
+func TestAReusedWriterCompressesAsAFreshOne(t *testing.T) {
+	for i := range 40 {
+		p := gossipLike(i)[:100+i*30]
+		if got, want := lzwSize(p), compressAsMemberlist(p); got != want {
+			t.Fatalf("%d bytes: a reused writer gives %d bytes, a fresh one %d", len(p), got, want)
+		}
+	}
+}
