@@ -726,21 +726,42 @@ func (e *Endpoint) Shutdown() error {
 	return nil
 }
 
-// scheduler delivers packets at their arrival times from one goroutine.
+// scheduler delivers packets at their arrival times. It is sharded by
+// destination host, each shard a heap with its own lock and goroutine, so
+// that packets to one host arrive in order (equal times: first scheduled,
+// first delivered) while senders to different hosts do not queue on one
+// lock. With one lock, a 1,000-node mesh had thousands of senders (probes,
+// gossip, acks) waiting on it at once: each holder that lost its CPU held
+// them all up, and their timers ran late.
 type scheduler struct {
 	stopped atomic.Bool
+	shards  []*schedShard
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// schedShards is how many delivery goroutines a network runs.
+const schedShards = 32
+
+type schedShard struct {
 	mu      sync.Mutex
 	seq     uint64
 	q       inflightHeap
 	wake    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
 	deliver func(*inflight)
 }
 
 func newScheduler(deliver func(*inflight)) *scheduler {
-	s := &scheduler{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), deliver: deliver}
-	go s.run()
+	s := &scheduler{stop: make(chan struct{})}
+	for range schedShards {
+		sh := &schedShard{wake: make(chan struct{}, 1), deliver: deliver}
+		s.shards = append(s.shards, sh)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			sh.run(s.stop)
+		}()
+	}
 	return s
 }
 
@@ -748,6 +769,16 @@ func (s *scheduler) push(p *inflight) {
 	if s.stopped.Load() {
 		return
 	}
+	s.shards[p.dst.host.id%len(s.shards)].push(p)
+}
+
+func (s *scheduler) close() {
+	s.stopped.Store(true)
+	close(s.stop)
+	s.wg.Wait()
+}
+
+func (s *schedShard) push(p *inflight) {
 	s.mu.Lock()
 	s.seq++
 	p.seq = s.seq
@@ -762,14 +793,7 @@ func (s *scheduler) push(p *inflight) {
 	}
 }
 
-func (s *scheduler) close() {
-	s.stopped.Store(true)
-	close(s.stop)
-	<-s.done
-}
-
-func (s *scheduler) run() {
-	defer close(s.done)
+func (s *schedShard) run(stop <-chan struct{}) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var due []*inflight
@@ -793,7 +817,7 @@ func (s *scheduler) run() {
 		select {
 		case <-timer.C:
 		case <-s.wake:
-		case <-s.stop:
+		case <-stop:
 			return
 		}
 	}
