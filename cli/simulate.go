@@ -210,8 +210,12 @@ func (b *bar) show(p simulation.Progress) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	const width = 30
-	if p.Phase != "running" {
+	switch p.Phase {
+	case "converging":
 		fmt.Fprintf(b.w, "\r\033[Kstarting %d nodes: %d joined, %d see every node alive…", b.nodes, p.Joined, p.Full)
+		return
+	case "draining":
+		fmt.Fprintf(b.w, "\r\033[Kthe mesh gossips its forming: %.1f packets a node a second (starts under %g)…", p.News, simulation.QuietNewsRate)
 		return
 	}
 	frac := 0.0
@@ -244,8 +248,12 @@ func progressLines(w io.Writer, nodes int) func(simulation.Progress) {
 		}
 		phase, last = p.Phase, time.Now()
 		wall := time.Since(start).Round(time.Second)
-		if p.Phase != "running" {
+		switch p.Phase {
+		case "converging":
 			fmt.Fprintf(w, "%s: starting %d nodes (dilation %g): %d joined, %d see every node alive\n", wall, nodes, p.Dilation, p.Joined, p.Full)
+			return
+		case "draining":
+			fmt.Fprintf(w, "%s: the mesh gossips its forming: %.1f packets a node a second, after %.0f s (protocol time)\n", wall, p.News, p.Elapsed.Seconds())
 			return
 		}
 		fmt.Fprintf(w, "%s: %.0f of %.0f s of schedule (protocol time)\n", wall, p.Elapsed.Seconds(), p.Total.Seconds())

@@ -481,8 +481,8 @@ func (c *Cluster) forming(joined int) {
 type joinBudget struct {
 	mu      sync.Mutex
 	cores   float64
-	cpu0    time.Duration
-	units   float64
+	cpu0    time.Duration // CPU at the start of the current window
+	units   float64       // units started in it
 	perUnit time.Duration
 	next    time.Time
 }
@@ -501,8 +501,14 @@ func newJoinBudget() *joinBudget {
 // take waits for the i-th join's turn.
 func (b *joinBudget) take(ctx context.Context, i int) error {
 	b.mu.Lock()
+	// The cost of a unit grows with the mesh (larger messages, a larger
+	// heap to collect), so it is measured afresh over each window of
+	// joinUnitsToFit units, not averaged from the start: at 1,000 nodes
+	// the average from the start fell behind and the joins outran the CPU.
 	if b.units >= joinUnitsToFit {
-		b.perUnit = time.Duration(float64(processCPU()-b.cpu0) / b.units)
+		cpu := processCPU()
+		b.perUnit = time.Duration(float64(cpu-b.cpu0) / b.units)
+		b.cpu0, b.units = cpu, 0
 	}
 	now := time.Now()
 	at := b.next

@@ -167,3 +167,27 @@ func TestRunReportsACrashOnBothDetectors(t *testing.T) {
 		t.Errorf("empty figures: %+v", r)
 	}
 }
+
+func TestAFormedMeshDrainsTheNewsOfItsForming(t *testing.T) {
+	c := startTestCluster(t, 12)
+	formed, ok := c.net.NewsPackets()
+	if !ok || formed == 0 {
+		t.Fatalf("forming 12 nodes sent %d gossip packets (readable: %v), want some", formed, ok)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var rates []float64
+	if _, err := drain(ctx, c, func(p Progress) { rates = append(rates, p.News) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(rates) < 2 || rates[len(rates)-1] >= QuietNewsRate || rates[len(rates)-2] >= QuietNewsRate {
+		t.Fatalf("drain returned after rates %v, want the last two under %g", rates, QuietNewsRate)
+	}
+	// Quiet stays quiet: no news is made while no fault strikes.
+	before, _ := c.net.NewsPackets()
+	time.Sleep(2 * time.Second) // a window to count over, not a wait for gossip
+	after, _ := c.net.NewsPackets()
+	if rate := float64(after-before) / 12 / 2; rate >= QuietNewsRate {
+		t.Errorf("a drained, idle mesh sends %.2f gossip packets a node a second, want under %g", rate, QuietNewsRate)
+	}
+}

@@ -82,6 +82,9 @@ type Network struct {
 
 	addrs  sync.Map // "ip:port" -> *Endpoint
 	faults atomic.Pointer[faultState]
+	// news counts the gossip packets sent (newsPacket), opaque the
+	// packets it could not read (compressed or encrypted).
+	news, opaque atomic.Uint64
 	// changed is closed (and replaced) on every fault change, waking
 	// streams and dials that wait for a path to come back.
 	changed atomic.Pointer[chan struct{}]
@@ -617,6 +620,12 @@ func (e *Endpoint) WriteToAddress(b []byte, a gossip.Address) (time.Time, error)
 		e.c.wireSent.Add(uint64(len(b)))
 	} else {
 		e.c.wireSent.Add(uint64(math.Round(e.net.est.packet(b))))
+		switch news, known := newsPacket(b); {
+		case !known:
+			e.net.opaque.Add(1)
+		case news:
+			e.net.news.Add(1)
+		}
 	}
 	dst := e.net.lookup(a.Addr)
 	if dst == nil {
@@ -626,6 +635,51 @@ func (e *Endpoint) WriteToAddress(b []byte, a gossip.Address) (time.Time, error)
 	p := &inflight{src: e, dst: dst, buf: append([]byte(nil), b...)}
 	e.net.route(p, now)
 	return now, nil
+}
+
+// memberlist's message types (net.go in memberlist), as far as newsPacket
+// needs them.
+const (
+	mlPing, mlIndirectPing, mlAck        = 0, 1, 2
+	mlSuspect, mlAlive, mlDead           = 3, 4, 5
+	mlCompound, mlUser, mlNack, mlHasCRC = 7, 8, 11, 12
+)
+
+// newsPacket reports whether a memberlist packet is gossip: one that leads
+// with news (alive, suspect, dead, or serf's own messages) rather than a
+// probe. memberlist sends gossip only while its or serf's broadcast queues
+// hold something, to GossipNodes peers every GossipInterval, so the rate of
+// gossip packets says how much news the mesh still owes itself. known is
+// false for a packet it cannot read (compressed or encrypted).
+func newsPacket(b []byte) (news, known bool) {
+	if len(b) > 5 && b[0] == mlHasCRC {
+		b = b[5:]
+	}
+	if len(b) > 1 && b[0] == mlCompound {
+		// A count, the messages' lengths, then the messages.
+		off := 2 + 2*int(b[1])
+		if b[1] == 0 || len(b) <= off {
+			return false, false
+		}
+		b = b[off:]
+	}
+	if len(b) == 0 {
+		return false, false
+	}
+	switch b[0] {
+	case mlSuspect, mlAlive, mlDead, mlUser:
+		return true, true
+	case mlPing, mlIndirectPing, mlAck, mlNack:
+		return false, true
+	}
+	return false, false
+}
+
+// NewsPackets is how many gossip packets (newsPacket) the nodes have sent,
+// and whether the count can be trusted: false once a packet could not be
+// read (the nodes compress or encrypt).
+func (n *Network) NewsPackets() (uint64, bool) {
+	return n.news.Load(), n.opaque.Load() == 0
 }
 
 // inflight is a packet between send and delivery.

@@ -276,3 +276,33 @@ func TestReachableCountsRelays(t *testing.T) {
 		t.Error("a paused host counts as reachable")
 	}
 }
+
+func TestNewsPacketReadsMemberlistFraming(t *testing.T) {
+	compound := func(types ...byte) []byte {
+		b := []byte{mlCompound, byte(len(types))}
+		for range types {
+			b = append(b, 0, 1)
+		}
+		return append(b, types...)
+	}
+	crc := func(b []byte) []byte { return append([]byte{mlHasCRC, 1, 2, 3, 4}, b...) }
+	for _, c := range []struct {
+		name        string
+		b           []byte
+		news, known bool
+	}{
+		{"a ping", []byte{mlPing, 0x80}, false, true},
+		{"an ack behind a CRC", crc([]byte{mlAck, 0x80}), false, true},
+		{"a ping carrying news", compound(mlPing, mlAlive, mlDead), false, true},
+		{"gossip", compound(mlAlive, mlAlive), true, true},
+		{"gossip behind a CRC", crc(compound(mlSuspect, mlPing)), true, true},
+		{"one serf message", crc([]byte{mlUser, 1}), true, true},
+		{"compressed", crc([]byte{9, 0x82}), false, false},
+		{"a truncated compound", []byte{mlCompound, 3, 0, 1}, false, false},
+		{"nothing", nil, false, false},
+	} {
+		if news, known := newsPacket(c.b); news != c.news || known != c.known {
+			t.Errorf("%s: news %v, known %v; want %v, %v", c.name, news, known, c.news, c.known)
+		}
+	}
+}

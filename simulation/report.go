@@ -81,6 +81,7 @@ type Report struct {
 	// compression.
 	PushPullBytes float64 `json:"push_pull_bytes,omitempty"`
 	ConvergeS     float64 `json:"converge_s"` // from start until the mesh agreed
+	DrainS        float64 `json:"drain_s"`    // then until it had gossiped its forming (protocol time)
 	LengthS       float64 `json:"length_s"`   // the fault schedule's length, as run
 	// EndedEarly says the schedule ended once the mesh had healed and
 	// stayed whole for a while (Plan.HealedFor), before its full length.
@@ -198,7 +199,7 @@ func WriteText(w io.Writer, r *Report) error {
 	if r.Dilation > 1 {
 		fmt.Fprintf(&b, "time dilated %g: every time below is protocol time, the wall time divided by %g\n", r.Dilation, r.Dilation)
 	}
-	fmt.Fprintf(&b, "converged in %.1f s, then %.0f s of schedule", r.ConvergeS, r.LengthS)
+	fmt.Fprintf(&b, "converged in %.1f s, drained in %.1f s, then %.0f s of schedule", r.ConvergeS, r.DrainS, r.LengthS)
 	if r.EndedEarly {
 		b.WriteString(" (ended once healed)")
 	}
