@@ -102,6 +102,7 @@ func benchRun(b *testing.B, cfg RunConfig) {
 			add("push_pull_bytes", ptr(r.PushPullBytes))
 		}
 		add("converge_s", ptr(r.ConvergeS))
+		add("drain_s", ptr(r.DrainS))
 		add("peak_rss_mb", r.PeakRSSMB)
 		add("go_mem_mb", ptr(r.PeakGoMemMB))
 		if p := r.Partition; p != nil {

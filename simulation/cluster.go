@@ -316,7 +316,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 			targets[i] = append(targets[i], rng.Intn(i))
 		}
 	}
-	pace := startPacer(c.clk)
+	pace := startPacer(c.clk, c.net.NewsPackets)
 	defer pace.stop()
 	budget := newJoinBudget()
 	var joined atomic.Int64
@@ -337,6 +337,9 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 		}
 		errs[i] = fmt.Errorf("%s could not join: %w", c.names[i], errs[i])
 	})
+	if err := ctx.Err(); err != nil {
+		return err // once, not once per node that was waiting its turn
+	}
 	return errors.Join(errs...)
 }
 
@@ -349,7 +352,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 // of them would starve the timers it is meant to help. This is setup, not
 // measurement.
 func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
-	pace := startPacer(c.clk)
+	pace := startPacer(c.clk, c.net.NewsPackets)
 	defer pace.stop()
 	perRound := max(4, len(c.nodes)/50)
 	for {
@@ -407,25 +410,42 @@ func rng2(rng *rand.Rand, n int) int {
 
 // pacer tells whether the process has CPU to spare: a 20 ms timer that
 // fires more than pacerLag (in protocol time) late means the nodes' own
-// timers do too.
+// timers do too; and the mesh's gossip (Network.NewsPackets) must be under
+// newsGate packets a wall second per core.
 type pacer struct {
 	late atomic.Int64 // nanoseconds, the latest measure
+	news atomic.Int64 // gossip packets a wall second, the latest measure
 	lag  time.Duration
+	gate int64
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
 const pacerLag = 25 * time.Millisecond
 
-func startPacer(clk clock) *pacer {
-	p := &pacer{done: make(chan struct{}), lag: clk.wall(pacerLag)}
+// newsGate is how many gossip packets a wall second, per core, the mesh
+// may be sending when a join starts. A join's cost comes later than the
+// join: the newcomer re-gossips every member it learnt, and every member
+// gossips the newcomer, for tens of protocol seconds; so neither the CPU
+// nor the timers tell in time that the joins are outrunning the process,
+// and at 1,000 nodes they were starved into a cascade of false suspicions
+// that never settled. A gossip packet costs about 250 µs of CPU in all at
+// 1,000 nodes (its ten messages sent, routed, decoded and collected), so
+// 2,000 a second per core is about half the process.
+const newsGate = 2000
+
+func startPacer(clk clock, news func() (uint64, bool)) *pacer {
+	p := &pacer{done: make(chan struct{}), lag: clk.wall(pacerLag), gate: newsGate * int64(runtime.GOMAXPROCS(0))}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		const period = 20 * time.Millisecond
+		const newsEvery = 25 // periods: the news rate over half a second
 		timer := time.NewTimer(period)
 		defer timer.Stop()
-		for {
+		last, _ := news()
+		lastAt := time.Now()
+		for tick := 1; ; tick++ {
 			set := time.Now()
 			timer.Reset(period)
 			select {
@@ -434,14 +454,24 @@ func startPacer(clk clock) *pacer {
 			case <-timer.C:
 				p.late.Store(int64(time.Since(set) - period))
 			}
+			if tick%newsEvery == 0 {
+				n, ok := news()
+				if !ok {
+					p.news.Store(0)
+					continue
+				}
+				p.news.Store(int64(float64(n-last) / time.Since(lastAt).Seconds()))
+				last, lastAt = n, time.Now()
+			}
 		}
 	}()
 	return p
 }
 
-// wait returns once the process keeps time again, or ctx ends.
+// wait returns once the process keeps time again and the mesh's gossip is
+// under the gate, or ctx ends.
 func (p *pacer) wait(ctx context.Context) error {
-	for time.Duration(p.late.Load()) > p.lag {
+	for time.Duration(p.late.Load()) > p.lag || p.news.Load() > p.gate {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -481,8 +511,8 @@ func (c *Cluster) forming(joined int) {
 type joinBudget struct {
 	mu      sync.Mutex
 	cores   float64
-	cpu0    time.Duration // CPU at the start of the current window
-	units   float64       // units started in it
+	cpu0    time.Duration
+	units   float64
 	perUnit time.Duration
 	next    time.Time
 }
@@ -501,14 +531,8 @@ func newJoinBudget() *joinBudget {
 // take waits for the i-th join's turn.
 func (b *joinBudget) take(ctx context.Context, i int) error {
 	b.mu.Lock()
-	// The cost of a unit grows with the mesh (larger messages, a larger
-	// heap to collect), so it is measured afresh over each window of
-	// joinUnitsToFit units, not averaged from the start: at 1,000 nodes
-	// the average from the start fell behind and the joins outran the CPU.
 	if b.units >= joinUnitsToFit {
-		cpu := processCPU()
-		b.perUnit = time.Duration(float64(cpu-b.cpu0) / b.units)
-		b.cpu0, b.units = cpu, 0
+		b.perUnit = time.Duration(float64(processCPU()-b.cpu0) / b.units)
 	}
 	now := time.Now()
 	at := b.next

@@ -3,6 +3,7 @@ package simulation
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,5 +190,37 @@ func TestAFormedMeshDrainsTheNewsOfItsForming(t *testing.T) {
 	after, _ := c.net.NewsPackets()
 	if rate := float64(after-before) / 12 / 2; rate >= QuietNewsRate {
 		t.Errorf("a drained, idle mesh sends %.2f gossip packets a node a second, want under %g", rate, QuietNewsRate)
+	}
+}
+
+func TestJoinsWaitWhileTheMeshGossipsHard(t *testing.T) {
+	var sent atomic.Uint64
+	p := startPacer(newClock(1), func() (uint64, bool) { return sent.Load(), true })
+	defer p.stop()
+	busy := make(chan struct{})
+	go func() { // ten times the gate's rate, as a busy mesh's gossip
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-busy:
+				return
+			case <-tick.C:
+				sent.Add(uint64(p.gate) / 10)
+			}
+		}
+	}()
+	eventually(t, 5*time.Second, "the pacer to see the gossip", func() bool { return p.news.Load() > p.gate })
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := p.wait(ctx); err == nil {
+		t.Fatalf("a join went ahead while the mesh sent %d gossip packets a second (gate %d)", p.news.Load(), p.gate)
+	}
+	close(busy)
+	eventually(t, 5*time.Second, "the pacer to see the gossip stop", func() bool { return p.news.Load() == 0 })
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel2()
+	if err := p.wait(ctx2); err != nil {
+		t.Fatalf("a join still waited once the gossip stopped: %v", err)
 	}
 }
