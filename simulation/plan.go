@@ -264,7 +264,11 @@ func buildPartition(p *Plan, names []string, rng *rand.Rand, shares ...float64) 
 	// each side has failed the other, only they (and push/pull, 90 s apart
 	// at 100 nodes) bring the sides back together without the heal prober.
 	p.Length = heal + 2*reconnect + d
-	p.HealedFor = healSettle + d
+	// A healed mesh is watched for a minute more: stale death verdicts from
+	// the other side have come 40 to 50 s after a heal (README), and the
+	// other side's dead stay in memberlist's gossip for GossipToTheDeadTime
+	// (a minute with fast). Ending 10 s after the heal hid them.
+	p.HealedFor = 2 * reconnect
 }
 
 // burstSize is how many placements a burst asks for, from distinct nodes.
