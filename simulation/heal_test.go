@@ -68,3 +68,29 @@ func deref(v *float64) any {
 	}
 	return *v
 }
+
+// TestLossFailsNoNodeUnderFast holds the fast profile to its loss results
+// (README: no false failure at 5% or 15% loss at 100 nodes) with the heal
+// prober on: a prober that pinged and joined members failed by loss would
+// feed more false verdicts. 15% on every link, 20 nodes, real time.
+func TestLossFailsNoNodeUnderFast(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the loss scenario runs for 45 s in real time")
+	}
+	t.Parallel()
+	r, err := Run(context.Background(), RunConfig{Scenario: ScenarioLoss, Nodes: 20, Seed: 3, Profile: "fast", Loss: 0.15})
+	if err != nil {
+		t.Fatal(err)
+	}
+	susp := 0
+	if r.FalseSuspicions != nil {
+		susp = *r.FalseSuspicions
+	}
+	t.Logf("false suspicions %d, detection p50/p99 %v/%v s, timer lag p99 %.1f ms", susp, deref(r.DetectionP50), deref(r.DetectionP99), r.TimerLagP99MS)
+	if r.FalseFailures != 0 {
+		t.Errorf("%d false failures at 15%% loss, want none: %v", r.FalseFailures, r.FalseFailureExamples)
+	}
+	if r.DetectionP99 == nil {
+		t.Error("the crashes under loss were not all detected")
+	}
+}
