@@ -212,7 +212,7 @@ func (b *bar) show(p simulation.Progress) {
 	const width = 30
 	switch p.Phase {
 	case "converging":
-		fmt.Fprintf(b.w, "\r\033[Kstarting %d nodes: %d joined, %d see every node alive…", b.nodes, p.Joined, p.Full)
+		fmt.Fprintf(b.w, "\r\033[Kstarting %d nodes: %d joined, %d see every node alive, %.1f gossip packets a node a second…", b.nodes, p.Joined, p.Full, p.News)
 		return
 	case "draining":
 		fmt.Fprintf(b.w, "\r\033[Kthe mesh gossips its forming: %.1f packets a node a second (starts under %g)…", p.News, simulation.QuietNewsRate)
@@ -250,7 +250,7 @@ func progressLines(w io.Writer, nodes int) func(simulation.Progress) {
 		wall := time.Since(start).Round(time.Second)
 		switch p.Phase {
 		case "converging":
-			fmt.Fprintf(w, "%s: starting %d nodes (dilation %g): %d joined, %d see every node alive\n", wall, nodes, p.Dilation, p.Joined, p.Full)
+			fmt.Fprintf(w, "%s: starting %d nodes (dilation %g): %d joined, %d see every node alive, %.1f gossip packets a node a second\n", wall, nodes, p.Dilation, p.Joined, p.Full, p.News)
 			return
 		case "draining":
 			fmt.Fprintf(w, "%s: the mesh gossips its forming: %.1f packets a node a second, after %.0f s (protocol time)\n", wall, p.News, p.Elapsed.Seconds())

@@ -55,8 +55,17 @@ type ClusterConfig struct {
 	Dilation float64
 	// Forming, when set, is told how far the mesh is while it forms: how
 	// many nodes have joined, and how many see every node alive. It is
-	// called from the joining goroutines, at most every second.
+	// called about once a second, from the joining goroutines and a
+	// ticker, so that a wait shows.
 	Forming func(joined, full int)
+	// JoinStall ends the forming with ErrFormingStalled when no join has
+	// finished for this long, in protocol time (default 60 s, a thousand
+	// times what a join takes when the process keeps up).
+	JoinStall time.Duration
+
+	// news stands in for the network's count of gossip packets, for tests
+	// of the pacing; nil is Network.NewsPackets.
+	news func() (uint64, bool)
 	// ExactCompression, for a cluster that makes its network, has
 	// memberlist compress every packet, as a real node does; by default
 	// the network estimates it (compress.go). With a Network, the
@@ -197,6 +206,9 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	if cfg.JoinParallel <= 0 {
 		cfg.JoinParallel = 4
 	}
+	if cfg.JoinStall <= 0 {
+		cfg.JoinStall = 60 * time.Second
+	}
 	if cfg.ConvergeTimeout <= 0 {
 		cfg.ConvergeTimeout = 60*time.Second + time.Duration(cfg.Nodes)*100*time.Millisecond
 	}
@@ -308,7 +320,10 @@ func (c *Cluster) start(rng *rand.Rand) error {
 // that no seed carries every join. Joins are paced twice: by what they
 // cost (joinBudget), and each waits until the process has CPU to spare
 // (pacer), so that the gossip of earlier joins is handled before more
-// arrives.
+// arrives. When the process falls behind anyway, the nodes' probes time
+// out, their false suspicions are news for every member, and that news
+// keeps the pacer shut: no join for JoinStall ends the forming with
+// ErrFormingStalled rather than leaving it to wait for ever.
 func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 	targets := make([][]int, len(c.names))
 	for i := 1; i < len(c.names); i++ {
@@ -316,31 +331,92 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 			targets[i] = append(targets[i], rng.Intn(i))
 		}
 	}
-	pace := startPacer(c.clk, c.net.NewsPackets)
+	pace := startPacer(c.clk, c.newsSource())
 	defer pace.stop()
 	budget := newJoinBudget()
 	var joined atomic.Int64
+	jctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watch := newJoinWatch(c.clk.wall(c.cfg.JoinStall))
+	stopWatch := make(chan struct{})
+	var watching sync.WaitGroup
+	watching.Add(1)
+	go func() {
+		defer watching.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case now := <-tick.C:
+				n := int(joined.Load()) + 1
+				c.forming(n)
+				if watch.stalled(now) {
+					cancel(fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): the process cannot keep up with the gossip of %d nodes at dilation %g; raise the dilation (--dilation), for example to %g",
+						ErrFormingStalled, n, len(c.names), c.cfg.JoinStall, len(c.names), c.clk.factor(), math.Min(MaxDilation, math.Ceil(c.clk.factor()*1.5))))
+					return
+				}
+			}
+		}
+	}()
 	errs := make([]error, len(c.names))
 	c.parallel(len(c.names)-1, func(k int) {
 		i := k + 1
-		if errs[i] = budget.take(ctx, i); errs[i] != nil {
+		if errs[i] = budget.take(jctx, i); errs[i] != nil {
 			return
 		}
-		if errs[i] = pace.wait(ctx); errs[i] != nil {
+		if errs[i] = pace.wait(jctx); errs[i] != nil {
 			return
 		}
 		for _, t := range targets[i] {
 			if _, errs[i] = c.nodes[i].Join([]string{c.eps[t].Addr()}, false); errs[i] == nil {
+				watch.joined(time.Now())
 				c.forming(int(joined.Add(1)) + 1)
 				return
 			}
 		}
 		errs[i] = fmt.Errorf("%s could not join: %w", c.names[i], errs[i])
 	})
+	close(stopWatch)
+	watching.Wait()
 	if err := ctx.Err(); err != nil {
 		return err // once, not once per node that was waiting its turn
 	}
+	if err := context.Cause(jctx); err != nil {
+		return err
+	}
 	return errors.Join(errs...)
+}
+
+func (c *Cluster) newsSource() func() (uint64, bool) {
+	if c.cfg.news != nil {
+		return c.cfg.news
+	}
+	return c.net.NewsPackets
+}
+
+// ErrFormingStalled is returned when the joins stop while a mesh forms
+// (ClusterConfig.JoinStall).
+var ErrFormingStalled = errors.New("the mesh stopped forming")
+
+// joinWatch tells when the joins have stalled: none finished for stall
+// (wall time) since the watch began or the last join.
+type joinWatch struct {
+	stall time.Duration
+	last  atomic.Int64 // unix nanoseconds
+}
+
+func newJoinWatch(stall time.Duration) *joinWatch {
+	w := &joinWatch{stall: stall}
+	w.last.Store(time.Now().UnixNano())
+	return w
+}
+
+func (w *joinWatch) joined(at time.Time) { w.last.Store(at.UnixNano()) }
+
+func (w *joinWatch) stalled(now time.Time) bool {
+	return now.Sub(time.Unix(0, w.last.Load())) > w.stall
 }
 
 // converge waits for one full view. memberlist retransmits a broadcast
@@ -352,7 +428,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 // of them would starve the timers it is meant to help. This is setup, not
 // measurement.
 func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
-	pace := startPacer(c.clk, c.net.NewsPackets)
+	pace := startPacer(c.clk, c.newsSource())
 	defer pace.stop()
 	perRound := max(4, len(c.nodes)/50)
 	for {
@@ -413,12 +489,13 @@ func rng2(rng *rand.Rand, n int) int {
 // timers do too; and the mesh's gossip (Network.NewsPackets) must be under
 // newsGate packets a wall second per core.
 type pacer struct {
-	late atomic.Int64 // nanoseconds, the latest measure
-	news atomic.Int64 // gossip packets a wall second, the latest measure
-	lag  time.Duration
-	gate int64
-	done chan struct{}
-	wg   sync.WaitGroup
+	late  atomic.Int64 // nanoseconds, the latest measure
+	news  atomic.Int64 // gossip packets a wall second, the latest measure
+	ready atomic.Bool  // both have been measured once
+	lag   time.Duration
+	gate  int64
+	done  chan struct{}
+	wg    sync.WaitGroup
 }
 
 const pacerLag = 25 * time.Millisecond
@@ -454,24 +531,25 @@ func startPacer(clk clock, news func() (uint64, bool)) *pacer {
 			case <-timer.C:
 				p.late.Store(int64(time.Since(set) - period))
 			}
-			if tick%newsEvery == 0 {
+			if tick == 1 || tick%newsEvery == 0 { // a first measure at once, then over half a second
 				n, ok := news()
 				if !ok {
 					p.news.Store(0)
-					continue
+				} else {
+					p.news.Store(int64(float64(n-last) / time.Since(lastAt).Seconds()))
+					last, lastAt = n, time.Now()
 				}
-				p.news.Store(int64(float64(n-last) / time.Since(lastAt).Seconds()))
-				last, lastAt = n, time.Now()
+				p.ready.Store(true)
 			}
 		}
 	}()
 	return p
 }
 
-// wait returns once the process keeps time again and the mesh's gossip is
-// under the gate, or ctx ends.
+// wait returns once the pacer has measured, the process keeps time and the
+// mesh's gossip is under the gate, or ctx ends.
 func (p *pacer) wait(ctx context.Context) error {
-	for time.Duration(p.late.Load()) > p.lag || p.news.Load() > p.gate {
+	for !p.ready.Load() || time.Duration(p.late.Load()) > p.lag || p.news.Load() > p.gate {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -2,6 +2,8 @@ package simulation
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -228,5 +230,47 @@ func TestJoinsWaitWhileTheMeshGossipsHard(t *testing.T) {
 	defer cancel2()
 	if err := p.wait(ctx2); err != nil {
 		t.Fatalf("a join still waited once the gossip stopped: %v", err)
+	}
+}
+
+func TestAFormingThatStopsJoiningEndsWithAClearError(t *testing.T) {
+	// The mesh's gossip, as the pacer reads it, runs far over the gate for
+	// good: the state a starved forming locks itself into.
+	var sent atomic.Uint64
+	busy := func() (uint64, bool) { return sent.Add(1 << 30), true }
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := StartCluster(ctx, ClusterConfig{Nodes: 5, Profile: "local", Seed: 1, JoinStall: 2 * time.Second, news: busy})
+	if err == nil {
+		c.Stop()
+		t.Fatal("a forming whose joins never started returned a cluster")
+	}
+	if !errors.Is(err, ErrFormingStalled) {
+		t.Fatalf("err = %v, want ErrFormingStalled", err)
+	}
+	t.Log(err)
+	for _, want := range []string{"1 of 5 nodes joined", "none for 2s", "dilation 1", "--dilation", "to 2"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if ctx.Err() != nil {
+		t.Errorf("the stall was not told before the caller's own deadline (%v)", time.Since(start))
+	}
+}
+
+func TestAJoinWatchTellsAStallOnlyAfterItsLimit(t *testing.T) {
+	w := newJoinWatch(time.Minute)
+	now := time.Now()
+	if w.stalled(now.Add(59 * time.Second)) {
+		t.Error("stalled 59 s after it began, limit a minute")
+	}
+	if !w.stalled(now.Add(61 * time.Second)) {
+		t.Error("not stalled 61 s after it began, limit a minute")
+	}
+	w.joined(now.Add(30 * time.Second))
+	if w.stalled(now.Add(61 * time.Second)) {
+		t.Error("stalled 31 s after a join, limit a minute")
 	}
 }

@@ -56,8 +56,9 @@ type Progress struct {
 	// Joined and Full, while converging: nodes joined, and nodes that see
 	// every node alive.
 	Joined, Full int
-	// News, while draining: gossip packets per node per protocol second,
-	// which must fall under QuietNewsRate before the schedule starts.
+	// News, while converging and draining: gossip packets per node per
+	// protocol second, which must fall under QuietNewsRate before the
+	// schedule starts.
 	News    float64
 	Elapsed time.Duration // of the fault schedule while running, of the drain while draining (protocol time)
 	Total   time.Duration // the schedule's length (protocol time)
@@ -134,8 +135,9 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if cfg.NoHeal {
 		healInterval = -1
 	}
+	news := newsRate(net, cfg.Nodes)
 	forming := func(joined, full int) {
-		progress(Progress{Phase: "converging", Joined: joined, Full: full, Total: plan.Length, Dilation: clk.factor()})
+		progress(Progress{Phase: "converging", Joined: joined, Full: full, News: news(), Total: plan.Length, Dilation: clk.factor()})
 	}
 	cluster, err := StartCluster(ctx, ClusterConfig{Nodes: cfg.Nodes, Profile: cfg.Profile, Seed: cfg.Seed,
 		Network: net, Prepare: prepare, Logger: logger, HealInterval: healInterval, Forming: forming})
@@ -267,6 +269,28 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	}
 	r.TimerLagP99MS, r.TimerLagMaxMS = lag.figures()
 	return r, nil
+}
+
+// newsRate returns a function that tells the mesh's gossip packets per
+// node per protocol second since its last call (0 where the packets cannot
+// be read). It may be called from several goroutines.
+func newsRate(net *Network, nodes int) func() float64 {
+	var mu sync.Mutex
+	last, _ := net.NewsPackets()
+	lastAt := net.clk.now()
+	return func() float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		n, ok := net.NewsPackets()
+		now := net.clk.now()
+		d := now.Sub(lastAt).Seconds()
+		if !ok || d <= 0 {
+			return 0
+		}
+		rate := float64(n-last) / float64(nodes) / d
+		last, lastAt = n, now
+		return rate
+	}
 }
 
 // timerLag measures how late a 50 ms timer fires during the run, in
