@@ -106,7 +106,7 @@ type wireEstimate struct {
 	packets, streams ratioTable
 	nPackets         atomic.Uint64
 	streamBytes      atomic.Uint64 // every stream message's, for the CPU estimate
-	sWire, sCount    atomic.Uint64 // stream messages: estimated wire bytes, count
+	ppWire, ppCount  atomic.Uint64 // push/pull messages: estimated wire bytes, count
 
 	perPacket, perByteRaw float64 // calibrated CPU seconds: a full packet; a byte of a large message
 }
@@ -209,8 +209,10 @@ func (e *wireEstimate) stream(b []byte) float64 {
 	}
 	e.streamBytes.Add(uint64(len(b)))
 	w := e.streams.note(b, streamSample, false)
-	e.sWire.Add(uint64(math.Round(w)))
-	e.sCount.Add(1)
+	if len(b) > 0 && b[0] == mlPushPull {
+		e.ppWire.Add(uint64(math.Round(w)))
+		e.ppCount.Add(1)
+	}
 	return w
 }
 
@@ -233,10 +235,13 @@ func (e *wireEstimate) compressCPU() time.Duration {
 	return time.Duration(s * float64(time.Second))
 }
 
-// streamMean is the mean estimated size on the wire of a stream message.
-func (e *wireEstimate) streamMean() float64 {
-	if e == nil || e.sCount.Load() == 0 {
-		return 0
+// pushPulls is the estimated wire bytes and the count of the push/pull
+// messages sent so far: each is one side's whole state. The other stream
+// messages (joins' replies aside, TCP pings of a few dozen bytes) are not
+// counted.
+func (e *wireEstimate) pushPulls() (wire, count uint64) {
+	if e == nil {
+		return 0, 0
 	}
-	return float64(e.sWire.Load()) / float64(e.sCount.Load())
+	return e.ppWire.Load(), e.ppCount.Load()
 }

@@ -55,3 +55,21 @@ func TestAReusedWriterCompressesAsAFreshOne(t *testing.T) {
 		}
 	}
 }
+
+func TestPushPullsAreCountedApartFromOtherStreams(t *testing.T) {
+	e := newWireEstimate()
+	state := append([]byte{mlPushPull}, gossipLike(0)...)
+	ping := []byte{mlPing, 0x81, 0xa5, 'S', 'e', 'q', 'N', 'o', 0x01} // a TCP ping
+	e.stream(state)
+	e.stream(ping)
+	e.stream(state)
+	if w, n := e.pushPulls(); n != 2 || w == 0 || w >= 2*uint64(len(state)) {
+		t.Errorf("two push/pulls of %d bytes and a ping counted as %d push/pulls, %d bytes on the wire", len(state), n, w)
+	}
+
+	// A real forming: every join is a push/pull each way.
+	c := startTestCluster(t, 5)
+	if _, n := c.net.est.pushPulls(); n < 2*4 {
+		t.Errorf("5 nodes formed with %d push/pull messages counted, want at least 8 (4 joins, each way)", n)
+	}
+}

@@ -638,11 +638,11 @@ func (e *Endpoint) WriteToAddress(b []byte, a gossip.Address) (time.Time, error)
 }
 
 // memberlist's message types (net.go in memberlist), as far as newsPacket
-// needs them.
+// and the push/pull count need them.
 const (
-	mlPing, mlIndirectPing, mlAck        = 0, 1, 2
-	mlSuspect, mlAlive, mlDead           = 3, 4, 5
-	mlCompound, mlUser, mlNack, mlHasCRC = 7, 8, 11, 12
+	mlPing, mlIndirectPing, mlAck          = 0, 1, 2
+	mlSuspect, mlAlive, mlDead, mlPushPull = 3, 4, 5, 6
+	mlCompound, mlUser, mlNack, mlHasCRC   = 7, 8, 11, 12
 )
 
 // newsPacket reports whether a memberlist packet is gossip: one that leads

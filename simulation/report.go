@@ -75,10 +75,10 @@ type Report struct {
 	CPUS             float64 `json:"cpu_s"`
 	CompressCPUEstS  float64 `json:"compress_cpu_est_s,omitempty"`
 	CPUMSPerNodePerS float64 `json:"cpu_ms_per_node_per_s"`
-	// PushPullBytes is the mean estimated size on the wire of a stream
-	// message (mostly push/pulls: one side's state) over the whole run, the
-	// mesh's forming included, when small meshes joined; zero with exact
-	// compression.
+	// PushPullBytes is the mean estimated size on the wire of a push/pull
+	// message (one side's whole state, an entry for every member it knows)
+	// sent during the schedule; zero with exact compression, or when none
+	// was sent.
 	PushPullBytes float64 `json:"push_pull_bytes,omitempty"`
 	ConvergeS     float64 `json:"converge_s"` // from start until the mesh agreed
 	DrainS        float64 `json:"drain_s"`    // then until it had gossiped its forming (protocol time)

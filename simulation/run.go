@@ -167,6 +167,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 
 	rec := newRecorder(plan, cluster, base)
 	cpu0, comp0 := processCPU(), net.est.compressCPU()
+	ppWire0, ppCount0 := net.est.pushPulls()
 	rec.begin(clk.now())
 	var w watcher = rec
 	cluster.watch.Store(&w)
@@ -262,7 +263,9 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		r.CompressionRatio, _ = net.est.ratios()
 		r.CompressionRatio = round(r.CompressionRatio)
 		r.CompressCPUEstS = round((net.est.compressCPU() - comp0).Seconds())
-		r.PushPullBytes = math.Round(net.est.streamMean())
+		if w, n := net.est.pushPulls(); n > ppCount0 {
+			r.PushPullBytes = math.Round(float64(w-ppWire0) / float64(n-ppCount0))
+		}
 	}
 	if s := plan.Length.Seconds() * float64(cfg.Nodes); s > 0 {
 		r.CPUMSPerNodePerS = round((r.CPUS + r.CompressCPUEstS) * 1000 / s)
