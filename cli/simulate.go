@@ -42,7 +42,7 @@ func simulateCommand() *ucli.Command {
 			&ucli.DurationFlag{Name: "partition-for", Usage: "how long the partition scenarios keep the sides apart (default: the scenario's, about 34 s at 100 nodes)"},
 			&ucli.BoolFlag{Name: "no-heal", Usage: "turn the nodes' heal prober off, to compare with serf and memberlist alone"},
 			&ucli.BoolFlag{Name: "exact-compression", Usage: "have memberlist compress every packet, as a real node does (by default the bytes are estimated from a sample: compressing is most of a large run's CPU)"},
-			&ucli.Float64Flag{Name: "dilation", Usage: fmt.Sprintf("stretch every timer by this factor, 1 (real time) to %d; default: 1 up to 100 nodes, then 1 + nodes/250 (5 at 1,000)", simulation.MaxDilation)},
+			&ucli.Float64Flag{Name: "dilation", Usage: fmt.Sprintf("stretch every timer by this factor, 1 (real time) to %d; default: 1 up to 100 nodes, then nodes/125, at least 2 (8 at 1,000)", simulation.MaxDilation)},
 			formatFlag(),
 			&ucli.StringFlag{Name: "out", Usage: "also write the JSON report to this file"},
 			&ucli.StringFlag{Name: "svg", Usage: "write the timeline as an SVG picture to this file"},

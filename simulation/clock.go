@@ -33,14 +33,26 @@ import (
 const MaxDilation = 50
 
 // AutoDilation is the dilation a run of n nodes gets when none is asked
-// for: 1 (real time) up to 100 nodes, then 1 + n/250, rounded up (3 at 300
-// nodes, 5 at 1,000, 9 at 2,000), chosen on this project's 2-core machine
-// (docs/scale.md); the report's timer lag says whether it sufficed.
+// for: 1 (real time) up to 100 nodes, then n/125 rounded up, at least 2
+// (3 at 300 nodes, 5 at 600, 8 at 1,000, 16 at 2,000), chosen on this
+// project's 2-core machine (docs/scale.md); the report's timer lag says
+// whether it sufficed.
+//
+// The worst moment sets it: news that every member gossips at once (a
+// forming's last joins, each side of a partition failing the other) makes
+// each node send its GossipNodes packets every GossipInterval, so the
+// mesh's packets per protocol second grow as n, and a dilation that keeps
+// them within the cores grows as n too. Short of it, probe acks wait behind
+// the gossip, the probes time out, and the false suspicions are news again:
+// at 1,000 nodes, two formings in three dilated 5, and the one tried
+// dilated 3, fell into that and did not come out; dilated 8, the mesh
+// formed in the same wall time, since a forming is bounded by CPU, not by
+// the clock.
 func AutoDilation(n int) float64 {
 	if n <= 100 {
 		return 1
 	}
-	return math.Min(MaxDilation, 1+math.Ceil(float64(n)/250))
+	return math.Min(MaxDilation, math.Max(2, math.Ceil(float64(n)/125)))
 }
 
 // checkDilation accepts 0 (automatic) or a factor from 1 to MaxDilation.
