@@ -267,6 +267,9 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	defer cancel()
 	if err := c.converge(wctx, rng); err != nil {
 		c.Stop()
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // stopped, not out of time
+		}
 		return nil, fmt.Errorf("the mesh of %d nodes did not converge within %v: %w", cfg.Nodes, cfg.ConvergeTimeout, err)
 	}
 	return c, nil
@@ -430,6 +433,21 @@ func (w *joinWatch) stalled(now time.Time) bool {
 func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
 	pace := startPacer(c.clk, c.newsSource())
 	defer pace.stop()
+	// Progress every second, also while the repairs wait on the pacer.
+	stopTick := make(chan struct{})
+	defer close(stopTick)
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopTick:
+				return
+			case <-tick.C:
+				c.forming(len(c.nodes))
+			}
+		}
+	}()
 	perRound := max(4, len(c.nodes)/50)
 	for {
 		wctx, cancel := context.WithTimeout(ctx, c.clk.wall(2*time.Second))
