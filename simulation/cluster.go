@@ -341,28 +341,16 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watch := newJoinWatch(c.clk.wall(c.cfg.JoinStall))
-	stopWatch := make(chan struct{})
-	var watching sync.WaitGroup
-	watching.Add(1)
-	go func() {
-		defer watching.Done()
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stopWatch:
-				return
-			case now := <-tick.C:
-				n := int(joined.Load()) + 1
-				c.forming(n)
-				if watch.stalled(now) {
-					cancel(fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): the process cannot keep up with the gossip of %d nodes at dilation %g; raise the dilation (--dilation), for example to %g",
-						ErrFormingStalled, n, len(c.names), c.cfg.JoinStall, len(c.names), c.clk.factor(), math.Min(MaxDilation, math.Ceil(c.clk.factor()*1.5))))
-					return
-				}
-			}
+	stopWatch := everySecond(func(now time.Time) bool {
+		n := int(joined.Load()) + 1
+		c.forming(n)
+		if !watch.stalled(now) {
+			return true
 		}
-	}()
+		cancel(fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): the process cannot keep up with the gossip of %d nodes at dilation %g; raise the dilation (--dilation), for example to %g",
+			ErrFormingStalled, n, len(c.names), c.cfg.JoinStall, len(c.names), c.clk.factor(), math.Min(MaxDilation, math.Ceil(c.clk.factor()*1.5))))
+		return false
+	})
 	errs := make([]error, len(c.names))
 	c.parallel(len(c.names)-1, func(k int) {
 		i := k + 1
@@ -381,8 +369,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 		}
 		errs[i] = fmt.Errorf("%s could not join: %w", c.names[i], errs[i])
 	})
-	close(stopWatch)
-	watching.Wait()
+	stopWatch()
 	if err := ctx.Err(); err != nil {
 		return err // once, not once per node that was waiting its turn
 	}
@@ -397,6 +384,31 @@ func (c *Cluster) newsSource() func() (uint64, bool) {
 		return c.cfg.news
 	}
 	return c.net.NewsPackets
+}
+
+// everySecond calls fn once a wall second, from its own goroutine, until
+// fn returns false or the returned stop is called; stop waits for it.
+func everySecond(fn func(now time.Time) bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				if !fn(now) {
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }
 
 // ErrFormingStalled is returned when the joins stop while a mesh forms
@@ -434,20 +446,7 @@ func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
 	pace := startPacer(c.clk, c.newsSource())
 	defer pace.stop()
 	// Progress every second, also while the repairs wait on the pacer.
-	stopTick := make(chan struct{})
-	defer close(stopTick)
-	go func() {
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stopTick:
-				return
-			case <-tick.C:
-				c.forming(len(c.nodes))
-			}
-		}
-	}()
+	defer everySecond(func(time.Time) bool { c.forming(len(c.nodes)); return true })()
 	perRound := max(4, len(c.nodes)/50)
 	for {
 		wctx, cancel := context.WithTimeout(ctx, c.clk.wall(2*time.Second))
