@@ -265,7 +265,12 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.clk.wall(cfg.ConvergeTimeout))
 	defer cancel()
-	if err := c.converge(wctx, rng); err != nil {
+	abort := context.AfterFunc(wctx, c.closeEndpoints)
+	err := c.converge(wctx, rng)
+	if !abort() && err == nil {
+		err = wctx.Err() // it ended as the mesh agreed: the endpoints are closing
+	}
+	if err != nil {
 		c.Stop()
 		if ctx.Err() != nil {
 			return nil, ctx.Err() // stopped, not out of time
@@ -340,6 +345,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 	var joined atomic.Int64
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	defer context.AfterFunc(jctx, c.closeEndpoints)()
 	watch := newJoinWatch(c.clk.wall(c.cfg.JoinStall))
 	stopWatch := everySecond(func(now time.Time) bool {
 		n := int(joined.Load()) + 1
@@ -377,6 +383,17 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 		return err
 	}
 	return errors.Join(errs...)
+}
+
+// closeEndpoints ends a forming that stopped early (interrupted, stalled,
+// out of time) at once: a join or repair in flight waits for its push/pull
+// up to memberlist's TCP timeout, dilated (10 s × 16 at 2,000 nodes, for
+// each of a join's three tries), and a closed endpoint fails it now. The
+// cluster is stopped next.
+func (c *Cluster) closeEndpoints() {
+	for _, ep := range c.eps {
+		ep.Shutdown()
+	}
 }
 
 func (c *Cluster) newsSource() func() (uint64, bool) {

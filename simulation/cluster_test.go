@@ -260,6 +260,54 @@ func TestAFormingThatStopsJoiningEndsWithAClearError(t *testing.T) {
 	}
 }
 
+func TestAnInterruptedFormingDoesNotWaitForAJoinInFlight(t *testing.T) {
+	// Dilated 50, a join whose target never answers waits out memberlist's
+	// TCP timeout 50 times over, for each of its three tries: many minutes.
+	nw, err := NewNetwork(NetworkConfig{Seed: 1, Dilation: MaxDilation, EstimateCompression: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nw.Close()
+	var first string
+	var joiner atomic.Pointer[Endpoint]
+	prepare := func(name string, n *gossip.Node) (func(), error) {
+		if first == "" {
+			first = name
+			return nil, nw.Pause(name) // its traffic is held: a push/pull to it gets no answer
+		}
+		joiner.Store(nw.lookup(n.Addr()))
+		return nil, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		c, err := StartCluster(ctx, ClusterConfig{Nodes: 2, Seed: 1, Network: nw, Prepare: prepare})
+		if c != nil {
+			c.Stop()
+		}
+		done <- err
+	}()
+	// The join is in flight once the second node's push/pull is on the wire.
+	inFlight := false
+	for deadline := time.Now().Add(30 * time.Second); !inFlight && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		ep := joiner.Load()
+		inFlight = ep != nil && ep.Stats().StreamBytesSent > 0
+	}
+	if !inFlight {
+		t.Fatal("the second node's join never sent its push/pull")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("err = %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("30 s after the interrupt the forming still waited for its join (whose own timeout is 500 s)")
+	}
+}
+
 func TestAJoinWatchTellsAStallOnlyAfterItsLimit(t *testing.T) {
 	w := newJoinWatch(time.Minute)
 	now := time.Now()
