@@ -37,7 +37,7 @@ bench: ## run the benchmarks; prints a table and writes bench.json
 # SCALE picks the sizes, a regexp (2000 runs the crash at 2,000 nodes).
 SEEDS ?= 1
 SCALE ?= 300|1000
-scale: ## opt-in: the simulation at 300 and 1,000 nodes (SCALE=2000: 2,000); a table and scale.json, about two hours on 2 cores
+scale: ## opt-in: the simulation at 300 and 1,000 nodes (SCALE=2000: 2,000, which needs more than 8 GB); a table and scale.json, about four hours on 2 cores
 	SIM_LARGE=1 SIM_HUGE=1 $(GO) run ./scripts/benchreport -out scale.json -bench 'BenchmarkScenario/N=($(SCALE))/' -benchtime $(SEEDS)x -timeout 6h -- ./simulation/
 
 demo: build ## start a 3-agent mesh on loopback; Ctrl-C (or DURATION=30s) stops it

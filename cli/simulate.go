@@ -43,7 +43,7 @@ func simulateCommand() *ucli.Command {
 			&ucli.DurationFlag{Name: "partition-for", Usage: "how long the partition scenarios keep the sides apart (default: the scenario's, about 34 s at 100 nodes)"},
 			&ucli.BoolFlag{Name: "no-heal", Usage: "turn the nodes' heal prober off, to compare with serf and memberlist alone"},
 			&ucli.BoolFlag{Name: "exact-compression", Usage: "have memberlist compress every packet, as a real node does (by default the bytes are estimated from a sample: compressing is most of a large run's CPU)"},
-			&ucli.Float64Flag{Name: "dilation", Usage: fmt.Sprintf("stretch every timer by this factor, 1 (real time) to %d; default: 1 up to 100 nodes, then nodes/125, at least 2 (8 at 1,000)", simulation.MaxDilation)},
+			&ucli.Float64Flag{Name: "dilation", Usage: fmt.Sprintf("stretch every timer by this factor, 1 (real time) to %d; default: 1 up to 100 nodes, then nodes/125, at least 2 (8 at 1,000), twice that for a scenario that splits and heals the mesh (16 at 1,000)", simulation.MaxDilation)},
 			formatFlag(),
 			&ucli.StringFlag{Name: "out", Usage: "also write the JSON report to this file"},
 			&ucli.StringFlag{Name: "svg", Usage: "write the timeline as an SVG picture to this file"},
@@ -71,7 +71,7 @@ func simulate(c *ucli.Context) error {
 		ExactCompression: c.Bool("exact-compression"),
 	}
 	if d := cfg.Dilation; c.IsSet("dilation") && (d < 1 || d > simulation.MaxDilation || d != d) {
-		return fmt.Errorf("--dilation %v: use 1 (real time) to %d; leave it out to choose by --nodes", d, simulation.MaxDilation)
+		return fmt.Errorf("--dilation %v: use 1 (real time) to %d; leave it out to choose by --nodes and --scenario", d, simulation.MaxDilation)
 	}
 	if c.IsSet("partition-for") && cfg.Scenario != simulation.ScenarioPartition && cfg.Scenario != simulation.ScenarioPartition3 {
 		return fmt.Errorf("--partition-for applies to the %s and %s scenarios only", simulation.ScenarioPartition, simulation.ScenarioPartition3)

@@ -33,7 +33,7 @@ func BenchmarkScenario(b *testing.B) {
 				}
 				b.Run(fmt.Sprintf("N=%d/scenario=%s/profile=%s", n, sc, profile), func(b *testing.B) {
 					if n > 1000 && os.Getenv(hugeEnv) == "" {
-						b.Skipf("2000 nodes take more than half an hour a run: set %s=1 to run them", hugeEnv)
+						b.Skipf("2000 nodes need more than 8 GB and did not form on 2 cores (docs/scale.md): set %s=1 to run them", hugeEnv)
 					}
 					if n > 100 && os.Getenv(largeEnv) == "" && os.Getenv(hugeEnv) == "" {
 						b.Skipf("%d nodes take minutes a run: set %s=1 to run them", n, largeEnv)

@@ -42,6 +42,27 @@ func TestDilationIsChecked(t *testing.T) {
 	}
 }
 
+func TestRunsThatSplitAndHealAreDilatedTwiceAsMuch(t *testing.T) {
+	for _, c := range []struct {
+		scenario string
+		nodes    int
+		want     float64
+	}{
+		{ScenarioCrash, 1000, 8},
+		{ScenarioLoss, 1000, 8},
+		{ScenarioOneWay, 1000, 8},
+		{ScenarioPartition, 1000, 16},
+		{ScenarioPartition3, 1000, 16},
+		{ScenarioBurst, 300, 6},
+		{ScenarioPartition, 100, 1}, // real time stays real time
+		{ScenarioPartition, 2000, 32},
+	} {
+		if got := ScenarioDilation(c.scenario, c.nodes); got != c.want {
+			t.Errorf("%s at %d nodes: dilation %v, want %v", c.scenario, c.nodes, got, c.want)
+		}
+	}
+}
+
 // A dilated link takes its delay times the dilation on the wall clock.
 func TestDilatedLinksTakeLonger(t *testing.T) {
 	const dilation, delay = 20, 5 * time.Millisecond
