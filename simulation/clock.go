@@ -45,9 +45,9 @@ const MaxDilation = 50
 // them within the cores grows as n too. Short of it, probe acks wait behind
 // the gossip, the probes time out, and the false suspicions are news again:
 // at 1,000 nodes, two formings in three dilated 5, and the one tried
-// dilated 3, fell into that and did not come out; dilated 8, six in seven
-// formed, in the same wall time (a forming is bounded by CPU, not by the
-// clock), and the seventh crawled.
+// dilated 3, fell into that and did not come out; dilated 8, seven in
+// eight formed, in the same wall time (a forming is bounded by CPU, not by
+// the clock), and the eighth crawled.
 func AutoDilation(n int) float64 {
 	if n <= 100 {
 		return 1
