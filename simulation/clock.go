@@ -33,7 +33,8 @@ import (
 const MaxDilation = 50
 
 // AutoDilation is the dilation a run of n nodes gets when none is asked
-// for (ScenarioDilation doubles it for a split and heal): 1 (real time) up to 100 nodes, then n/125 rounded up, at least 2
+// for (doubled for a plan that splits the mesh: Plan.dilation): 1 (real
+// time) up to 100 nodes, then n/125 rounded up, at least 2
 // (3 at 300 nodes, 5 at 600, 8 at 1,000, 16 at 2,000), chosen on this
 // project's 2-core machine (docs/scale.md); the report's timer lag says
 // whether it sufficed.
@@ -55,30 +56,25 @@ func AutoDilation(n int) float64 {
 	return math.Min(MaxDilation, math.Max(2, math.Ceil(float64(n)/125)))
 }
 
-// ScenarioDilation is the dilation a run of a scenario on n nodes gets when
-// none is asked for: AutoDilation(n), twice that for the scenarios that
-// split the mesh and heal it (partition, partition3, burst) past 100 nodes
-// (6 at 300, 16 at 1,000). A heal is as much news as a forming (each side
-// re-learns the other's members, and refutes its death verdicts) but comes
-// within seconds of protocol time: at 1,000 nodes dilated 8 it starved the
-// process (timer lag p99 299 ms, a million failures no fault caused), and
-// dilated 16 the machine kept up (p99 1.9 ms) and the heal was measured
-// (docs/scale.md).
-func ScenarioDilation(scenario string, n int) float64 {
-	d := AutoDilation(n)
-	if d > 1 && splits(scenario) {
-		d = math.Min(MaxDilation, 2*d)
+// dilation is the dilation a run of the plan gets when none is asked for:
+// AutoDilation(p.Nodes), twice that past 100 nodes when the plan splits the
+// mesh (partition, partition3, burst: 6 at 300 nodes, 16 at 1,000). A heal
+// is as much news as a forming (each side re-learns the other's members
+// and refutes its death verdicts) but comes within seconds of protocol
+// time: at 1,000 nodes dilated 8 it starved the process (timer lag p99
+// 299 ms, a million failures no fault caused); dilated 16 the machine kept
+// up (p99 1.9 ms) and the heal was measured (docs/scale.md).
+func (p Plan) dilation() float64 {
+	d := AutoDilation(p.Nodes)
+	if d == 1 {
+		return d
+	}
+	for _, f := range p.Faults {
+		if f.Kind == FaultPartition {
+			return math.Min(MaxDilation, 2*d)
+		}
 	}
 	return d
-}
-
-// splits reports whether a scenario partitions the mesh and heals it.
-func splits(scenario string) bool {
-	switch scenario {
-	case ScenarioPartition, ScenarioPartition3, ScenarioBurst:
-		return true
-	}
-	return false
 }
 
 // checkDilation accepts 0 (automatic) or a factor from 1 to MaxDilation.

@@ -57,7 +57,11 @@ func TestRunsThatSplitAndHealAreDilatedTwiceAsMuch(t *testing.T) {
 		{ScenarioPartition, 100, 1}, // real time stays real time
 		{ScenarioPartition, 2000, 32},
 	} {
-		if got := ScenarioDilation(c.scenario, c.nodes); got != c.want {
+		p, err := PlanScenario(c.scenario, c.nodes, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.dilation(); got != c.want {
 			t.Errorf("%s at %d nodes: dilation %v, want %v", c.scenario, c.nodes, got, c.want)
 		}
 	}

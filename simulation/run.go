@@ -33,7 +33,7 @@ type RunConfig struct {
 	NoHeal bool
 	// Dilation stretches every timer of the run by this factor, so that a
 	// large mesh is not starved of CPU (clock.go); the report is in
-	// protocol time. 0 picks ScenarioDilation(Scenario, Nodes); 1 is real time.
+	// protocol time. 0 picks one by the plan (Plan.dilation); 1 is real time.
 	Dilation float64
 	// ExactCompression has memberlist compress every packet, as a real
 	// node does. By default the nodes send uncompressed and the network
@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		progress = func(Progress) {}
 	}
 	if cfg.Dilation == 0 {
-		cfg.Dilation = ScenarioDilation(cfg.Scenario, cfg.Nodes)
+		cfg.Dilation = plan.dilation()
 	}
 	start := time.Now()
 	resetPeakRSS()
