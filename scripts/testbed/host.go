@@ -323,13 +323,35 @@ func (h *Host) Members(ctx context.Context) (map[string]Member, error) {
 	return out, nil
 }
 
-// LogTail is the last n lines of h's agent log.
+// LogTail is the last n lines of h's agent log, without the line each
+// closed CLI connection logs: a test that polls the agent writes one of
+// those every few hundred milliseconds, and they would hide the rest.
 func (h *Host) LogTail(n int) string {
-	data, err := os.ReadFile(h.LogPath)
+	return fileTail(h.LogPath, n)
+}
+
+// SupervisorLogTails is the last n lines of the supervisor log of every
+// interpreter h has run, by interpreter name.
+func (h *Host) SupervisorLogTails(n int) map[string]string {
+	paths, _ := filepath.Glob(filepath.Join(h.DataDir, "interpreters", "*", "supervisor.log"))
+	out := make(map[string]string, len(paths))
+	for _, p := range paths {
+		out[filepath.Base(filepath.Dir(p))] = fileTail(p, n)
+	}
+	return out
+}
+
+func fileTail(path string, n int) string {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		if !strings.Contains(l, `msg="rpc client disconnected"`) {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

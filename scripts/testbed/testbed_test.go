@@ -76,7 +76,10 @@ func newBed(t *testing.T, profile string, features ...testbed.Feature) *testbed.
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, h := range b.Hosts {
-				t.Logf("log of %s, last lines:\n%s", h.Name, h.LogTail(40))
+				t.Logf("log of %s, last lines:\n%s", h.Name, h.LogTail(60))
+				for name, tail := range h.SupervisorLogTails(20) {
+					t.Logf("supervisor log of %s on %s, last lines:\n%s", name, h.Name, tail)
+				}
 			}
 		}
 		if err := b.Close(); err != nil {
