@@ -88,7 +88,7 @@ func simulate(c *ucli.Context) error {
 	if err := gossip.CheckProfile(cfg.Profile); err != nil {
 		return fmt.Errorf("--profile: %w", err)
 	}
-	if _, err := simulation.PlanScenario(cfg.Scenario, cfg.Nodes, cfg.Seed); err != nil {
+	if _, err := simulation.PlanScenario(cfg.Scenario, cfg.Profile, cfg.Nodes, cfg.Seed); err != nil {
 		if errors.Is(err, simulation.ErrUnknownScenario) {
 			return fmt.Errorf("--scenario: %w", err)
 		}

@@ -57,7 +57,7 @@ func TestRunsThatSplitAndHealAreDilatedTwiceAsMuch(t *testing.T) {
 		{ScenarioPartition, 100, 1}, // real time stays real time
 		{ScenarioPartition, 2000, 32},
 	} {
-		p, err := PlanScenario(c.scenario, c.nodes, 1)
+		p, err := PlanScenario(c.scenario, "", c.nodes, 1)
 		if err != nil {
 			t.Fatal(err)
 		}

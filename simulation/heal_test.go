@@ -41,7 +41,7 @@ func TestALongPartitionHealsAndReportsItsDetection(t *testing.T) {
 }
 
 func TestThePartitionLengthMovesTheHealAndKeepsWhatFollows(t *testing.T) {
-	p, err := PlanScenario(ScenarioPartition, 100, 1)
+	p, err := PlanScenario(ScenarioPartition, "", 100, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestThePartitionLengthMovesTheHealAndKeepsWhatFollows(t *testing.T) {
 	if got, _ := p.healAt(); got != lead+30*time.Minute || p.Length-got != after {
 		t.Errorf("heal at %v, then %v observed; want %v, then %v", got, p.Length-got, lead+30*time.Minute, after)
 	}
-	crash, _ := PlanScenario(ScenarioCrash, 100, 1)
+	crash, _ := PlanScenario(ScenarioCrash, "", 100, 1)
 	if err := crash.setPartitionLength(time.Minute); err == nil {
 		t.Error("the crash scenario took a partition length")
 	}

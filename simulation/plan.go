@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshagent/agent/gossip"
 )
 
 // FaultKind names what a Fault does to the network.
@@ -52,6 +54,7 @@ type Group struct {
 // them is not deterministic.
 type Plan struct {
 	Scenario string
+	Profile  string // the gossip profile whose detector sizes the crash and loss schedules
 	Nodes    int
 	Seed     int64
 	Faults   []Fault       // in time order
@@ -108,7 +111,7 @@ const LossRate = 0.05
 
 var scenarios = map[string]scenario{
 	ScenarioCrash: {
-		summary:  "nodes crash a few seconds apart (1 node below 10 nodes, else 3); measures detection",
+		summary:  "nodes crash a few seconds apart (1 node below 10 nodes, else 3), watched for twice the profile's detection time; measures detection",
 		minNodes: 3,
 		build:    buildCrash,
 	},
@@ -164,12 +167,19 @@ var ErrUnknownScenario = errors.New("unknown scenario")
 // process, and each keeps a view of all the others.
 const MaxNodes = 2000
 
-// PlanScenario builds the fault schedule of a scenario for n nodes. It is a
-// pure function of its arguments.
-func PlanScenario(name string, n int, seed int64) (Plan, error) {
+// PlanScenario builds the fault schedule of a scenario for n nodes running
+// a gossip profile (empty is gossip.DefaultProfile). It is a pure function
+// of its arguments.
+func PlanScenario(name, profile string, n int, seed int64) (Plan, error) {
 	sc, ok := scenarios[name]
 	if !ok {
 		return Plan{}, fmt.Errorf("%w %q: use one of %s", ErrUnknownScenario, name, strings.Join(Scenarios(), ", "))
+	}
+	if profile == "" {
+		profile = gossip.DefaultProfile
+	}
+	if err := gossip.CheckProfile(profile); err != nil {
+		return Plan{}, err
 	}
 	if n < sc.minNodes {
 		return Plan{}, fmt.Errorf("%d nodes are too few for the %s scenario: use at least %d", n, name, sc.minNodes)
@@ -177,19 +187,39 @@ func PlanScenario(name string, n int, seed int64) (Plan, error) {
 	if n > MaxNodes {
 		return Plan{}, fmt.Errorf("%d nodes are more than one process simulates: use at most %d", n, MaxNodes)
 	}
-	p := Plan{Scenario: name, Nodes: n, Seed: seed}
+	p := Plan{Scenario: name, Profile: profile, Nodes: n, Seed: seed}
 	sc.build(&p, nodeNames(n), rand.New(rand.NewSource(seed)))
 	sort.SliceStable(p.Faults, func(i, j int) bool { return p.Faults[i].At < p.Faults[j].At })
 	return p, nil
 }
 
-// lanDetection estimates how long lan's detector takes at n nodes: its
-// suspicion timeout (4 × log10 n probe intervals of 1 s, at least one) plus
-// a probe round and the gossip of the verdict. The schedules leave twice
-// that for every fault to play out; wan needs longer than they give.
+// lanDetection estimates how long lan's detector takes to fail one crashed
+// node at n nodes (gossip.DetectionEstimate): 16 s at 1,000. The split and
+// pause schedules are sized by it whatever the profile: failing a whole
+// side is slower than failing one node (at 1,000 nodes with fast, 35 s for
+// every node to fail the other side, docs/scale.md), so fast's estimate
+// would heal many splits before they were whole. wan needs longer than
+// they give.
 func lanDetection(n int) time.Duration {
-	scale := math.Max(1, math.Log10(float64(n)))
-	return time.Duration((4*scale + 4) * float64(time.Second))
+	d, _ := gossip.DetectionEstimate("lan", n)
+	return d
+}
+
+// detection estimates how long the plan's profile takes to fail one crashed
+// node (gossip.DetectionEstimate).
+func (p *Plan) detection() time.Duration {
+	d, _ := gossip.DetectionEstimate(p.Profile, p.Nodes)
+	return d
+}
+
+// crashWatch is how long the crash and loss schedules go on after the last
+// crash: twice the profile's detection estimate, for the stragglers, and at
+// least the baseline's bound, for its monitor fails a crashed node at most
+// HeartbeatTimeout and a scan after the last heartbeat, which came before
+// the crash (and one scan more for the links' delays). 13 s at 1,000 nodes
+// with fast, 32 s with lan; 11 s for fast below 1,000.
+func (p *Plan) crashWatch() time.Duration {
+	return max(2*p.detection(), HeartbeatTimeout+2*HeartbeatScan)
 }
 
 const (
@@ -213,7 +243,7 @@ func crashes(p *Plan, names []string, rng *rand.Rand, start time.Duration) (end 
 		{Name: "live nodes", Nodes: without(names, victims)},
 		{Name: "crashed nodes", Nodes: victims},
 	}
-	return at + 2*lanDetection(len(names))
+	return at + p.crashWatch()
 }
 
 func buildCrash(p *Plan, names []string, rng *rand.Rand) {
@@ -223,7 +253,7 @@ func buildCrash(p *Plan, names []string, rng *rand.Rand) {
 func buildLoss(p *Plan, names []string, rng *rand.Rand) {
 	p.Faults = append(p.Faults, Fault{At: 0, Kind: FaultLoss, Loss: LossRate,
 		Label: fmt.Sprintf("%g%% loss on every link", LossRate*100)})
-	end := crashes(p, names, rng, lead+lanDetection(len(names)))
+	end := crashes(p, names, rng, lead+p.detection())
 	p.Length = max(end, 45*time.Second)
 }
 

@@ -81,14 +81,11 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if err := checkDilation(cfg.Dilation); err != nil {
 		return nil, err
 	}
-	plan, err := PlanScenario(cfg.Scenario, cfg.Nodes, cfg.Seed)
-	if err != nil {
-		return nil, err
-	}
 	if cfg.Profile == "" {
 		cfg.Profile = gossip.DefaultProfile
 	}
-	if err := gossip.CheckProfile(cfg.Profile); err != nil {
+	plan, err := PlanScenario(cfg.Scenario, cfg.Profile, cfg.Nodes, cfg.Seed)
+	if err != nil {
 		return nil, err
 	}
 	if cfg.Loss != 0 {
