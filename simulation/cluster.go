@@ -806,11 +806,66 @@ func (c *Cluster) WaitAgreement(ctx context.Context) error {
 			c.tallyMu.RLock()
 			full, live := c.full.Load(), c.live
 			c.tallyMu.RUnlock()
-			return fmt.Errorf("%d of %d live nodes see every live node alive: %w", full, live, ctx.Err())
+			return fmt.Errorf("%d of %d live nodes see every live node alive (%s): %w", full, live, c.disagreement(), ctx.Err())
 		case <-tick.C:
 		}
 	}
 	return nil
+}
+
+// disagreement says how the views that are not full differ from the live
+// set, for at most three observers and three members each: "node-17 sees
+// node-402 failed, node-99 not at all".
+func (c *Cluster) disagreement() string {
+	const most = 3
+	c.tallyMu.RLock()
+	defer c.tallyMu.RUnlock()
+	var out []string
+	others := 0
+	for i, v := range c.views {
+		if !c.counted[i] {
+			continue
+		}
+		v.mu.Lock()
+		if v.alive == c.expCount && v.hash == c.expHash {
+			v.mu.Unlock()
+			continue
+		}
+		if len(out) == most {
+			v.mu.Unlock()
+			others++
+			continue
+		}
+		var diffs []string
+		more := 0
+		for j, st := range v.status {
+			var d string
+			switch {
+			case c.counted[j] && st == "":
+				d = c.names[j] + " not at all"
+			case c.counted[j] && st != gossip.StatusAlive:
+				d = fmt.Sprintf("%s %s", c.names[j], st)
+			case !c.counted[j] && st == gossip.StatusAlive:
+				d = fmt.Sprintf("%s alive, which crashed", c.names[j])
+			default:
+				continue
+			}
+			if len(diffs) < most {
+				diffs = append(diffs, d)
+			} else {
+				more++
+			}
+		}
+		v.mu.Unlock()
+		if more > 0 {
+			diffs = append(diffs, fmt.Sprintf("and %d more", more))
+		}
+		out = append(out, c.names[i]+" sees "+strings.Join(diffs, ", "))
+	}
+	if others > 0 {
+		out = append(out, fmt.Sprintf("%d more nodes disagree", others))
+	}
+	return strings.Join(out, "; ")
 }
 
 // Names lists the nodes in order: node-0 …

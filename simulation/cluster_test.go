@@ -322,3 +322,34 @@ func TestAJoinWatchTellsAStallOnlyAfterItsLimit(t *testing.T) {
 		t.Error("stalled 31 s after a join, limit a minute")
 	}
 }
+
+// A mesh that does not agree is described by who sees what: the error of a
+// run that stopped agreeing names the node and the member, not only counts.
+func TestDisagreementNamesTheViewsThatDiffer(t *testing.T) {
+	names := []string{"node-0", "node-1", "node-2", "node-3"}
+	c := &Cluster{names: names, counted: []bool{true, true, true, false}, live: 3}
+	c.keys = []uint64{1, 2, 4, 8}
+	c.expCount, c.expHash = 3, 1|2|4
+	status := func(s ...gossip.Status) *view {
+		v := &view{status: s}
+		for i, st := range s {
+			if st == gossip.StatusAlive {
+				v.alive++
+				v.hash ^= c.keys[i]
+			}
+		}
+		return v
+	}
+	a, f := gossip.StatusAlive, gossip.StatusFailed
+	c.views = []*view{
+		status(a, a, a, f),  // full: node-3 crashed, and node-0 saw it fail
+		status(a, a, "", a), // no node-2, and node-3 still alive
+		status(a, f, a, a),  // node-1 failed
+		status(a, a, a, a),  // crashed: its view does not count
+	}
+	got := c.disagreement()
+	want := "node-1 sees node-2 not at all, node-3 alive, which crashed; node-2 sees node-1 failed, node-3 alive, which crashed"
+	if got != want {
+		t.Errorf("disagreement:\n%s\nwant:\n%s", got, want)
+	}
+}
