@@ -382,7 +382,7 @@ func measure(t *testing.T, fault, what string, d time.Duration) {
 }
 
 // partitionLength is how long the simulation's partition scenario keeps
-// 5 nodes apart (simulation.PlanScenario("partition", 5, …)).
+// 5 nodes apart (simulation.PlanScenario("partition", "", 5, …)).
 const partitionLength = 26 * time.Second
 
 // TestPartitionThreeTwo: hosts h1-h3 and h4-h5 cannot reach each other.
