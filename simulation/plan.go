@@ -217,7 +217,8 @@ func (p *Plan) detection() time.Duration {
 // least the baseline's bound, for its monitor fails a crashed node at most
 // HeartbeatTimeout and a scan after the last heartbeat, which came before
 // the crash (and one scan more for the links' delays). 13 s at 1,000 nodes
-// with fast, 32 s with lan; 11 s for fast below 1,000.
+// with fast (11.4 s at 300), 32 s with lan; 11 s for fast up to about 200
+// nodes.
 func (p *Plan) crashWatch() time.Duration {
 	return max(2*p.detection(), HeartbeatTimeout+2*HeartbeatScan)
 }
