@@ -106,9 +106,8 @@ type Lifecycle struct {
 	hostRestarts map[string]*Tracker // request id -> restarts after supervisor crashes
 
 	meshMu     sync.Mutex
-	replacing  map[string]bool     // request ids being re-placed by this owner
-	replaces   map[string]*Tracker // request id -> re-placement attempts
-	duplicates map[string]string   // request id -> the losers last reported
+	replacer   *replacer         // this owner's re-placements
+	duplicates map[string]string // request id -> the losers last reported
 
 	signals recentSignals // signal orders answered lately, by order id
 
@@ -130,8 +129,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		inflightKind: map[string]string{},
 		supervisors:  map[string]startedSupervisor{},
 		hostRestarts: map[string]*Tracker{},
-		replacing:    map[string]bool{},
-		replaces:     map[string]*Tracker{},
+		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
 	}, nil
 }

@@ -18,7 +18,8 @@ import (
 // (an owner's earlier attempt may have failed).
 const meshTick = time.Second
 
-// replaceBackoff bounds one owner's re-placements of one request.
+// replaceBackoff bounds one owner's re-placements of one request: 5 in
+// 10 minutes, the k-th retry Delay·2^(k-1) after the k-th failure.
 var replaceBackoff = Backoff{Attempts: 5, Window: 10 * time.Minute, Delay: time.Second, MaxDelay: 30 * time.Second}
 
 func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
@@ -74,59 +75,37 @@ func (l *Lifecycle) reportDuplicates(view []Instance) {
 
 // replaceOrphans re-places each interpreter whose host failed, when this
 // server is its owner and sees a majority of the servers: exactly one actor
-// in a connected mesh, and none on a minority side.
+// in a connected mesh, and none on a minority side. Every decision is taken
+// on this call's view: an attempt starts at once or not at all, and the
+// replacer keeps the owner from placing again what it placed and its view
+// has not heard of yet.
 func (l *Lifecycle) replaceOrphans(members []gossip.Member, view []Instance) {
 	orphans := Orphans(view)
-	if len(orphans) == 0 {
-		return
-	}
 	q := ServerQuorum(members)
-	if !q.Majority() {
+	if len(orphans) > 0 && !q.Majority() {
 		l.logger.Debug("not re-placing interpreters of failed hosts: no majority of servers in view", "seen", q.String())
 		return
 	}
-	for _, o := range orphans {
-		rid := o.Last.Tags.RequestID
-		if owner, _ := Owner(rid, q.Alive); owner != l.cfg.Node {
-			continue
-		}
-		l.meshMu.Lock()
-		if l.replacing[rid] {
-			l.meshMu.Unlock()
-			continue
-		}
-		t := l.replaces[rid]
-		if t == nil {
-			t = NewTracker(replaceBackoff)
-			l.replaces[rid] = t
-		}
-		delay, ok := t.Next(l.clock.Now())
-		if ok {
-			l.replacing[rid] = true
-		}
-		l.meshMu.Unlock()
-		if !ok {
-			continue // given up: said once, when the last attempt failed
-		}
+	ours := func(rid string) bool { owner, _ := Owner(rid, q.Alive); return owner == l.cfg.Node }
+	l.meshMu.Lock()
+	start := l.replacer.due(orphans, ours, l.clock.Now())
+	l.meshMu.Unlock()
+	for _, o := range start {
 		l.wg.Add(1)
-		go func(o Orphan, delay time.Duration, first bool) {
+		go func() {
 			defer l.wg.Done()
-			defer func() { l.meshMu.Lock(); delete(l.replacing, rid); l.meshMu.Unlock() }()
-			if !first {
-				select {
-				case <-l.deps.Done:
-					return
-				case <-l.clock.After(delay):
-				}
-			}
-			l.replace(o)
-		}(o, delay, delay == replaceBackoff.Delay)
+			placed := l.replace(o)
+			l.meshMu.Lock()
+			l.replacer.done(o.Last.Tags.RequestID, o.NextGen, placed, l.clock.Now())
+			l.meshMu.Unlock()
+		}()
 	}
 }
 
 // replace places a failed host's interpreter anew, as a spawn with the same
-// request id, kind, arguments and policy, one generation up.
-func (l *Lifecycle) replace(o Orphan) {
+// request id, kind, arguments and policy, one generation up. It reports
+// whether an interpreter of the request runs now (started, or found).
+func (l *Lifecycle) replace(o Orphan) bool {
 	t := o.Last.Tags
 	l.logger.Info("re-placing an interpreter whose host failed", "interpreter", o.Last.Name, "host", o.Last.Host,
 		"request", t.RequestID, "gen", o.NextGen)
@@ -142,7 +121,7 @@ func (l *Lifecycle) replace(o Orphan) {
 	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, time.Now())
 	if resp.Code != "" {
 		l.meshMu.Lock()
-		spent := l.replaces[t.RequestID] != nil && !l.replaces[t.RequestID].canTry(l.clock.Now())
+		spent := l.replacer.spent(t.RequestID, l.clock.Now())
 		l.meshMu.Unlock()
 		if spent {
 			l.logger.Error("interpreter-gave-up: could not re-place an interpreter whose host failed", "request", t.RequestID, "err", resp.Error)
@@ -150,13 +129,14 @@ func (l *Lifecycle) replace(o Orphan) {
 		} else {
 			l.logger.Warn("re-placement failed; trying again", "request", t.RequestID, "err", resp.Error)
 		}
-		return
+		return false
 	}
 	if resp.Existing {
-		return // somebody else's re-placement is already alive
+		return true // somebody else's re-placement is already alive
 	}
 	l.logger.Info("interpreter-replaced: interpreter re-placed after its host failed", "interpreter", resp.Name, "on", resp.Node,
 		"was", o.Last.Name, "failed_host", o.Last.Host, "gen", o.NextGen)
 	l.emit(Event{Type: EventReplaced, Interpreter: resp.Name, RequestID: t.RequestID, Host: resp.Node, Gen: o.NextGen,
 		Reason: "host " + o.Last.Host + " failed"})
+	return true
 }

@@ -290,12 +290,15 @@ func (t *Tracker) Next(now time.Time) (time.Duration, bool) {
 
 // canTry reports whether an attempt at now would be allowed, without
 // recording one.
-func (t *Tracker) canTry(now time.Time) bool {
+func (t *Tracker) canTry(now time.Time) bool { return t.inWindow(now) < t.b.Attempts }
+
+// inWindow counts the attempts within the window before now.
+func (t *Tracker) inWindow(now time.Time) int {
 	n := 0
 	for _, at := range t.tries {
 		if now.Sub(at) < t.b.Window {
 			n++
 		}
 	}
-	return n < t.b.Attempts
+	return n
 }

@@ -246,10 +246,26 @@ func TestHostCrashFreesItsKeys(t *testing.T) {
 	if _, n := processesFor(t, b, again["request_id"].(string)); n != 1 {
 		t.Fatalf("%d processes for the re-spawned key", n)
 	}
-	// The restart policy re-placed once, not once per observer.
+	// The restart policy re-placed once, not once per observer, nor twice
+	// by its owner.
 	time.Sleep(3 * time.Second) // an observation window
 	if _, n := processesFor(t, b, ridRestart); n != 1 {
 		t.Fatalf("%d processes for the restarted key after a while", n)
+	}
+	replaced := 0
+	for _, h := range rest {
+		log, err := h.Log()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(log, "\n") {
+			if strings.Contains(line, "interpreter-replaced") && strings.Contains(line, "-"+ridRestart+"-") {
+				replaced++
+			}
+		}
+	}
+	if replaced != 1 {
+		t.Fatalf("the restarting key was re-placed %d times, want once", replaced)
 	}
 }
 
