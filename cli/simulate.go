@@ -30,8 +30,8 @@ func simulateCommand() *ucli.Command {
 		Description: "Every node is a real memberlist and serf, whose timers are real. Past 100 nodes the run dilates time\n" +
 			"(--dilation): every timer and link delay lasts D times longer, so two cores keep up with the whole mesh,\n" +
 			"and the report gives protocol time (wall time / D). A run takes its schedule's length plus the time to\n" +
-			"converge, times D: about a minute at 20 nodes, 2 to 4 minutes at 300, about 10 minutes and 3 GB at 1,000\n" +
-			"(4 to 5 of them to form the mesh; a partition 36). 2,000 nodes need more than 8 GB, and on 2 cores they did not form\n" +
+			"converge, times D: about a minute at 20 nodes, 2 to 4 minutes at 300, about 9 minutes and 3.5 GB at 1,000\n" +
+			"(3 to 4 of them to form the mesh; a partition 36). 2,000 nodes need more than 8 GB, and on 2 cores they did not form\n" +
 			"(docs/scale.md). The same seed replays the same faults.\n\n" +
 			"Scenarios:\n" + scenarios.String(),
 		Flags: []ucli.Flag{
