@@ -19,6 +19,7 @@ type cutNet struct {
 	byName  map[string]*cutTransport
 	byAddr  map[string]*cutTransport
 	blocked map[[2]string]bool // [from, to] node names
+	deaf    map[string]bool    // packets to these nodes vanish; streams work
 	down    bool               // the test is over: drop everything
 	port    int
 }
@@ -60,9 +61,19 @@ func (c *cutNet) cut(from, to []string) {
 	}
 }
 
+// deafen makes every packet to name vanish; its streams still work.
+func (c *cutNet) deafen(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deaf == nil {
+		c.deaf = map[string]bool{}
+	}
+	c.deaf[name] = true
+}
+
 func (c *cutNet) heal() {
 	c.mu.Lock()
-	c.blocked = nil
+	c.blocked, c.deaf = nil, nil
 	c.mu.Unlock()
 }
 
@@ -75,7 +86,8 @@ func (t *cutTransport) route(a memberlist.Address, bothWays bool) *cutTransport 
 	if dest == nil {
 		dest = c.byAddr[a.Addr]
 	}
-	if dest == nil || c.down || c.blocked[[2]string{t.name, dest.name}] || (bothWays && c.blocked[[2]string{dest.name, t.name}]) {
+	if dest == nil || c.down || c.blocked[[2]string{t.name, dest.name}] || (bothWays && c.blocked[[2]string{dest.name, t.name}]) ||
+		(!bothWays && c.deaf[dest.name]) {
 		return nil
 	}
 	return dest

@@ -400,6 +400,30 @@ func (n *Node) Join(addrs []string, replay bool) (int, error) {
 	return joined, joinError(err)
 }
 
+// Sync exchanges the whole member state with the named member, alive in
+// this node's view: memberlist's push/pull, as a join makes, without serf's
+// announcement of a join. It is for a node with reason to think its view
+// missed a piece of news. In a small mesh memberlist sends each message
+// RetransmitMult times (4 below ten members) to random peers, so now and
+// then a member misses one from every sender, and only the next periodic
+// push/pull (30 s) brings it.
+func (n *Node) Sync(name string) error {
+	for _, m := range n.serf.Members() {
+		if m.Name != name {
+			continue
+		}
+		if m.Status != serf.StatusAlive {
+			return fmt.Errorf("cannot sync with %s: it is %s here", name, m.Status)
+		}
+		addr := &net.UDPAddr{IP: m.Addr, Port: int(m.Port)}
+		if _, err := n.serf.Memberlist().Join([]string{name + "/" + addr.String()}); err != nil {
+			return fmt.Errorf("sync with %s: %w", name, joinError(err))
+		}
+		return nil
+	}
+	return fmt.Errorf("cannot sync with %s: it is not a member here", name)
+}
+
 // joinError flattens memberlist's multi-line error and recognises a key
 // mismatch, which deserves advice rather than a decryption message.
 func joinError(err error) error {

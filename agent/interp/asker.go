@@ -230,6 +230,8 @@ func (l *Lifecycle) waitStarted(ctx context.Context, name, host string, limit ti
 	if limit <= 0 {
 		limit = rpc.DefaultSpawnWait
 	}
+	stopSync := l.syncWhileMissing(name, host)
+	defer stopSync()
 	ended := func(s gossip.Status) bool { return s == gossip.StatusLeft || s == gossip.StatusFailed }
 	status, err := l.waitMember(name, limit, func(s gossip.Status) bool { return s == gossip.StatusAlive || ended(s) },
 		"it is not alive in "+l.cfg.Node+"'s member list")
@@ -249,6 +251,55 @@ func (l *Lifecycle) waitStarted(ctx context.Context, name, host string, limit ti
 	default:
 		return fmt.Errorf("it was %s before it was seen alive", status)
 	}
+}
+
+// syncAfter are the moments of a spawn's wait at which the asker, still
+// not listing the new interpreter, exchanges state with the server that
+// started it (gossip.Node.Sync). In a small mesh the news of a join can
+// miss one member altogether, and its next push/pull may be 30 s away: a
+// spawn then failed although its interpreter ran.
+var syncAfter = []time.Duration{2 * time.Second, 10 * time.Second}
+
+// syncWhileMissing syncs with host at each of syncAfter while this agent
+// does not list name; the returned stop ends it and waits for it.
+func (l *Lifecycle) syncWhileMissing(name, host string) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var waited time.Duration
+		for _, at := range syncAfter {
+			select {
+			case <-done:
+				return
+			case <-l.deps.Done:
+				return
+			case <-l.clock.After(at - waited):
+			}
+			waited = at
+			if l.lists(name) {
+				return
+			}
+			if err := l.deps.Node.Sync(host); err != nil {
+				l.logger.Debug("could not sync with the server of a new interpreter", "interpreter", name, "server", host, "err", err)
+				continue
+			}
+			l.logger.Info("the news of a new interpreter missed this agent; exchanged state with its server",
+				"interpreter", name, "server", host, "after", at, "listed_now", l.lists(name))
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// lists reports whether this agent's member list has name, in any state.
+func (l *Lifecycle) lists(name string) bool {
+	for _, m := range l.deps.Node.Members() {
+		if m.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *Lifecycle) askExit(ctx context.Context, host, name string) (exitAnswer, error) {
