@@ -78,7 +78,7 @@ func (a *Agent) registerMetrics(gossipMetrics prometheus.Collector) error {
 			return 0
 		}),
 		gauge("agent_health_score", "memberlist's health score (Lifeguard local awareness): 0 is healthy; "+
-			"from 3 the node counts itself unheard and holds its load updates.", func() float64 { return float64(a.node.HealthScore()) }),
+			"from 4 the node counts itself unheard and holds its load updates.", func() float64 { return float64(a.node.HealthScore()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_heal_pings_total",
 			Help: "Pings the heal prober sent to failed members."}, func() float64 { return float64(a.node.HealStats().Pings) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_heal_answers_total",

@@ -264,11 +264,19 @@ func (n *Node) HealStats() HealStats {
 
 // deafScore is the Lifeguard health score from which a node takes itself
 // to be unheard. A probe that nobody answers, not even with the nacks of
-// the indirect probes, adds 3 (one per missing nack); a probe answered
-// takes 1 away. So one probe lost with every nack says deaf, and a few
-// answered probes say it hears again. Loss on a healthy node rarely loses
-// all three nacks of one probe.
-const deafScore = 3
+// the indirect probes, adds one per missing nack (up to IndirectChecks, 3);
+// a probe answered takes 1 away. But a healthy node probing a dead member
+// also misses every nack, once: an intermediary nacks ProbeTimeout after
+// the indirect ping, which went out ProbeTimeout after the probe, so the
+// nacks arrive just after the probe's deadline (ProbeInterval, twice
+// ProbeTimeout in every profile). Its score jumps to 3; the next probes'
+// intervals are stretched by the score, their nacks come in time, and it
+// goes back down. With 3 as the mark every healthy node of a mesh of five
+// or more held its load updates for about 5 s after any crash (seen in
+// the test bed's logs). A deaf node hears no nack and no ack: 3, then 6
+// one stretched probe interval later. So 4 separates the two, 2 s later
+// than 3 did with fast.
+const deafScore = 4
 
 // Deaf reports whether this node's own probes go unanswered, by
 // memberlist's health score (Lifeguard's local awareness). A deaf node

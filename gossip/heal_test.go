@@ -342,6 +342,30 @@ func TestADeafNodeKnowsItAndHearsAgainAfterTheRepair(t *testing.T) {
 	waitLong(t, "d to hear the mesh again", 20*time.Second, func() bool { return !nodes["d"].Deaf() })
 }
 
+// TestProbingADeadMemberDoesNotMakeANodeDeaf: when a member dies, the
+// healthy nodes that probe it miss their indirect probes' nacks once (they
+// come just after the probe's deadline) and their health score jumps to the
+// number of intermediaries, 3 here; none of them may take itself for deaf.
+func TestProbingADeadMemberDoesNotMakeANodeDeaf(t *testing.T) {
+	all := []string{"a", "b", "c", "d", "e"}
+	c, nodes := startCutMesh(t, -1, all...)
+	healthy := all[:4]
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	c.cut(healthy, []string{"e"})
+	c.cut([]string{"e"}, healthy)
+	highest := map[string]int{}
+	waitLong(t, "e failed in every healthy view", 30*time.Second, func() bool {
+		for _, o := range healthy {
+			highest[o] = max(highest[o], nodes[o].HealthScore())
+			if nodes[o].Deaf() {
+				t.Fatalf("%s, which hears every live member, says it is deaf (health score %d)", o, nodes[o].HealthScore())
+			}
+		}
+		return sees(nodes, healthy, []string{"e"}, StatusFailed)
+	})
+	t.Logf("highest health score while e was probed: %v", highest)
+}
+
 func TestOnlySeveralMembersBackAtOnceCountAsAHeal(t *testing.T) {
 	all := []string{"a", "b", "c"}
 	_, nodes := startCutMesh(t, -1, all...)
