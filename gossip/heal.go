@@ -136,9 +136,8 @@ func (h *healer) round(now time.Time) {
 		// but members born on that side during the split do not gossip
 		// themselves; only a push/pull brings them. One per node per heal.
 		h.joins.Add(1)
-		addr := &net.UDPAddr{IP: sync.Addr, Port: int(sync.Port)}
 		h.n.logger.Debug("a heal: one push/pull with a member that came back", "member", sync.Name)
-		if _, err := h.n.serf.Memberlist().Join([]string{sync.Name + "/" + addr.String()}); err != nil {
+		if err := h.n.pushPull(*sync); err != nil {
 			h.n.logger.Debug("push/pull after a heal failed", "member", sync.Name, "err", err)
 		}
 	}
@@ -157,7 +156,7 @@ func (h *healer) round(now time.Time) {
 	}
 	h.joins.Add(1)
 	h.n.logger.Info("a failed member answers a ping; joining it", "member", target.Name, "addr", addr.String())
-	if _, err := ml.Join([]string{target.Name + "/" + addr.String()}); err != nil {
+	if err := h.n.pushPull(target); err != nil {
 		h.n.logger.Debug("joining a failed member that answered failed", "member", target.Name, "err", err)
 	}
 }

@@ -415,13 +415,20 @@ func (n *Node) Sync(name string) error {
 		if m.Status != serf.StatusAlive {
 			return fmt.Errorf("cannot sync with %s: it is %s here", name, m.Status)
 		}
-		addr := &net.UDPAddr{IP: m.Addr, Port: int(m.Port)}
-		if _, err := n.serf.Memberlist().Join([]string{name + "/" + addr.String()}); err != nil {
+		if err := n.pushPull(m); err != nil {
 			return fmt.Errorf("sync with %s: %w", name, joinError(err))
 		}
 		return nil
 	}
 	return fmt.Errorf("cannot sync with %s: it is not a member here", name)
+}
+
+// pushPull is memberlist's state exchange with m, addressed by name so
+// that another node now at m's address does not answer.
+func (n *Node) pushPull(m serf.Member) error {
+	addr := &net.UDPAddr{IP: m.Addr, Port: int(m.Port)}
+	_, err := n.serf.Memberlist().Join([]string{m.Name + "/" + addr.String()})
+	return err
 }
 
 // joinError flattens memberlist's multi-line error and recognises a key

@@ -278,7 +278,7 @@ func (l *Lifecycle) syncWhileMissing(name, host string) (stop func()) {
 			case <-l.clock.After(at - waited):
 			}
 			waited = at
-			if l.lists(name) {
+			if l.memberStatus(name) != gossip.StatusNone {
 				return
 			}
 			if err := l.deps.Node.Sync(host); err != nil {
@@ -286,20 +286,21 @@ func (l *Lifecycle) syncWhileMissing(name, host string) (stop func()) {
 				continue
 			}
 			l.logger.Info("the news of a new interpreter missed this agent; exchanged state with its server",
-				"interpreter", name, "server", host, "after", at, "listed_now", l.lists(name))
+				"interpreter", name, "server", host, "after", at, "status_now", l.memberStatus(name))
 		}
 	}()
 	return func() { close(done); wg.Wait() }
 }
 
-// lists reports whether this agent's member list has name, in any state.
-func (l *Lifecycle) lists(name string) bool {
+// memberStatus is name's status in this agent's member list, StatusNone
+// when it is not listed.
+func (l *Lifecycle) memberStatus(name string) gossip.Status {
 	for _, m := range l.deps.Node.Members() {
 		if m.Name == name {
-			return true
+			return m.Status
 		}
 	}
-	return false
+	return gossip.StatusNone
 }
 
 func (l *Lifecycle) askExit(ctx context.Context, host, name string) (exitAnswer, error) {
@@ -489,12 +490,7 @@ func (l *Lifecycle) waitMember(name string, limit time.Duration, done func(gossi
 	defer cancel()
 	timeout := l.clock.After(limit)
 	for {
-		status := gossip.StatusNone
-		for _, m := range l.deps.Node.Members() {
-			if m.Name == name {
-				status = m.Status
-			}
-		}
+		status := l.memberStatus(name)
 		if done(status) {
 			return status, nil
 		}
