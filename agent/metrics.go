@@ -85,6 +85,9 @@ func (a *Agent) registerMetrics(gossipMetrics prometheus.Collector) error {
 			Help: "Heal prober pings a failed member answered."}, func() float64 { return float64(a.node.HealStats().Answers) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_heal_joins_total",
 			Help: "Push/pulls the heal prober started on an answer."}, func() float64 { return float64(a.node.HealStats().Joins) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "agent_heal_renewals_total",
+			Help: "Incarnations this node renewed on seeing a split, so that the other side's death verdicts are stale at the heal."},
+			func() float64 { return float64(a.node.HealStats().Renewals) }),
 		collectorFunc{desc: members, collect: func(ch chan<- prometheus.Metric) {
 			counts := map[gossip.Status]int{}
 			for _, mem := range a.node.Members() {

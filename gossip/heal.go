@@ -27,8 +27,10 @@ import (
 // is failed. A ping is memberlist's own UDP ping, addressed by name, so an
 // address now used by another node does not answer. The first answer after
 // the heal makes its pinger join the member (one push/pull); that exchange
-// makes both ends refute the other side's verdicts on their own sides, and
-// gossip carries the rest. A pinger whose view already saw a failed member
+// gives each end the other side's renewed incarnations (split.go: a node
+// that saw the split renewed its own), or makes it refute the verdicts a
+// node that had not renewed finds about itself, and gossip carries the
+// rest. A pinger whose view already saw a failed member
 // come back in the last two intervals does not join: someone has bridged
 // the sides and another push/pull would only add bytes. A partition long
 // enough that memberlist has already forgotten the dead but not yet
@@ -71,6 +73,9 @@ type HealStats struct {
 	Pings   uint64 // pings sent to failed members
 	Answers uint64 // pings a failed member answered
 	Joins   uint64 // push/pulls started on an answer
+	// Renewals counts the incarnations this node renewed on seeing a
+	// split (split.go).
+	Renewals uint64
 }
 
 // healer is one node's heal prober. Its counters are read concurrently.
@@ -79,8 +84,11 @@ type healer struct {
 	interval time.Duration
 	minAge   time.Duration // a member is pinged once failed this long here
 	followUp time.Duration // healFollowUp, dilated
+	// splitWindow is the window, dilated, in which many failures make a
+	// split (split.go).
+	splitWindow time.Duration
 
-	pings, answers, joins atomic.Uint64
+	pings, answers, joins, renewals atomic.Uint64
 
 	mu          sync.Mutex
 	failed      map[string]failedMember // failed in this node's view, from serf's events
@@ -89,6 +97,7 @@ type healer struct {
 	lastRevival time.Time // a member failed at one round was alive at the next
 	lastHeal    time.Time // several were: a heal, whose stragglers are followed up
 	lastSync    time.Time // the last push/pull with a member that came back
+	lastRenewal time.Time // the last renewal after a split
 }
 
 // failedMember is a member failed in this node's view, and since when.
@@ -107,7 +116,7 @@ func (n *Node) startHeal(interval time.Duration) {
 		interval = healIntervalProbes * n.ml.ProbeInterval
 	}
 	n.heal = &healer{n: n, interval: interval, minAge: n.Dilate(healMinAge), followUp: n.Dilate(healFollowUp),
-		failed: make(map[string]failedMember)}
+		splitWindow: n.Dilate(splitWindow), failed: make(map[string]failedMember)}
 	n.wg.Add(1)
 	go n.heal.run()
 }
@@ -130,6 +139,7 @@ func (h *healer) run() {
 // round pings one failed member, with probability healPingers/alive, and
 // joins it when it answers and nobody bridged the sides meanwhile.
 func (h *healer) round(now time.Time) {
+	h.renewOnSplit(now)
 	target, ok, sync := h.pick(now)
 	if sync != nil {
 		// A heal: the other side's news of its own revival reached us,
@@ -258,7 +268,8 @@ func (n *Node) HealStats() HealStats {
 	if n.heal == nil {
 		return HealStats{}
 	}
-	return HealStats{Pings: n.heal.pings.Load(), Answers: n.heal.answers.Load(), Joins: n.heal.joins.Load()}
+	return HealStats{Pings: n.heal.pings.Load(), Answers: n.heal.answers.Load(), Joins: n.heal.joins.Load(),
+		Renewals: n.heal.renewals.Load()}
 }
 
 // deafScore is the Lifeguard health score from which a node takes itself

@@ -22,7 +22,19 @@ type cutNet struct {
 	deaf    map[string]bool    // packets to these nodes vanish; streams work
 	down    bool               // the test is over: drop everything
 	port    int
+
+	holding bool         // keep the packets a cut drops, for replay
+	held    []heldPacket // in the order they were sent
 }
+
+// heldPacket is a packet a cut dropped while the network was holding them.
+type heldPacket struct {
+	to  *cutTransport
+	pkt *memberlist.Packet
+}
+
+// maxHeld bounds what a holding network keeps: a test's worth of packets.
+const maxHeld = 50000
 
 type cutTransport struct {
 	net     *cutNet
@@ -77,6 +89,43 @@ func (c *cutNet) heal() {
 	c.mu.Unlock()
 }
 
+// hold makes the network keep, from now on, the packets its cuts drop.
+func (c *cutNet) hold() {
+	c.mu.Lock()
+	c.holding = true
+	c.mu.Unlock()
+}
+
+// replay delivers the packets held so far, in order, as if they had been
+// late rather than lost, and stops holding. It reports how many it kept.
+func (c *cutNet) replay() int {
+	c.mu.Lock()
+	held := c.held
+	c.held, c.holding = nil, false
+	c.mu.Unlock()
+	for _, h := range held {
+		select {
+		case h.to.packets <- h.pkt:
+		case <-h.to.done:
+		}
+	}
+	return len(held)
+}
+
+// keep holds a packet that a cut dropped, if the network holds them.
+func (c *cutNet) keep(from *cutTransport, a memberlist.Address, b []byte, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dest := c.byName[a.Name]
+	if dest == nil {
+		dest = c.byAddr[a.Addr]
+	}
+	if !c.holding || c.down || dest == nil || !c.blocked[[2]string{from.name, dest.name}] || len(c.held) >= maxHeld {
+		return
+	}
+	c.held = append(c.held, heldPacket{to: dest, pkt: &memberlist.Packet{Buf: append([]byte(nil), b...), From: from.addr, Timestamp: at}})
+}
+
 // route is the destination of a send from t, nil when it is dropped.
 func (t *cutTransport) route(a memberlist.Address, bothWays bool) *cutTransport {
 	c := t.net
@@ -99,11 +148,14 @@ func (t *cutTransport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
 
 func (t *cutTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	now := time.Now()
-	if dest := t.route(a, false); dest != nil {
-		select {
-		case dest.packets <- &memberlist.Packet{Buf: append([]byte(nil), b...), From: t.addr, Timestamp: now}:
-		default:
-		}
+	dest := t.route(a, false)
+	if dest == nil {
+		t.net.keep(t, a, b, now)
+		return now, nil
+	}
+	select {
+	case dest.packets <- &memberlist.Packet{Buf: append([]byte(nil), b...), From: t.addr, Timestamp: now}:
+	default:
 	}
 	return now, nil
 }
@@ -311,12 +363,12 @@ func TestHealPingsAFailedMemberAndJoinsOnlyWhenItAnswers(t *testing.T) {
 	// 3/2, so always.
 	h := healerFor(nodes["a"])
 	h.round(time.Now())
-	if s := (HealStats{h.pings.Load(), h.answers.Load(), h.joins.Load()}); s != (HealStats{Pings: 1}) {
+	if s := (HealStats{Pings: h.pings.Load(), Answers: h.answers.Load(), Joins: h.joins.Load()}); s != (HealStats{Pings: 1}) {
 		t.Fatalf("a round across the cut: %+v, want one unanswered ping", s)
 	}
 	c.heal()
 	h.round(time.Now())
-	if s := (HealStats{h.pings.Load(), h.answers.Load(), h.joins.Load()}); s.Answers != 1 || s.Joins > 1 {
+	if s := (HealStats{Pings: h.pings.Load(), Answers: h.answers.Load(), Joins: h.joins.Load()}); s.Answers != 1 || s.Joins > 1 {
 		t.Fatalf("a round after the heal: %+v, want the ping answered (and at most one join)", s)
 	}
 	waitFor(t, "c alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })

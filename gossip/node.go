@@ -151,6 +151,10 @@ type Node struct {
 
 	heal *healer // nil when heal probing is off
 
+	// tagMu serialises what makes serf read or write its tags: SetTags and
+	// the renewal after a split (split.go).
+	tagMu sync.Mutex
+
 	scale float64 // Config.TimeScale, at least 1
 }
 
@@ -459,6 +463,8 @@ func (n *Node) SetTags(tags map[string]string) error {
 	if err := CheckTagSize(tags); err != nil {
 		return err
 	}
+	n.tagMu.Lock()
+	defer n.tagMu.Unlock()
 	return n.serf.SetTags(tags)
 }
 
