@@ -458,6 +458,18 @@ func TestPartitionThreeTwo(t *testing.T) {
 	})
 	measure(t, "partition 3|2", "heal to one view everywhere", heal)
 	placeStaysAmong(t, b.Hosts[:1], b.Hosts)
+	// Each host saw the other side fail (2 or 3 of 5) and renewed its
+	// incarnation, so that the other side's death verdicts about it were
+	// stale at the heal (gossip/split.go).
+	for _, h := range b.Hosts {
+		log, err := h.Log()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(log, "renewing this node's incarnation") {
+			t.Errorf("%s did not renew its incarnation during the split", h.Name)
+		}
+	}
 }
 
 // TestKillNineServer: a server host running interpreters crashes (kill -9
