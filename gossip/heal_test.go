@@ -116,14 +116,20 @@ func (c *cutNet) replay() int {
 func (c *cutNet) keep(from *cutTransport, a memberlist.Address, b []byte, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	dest := c.byName[a.Name]
-	if dest == nil {
-		dest = c.byAddr[a.Addr]
-	}
+	dest := c.lookup(a)
 	if !c.holding || c.down || dest == nil || !c.blocked[[2]string{from.name, dest.name}] || len(c.held) >= maxHeld {
 		return
 	}
 	c.held = append(c.held, heldPacket{to: dest, pkt: &memberlist.Packet{Buf: append([]byte(nil), b...), From: from.addr, Timestamp: at}})
+}
+
+// lookup finds the transport a is addressed to, by name first; c.mu is
+// held.
+func (c *cutNet) lookup(a memberlist.Address) *cutTransport {
+	if dest := c.byName[a.Name]; dest != nil {
+		return dest
+	}
+	return c.byAddr[a.Addr]
 }
 
 // route is the destination of a send from t, nil when it is dropped.
@@ -131,10 +137,7 @@ func (t *cutTransport) route(a memberlist.Address, bothWays bool) *cutTransport 
 	c := t.net
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	dest := c.byName[a.Name]
-	if dest == nil {
-		dest = c.byAddr[a.Addr]
-	}
+	dest := c.lookup(a)
 	if dest == nil || c.down || c.blocked[[2]string{t.name, dest.name}] || (bothWays && c.blocked[[2]string{dest.name, t.name}]) ||
 		(!bothWays && c.deaf[dest.name]) {
 		return nil
