@@ -84,17 +84,25 @@ func TestDilatedLinksTakeLonger(t *testing.T) {
 // TestRunReportsACrashOnBothDetectors with time stretched twofold: the
 // figures, in protocol time, stay within the bounds the protocols set,
 // while the run takes twice its schedule on the wall clock. Reported in
-// wall time, the baseline's detection would be 12 to 20 s instead.
+// wall time, the baseline's detection would be 12 to 22 s instead.
+//
+// It runs fast, as that test does, and for its reason: under local
+// (RetransmitMult 2) the death verdict can miss one of the five nodes,
+// whose own suspicion then goes unconfirmed for up to 6 × 3 s, past the
+// schedule's 14 s after the crash. CI saw it once (1 observer never saw
+// the crash).
 func TestDilationKeepsTheOutcome(t *testing.T) {
 	t.Parallel()
 	const dilation = 2
-	r, err := Run(context.Background(), RunConfig{Scenario: ScenarioCrash, Nodes: 5, Seed: 3, Profile: "local", Dilation: dilation})
+	r, err := Run(context.Background(), RunConfig{Scenario: ScenarioCrash, Nodes: 5, Seed: 3, Profile: "fast", Dilation: dilation})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.Dilation != dilation {
 		t.Errorf("the report says dilation %v, want %v", r.Dilation, dilation)
 	}
+	t.Logf("detection p99 %v s (baseline %v s), %.0f B/node/s, %.1f s on the wall for a %.0f s schedule",
+		fmtSecs(r.DetectionP99), fmtSecs(r.Baseline.DetectionP99), r.BytesPerNodePerS, r.WallS, r.LengthS)
 	if r.WallS < dilation*r.LengthS {
 		t.Errorf("a schedule of %.0f s dilated %d took %.1f s on the wall", r.LengthS, dilation, r.WallS)
 	}
@@ -104,9 +112,10 @@ func TestDilationKeepsTheOutcome(t *testing.T) {
 	if d := r.Baseline.DetectionP99; d == nil || *d < lo || *d > hi {
 		t.Errorf("baseline detection %v s in protocol time, want %.0f to %.0f s", fmtSecs(d), lo, hi)
 	}
-	// local: a probe a second, a suspicion of at least 3 s.
-	if d := r.DetectionP99; d == nil || *d < 3 || *d > 12 || r.Undetected != 0 {
-		t.Errorf("gossip detection p99 %v s in protocol time (%d undetected), want 3 to 12 s", fmtSecs(d), r.Undetected)
+	// fast: a probe every 0.5 s, a suspicion of 1.5 s confirmed and of 9 s
+	// at most, within the schedule's watch of 11 s after the crash.
+	if d := r.DetectionP99; d == nil || *d < 1.5 || *d > 11 || r.Undetected != 0 {
+		t.Errorf("gossip detection p99 %v s in protocol time (%d undetected), want 1.5 to 11 s", fmtSecs(d), r.Undetected)
 	}
 	if r.FalseFailures != 0 {
 		t.Errorf("%d false failures without loss: %v", r.FalseFailures, r.FalseFailureExamples)
