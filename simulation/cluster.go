@@ -62,6 +62,11 @@ type ClusterConfig struct {
 	// finished for this long, in protocol time (default 60 s, a thousand
 	// times what a join takes when the process keeps up).
 	JoinStall time.Duration
+	// VirtualTime says the cluster runs inside a testing/synctest bubble
+	// (RunConfig.VirtualTime): its clock waits for the work, so the
+	// forming is not paced by the process's CPU (pacer, joinBudget), only
+	// by JoinParallel.
+	VirtualTime bool
 
 	// news stands in for the network's count of gossip packets, for tests
 	// of the pacing; nil is Network.NewsPackets.
@@ -339,9 +344,12 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 			targets[i] = append(targets[i], rng.Intn(i))
 		}
 	}
-	pace := startPacer(c.clk, c.newsSource())
+	pace := c.startPacer()
 	defer pace.stop()
-	budget := newJoinBudget()
+	var budget *joinBudget // nil, open, in virtual time
+	if !c.cfg.VirtualTime {
+		budget = newJoinBudget()
+	}
 	var joined atomic.Int64
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -394,6 +402,17 @@ func (c *Cluster) closeEndpoints() {
 	for _, ep := range c.eps {
 		ep.Shutdown()
 	}
+}
+
+// startPacer starts the forming's pacer. In virtual time a timer is never
+// late and the clock waits for the gossip, so it is always open.
+func (c *Cluster) startPacer() *pacer {
+	if c.cfg.VirtualTime {
+		p := &pacer{done: make(chan struct{}), gate: math.MaxInt64}
+		p.ready.Store(true)
+		return p
+	}
+	return startPacer(c.clk, c.newsSource())
 }
 
 func (c *Cluster) newsSource() func() (uint64, bool) {
@@ -460,7 +479,7 @@ func (w *joinWatch) stalled(now time.Time) bool {
 // of them would starve the timers it is meant to help. This is setup, not
 // measurement.
 func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
-	pace := startPacer(c.clk, c.newsSource())
+	pace := c.startPacer()
 	defer pace.stop()
 	// Progress every second, also while the repairs wait on the pacer.
 	defer everySecond(func(time.Time) bool { c.forming(len(c.nodes)); return true })()
@@ -644,8 +663,11 @@ func newJoinBudget() *joinBudget {
 		perUnit: joinUnitGuess, next: time.Now()}
 }
 
-// take waits for the i-th join's turn.
+// take waits for the i-th join's turn; a nil budget never waits.
 func (b *joinBudget) take(ctx context.Context, i int) error {
+	if b == nil {
+		return ctx.Err()
+	}
 	b.mu.Lock()
 	if b.units >= joinUnitsToFit {
 		b.perUnit = time.Duration(float64(processCPU()-b.cpu0) / b.units)

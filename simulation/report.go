@@ -62,6 +62,9 @@ type Report struct {
 	// Dilation is the run's time dilation (clock.go): every time in the
 	// report is protocol time, the wall time divided by it, but WallS.
 	Dilation float64 `json:"dilation"`
+	// VirtualTime says the run's clock was virtual (RunConfig.VirtualTime):
+	// no timer was late, so the report has no timer lag.
+	VirtualTime bool `json:"virtual_time,omitempty"`
 	// CompressionEstimated says the nodes sent uncompressed and the bytes
 	// are memberlist's compressed bytes estimated from a sample, at
 	// CompressionRatio (compressed over uncompressed packet bytes).
@@ -195,6 +198,9 @@ func WriteText(w io.Writer, r *Report) error {
 	fmt.Fprintf(&b, "%s: %d nodes, profile %s, seed %d — %s\n", r.Scenario, r.Nodes, r.Profile, r.Seed, ScenarioSummary(r.Scenario))
 	if r.NoHeal {
 		b.WriteString("the heal prober was off: serf and memberlist alone\n")
+	}
+	if r.VirtualTime {
+		b.WriteString("virtual time (testing/synctest): the clock jumped ahead whenever every node waited, so no timer was late\n")
 	}
 	if r.Dilation > 1 {
 		fmt.Fprintf(&b, "time dilated %g: every time below is protocol time, the wall time divided by %g\n", r.Dilation, r.Dilation)

@@ -40,6 +40,15 @@ type RunConfig struct {
 	// estimates the compressed bytes from a sample (compress.go): LZW is
 	// most of a large simulation's CPU.
 	ExactCompression bool
+	// VirtualTime says the caller runs Run inside a testing/synctest
+	// bubble (a test or a benchmark's child process: virtual_test.go):
+	// the nodes' timers run on the bubble's clock, which jumps ahead
+	// whenever every goroutine waits, so no node is ever late and time
+	// needs no dilation (Dilation must be 0 or 1). The forming is not
+	// paced by the process's CPU (ClusterConfig.VirtualTime). The report
+	// says so, gives no timer lag, and leaves WallS to the caller: inside
+	// the bubble the run cannot read the wall clock.
+	VirtualTime bool
 	// Prepare is passed to the cluster: it plugs a per-node responder (a
 	// query handler) into every node before it joins.
 	Prepare func(name string, n *gossip.Node) (stop func(), err error)
@@ -102,6 +111,12 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if progress == nil {
 		progress = func(Progress) {}
 	}
+	if cfg.VirtualTime {
+		if cfg.Dilation != 0 && cfg.Dilation != 1 {
+			return nil, fmt.Errorf("dilation %v in virtual time: a virtual clock is never late, so leave the dilation at 0", cfg.Dilation)
+		}
+		cfg.Dilation = 1
+	}
 	if cfg.Dilation == 0 {
 		cfg.Dilation = plan.dilation()
 	}
@@ -137,7 +152,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		progress(Progress{Phase: "converging", Joined: joined, Full: full, News: news(), Total: plan.Length, Dilation: clk.factor()})
 	}
 	cluster, err := StartCluster(ctx, ClusterConfig{Nodes: cfg.Nodes, Profile: cfg.Profile, Seed: cfg.Seed,
-		Network: net, Prepare: prepare, Logger: logger, HealInterval: healInterval, Forming: forming})
+		Network: net, Prepare: prepare, Logger: logger, HealInterval: healInterval, Forming: forming, VirtualTime: cfg.VirtualTime})
 	if err != nil {
 		return nil, err
 	}
@@ -268,6 +283,11 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		r.CPUMSPerNodePerS = round((r.CPUS + r.CompressCPUEstS) * 1000 / s)
 	}
 	r.TimerLagP99MS, r.TimerLagMaxMS = lag.figures()
+	if cfg.VirtualTime {
+		r.VirtualTime = true
+		r.WallS, r.Baseline.WallS = 0, 0
+		r.TimerLagP99MS, r.TimerLagMaxMS = 0, 0
+	}
 	return r, nil
 }
 
