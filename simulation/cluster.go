@@ -64,8 +64,8 @@ type ClusterConfig struct {
 	JoinStall time.Duration
 	// VirtualTime says the cluster runs inside a testing/synctest bubble
 	// (RunConfig.VirtualTime): its clock waits for the work, so the
-	// forming is not paced by the process's CPU (pacer, joinBudget), only
-	// by JoinParallel.
+	// forming is not paced by the process's CPU (joinBudget), only by the
+	// mesh's gossip (pacer: its timer is never late in a bubble).
 	VirtualTime bool
 
 	// news stands in for the network's count of gossip packets, for tests
@@ -344,7 +344,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 			targets[i] = append(targets[i], rng.Intn(i))
 		}
 	}
-	pace := c.startPacer()
+	pace := startPacer(c.clk, c.newsSource())
 	defer pace.stop()
 	var budget *joinBudget // nil, open, in virtual time
 	if !c.cfg.VirtualTime {
@@ -402,17 +402,6 @@ func (c *Cluster) closeEndpoints() {
 	for _, ep := range c.eps {
 		ep.Shutdown()
 	}
-}
-
-// startPacer starts the forming's pacer. In virtual time a timer is never
-// late and the clock waits for the gossip, so it is always open.
-func (c *Cluster) startPacer() *pacer {
-	if c.cfg.VirtualTime {
-		p := &pacer{done: make(chan struct{}), gate: math.MaxInt64}
-		p.ready.Store(true)
-		return p
-	}
-	return startPacer(c.clk, c.newsSource())
 }
 
 func (c *Cluster) newsSource() func() (uint64, bool) {
@@ -479,7 +468,7 @@ func (w *joinWatch) stalled(now time.Time) bool {
 // of them would starve the timers it is meant to help. This is setup, not
 // measurement.
 func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
-	pace := c.startPacer()
+	pace := startPacer(c.clk, c.newsSource())
 	defer pace.stop()
 	// Progress every second, also while the repairs wait on the pacer.
 	defer everySecond(func(time.Time) bool { c.forming(len(c.nodes)); return true })()
