@@ -31,7 +31,9 @@ func BenchmarkScenario(b *testing.B) {
 		for _, sc := range []string{ScenarioCrash, ScenarioLoss, ScenarioPartition} {
 			for _, profile := range []string{"lan", "fast"} {
 				for _, virtual := range []bool{false, true} {
-					if n == 2000 && sc != ScenarioCrash || n > 100 && !virtual {
+					// At 2,000 nodes, the crash with fast only: lan's slower
+					// news keeps the forming's news gate shut (docs/scale.md).
+					if n == 2000 && (sc != ScenarioCrash || profile != "fast") || n > 100 && !virtual {
 						continue
 					}
 					clock := "real"

@@ -361,8 +361,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 		if !watch.stalled(now) {
 			return true
 		}
-		cancel(fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): the process cannot keep up with the gossip of %d nodes at dilation %g; raise the dilation (--dilation), for example to %g",
-			ErrFormingStalled, n, len(c.names), c.cfg.JoinStall, len(c.names), c.clk.factor(), math.Min(MaxDilation, math.Ceil(c.clk.factor()*1.5))))
+		cancel(c.stalled(n, pace.gate))
 		return false
 	})
 	errs := make([]error, len(c.names))
@@ -391,6 +390,18 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 		return err
 	}
 	return errors.Join(errs...)
+}
+
+// stalled is the error of a forming whose joins stopped with n joined.
+// Dilated, the process fell behind; in virtual time it cannot, and it is
+// the mesh's own gossip that held the news gate shut.
+func (c *Cluster) stalled(n int, gate int64) error {
+	if c.cfg.VirtualTime {
+		return fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): in virtual time no node is late, so the mesh's own gossip held the joins, above the news gate (%d packets a second) all that time; with profile %s a mesh of %d nodes does not form this way (docs/scale.md): try fewer nodes or the fast profile",
+			ErrFormingStalled, n, len(c.names), c.cfg.JoinStall, gate, c.cfg.Profile, len(c.names))
+	}
+	return fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): the process cannot keep up with the gossip of %d nodes at dilation %g; raise the dilation (--dilation), for example to %g",
+		ErrFormingStalled, n, len(c.names), c.cfg.JoinStall, len(c.names), c.clk.factor(), math.Min(MaxDilation, math.Ceil(c.clk.factor()*1.5)))
 }
 
 // closeEndpoints ends a forming that stopped early (interrupted, stalled,

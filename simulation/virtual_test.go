@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -104,6 +107,36 @@ func TestVirtualRun(t *testing.T) {
 	if r.FalseFailures != 0 || r.Baseline.FalseFailures != 0 {
 		t.Errorf("false failures without loss: gossip %d, baseline %d (%v)", r.FalseFailures, r.Baseline.FalseFailures, r.FalseFailureExamples)
 	}
+}
+
+// In virtual time a forming that stops joining is the mesh's gossip
+// holding the news gate, not a starved process: its error says so and
+// does not send the user to --dilation, which a virtual run refuses.
+func TestAVirtualFormingThatStopsJoiningSaysWhy(t *testing.T) {
+	var sent atomic.Uint64
+	busy := func() (uint64, bool) { return sent.Add(1 << 30), true }
+	synctest.Test(t, func(t *testing.T) {
+		c, err := StartCluster(context.Background(), ClusterConfig{Nodes: 5, Profile: "local", Seed: 1, JoinStall: 2 * time.Second,
+			news: busy, VirtualTime: true})
+		if err == nil {
+			c.Stop()
+			t.Fatal("a forming whose joins never started returned a cluster")
+		}
+		if !errors.Is(err, ErrFormingStalled) {
+			t.Fatalf("err = %v, want ErrFormingStalled", err)
+		}
+		t.Log(err)
+		for _, want := range []string{"1 of 5 nodes joined", "none for 2s", "virtual time", "news gate", "fast profile"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+		if strings.Contains(err.Error(), "--dilation") {
+			t.Errorf("error %q sends a virtual run to --dilation", err)
+		}
+		time.Sleep(leakWait)
+		synctest.Wait()
+	})
 }
 
 func TestVirtualTimeTakesNoDilation(t *testing.T) {
