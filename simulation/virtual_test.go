@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -113,24 +111,8 @@ func TestVirtualRun(t *testing.T) {
 // holding the news gate, not a starved process: its error says so and
 // does not send the user to --dilation, which a virtual run refuses.
 func TestAVirtualFormingThatStopsJoiningSaysWhy(t *testing.T) {
-	var sent atomic.Uint64
-	busy := func() (uint64, bool) { return sent.Add(1 << 30), true }
 	synctest.Test(t, func(t *testing.T) {
-		c, err := StartCluster(context.Background(), ClusterConfig{Nodes: 5, Profile: "local", Seed: 1, JoinStall: 2 * time.Second,
-			news: busy, VirtualTime: true})
-		if err == nil {
-			c.Stop()
-			t.Fatal("a forming whose joins never started returned a cluster")
-		}
-		if !errors.Is(err, ErrFormingStalled) {
-			t.Fatalf("err = %v, want ErrFormingStalled", err)
-		}
-		t.Log(err)
-		for _, want := range []string{"1 of 5 nodes joined", "none for 2s", "virtual time", "news gate", "fast profile"} {
-			if !strings.Contains(err.Error(), want) {
-				t.Errorf("error %q does not say %q", err, want)
-			}
-		}
+		err := formStalled(context.Background(), t, true, "virtual time", "news gate", "fast profile")
 		if strings.Contains(err.Error(), "--dilation") {
 			t.Errorf("error %q sends a virtual run to --dilation", err)
 		}
