@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -173,6 +174,9 @@ func benchVirtual(b *testing.B, cfg RunConfig) (*Report, error) {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestVirtualRun$", "-test.count=1", "-test.timeout=0")
 	cmd.Env = append(os.Environ(), virtualJobEnv+"="+path)
+	// A benchmark stopped by its timeout or a signal takes its run along:
+	// the child has no timeout of its own.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
