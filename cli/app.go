@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshagent/agent/agent"
 	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/simulation"
 )
 
 // Exit codes, stable for scripts: one set for every command, listed by
@@ -243,5 +244,10 @@ func versionCommand() *ucli.Command {
 	}
 }
 
-// Main is the body of the binary's main function.
-func Main() { os.Exit(Run(os.Args, os.Stdout, os.Stderr)) }
+// Main is the body of the binary's main function. A process started by
+// `agent simulate` to run in virtual time does that run and exits
+// instead (simulation.RunVirtual).
+func Main() {
+	simulation.ServeVirtualJob()
+	os.Exit(Run(os.Args, os.Stdout, os.Stderr))
+}

@@ -9,16 +9,15 @@ import (
 // Time dilation.
 //
 // Every simulated node is a real memberlist and serf, and their timers are
-// the time package's: they cannot be virtualised outside a test (Go's
-// testing/synctest bubbles exist only inside a test), and a virtual clock
-// that stops while any goroutine works would also make every node's CPU
-// work free, which hides what a large mesh costs. So the simulation
-// dilates time instead: with a dilation of D, every protocol timer (each
-// node's memberlist and serf configuration and heal prober, through
-// gossip.Config.TimeScale), every link delay, every TCP retransmission and
-// every timer of the harness (the fault schedule, the baseline's
-// heartbeats, the placement timeouts) lasts D times longer on the wall
-// clock, and every figure is reported in protocol time (wall time / D).
+// the time package's. A run in virtual time (virtual.go) puts them on a
+// testing/synctest bubble's clock; a run in real time keeps the machine's
+// clock, and then the simulation dilates it: with a dilation of D, every
+// protocol timer (each node's memberlist and serf configuration and heal
+// prober, through gossip.Config.TimeScale), every link delay, every TCP
+// retransmission and every timer of the harness (the fault schedule, the
+// baseline's heartbeats, the placement timeouts) lasts D times longer on
+// the wall clock, and every figure is reported in protocol time (wall time
+// / D).
 //
 // The protocol sees the same sequence of events as at D = 1, only slower;
 // what does not stretch is the CPU time the nodes spend, which is the

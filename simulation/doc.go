@@ -20,11 +20,14 @@
 //     once, measured into a Report, printed by WriteText and drawn by
 //     WriteSVG.
 //
-// memberlist's timers cannot be virtualised outside a test, so time is
-// dilated instead (clock.go): every timer and delay lasts Dilation times
-// longer on the wall clock and the Report is in protocol time, so that a
-// large mesh is not starved of CPU; a machine still short of it makes every
-// node's timers late alike (the Report says how late). The nodes send
+// Time is kept honest two ways, so that a large mesh is not starved of CPU.
+// In virtual time (virtual.go, the default of `agent simulate`) the run
+// happens in a testing/synctest bubble in a child process, whose clock
+// jumps ahead whenever every goroutine waits: no timer is ever late. In
+// real time the run can be dilated (clock.go): every timer and delay lasts
+// Dilation times longer on the wall clock and the Report is in protocol
+// time; a machine still short of CPU makes every node's timers late alike
+// (the Report says how late). The nodes send
 // uncompressed and the network estimates memberlist's compressed bytes
 // (compress.go). A paused node
 // differs from one under SIGSTOP: its traffic is held, but its timers keep

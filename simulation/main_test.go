@@ -24,13 +24,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// leakWait is how long the goroutines of stopped nodes may take to end.
-// A probe in flight when its node shut down still waits out its ack
-// timeout: the probe interval, times memberlist's awareness multiplier
-// when the node was degraded, times the run's dilation. After a 1,000-node
-// benchmark dilated 5 that was more than 15 s.
-const leakWait = 90 * time.Second
-
 // waitGoroutines waits until at most want goroutines run (memberlist's own
 // goroutines end a little after Shutdown returns) and returns the stacks of
 // the rest if they do not.

@@ -41,7 +41,7 @@ type RunConfig struct {
 	// most of a large simulation's CPU.
 	ExactCompression bool
 	// VirtualTime says the caller runs Run inside a testing/synctest
-	// bubble (a test or a benchmark's child process: virtual_test.go):
+	// bubble (RunVirtual's child process, or a test: virtual.go):
 	// the nodes' timers run on the bubble's clock, which jumps ahead
 	// whenever every goroutine waits, so no node is ever late and time
 	// needs no dilation (Dilation must be 0 or 1). The forming is not

@@ -1,74 +1,13 @@
 package simulation
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
 )
-
-// Virtual time.
-//
-// Inside a testing/synctest bubble every timer of every node runs on the
-// bubble's clock, which stands still while any goroutine works and jumps
-// to the next timer once all of them wait. So no node is ever late,
-// whatever the mesh's size: a run costs its CPU and no more, and needs no
-// dilation. A bubble exists only inside a test (synctest.Test takes a
-// *testing.T), so `agent simulate` dilates time instead (clock.go), and
-// the large benchmarks run their scenario in a child process of the test
-// binary, whose TestVirtualRun runs it in a bubble (benchVirtual).
-
-// virtualJobEnv names the job file of TestVirtualRun run as a benchmark's
-// child process.
-const virtualJobEnv = "SIM_VIRTUAL_JOB"
-
-// virtualJob is one run asked of a child process: RunConfig's serialisable
-// fields, and where to write the report.
-type virtualJob struct {
-	Scenario     string        `json:"scenario"`
-	Nodes        int           `json:"nodes"`
-	Seed         int64         `json:"seed"`
-	Profile      string        `json:"profile"`
-	NoHeal       bool          `json:"no_heal"`
-	PartitionFor time.Duration `json:"partition_for"`
-	Out          string        `json:"out"`
-}
-
-func (j virtualJob) config() RunConfig {
-	return RunConfig{Scenario: j.Scenario, Nodes: j.Nodes, Seed: j.Seed, Profile: j.Profile, NoHeal: j.NoHeal,
-		PartitionFor: j.PartitionFor}
-}
-
-// runVirtual runs cfg in virtual time and returns its report, with the
-// wall time the run took.
-func runVirtual(t *testing.T, cfg RunConfig) (*Report, error) {
-	cfg.VirtualTime = true
-	var r *Report
-	var err error
-	start := time.Now()
-	synctest.Test(t, func(*testing.T) {
-		r, err = Run(context.Background(), cfg)
-		// Stopped nodes' goroutines end a little later (a probe in flight
-		// waits out its timeout), and the bubble must see every one end:
-		// its clock runs those timeouts out at once. A goroutine still
-		// blocked after that is a leak, and synctest.Test fails on it.
-		time.Sleep(leakWait)
-		synctest.Wait()
-	})
-	if r != nil {
-		r.WallS = round(time.Since(start).Seconds())
-		r.Baseline.WallS = r.WallS
-	}
-	return r, err
-}
 
 // TestVirtualRun runs a scenario in virtual time. As a benchmark's child
 // process (benchVirtual) it runs the job it was given and writes the
@@ -77,11 +16,11 @@ func runVirtual(t *testing.T, cfg RunConfig) (*Report, error) {
 // (0.15 s on two cores), and its figures keep the bounds the protocols
 // set, as TestDilationKeepsTheOutcome checks for a dilated run.
 func TestVirtualRun(t *testing.T) {
-	if path := os.Getenv(virtualJobEnv); path != "" {
+	if path := os.Getenv(VirtualJobEnv); path != "" {
 		runJob(t, path)
 		return
 	}
-	r, err := runVirtual(t, RunConfig{Scenario: ScenarioCrash, Nodes: 20, Seed: 3, Profile: "fast"})
+	r, err := runVirtual(t, RunConfig{Scenario: ScenarioCrash, Nodes: 20, Seed: 3, Profile: "fast"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,69 +69,9 @@ func TestVirtualTimeTakesNoDilation(t *testing.T) {
 	t.Log(err)
 }
 
-// runJob is TestVirtualRun in a benchmark's child process.
-func runJob(t *testing.T, path string) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var job virtualJob
-	if err := json.Unmarshal(data, &job); err != nil {
-		t.Fatalf("job %s: %v", path, err)
-	}
-	r, err := runVirtual(t, job.config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := json.Marshal(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := job.Out + ".tmp"
-	if err := os.WriteFile(tmp, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, job.Out); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// benchVirtual runs cfg in virtual time, in a child process of the test
-// binary: synctest needs a *testing.T, and a process of its own gives the
-// run its own peak RSS.
+// benchVirtual runs cfg in virtual time in a child process of the test
+// binary, whose TestVirtualRun runs the job (RunVirtual's child is the
+// agent binary instead).
 func benchVirtual(b *testing.B, cfg RunConfig) (*Report, error) {
-	dir := b.TempDir()
-	job := virtualJob{Scenario: cfg.Scenario, Nodes: cfg.Nodes, Seed: cfg.Seed, Profile: cfg.Profile, NoHeal: cfg.NoHeal,
-		PartitionFor: cfg.PartitionFor, Out: filepath.Join(dir, "report.json")}
-	data, err := json.Marshal(job)
-	if err != nil {
-		return nil, err
-	}
-	path := filepath.Join(dir, "job.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestVirtualRun$", "-test.count=1", "-test.timeout=0")
-	cmd.Env = append(os.Environ(), virtualJobEnv+"="+path)
-	// A benchmark stopped by its timeout or a signal takes its run along:
-	// the child has no timeout of its own.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		tail := out.Bytes()
-		if len(tail) > 4000 {
-			tail = tail[len(tail)-4000:]
-		}
-		return nil, fmt.Errorf("the virtual run of %s at %d nodes, seed %d: %v\n%s", cfg.Scenario, cfg.Nodes, cfg.Seed, err, tail)
-	}
-	data, err = os.ReadFile(job.Out)
-	if err != nil {
-		return nil, err
-	}
-	var r Report
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("the virtual run's report: %w", err)
-	}
-	return &r, nil
+	return runVirtualChild(b.Context(), cfg, os.Args[0], "-test.run=^TestVirtualRun$", "-test.count=1", "-test.timeout=0")
 }
