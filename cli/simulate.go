@@ -26,7 +26,7 @@ func simulateCommand() *ucli.Command {
 	}
 	return &ucli.Command{
 		Name:  "simulate",
-		Usage: "run N real gossip nodes in this process over a simulated network with faults, next to a heartbeat baseline",
+		Usage: "run N real gossip nodes in one process over a simulated network with faults, next to a heartbeat baseline",
 		Description: "Every node is a real memberlist and serf. By default (--time virtual) the run's clock is virtual: it\n" +
 			"stands still while any node works and jumps to the next timer once all of them wait (Go's testing/synctest, in a\n" +
 			"child process of this command). No timer is ever late, whatever the mesh's size, and a run costs its CPU only:\n" +
