@@ -59,8 +59,13 @@ type ClusterConfig struct {
 	// ticker, so that a wait shows.
 	Forming func(joined, full int)
 	// JoinStall ends the forming with ErrFormingStalled when no join has
-	// finished for this long, in protocol time (default 60 s, a thousand
-	// times what a join takes when the process keeps up).
+	// finished for this long, in protocol time. The default is 60 s, a
+	// thousand times what a join takes when the process keeps up; in
+	// virtual time, where no process falls behind, a forming without joins
+	// is the news gate waiting on the mesh's gossip, which a slow profile
+	// drains slowly (lan at 950 nodes: more than a minute at its full
+	// gossip rate), so the default there is drainLimit, the wait the run
+	// gives the same gossip once the mesh has formed.
 	JoinStall time.Duration
 	// VirtualTime says the cluster runs inside a testing/synctest bubble
 	// (RunConfig.VirtualTime): its clock waits for the work, so the
@@ -213,6 +218,9 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	}
 	if cfg.JoinStall <= 0 {
 		cfg.JoinStall = 60 * time.Second
+		if cfg.VirtualTime {
+			cfg.JoinStall = drainLimit
+		}
 	}
 	if cfg.ConvergeTimeout <= 0 {
 		cfg.ConvergeTimeout = 60*time.Second + time.Duration(cfg.Nodes)*100*time.Millisecond
@@ -397,7 +405,7 @@ func (c *Cluster) join(ctx context.Context, rng *rand.Rand) error {
 // the mesh's own gossip that held the news gate shut.
 func (c *Cluster) stalled(n int, gate int64) error {
 	if c.cfg.VirtualTime {
-		return fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): in virtual time no node is late, so the mesh's own gossip held the joins, above the news gate (%d packets a second) all that time; with profile %s a mesh of %d nodes does not form this way (docs/scale.md): try fewer nodes or the fast profile",
+		return fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): in virtual time no node is late, so the mesh's own gossip held the joins, above the news gate (%d packets a second) all that time; with profile %s a mesh of %d nodes does not form this way (docs/scale.md): try fewer nodes, the fast profile, or the machine's clock, dilated (--time real)",
 			ErrFormingStalled, n, len(c.names), c.cfg.JoinStall, gate, c.cfg.Profile, len(c.names))
 	}
 	return fmt.Errorf("%w: %d of %d nodes joined, none for %v (protocol time): the process cannot keep up with the gossip of %d nodes at dilation %g; raise the dilation (--dilation), for example to %g",

@@ -52,7 +52,7 @@ func TestVirtualRun(t *testing.T) {
 // does not send the user to --dilation, which a virtual run refuses.
 func TestAVirtualFormingThatStopsJoiningSaysWhy(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		err := formStalled(context.Background(), t, true, "virtual time", "news gate", "fast profile")
+		err := formStalled(context.Background(), t, true, "virtual time", "news gate", "fast profile", "--time real")
 		if strings.Contains(err.Error(), "--dilation") {
 			t.Errorf("error %q sends a virtual run to --dilation", err)
 		}
