@@ -114,6 +114,7 @@ func benchRun(b *testing.B, cfg RunConfig) {
 		add("timer_lag_p99_ms", ptr(r.TimerLagP99MS))
 		if r.PushPullBytes > 0 {
 			add("push_pull_bytes", ptr(r.PushPullBytes))
+			add("push_pulls_per_node_per_s", ptr(r.PushPullsPerNodePerS))
 		}
 		add("converge_s", ptr(r.ConvergeS))
 		add("drain_s", ptr(r.DrainS))

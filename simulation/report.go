@@ -83,9 +83,16 @@ type Report struct {
 	// sent during the schedule; zero with exact compression, or when none
 	// was sent.
 	PushPullBytes float64 `json:"push_pull_bytes,omitempty"`
-	ConvergeS     float64 `json:"converge_s"` // from start until the mesh agreed
-	DrainS        float64 `json:"drain_s"`    // then until it had gossiped its forming (protocol time)
-	LengthS       float64 `json:"length_s"`   // the fault schedule's length, as run
+	// PushPullsPerNodePerS is how many push/pull messages (each exchange
+	// sends two) a node sent a second of the schedule, on average: a
+	// node starts one every PushPullInterval, scaled up with the mesh's
+	// size (memberlist's pushPullScale: 30 s × 6 at 1,000 nodes), so
+	// about 0.011 at 1,000 nodes; more means the nodes' push/pull timers
+	// fell together in the schedule. Zero with exact compression.
+	PushPullsPerNodePerS float64 `json:"push_pulls_per_node_per_s,omitempty"`
+	ConvergeS            float64 `json:"converge_s"` // from start until the mesh agreed
+	DrainS               float64 `json:"drain_s"`    // then until it had gossiped its forming (protocol time)
+	LengthS              float64 `json:"length_s"`   // the fault schedule's length, as run
 	// EndedEarly says the schedule ended once the mesh had healed and
 	// stayed whole for a while (Plan.HealedFor), before its full length.
 	EndedEarly  bool     `json:"ended_early,omitempty"`

@@ -277,6 +277,9 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		r.CompressCPUEstS = round((net.est.compressCPU() - comp0).Seconds())
 		if w, n := net.est.pushPulls(); n > ppCount0 {
 			r.PushPullBytes = math.Round(float64(w-ppWire0) / float64(n-ppCount0))
+			if s := end.Sub(t0).Seconds() * float64(cfg.Nodes); s > 0 {
+				r.PushPullsPerNodePerS = math.Round(float64(n-ppCount0)/s*1e4) / 1e4
+			}
 		}
 	}
 	if s := plan.Length.Seconds() * float64(cfg.Nodes); s > 0 {

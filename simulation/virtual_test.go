@@ -61,6 +61,24 @@ func TestAVirtualFormingThatStopsJoiningSaysWhy(t *testing.T) {
 	})
 }
 
+// A healed partition costs every node a push/pull with the other side
+// (gossip/heal.go), two messages an exchange: the report's push/pull rate
+// counts at least those.
+func TestThePushPullRateCountsTheHealsPushPulls(t *testing.T) {
+	r, err := runVirtual(t, RunConfig{Scenario: ScenarioPartition, Nodes: 20, Seed: 1, Profile: "fast"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.HealS == nil {
+		t.Fatal("the partition did not heal")
+	}
+	msgs := r.PushPullsPerNodePerS * r.LengthS * float64(r.Nodes)
+	t.Logf("%.4f push/pull messages a node a second: %.0f in %.0f s of schedule, %v bytes each", r.PushPullsPerNodePerS, msgs, r.LengthS, r.PushPullBytes)
+	if msgs < float64(2*r.Nodes)*0.9 || r.PushPullBytes <= 0 {
+		t.Errorf("%.0f push/pull messages of %v bytes in the schedule, want at least %d (each node's heal exchange)", msgs, r.PushPullBytes, 2*r.Nodes)
+	}
+}
+
 func TestVirtualTimeTakesNoDilation(t *testing.T) {
 	_, err := Run(context.Background(), RunConfig{Scenario: ScenarioCrash, Nodes: 5, VirtualTime: true, Dilation: 4})
 	if err == nil {
