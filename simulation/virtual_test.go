@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -77,6 +78,44 @@ func TestThePushPullRateCountsTheHealsPushPulls(t *testing.T) {
 	if msgs < float64(2*r.Nodes)*0.9 || r.PushPullBytes <= 0 {
 		t.Errorf("%.0f push/pull messages of %v bytes in the schedule, want at least %d (each node's heal exchange)", msgs, r.PushPullBytes, 2*r.Nodes)
 	}
+}
+
+// A virtual run in a child process (the test binary's TestVirtualRun, as
+// for a benchmark) hands back its report, and its progress as it goes.
+func TestAVirtualRunInAChildReportsAndShowsProgress(t *testing.T) {
+	var mu sync.Mutex
+	phases := map[string]int{}
+	cfg := RunConfig{Scenario: ScenarioCrash, Nodes: 20, Seed: 3, Profile: "fast", Progress: func(p Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		phases[p.Phase]++
+	}}
+	r, err := runVirtualChild(t.Context(), cfg, os.Args[0], "-test.run=^TestVirtualRun$", "-test.count=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("wall %.2f s, progress calls by phase %v", r.WallS, phases)
+	if !r.VirtualTime || r.WallS <= 0 || r.Nodes != 20 || r.DetectionP99 == nil {
+		t.Errorf("report: virtual %v, wall %v s, %d nodes, detection p99 %v: want a virtual run of 20 nodes with its wall time and detection", r.VirtualTime, r.WallS, r.Nodes, fmtSecs(r.DetectionP99))
+	}
+	for _, phase := range []string{"converging", "draining", "running"} {
+		if phases[phase] == 0 {
+			t.Errorf("no progress in phase %q from the child (%v)", phase, phases)
+		}
+	}
+}
+
+// A child's own error (a plan it cannot run) comes back as the error, not
+// as a failed process.
+func TestAVirtualRunInAChildReturnsTheRunsError(t *testing.T) {
+	_, err := runVirtualChild(t.Context(), RunConfig{Scenario: ScenarioCrash, Nodes: 5, Seed: 1, Profile: "fast", PartitionFor: time.Minute},
+		os.Args[0], "-test.run=^TestVirtualRun$", "-test.count=1")
+	if err == nil || strings.Contains(err.Error(), "exit status") {
+		t.Fatalf("err = %v, want the run's own error", err)
+	}
+	t.Log(err)
 }
 
 func TestVirtualTimeTakesNoDilation(t *testing.T) {
