@@ -112,8 +112,8 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		progress = func(Progress) {}
 	}
 	if cfg.VirtualTime {
-		if cfg.Dilation != 0 && cfg.Dilation != 1 {
-			return nil, fmt.Errorf("dilation %v in virtual time: a virtual clock is never late, so leave the dilation at 0", cfg.Dilation)
+		if err := checkVirtualDilation(cfg.Dilation); err != nil {
+			return nil, err
 		}
 		cfg.Dilation = 1
 	}

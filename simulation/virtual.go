@@ -110,14 +110,22 @@ func ServeVirtualJob() {
 	testing.Main(matchAll, []testing.InternalTest{{Name: "VirtualRun", F: func(t *testing.T) { runJob(t, path) }}}, nil, nil)
 }
 
+// checkVirtualDilation refuses a dilation for a virtual run: 0 or 1 only.
+func checkVirtualDilation(d float64) error {
+	if d != 0 && d != 1 {
+		return fmt.Errorf("dilation %v in virtual time: a virtual clock is never late, so leave the dilation at 0", d)
+	}
+	return nil
+}
+
 // runVirtualChild starts name args... with a job for cfg and waits for its
 // result.
 func runVirtualChild(ctx context.Context, cfg RunConfig, name string, args ...string) (*Report, error) {
 	if cfg.Prepare != nil || cfg.Logger != nil {
 		return nil, errors.New("a virtual run happens in a child process: it takes no Prepare or Logger")
 	}
-	if cfg.Dilation != 0 && cfg.Dilation != 1 {
-		return nil, fmt.Errorf("dilation %v in virtual time: a virtual clock is never late, so leave the dilation at 0", cfg.Dilation)
+	if err := checkVirtualDilation(cfg.Dilation); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "agent-simulate-")
 	if err != nil {
