@@ -321,7 +321,7 @@ func healerFor(n *Node) *healer {
 	h.mu.Lock()
 	for _, m := range n.serf.Members() {
 		if _, seen := h.failed[m.Name]; m.Status == serf.StatusFailed && !seen {
-			h.failed[m.Name] = failedMember{m: m, since: now}
+			h.failed[m.Name] = failedMember{p: peerOf(m), since: now}
 		}
 	}
 	h.mu.Unlock()
@@ -494,8 +494,8 @@ func TestTheProberForgetsMembersThatLeftOrWereReaped(t *testing.T) {
 	if left != 0 {
 		t.Errorf("the prober still holds %d failed members after they left or were reaped, want 0", left)
 	}
-	if m, ok, _ := h.pick(now.Add(time.Hour)); ok {
-		t.Errorf("the prober picked %s, which left", m.Name)
+	if p, ok, _ := h.pick(now.Add(time.Hour)); ok {
+		t.Errorf("the prober picked %s, which left", p.name)
 	}
 }
 
@@ -509,5 +509,35 @@ func TestHealLeavesAFreshFailureToItsOwnRefutation(t *testing.T) {
 	}
 	if p := h.pings.Load(); p != 0 {
 		t.Errorf("the prober pinged a member failed for less than its minimum age %d times, want 0", p)
+	}
+}
+
+// pick draws among the members failed for minAge or longer, each alike,
+// and never one failed more recently.
+func TestTheProberPicksEachLongFailedMemberAlike(t *testing.T) {
+	now := time.Now()
+	h := &healer{interval: time.Second, minAge: 10 * time.Second, followUp: healFollowUp,
+		failed: make(map[string]failedMember), lastHeal: now} // following a heal: every round pings
+	for _, name := range []string{"a", "b", "c", "d"} {
+		h.failed[name] = failedMember{p: peer{name: name}, since: now.Add(-time.Minute)}
+	}
+	h.failed["fresh"] = failedMember{p: peer{name: "fresh"}, since: now}
+	const rounds = 4000
+	picked := map[string]int{}
+	for range rounds {
+		p, ok, _ := h.pick(now)
+		if !ok {
+			t.Fatal("the prober picked nobody with four members failed for a minute")
+		}
+		picked[p.name]++
+	}
+	if n := picked["fresh"]; n != 0 {
+		t.Errorf("the prober picked a member failed for 0 s %d times, want 0 (minAge 10 s)", n)
+	}
+	// Each of four: 1,000 expected, a standard deviation of 27.
+	for _, name := range []string{"a", "b", "c", "d"} {
+		if n := picked[name]; n < 850 || n > 1150 {
+			t.Errorf("%s picked %d times of %d, want about %d: %v", name, n, rounds, rounds/4, picked)
+		}
 	}
 }

@@ -419,7 +419,7 @@ func (n *Node) Sync(name string) error {
 		if m.Status != serf.StatusAlive {
 			return fmt.Errorf("cannot sync with %s: it is %s here", name, m.Status)
 		}
-		if err := n.pushPull(m); err != nil {
+		if err := n.pushPull(peerOf(m)); err != nil {
 			return fmt.Errorf("sync with %s: %w", name, joinError(err))
 		}
 		return nil
@@ -427,11 +427,11 @@ func (n *Node) Sync(name string) error {
 	return fmt.Errorf("cannot sync with %s: it is not a member here", name)
 }
 
-// pushPull is memberlist's state exchange with m, addressed by name so
+// pushPull is memberlist's state exchange with p, addressed by name so
 // that another node now at m's address does not answer.
-func (n *Node) pushPull(m serf.Member) error {
-	addr := &net.UDPAddr{IP: m.Addr, Port: int(m.Port)}
-	_, err := n.serf.Memberlist().Join([]string{m.Name + "/" + addr.String()})
+func (n *Node) pushPull(p peer) error {
+	addr := &net.UDPAddr{IP: p.addr, Port: int(p.port)}
+	_, err := n.serf.Memberlist().Join([]string{p.name + "/" + addr.String()})
 	return err
 }
 
