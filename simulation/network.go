@@ -60,6 +60,26 @@ type NetworkConfig struct {
 	// then estimates the bytes memberlist's compression would have sent
 	// (compress.go). Off, bytes are counted as sent.
 	EstimateCompression bool
+	// Tick, when positive, rounds every arrival (a packet, a stream's
+	// bytes, a connection's handshake) up to a multiple of it, adding up
+	// to a tick to each latency. It is for virtual time (testing/synctest):
+	// there the clock stops at every instant a timer is due and runs only
+	// what is due then, so arrivals at distinct nanoseconds make the mesh
+	// handle its packets one at a time, on one core. With a tick, the
+	// packets of one tick arrive together and their nodes handle them in
+	// parallel (virtualTick).
+	Tick time.Duration
+}
+
+// onTick rounds t up to the network's tick.
+func (n *Network) onTick(t time.Time) time.Time {
+	if n.cfg.Tick <= 0 {
+		return t
+	}
+	if up := t.Truncate(n.cfg.Tick); up.Before(t) {
+		return up.Add(n.cfg.Tick)
+	}
+	return t
 }
 
 // ErrUnknownHost is returned by fault methods for a host never attached.
@@ -126,6 +146,9 @@ func NewNetwork(cfg NetworkConfig) (*Network, error) {
 	}
 	if err := checkDilation(cfg.Dilation); err != nil {
 		return nil, err
+	}
+	if cfg.Tick < 0 {
+		return nil, fmt.Errorf("a network tick of %v: give 0 (none) or a positive duration, e.g. 1ms", cfg.Tick)
 	}
 	n := &Network{cfg: cfg, byName: make(map[string]*host), clk: newClock(cfg.Dilation)}
 	if cfg.EstimateCompression {
@@ -714,7 +737,7 @@ func (n *Network) route(p *inflight, now time.Time) bool {
 		p.src.c.dropped.Add(1)
 		return false
 	}
-	p.at = now.Add(n.clk.wall(l.latency(jitter)))
+	p.at = n.onTick(now.Add(n.clk.wall(l.latency(jitter))))
 	if p.at.Before(p.notBefore) {
 		p.at = p.notBefore
 	}

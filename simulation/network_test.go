@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -127,6 +129,56 @@ func TestDelayAndJitterBoundArrival(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Fatal("packet never arrived")
 		}
+	}
+}
+
+// In virtual time a tick makes the packets of one tick arrive at one
+// instant: each lands on the first tick at or after its latency, in the
+// order sent.
+func TestATickLandsEachArrivalOnTheNextTick(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const tick = time.Millisecond
+		link := Link{Delay: 500 * time.Microsecond, Jitter: time.Millisecond}
+		_, ep := testNet(t, NetworkConfig{Seed: 1, Link: link, Tick: tick})
+		const n = 40
+		sent := make([]time.Time, n)
+		for i := range n {
+			sent[i], _ = ep["a"].WriteTo([]byte{byte(i)}, ep["b"].Addr())
+			time.Sleep(137 * time.Microsecond) // sends at odd instants
+		}
+		arrivals := map[time.Time]int{}
+		var lastAt time.Time
+		lastK := -1
+		for i := range n {
+			select {
+			case p := <-ep["b"].PacketCh():
+				at, k := p.Timestamp, int(p.Buf[0])
+				if at.Equal(lastAt) && k < lastK {
+					t.Errorf("packet %d arrived after packet %d at the same instant: want the order sent", k, lastK)
+				}
+				lastAt, lastK = at, k
+				if !at.Equal(at.Truncate(tick)) {
+					t.Errorf("packet %d arrived at %v, off a %v tick", k, at.Format(time.StampMicro), tick)
+				}
+				if d := at.Sub(sent[k]); d < link.Delay || d >= link.Delay+link.Jitter+tick {
+					t.Errorf("packet %d took %v, want %v to %v", k, d, link.Delay, link.Delay+link.Jitter+tick)
+				}
+				arrivals[at]++
+			case <-time.After(time.Second):
+				t.Fatalf("%d of %d packets arrived", i, n)
+			}
+		}
+		// 40 packets 137 µs apart span 5.5 ms: about 7 ticks, not 40 instants.
+		if len(arrivals) > 12 {
+			t.Errorf("%d packets arrived at %d distinct instants, want a dozen ticks at most", n, len(arrivals))
+		}
+	})
+}
+
+func TestANegativeTickIsRefused(t *testing.T) {
+	_, err := NewNetwork(NetworkConfig{Tick: -time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "-1ms") || !strings.Contains(err.Error(), "1ms") {
+		t.Errorf("NewNetwork with a tick of -1ms: %v, want an error naming the value and the fix", err)
 	}
 }
 

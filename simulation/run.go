@@ -125,7 +125,11 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	mem := &memoryPeak{}
 	mem.sample()
 
-	net, err := NewNetwork(NetworkConfig{Seed: cfg.Seed, Dilation: cfg.Dilation, EstimateCompression: !cfg.ExactCompression})
+	ncfg := NetworkConfig{Seed: cfg.Seed, Dilation: cfg.Dilation, EstimateCompression: !cfg.ExactCompression}
+	if cfg.VirtualTime {
+		ncfg.Tick = virtualTick
+	}
+	net, err := NewNetwork(ncfg)
 	if err != nil {
 		return nil, err
 	}

@@ -51,7 +51,7 @@ func (e *Endpoint) DialAddressTimeout(a gossip.Address, timeout time.Duration) (
 			l1, j1 := e.host.draw()
 			l2, j2 := e.host.draw()
 			if l1 >= fwd.Loss && l2 >= back.Loss {
-				connected := time.Now().Add(e.net.clk.wall(fwd.latency(j1) + back.latency(j2)))
+				connected := e.net.onTick(time.Now().Add(e.net.clk.wall(fwd.latency(j1) + back.latency(j2))))
 				if connected.After(deadline) {
 					e.sleepUntil(deadline)
 					return nil, opErr(os.ErrDeadlineExceeded)
@@ -167,6 +167,7 @@ func (p *pipe) write(b []byte) {
 		arrival = arrival.Add(rto)
 		loss, _ = p.from.host.draw()
 	}
+	arrival = p.net.onTick(arrival)
 	p.from.c.bytesSent.Add(uint64(len(b)))
 	p.from.c.streamSent.Add(uint64(len(b)))
 	w := uint64(math.Round(p.net.est.stream(b)))
