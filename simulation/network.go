@@ -105,6 +105,7 @@ type Network struct {
 	// news counts the gossip packets sent (newsPacket), opaque the
 	// packets it could not read (compressed or encrypted).
 	news, opaque atomic.Uint64
+	queueFull    atomic.Uint64 // packets dropped at a full receive queue
 	// changed is closed (and replaced) on every fault change, waking
 	// streams and dials that wait for a path to come back.
 	changed atomic.Pointer[chan struct{}]
@@ -774,8 +775,13 @@ func (n *Network) arrive(p *inflight) {
 		p.dst.c.bytesRecv.Add(uint64(len(p.buf)))
 	default:
 		p.src.c.dropped.Add(1) // the receiver's queue is full
+		n.queueFull.Add(1)
 	}
 }
+
+// FullQueueDrops counts the packets dropped so far because their
+// receiver's queue was full: a node that did not keep up with its traffic.
+func (n *Network) FullQueueDrops() uint64 { return n.queueFull.Load() }
 
 // PacketCh delivers the packets that reach this endpoint.
 func (e *Endpoint) PacketCh() <-chan *gossip.Packet { return e.packetCh }

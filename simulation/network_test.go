@@ -183,7 +183,7 @@ func TestANegativeTickIsRefused(t *testing.T) {
 }
 
 func TestAFullQueueDropsAndNeverBlocksTheSender(t *testing.T) {
-	_, ep := testNet(t, NetworkConfig{Seed: 1, QueueLen: 4, Link: Link{Delay: time.Microsecond}})
+	n, ep := testNet(t, NetworkConfig{Seed: 1, QueueLen: 4, Link: Link{Delay: time.Microsecond}})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -205,6 +205,9 @@ func TestAFullQueueDropsAndNeverBlocksTheSender(t *testing.T) {
 	}
 	if got := len(ep["b"].PacketCh()); got != 4 {
 		t.Fatalf("queue holds %d packets, want 4", got)
+	}
+	if got := n.FullQueueDrops(); got != 196 {
+		t.Errorf("the network counts %d packets dropped at a full queue, want 196", got)
 	}
 }
 

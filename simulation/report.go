@@ -90,9 +90,15 @@ type Report struct {
 	// about 0.011 at 1,000 nodes; more means the nodes' push/pull timers
 	// fell together in the schedule. Zero with exact compression.
 	PushPullsPerNodePerS float64 `json:"push_pulls_per_node_per_s,omitempty"`
-	ConvergeS            float64 `json:"converge_s"` // from start until the mesh agreed
-	DrainS               float64 `json:"drain_s"`    // then until it had gossiped its forming (protocol time)
-	LengthS              float64 `json:"length_s"`   // the fault schedule's length, as run
+	// FullQueueDrops counts the packets of the schedule dropped because the
+	// receiver's queue (NetworkConfig.QueueLen) was full, as a socket
+	// buffer drops them; FullQueueDropsForming those of the forming and
+	// the drain before it.
+	FullQueueDrops        uint64  `json:"full_queue_drops"`
+	FullQueueDropsForming uint64  `json:"full_queue_drops_forming"`
+	ConvergeS             float64 `json:"converge_s"` // from start until the mesh agreed
+	DrainS                float64 `json:"drain_s"`    // then until it had gossiped its forming (protocol time)
+	LengthS               float64 `json:"length_s"`   // the fault schedule's length, as run
 	// EndedEarly says the schedule ended once the mesh had healed and
 	// stayed whole for a while (Plan.HealedFor), before its full length.
 	EndedEarly  bool     `json:"ended_early,omitempty"`
@@ -228,6 +234,10 @@ func WriteText(w io.Writer, r *Report) error {
 	fmt.Fprintf(&b, ": %.2f ms per node per second\n", r.CPUMSPerNodePerS)
 	if r.CompressionEstimated {
 		fmt.Fprintf(&b, "bytes: memberlist's compression estimated from a sample (compressed/sent %.2f)\n", r.CompressionRatio)
+	}
+	if r.FullQueueDrops+r.FullQueueDropsForming > 0 {
+		fmt.Fprintf(&b, "packets dropped at a full receive queue: %d while forming, %d during the schedule\n",
+			r.FullQueueDropsForming, r.FullQueueDrops)
 	}
 	if len(r.Faults) > 0 {
 		parts := make([]string, len(r.Faults))

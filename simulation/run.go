@@ -184,6 +184,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	rec := newRecorder(plan, cluster, base)
 	cpu0, comp0 := processCPU(), net.est.compressCPU()
 	ppWire0, ppCount0 := net.est.pushPulls()
+	qFull0 := net.FullQueueDrops()
 	rec.begin(clk.now())
 	var w watcher = rec
 	cluster.watch.Store(&w)
@@ -274,6 +275,8 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	r.PeakGoMemMB = round(float64(mem.peak) / (1 << 20))
 	r.PeakRSSMB = peakRSS()
 	r.CPUS = round((processCPU() - cpu0).Seconds())
+	r.FullQueueDropsForming = qFull0
+	r.FullQueueDrops = net.FullQueueDrops() - qFull0
 	if net.estimating() {
 		r.CompressionEstimated = true
 		r.CompressionRatio, _ = net.est.ratios()

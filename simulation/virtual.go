@@ -37,7 +37,7 @@ import (
 
 // virtualTick is the network's tick in virtual time (NetworkConfig.Tick).
 // Without it the mesh's packets arrived at distinct nanoseconds and the
-// bubble ran their handlers one at a time: a 500-node partition kept 1.52
+// bubble ran their handlers one at a time: a 500-node partition kept 1.53
 // of the 2 cores busy and took 228 s; with 1 ms, 1.89 cores and 161 s (5
 // ms: 148 s). 1 ms is the scale of the default link's own jitter: it adds
 // 0.5 ms to the mean one-way latency of 1 ms, against probe timeouts of
