@@ -45,7 +45,7 @@ scale: ## opt-in: the simulation at 300 and 1,000 nodes in virtual time (SCALE=2
 # build` finds it in the main package's directory), as is the simulation
 # at scale above. It is the CPU profile of the mesh's own work; regenerate
 # it when the gossip code or its libraries change.
-pgo: ## regenerate default.pgo, the profile the agent is built with, from a 500-node partition and crash (about 4 minutes)
+pgo: ## regenerate default.pgo, the profile the agent is built with, from a 500-node partition and crash (about 3 minutes)
 	GO=$(GO) ./scripts/pgo.sh
 
 demo: build ## start a 3-agent mesh on loopback; Ctrl-C (or DURATION=30s) stops it

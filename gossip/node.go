@@ -428,7 +428,7 @@ func (n *Node) Sync(name string) error {
 }
 
 // pushPull is memberlist's state exchange with p, addressed by name so
-// that another node now at m's address does not answer.
+// that another node now at p's address does not answer.
 func (n *Node) pushPull(p peer) error {
 	addr := &net.UDPAddr{IP: p.addr, Port: int(p.port)}
 	_, err := n.serf.Memberlist().Join([]string{p.name + "/" + addr.String()})

@@ -4,7 +4,7 @@
 # package's directory). The profile is the mesh's own work: a partition
 # and a crash of NODES nodes (default 500) in virtual time, running the
 # production gossip code (memberlist, serf, msgpack) that a real agent
-# runs. About 5 minutes on 2 cores.
+# runs. About 3 minutes on 2 cores.
 set -eu
 cd "$(dirname "$0")/.."
 GO=${GO:-go}

@@ -88,3 +88,24 @@ func TestTheTextSummaryPutsBothDetectorsSideBySide(t *testing.T) {
 		}
 	}
 }
+
+// Packets lost at a full receive queue are a node that did not keep up:
+// the summary says so when there were any, and is silent when none.
+func TestTheTextSummaryNamesPacketsDroppedAtAFullQueue(t *testing.T) {
+	var quiet bytes.Buffer
+	if err := WriteText(&quiet, sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(quiet.String(), "full receive queue") {
+		t.Errorf("a run without drops at a full queue mentions them:\n%s", quiet.String())
+	}
+	r := sampleReport()
+	r.FullQueueDropsForming, r.FullQueueDrops = 12, 3
+	var buf bytes.Buffer
+	if err := WriteText(&buf, r); err != nil {
+		t.Fatal(err)
+	}
+	if want := "packets dropped at a full receive queue: 12 while forming, 3 during the schedule"; !strings.Contains(buf.String(), want) {
+		t.Errorf("the summary does not say %q:\n%s", want, buf.String())
+	}
+}
