@@ -508,14 +508,42 @@ func (c *Cluster) converge(ctx context.Context, rng *rand.Rand) error {
 			}
 		}
 		sort.Slice(lagging, func(a, b int) bool { return lagging[a].alive < lagging[b].alive })
-		lagging = lagging[:min(len(lagging), perRound)]
-		c.log.Debug("repairing views", "nodes", len(lagging))
-		c.parallel(len(lagging), func(k int) {
-			if pace.wait(ctx) == nil {
-				c.nodes[lagging[k].node].Join([]string{c.eps[rng2(rng, len(c.nodes))].Addr()}, false)
-			}
+		nodes := make([]int, min(len(lagging), perRound))
+		for k := range nodes {
+			nodes[k] = lagging[k].node
+		}
+		c.log.Debug("repairing views", "nodes", len(nodes))
+		c.repair(ctx, pace, nodes, func(i int) {
+			c.nodes[i].Join([]string{c.eps[rng2(rng, len(c.nodes))].Addr()}, false)
 		})
 	}
+}
+
+// repair has each of nodes join one more node (join), each once the pacer
+// lets it, and returns when all have or when the mesh agrees, whichever
+// comes first. The pacer can hold a round for a long time while the
+// forming's gossip drains, and that gossip often completes the lagging
+// views by itself. A round that waited for all its repairs hid the
+// agreement until the gate opened: a 2,000-node forming had every view
+// full for 3.8 minutes of wall time before its round's repairs went
+// through and converge returned.
+func (c *Cluster) repair(ctx context.Context, pace *pacer, nodes []int, join func(node int)) {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if c.WaitAgreement(rctx) == nil {
+			cancel()
+		}
+	}()
+	c.parallel(len(nodes), func(k int) {
+		if pace.wait(rctx) == nil {
+			join(nodes[k])
+		}
+	})
+	cancel()
+	<-watched
 }
 
 var rngMu sync.Mutex

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/meshagent/agent/gossip"
@@ -361,4 +362,58 @@ func TestDisagreementNamesTheViewsThatDiffer(t *testing.T) {
 	if got != want {
 		t.Errorf("disagreement:\n%s\nwant:\n%s", got, want)
 	}
+}
+
+// A repair round whose repairs wait on a shut news gate ends as soon as the
+// mesh agrees by its own gossip, without repairing; with the gate open, its
+// repairs run.
+func TestARepairRoundEndsWhenTheMeshAgreesWhileItsRepairsWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		now := time.Now()
+		c := &Cluster{names: []string{"node-0", "node-1"}, counted: []bool{true, true}, live: 2,
+			keys: []uint64{1, 2}, expCount: 2, expHash: 1 | 2, cfg: ClusterConfig{JoinParallel: 4}}
+		c.views = []*view{{status: make([]gossip.Status, 2)}, {status: make([]gossip.Status, 2)}}
+		c.setStatus(now, 0, 0, gossip.StatusAlive)
+		c.setStatus(now, 0, 1, gossip.StatusAlive)
+		c.setStatus(now, 1, 1, gossip.StatusAlive) // node-1 does not see node-0 yet
+
+		var sent atomic.Uint64
+		shut := startPacer(newClock(1), func() (uint64, bool) { return sent.Add(1 << 30), true })
+		defer shut.stop()
+		var joins atomic.Int32
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.repair(context.Background(), shut, []int{1}, func(int) { joins.Add(1) })
+		}()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		select {
+		case <-done:
+			t.Fatal("the round ended while the views differed and its repair still waited on the gate")
+		default:
+		}
+		c.setStatus(time.Now(), 1, 0, gossip.StatusAlive) // the gossip reaches node-1: one view
+		time.Sleep(time.Second)
+		synctest.Wait()
+		select {
+		case <-done:
+		default:
+			t.Fatal("the round still waited a second after the mesh agreed")
+		}
+		if n := joins.Load(); n != 0 {
+			t.Errorf("%d repairs ran through a shut gate", n)
+		}
+
+		c.setStatus(time.Now(), 1, 0, gossip.StatusFailed)
+		open := startPacer(newClock(1), func() (uint64, bool) { return 0, true })
+		defer open.stop()
+		c.repair(context.Background(), open, []int{1}, func(int) {
+			joins.Add(1)
+			c.setStatus(time.Now(), 1, 0, gossip.StatusAlive)
+		})
+		if n := joins.Load(); n != 1 {
+			t.Errorf("with the gate open, %d repairs ran, want 1", n)
+		}
+	})
 }
