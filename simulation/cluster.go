@@ -136,9 +136,8 @@ const gcPercent = 400
 // A memory limit keeps the heap from growing past what the mesh needs: near
 // it the collector works harder instead (a 1000-node mesh was killed at 24
 // GiB without one). Each node keeps every other's state in memberlist and
-// serf, 1 to 2 KB a pair (320 MB for 400 nodes, queued news included), so the limit is memBase plus memPerNode a node
-// (3.4 GiB at 1,000 nodes, 5.9 GiB at 2,000), and never more than half the
-// machine.
+// serf, 1 to 2 KB a pair (320 MB for 400 nodes, queued news included), so
+// the limit is memoryLimit's.
 var gcBoost struct {
 	mu        sync.Mutex
 	users     int
@@ -147,9 +146,29 @@ var gcBoost struct {
 }
 
 const (
-	memBase    = 1 << 30
-	memPerNode = 5 << 19 // 2.5 MiB
+	memBase     = 1 << 30
+	memPerNode  = 5 << 19       // 2.5 MiB
+	memPerLarge = 34 << 20 / 10 // 3.4 MiB
 )
+
+// memoryLimit is the heap limit for a mesh of nodes: memBase plus memPerNode
+// a node (3.44 GiB at 1,000 nodes), or memPerLarge a node where that is
+// more (from 1,138 nodes on; 6.64 GiB at 2,000); never more than prev, the
+// limit the process had, nor half the machine's memory (physical; 0 when
+// unknown). The live state grows with the square of the nodes, and the
+// memory a run may take (docs/scale.md: 4 GB at 1,000 nodes, 8 GB at
+// 2,000) only with the nodes, so at 2,000 the first rule left the
+// collector little room above the live heap: the crash of seed 1 took
+// 3,700 s of CPU with a peak of 6.7 GB, and 3,118 s with 7.5 GB under
+// memPerLarge. Its peak RSS rose 0.3 GiB above the limit, which is why
+// memPerLarge stays under the 3.8 MiB a node of that budget.
+func memoryLimit(nodes int, prev, physical int64) int64 {
+	limit := min(prev, max(int64(memBase+nodes*memPerNode), int64(nodes)*memPerLarge))
+	if physical > 0 {
+		limit = min(limit, physical/2)
+	}
+	return limit
+}
 
 func raiseGCPercent(percent, nodes int) (release func()) {
 	if os.Getenv("GOGC") != "" {
@@ -161,11 +180,7 @@ func raiseGCPercent(percent, nodes int) (release func()) {
 		gcBoost.prev = debug.SetGCPercent(percent)
 		gcBoost.prevLimit = debug.SetMemoryLimit(-1)
 		if os.Getenv("GOMEMLIMIT") == "" {
-			limit := min(gcBoost.prevLimit, int64(memBase+nodes*memPerNode))
-			if total := physicalMemory(); total > 0 {
-				limit = min(limit, total/2)
-			}
-			debug.SetMemoryLimit(limit)
+			debug.SetMemoryLimit(memoryLimit(nodes, gcBoost.prevLimit, physicalMemory()))
 		}
 	}
 	gcBoost.users++

@@ -3,6 +3,7 @@ package simulation
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -416,4 +417,30 @@ func TestARepairRoundEndsWhenTheMeshAgreesWhileItsRepairsWait(t *testing.T) {
 			t.Errorf("with the gate open, %d repairs ran, want 1", n)
 		}
 	})
+}
+
+func TestTheMemoryLimitGrowsWithTheMeshWithinItsBounds(t *testing.T) {
+	const gib = 1 << 30
+	none := int64(math.MaxInt64)
+	for _, c := range []struct {
+		nodes          int
+		prev, physical int64
+		want           int64
+	}{
+		{100, none, 0, memBase + 100*memPerNode},
+		{1000, none, 0, memBase + 1000*memPerNode}, // 3.44 GiB
+		{1137, none, 0, memBase + 1137*memPerNode},
+		{1138, none, 0, 1138 * memPerLarge},
+		{2000, none, 0, 2000 * memPerLarge}, // 6.64 GiB
+		{2000, 4 * gib, 0, 4 * gib},         // GOMEMLIMIT or the caller's limit is lower
+		{2000, none, 8 * gib, 4 * gib},      // half the machine
+	} {
+		if got := memoryLimit(c.nodes, c.prev, c.physical); got != c.want {
+			t.Errorf("memoryLimit(%d, %d, %d) = %.2f GiB, want %.2f GiB", c.nodes, c.prev, c.physical,
+				float64(got)/gib, float64(c.want)/gib)
+		}
+	}
+	if got := float64(memoryLimit(2000, none, 0)) / gib; got < 6.6 || got > 6.7 {
+		t.Errorf("at 2,000 nodes the limit is %.2f GiB, want 6.64", got)
+	}
 }
