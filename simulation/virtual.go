@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -247,6 +248,11 @@ func runVirtual(t *testing.T, cfg RunConfig, done func(*Report, error)) (*Report
 	return r, err
 }
 
+// hugePageScan is how often a child looks for new heap arenas to advise
+// huge pages for (adviseHugePages): a large run maps one every few seconds
+// while its mesh forms, and reading /proc/self/maps takes microseconds.
+const hugePageScan = 100 * time.Millisecond
+
 // runJob is a child process's test: it runs the job in path and writes
 // its result.
 func runJob(t *testing.T, path string) {
@@ -265,6 +271,10 @@ func runJob(t *testing.T, path string) {
 		enc := json.NewEncoder(w)
 		cfg.Progress = func(p Progress) { _ = enc.Encode(p) } // a parent gone is Pdeathsig's to handle
 	}
+	// The process is the run's alone: its heap may have huge pages, as
+	// much of it as the run's memory limit (StartCluster's) allows.
+	stop := adviseHugePages(memoryLimit(cfg.Nodes, debug.SetMemoryLimit(-1), physicalMemory()), hugePageScan)
+	defer stop()
 	var writeErr error
 	runVirtual(t, cfg, func(r *Report, err error) {
 		res := virtualResult{Report: r}

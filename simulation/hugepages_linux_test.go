@@ -1,0 +1,106 @@
+package simulation
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+// smapsFlags returns the VmFlags of the mapping that holds addr, from
+// /proc/self/smaps.
+func smapsFlags(t *testing.T, addr uintptr) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for line := range strings.Lines(string(data)) {
+		if f := strings.Fields(line); len(f) > 0 && !strings.HasSuffix(f[0], ":") {
+			if m := largeAnonymous([]byte(line), 0); len(m) == 1 {
+				in = m[0].start <= addr && addr < m[0].end
+			} else {
+				in = false
+			}
+		}
+		if in && strings.HasPrefix(line, "VmFlags:") {
+			return strings.Fields(strings.TrimPrefix(line, "VmFlags:"))
+		}
+	}
+	t.Fatalf("no anonymous mapping holds %#x in /proc/self/smaps", addr)
+	return nil
+}
+
+// peakMiB is the process's peak resident memory since resetPeakRSS.
+func peakMiB(t *testing.T) float64 {
+	t.Helper()
+	p := peakRSS()
+	if p == nil {
+		t.Fatal("no VmHWM in /proc/self/status")
+	}
+	return *p
+}
+
+func TestAdviseHugePagesAdvisesLargeMappingsAndReservesNoMemory(t *testing.T) {
+	if _, err := os.Stat("/sys/kernel/mm/transparent_hugepage/enabled"); err != nil {
+		t.Skipf("this kernel has no transparent huge pages (%v): madvise would refuse the advice", err)
+	}
+	// Mappings large enough for huge pages, made before and after the
+	// first scan, and one too small.
+	before, err := syscall.Mmap(-1, 0, 4*hugeMapping, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(before)
+	// MAP_NORESERVE keeps the kernel from merging it with a neighbour.
+	small, err := syscall.Mmap(-1, 0, hugeMapping/2, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE|syscall.MAP_NORESERVE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(small)
+
+	resetPeakRSS()
+	rss := peakMiB(t)
+	const reserve = 1 << 30
+	stop := adviseHugePages(reserve, 10*time.Millisecond)
+	defer stop()
+	// The reserve is address space: the heap grew by a GiB, the memory did
+	// not, not even for a moment.
+	if grew := peakMiB(t) - rss; grew > 64 {
+		t.Errorf("reserving %d MiB of heap took %.0f MiB of memory: the reserve must not be touched", reserve>>20, grew)
+	}
+	if flags := smapsFlags(t, uintptr(unsafe.Pointer(&before[0]))); !contains(flags, "hg") {
+		t.Errorf("a %d MiB anonymous mapping has VmFlags %v after the first scan, want hg (huge pages advised)", len(before)>>20, flags)
+	}
+	if flags := smapsFlags(t, uintptr(unsafe.Pointer(&small[0]))); contains(flags, "hg") {
+		t.Errorf("a %d KiB mapping, too small for a huge page, was advised: VmFlags %v", len(small)>>10, flags)
+	}
+
+	after, err := syscall.Mmap(-1, 0, hugeMapping, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(after)
+	addr := uintptr(unsafe.Pointer(&after[0]))
+	deadline := time.Now().Add(10 * time.Second)
+	for !contains(smapsFlags(t, addr), "hg") {
+		if time.Now().After(deadline) {
+			t.Fatalf("a mapping made after the first scan was not advised within 10 s (the scan runs every 10 ms): VmFlags %v", smapsFlags(t, addr))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	stop() // a second stop is harmless
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
