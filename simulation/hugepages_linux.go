@@ -4,6 +4,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -35,14 +36,15 @@ import (
 // and advised while it is still empty: the run then allocates from it.
 // reserve is the run's memory limit, which it does not outgrow; an arena
 // mapped past it is advised within an interval, its pages already
-// faulted in staying small.
+// faulted in staying small. Where the kernel counts address space as
+// memory (vm.overcommit_memory 2), nothing is reserved: there the
+// reserve could fail a small run that would fit.
 func adviseHugePages(reserve int64, interval time.Duration) (stop func()) {
-	if reserve > 0 {
+	if reserve > 0 && !strictOvercommit() {
 		runtime.KeepAlive(make([]byte, reserve))
 		debug.FreeOSMemory()
 	}
-	advised := make(map[mapping]bool)
-	adviseMappings(advised)
+	advised := adviseMappings(nil)
 	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -53,7 +55,7 @@ func adviseHugePages(reserve int64, interval time.Duration) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				adviseMappings(advised)
+				advised = adviseMappings(advised)
 			}
 		}
 	}()
@@ -69,20 +71,29 @@ func adviseHugePages(reserve int64, interval time.Duration) (stop func()) {
 const hugeMapping = 2 << 20
 
 // adviseMappings advises each large anonymous mapping not in advised, and
-// adds it there. A mapping that grows or merges with a neighbour is a new
-// one, advised again; the calls are idempotent.
-func adviseMappings(advised map[mapping]bool) {
+// returns the mappings there are now. A mapping that grows or merges with
+// a neighbour is a new one, advised again; the advice is idempotent.
+func adviseMappings(advised map[mapping]bool) map[mapping]bool {
 	maps, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
-		return
+		return advised
 	}
+	now := make(map[mapping]bool, len(advised))
 	for _, m := range largeAnonymous(maps, hugeMapping) {
+		now[m] = true
 		if advised[m] {
 			continue
 		}
-		advised[m] = true
 		// An error (EINVAL on a kernel without transparent huge pages, or a
 		// mapping gone since the read) leaves the pages as they were.
 		_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, m.start, m.end-m.start, syscall.MADV_HUGEPAGE)
 	}
+	return now
+}
+
+// strictOvercommit tells whether the kernel refuses address space beyond
+// its commit limit (vm.overcommit_memory 2; proc(5)).
+func strictOvercommit() bool {
+	mode, err := os.ReadFile("/proc/sys/vm/overcommit_memory")
+	return err == nil && strings.TrimSpace(string(mode)) == "2"
 }
