@@ -2,6 +2,7 @@ package simulation
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,10 +73,10 @@ func TestAdviseHugePagesAdvisesLargeMappingsAndReservesNoMemory(t *testing.T) {
 	if grew := peakMiB(t) - rss; grew > 64 {
 		t.Errorf("reserving %d MiB of heap took %.0f MiB of memory: the reserve must not be touched", reserve>>20, grew)
 	}
-	if flags := smapsFlags(t, uintptr(unsafe.Pointer(&before[0]))); !contains(flags, "hg") {
+	if flags := smapsFlags(t, uintptr(unsafe.Pointer(&before[0]))); !slices.Contains(flags, "hg") {
 		t.Errorf("a %d MiB anonymous mapping has VmFlags %v after the first scan, want hg (huge pages advised)", len(before)>>20, flags)
 	}
-	if flags := smapsFlags(t, uintptr(unsafe.Pointer(&small[0]))); contains(flags, "hg") {
+	if flags := smapsFlags(t, uintptr(unsafe.Pointer(&small[0]))); slices.Contains(flags, "hg") {
 		t.Errorf("a %d KiB mapping, too small for a huge page, was advised: VmFlags %v", len(small)>>10, flags)
 	}
 
@@ -86,7 +87,7 @@ func TestAdviseHugePagesAdvisesLargeMappingsAndReservesNoMemory(t *testing.T) {
 	defer syscall.Munmap(after)
 	addr := uintptr(unsafe.Pointer(&after[0]))
 	deadline := time.Now().Add(10 * time.Second)
-	for !contains(smapsFlags(t, addr), "hg") {
+	for !slices.Contains(smapsFlags(t, addr), "hg") {
 		if time.Now().After(deadline) {
 			t.Fatalf("a mapping made after the first scan was not advised within 10 s (the scan runs every 10 ms): VmFlags %v", smapsFlags(t, addr))
 		}
@@ -94,13 +95,4 @@ func TestAdviseHugePagesAdvisesLargeMappingsAndReservesNoMemory(t *testing.T) {
 	}
 	stop()
 	stop() // a second stop is harmless
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -248,9 +248,9 @@ func runVirtual(t *testing.T, cfg RunConfig, done func(*Report, error)) (*Report
 	return r, err
 }
 
-// hugePageScan is how often a child looks for new heap arenas to advise
-// huge pages for (adviseHugePages): a large run maps one every few seconds
-// while its mesh forms, and reading /proc/self/maps takes microseconds.
+// hugePageScan is how often a child looks for new mappings to advise huge
+// pages for (adviseHugePages): a run that outgrows its reserve maps a heap
+// arena every few seconds, and reading /proc/self/maps takes microseconds.
 const hugePageScan = 100 * time.Millisecond
 
 // runJob is a child process's test: it runs the job in path and writes
