@@ -31,8 +31,9 @@ import (
 // The kernel gives a huge page to a fault only in a 2 MiB range with no
 // page yet, and a run touches a new arena within milliseconds of mapping
 // it, before any scan could advise it. So the heap is first grown by
-// reserve bytes of address space, with no memory behind it (a fresh large
-// allocation is neither zeroed nor touched), given back to the kernel,
+// reserve bytes of address space, with no memory behind it (a large
+// allocation from fresh or given-back pages is neither zeroed nor
+// touched), given back to the kernel,
 // and advised while it is still empty: the run then allocates from it.
 // reserve is the run's memory limit, which it does not outgrow; an arena
 // mapped past it is advised within an interval, its pages already
@@ -41,6 +42,12 @@ import (
 // reserve could fail a small run that would fit.
 func adviseHugePages(reserve int64, interval time.Duration) (stop func()) {
 	if reserve > 0 && !strictOvercommit() {
+		// The runtime zeroes a large allocation made from free heap pages
+		// unless every one of them is back with the kernel (a page given
+		// back reads as zero), so the free heap is given back first:
+		// otherwise one page still held there would have the whole
+		// reserve written with zeroes.
+		debug.FreeOSMemory()
 		runtime.KeepAlive(make([]byte, reserve))
 		debug.FreeOSMemory()
 	}
