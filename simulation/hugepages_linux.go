@@ -42,13 +42,8 @@ import (
 // reserve could fail a small run that would fit.
 func adviseHugePages(reserve int64, interval time.Duration) (stop func()) {
 	if reserve > 0 && !strictOvercommit() {
-		// The runtime zeroes a large allocation made from free heap pages
-		// unless every one of them is back with the kernel (a page given
-		// back reads as zero), so the free heap is given back first:
-		// otherwise one page still held there would have the whole
-		// reserve written with zeroes.
 		debug.FreeOSMemory()
-		runtime.KeepAlive(make([]byte, reserve))
+		reserveHeap(reserve)
 		debug.FreeOSMemory()
 	}
 	advised := adviseMappings(nil)
@@ -72,6 +67,26 @@ func adviseHugePages(reserve int64, interval time.Duration) (stop func()) {
 		<-stopped
 	}
 }
+
+// reserveHeap grows the heap by reserve bytes, and drops them for the next
+// collection to free. The runtime zeroes, so writes, a large allocation
+// made from free heap pages unless every one of them is back with the
+// kernel (a page given back reads as zero): adviseHugePages gives the
+// free heap back first, and the reserve is made in chunks, so that a page
+// still held, or freed since by another goroutine, costs the one chunk
+// that takes it. As one allocation, a single such page had the whole
+// reserve written.
+func reserveHeap(reserve int64) {
+	chunks := make([][]byte, 0, reserve/reserveChunk+1)
+	for left := reserve; left > 0; left -= reserveChunk {
+		chunks = append(chunks, make([]byte, min(left, reserveChunk)))
+	}
+	runtime.KeepAlive(chunks)
+}
+
+// reserveChunk is the size of the allocations that make the reserve: two
+// huge pages.
+const reserveChunk = 4 << 20
 
 // hugeMapping is the size from which an anonymous mapping is advised: a
 // smaller one cannot hold a huge page.
