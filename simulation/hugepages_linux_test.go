@@ -87,10 +87,10 @@ func heldFreeMiB() float64 {
 	return float64(s[0].Value.Uint64()) / (1 << 20)
 }
 
-// leaveFreeHeapHeld leaves the heap with more than a GiB of free pages,
-// a few of them still held by the process rather than given back to the
-// kernel, as a run or a test that came before may: the runtime zeroes, so
-// writes, every page of an allocation made from such a range.
+// leaveFreeHeapHeld leaves the heap with more than a GiB of free pages
+// still held by the process, not given back to the kernel, as a run or a
+// test that came before may: the runtime zeroes, so writes, every page of
+// an allocation made from such pages.
 func leaveFreeHeapHeld() {
 	var chunks [][]byte
 	for range 320 {
@@ -178,7 +178,6 @@ func TestTheReserveWritesOnlyTheChunksThatTakeFreePagesStillHeld(t *testing.T) {
 		small = append(small, b)
 	}
 	runtime.KeepAlive(small)
-	small = nil
 	runtime.GC()
 	held := heldFreeMiB()
 	if held < 2 {
