@@ -2,6 +2,7 @@ package simulation
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,6 +60,35 @@ func TestThePartitionLengthMovesTheHealAndKeepsWhatFollows(t *testing.T) {
 	}
 	if err := p.setPartitionLength(0); err == nil {
 		t.Error("a partition of no time was accepted")
+	}
+}
+
+// A partition healed before any node could fail the other side (a probe
+// every 0.5 s with fast, a suspicion of 1.5 s at least) leaves every pair
+// across the split undetected: the report counts them and says so, rather
+// than leaving "every node knows" blank alone.
+func TestAPartitionHealedBeforeItsDetectionCountsThePairsNeverSeenFailed(t *testing.T) {
+	r, err := runVirtual(t, RunConfig{Scenario: ScenarioPartition, Nodes: 8, Seed: 5, Profile: "fast",
+		PartitionFor: 500 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Groups) != 2 {
+		t.Fatalf("a two-sided partition reported %d groups", len(r.Groups))
+	}
+	a, b := r.Groups[0].Nodes, r.Groups[1].Nodes
+	if want := 2 * a * b; r.Undetected != want {
+		t.Errorf("%d pairs across a %d/%d split reported undetected, want all %d", r.Undetected, a, b, want)
+	}
+	if r.DetectionAll != nil {
+		t.Errorf("every node knows at %v s, though none saw the other side failed", *r.DetectionAll)
+	}
+	var text strings.Builder
+	if err := WriteText(&text, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "pairs across the split not seen failed by the heal") {
+		t.Errorf("the text report does not name the pairs never seen failed:\n%s", text.String())
 	}
 }
 

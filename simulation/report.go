@@ -3,6 +3,7 @@ package simulation
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -20,9 +21,14 @@ type Figures struct {
 	// baseline's stay nil there.
 	DetectionP50 *float64 `json:"detection_p50_s"`
 	DetectionP99 *float64 `json:"detection_p99_s"`
-	// DetectionAll is until every live observer saw every crash.
+	// DetectionAll is until every live observer saw every crash (in a
+	// partition, every node across the split failed); nil when one never
+	// did.
 	DetectionAll *float64 `json:"detection_all_s"`
-	// Undetected counts pairs that never saw the crash within the run.
+	// Undetected counts the (observer, crashed node) pairs where the
+	// observer never saw the crash within the run; in a partition scenario,
+	// the pairs of live nodes across the split where the observer had not
+	// seen the other failed by the heal.
 	Undetected int `json:"undetected"`
 	// FirstSuspicion is, for the median crash, the time until the first
 	// node suspected the crashed one. nil for the baseline, which does not
@@ -269,7 +275,11 @@ func WriteText(w io.Writer, r *Report) error {
 			fmt.Sprintf("%d / %d / %d", p.HealPingsDuring, p.HealJoinsDuring, p.HealJoinsAfter), "-")
 	}
 	if g.Undetected > 0 || h.Undetected > 0 {
-		row("crashes never seen", fmt.Sprint(g.Undetected), fmt.Sprint(h.Undetected))
+		what := "crashes never seen"
+		if r.Partition != nil && !slices.ContainsFunc(r.Faults, func(f FaultRecord) bool { return f.Kind == string(FaultCrash) }) {
+			what = "pairs across the split not seen failed by the heal"
+		}
+		row(what, fmt.Sprint(g.Undetected), fmt.Sprint(h.Undetected))
 	}
 	tw.Flush()
 	for _, bu := range r.Placements {

@@ -888,7 +888,7 @@ func (r *recorder) report(end time.Time) *Report {
 	if r.partSeen != nil {
 		rep.Partition = r.partitionRecord(end)
 		if len(pairs) == 0 {
-			rep.DetectionP50, rep.DetectionP99, rep.DetectionAll = r.partitionDetection()
+			rep.DetectionP50, rep.DetectionP99, rep.DetectionAll, rep.Undetected = r.partitionDetection()
 		}
 	}
 	falseS := r.falseS
@@ -928,8 +928,9 @@ func (r *recorder) report(end time.Time) *Report {
 }
 
 // partitionDetection ranks, over the live nodes, the time from the split
-// until the node saw every node across it failed; r.mu is held.
-func (r *recorder) partitionDetection() (p50, p99, all *float64) {
+// until the node saw every node across it failed, and counts the pairs
+// across the split where the observer had not by the heal; r.mu is held.
+func (r *recorder) partitionDetection() (p50, p99, all *float64, unseen int) {
 	var per []float64
 	for obs := range r.n {
 		if !r.crashAt[obs].IsZero() {
@@ -944,13 +945,14 @@ func (r *recorder) partitionDetection() (p50, p99, all *float64) {
 			at, ok := r.partSeen[obs][tgt]
 			if !ok {
 				worst = math.Inf(1)
-				break
+				unseen++
+				continue
 			}
 			worst = max(worst, at.Sub(r.partAt).Seconds())
 		}
 		per = append(per, worst)
 	}
-	return percentile(per, 50), percentile(per, 99), percentile(per, 100)
+	return percentile(per, 50), percentile(per, 99), percentile(per, 100), unseen
 }
 
 // partitionRecord is the heal per node and the traffic around the split;
