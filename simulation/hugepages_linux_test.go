@@ -87,18 +87,19 @@ func heldFreeMiB() float64 {
 	return float64(s[0].Value.Uint64()) / (1 << 20)
 }
 
-// leaveFreeHeapHeld leaves the heap with more than a GiB of free pages
-// still held by the process, not given back to the kernel, as a run or a
-// test that came before may: the runtime zeroes, so writes, every page of
-// an allocation made from such pages.
-func leaveFreeHeapHeld() {
-	var chunks [][]byte
-	for range 320 {
-		c := make([]byte, 4<<20)
-		c[0] = 1
-		chunks = append(chunks, c)
+// freeHeld allocates n objects of size bytes, writes to each, and lets
+// the collector free them: their pages are left free in the heap, still
+// held by the process, not given back to the kernel, as a run or a test
+// that came before may leave them. The runtime zeroes, so writes, every
+// page of an allocation that takes one of them.
+func freeHeld(n, size int) {
+	objects := make([][]byte, 0, n)
+	for range n {
+		o := make([]byte, size)
+		o[0] = 1
+		objects = append(objects, o)
 	}
-	runtime.KeepAlive(chunks)
+	runtime.KeepAlive(objects)
 	runtime.GC()
 }
 
@@ -123,7 +124,7 @@ func TestAdviseHugePagesAdvisesLargeMappingsAndReservesNoMemory(t *testing.T) {
 	}
 	defer syscall.Munmap(small)
 
-	leaveFreeHeapHeld()
+	freeHeld(320, 4<<20)
 	if held := heldFreeMiB(); held < 1024 {
 		t.Fatalf("the heap holds %.0f MiB free before the reserve, want more than the reserve's 1024", held)
 	}
@@ -171,14 +172,7 @@ func TestTheReserveWritesOnlyTheChunksThatTakeFreePagesStillHeld(t *testing.T) {
 	// address space after them: what a page freed by another goroutine
 	// after adviseHugePages gave the free heap back leaves.
 	debug.FreeOSMemory()
-	var small [][]byte
-	for range 64 {
-		b := make([]byte, 64<<10)
-		b[0] = 1
-		small = append(small, b)
-	}
-	runtime.KeepAlive(small)
-	runtime.GC()
+	freeHeld(64, 64<<10)
 	held := heldFreeMiB()
 	if held < 2 {
 		t.Fatalf("the heap holds %.1f MiB free, want the 4 MiB just freed", held)
