@@ -31,10 +31,9 @@ import (
 // The kernel gives a huge page to a fault only in a 2 MiB range with no
 // page yet, and a run touches a new arena within milliseconds of mapping
 // it, before any scan could advise it. So the heap is first grown by
-// reserve bytes of address space, with no memory behind it (a large
-// allocation from fresh or given-back pages is neither zeroed nor
-// touched), given back to the kernel,
-// and advised while it is still empty: the run then allocates from it.
+// reserve bytes of address space with no memory behind it (reserveHeap),
+// given back to the kernel, and advised while it is still empty: the run
+// then allocates from it.
 // reserve is the run's memory limit, which it does not outgrow; an arena
 // mapped past it is advised within an interval, its pages already
 // faulted in staying small. Where the kernel counts address space as

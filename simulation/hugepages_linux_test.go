@@ -67,14 +67,14 @@ func inFreshProcess(t *testing.T) bool {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
 	cmd.Env = append(os.Environ(), freshProcessEnv+"="+t.Name())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s in a fresh process: %v\n%s", t.Name(), err, out)
 	}
-	if !strings.Contains(string(out), "\nPASS") && !strings.HasPrefix(string(out), "PASS") {
-		t.Fatalf("%s in a fresh process did not pass:\n%s", t.Name(), out)
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()+" ") {
+		t.Fatalf("%s did not run and pass in a fresh process:\n%s", t.Name(), out)
 	}
 	return false
 }
