@@ -30,6 +30,12 @@ func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 		Kinds:      a.interps.Kinds(),
 		Tags:       a.node.Tags(),
 	}
+	if name, gen, ok := a.interps.Holding(req.ID); ok {
+		b.Holds, b.HoldsGen = name, gen
+	}
+	if gen := a.interps.KnownGen(req.ID); gen != interp.NoGen {
+		b.Known, b.KnownGen = true, gen
+	}
 	select {
 	case <-a.shutdownCh:
 		b.Refusal = "shutting down"

@@ -71,6 +71,11 @@ type wireBid struct {
 	Tags       map[string]string `msgpack:"t"`
 	Refusal    string            `msgpack:"x,omitempty"`
 	Kinds      []string          `msgpack:"ks,omitempty"`
+	Holds      string            `msgpack:"hd,omitempty"`
+	HoldsGen   int               `msgpack:"hg,omitempty"`
+	// KnownGen is the highest generation the server saw, plus one: zero
+	// (left out) when it saw none, so that older agents read no field.
+	KnownGen int `msgpack:"kg,omitempty"`
 }
 
 const wireVersion = 1
@@ -84,7 +89,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 	}
 	// The kinds list is informative only: keep as many as fit in the room
 	// the tags and refusal leave.
-	kinds, room := []string(nil), maxKindBytes
+	kinds, room := []string(nil), maxKindBytes-len(b.Holds)
 	for _, k := range b.Kinds {
 		if room -= len(k) + 2; room < 0 {
 			break
@@ -94,7 +99,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 	data, err := msgpack.Marshal(wireBid{
 		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
 		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
-		Kinds: kinds,
+		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode bid: %w", err)
@@ -117,7 +122,15 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 	return placement.Bid{
 		Node: node, CPU: w.CPU, Mem: w.Mem, Running: w.Running, Pending: w.Pending, Capacity: w.Capacity,
 		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal, Kinds: w.Kinds,
+		Holds: w.Holds, HoldsGen: w.HoldsGen, Known: w.KnownGen > 0, KnownGen: max(w.KnownGen-1, 0),
 	}, nil
+}
+
+func knownGen(b placement.Bid) int {
+	if !b.Known {
+		return 0
+	}
+	return b.KnownGen + 1
 }
 
 // Bidder decides a server's bid for a request from asker (the node serf says

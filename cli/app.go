@@ -28,6 +28,7 @@ const (
 	ExitTimeout     = 6
 	ExitMinority    = 7 // a keyed spawn on the minority side of a partition
 	ExitDied        = 8 // the interpreter exited during spawn --wait
+	ExitConflict    = 9 // a keyed spawn differs from the key's running interpreter
 )
 
 // exitCodes is the one table of exit codes, for help and the README.
@@ -45,6 +46,7 @@ var exitCodes = []struct {
 	{ExitTimeout, "spawn", "no server answered the start order in time, or --wait ran out"},
 	{ExitMinority, "spawn", "a keyed spawn on the minority side of a partition"},
 	{ExitDied, "spawn", "the interpreter exited during --wait"},
+	{ExitConflict, "spawn", "the key's running interpreter has another kind, other arguments or another restart policy"},
 }
 
 // exitCodesText renders exitCodes for help: all of them, or those of one

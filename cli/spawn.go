@@ -21,6 +21,7 @@ var spawnExitCodes = map[string]int{
 	rpc.SpawnBadRequest:  ExitError,
 	rpc.SpawnMinority:    ExitMinority,
 	rpc.SpawnDied:        ExitDied,
+	rpc.SpawnConflict:    ExitConflict,
 }
 
 func spawnCommand() *ucli.Command {

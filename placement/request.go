@@ -32,6 +32,15 @@ type Bid struct {
 	Kinds      []string // every kind the server offers, for error messages
 	Tags       map[string]string
 	Refusal    string // empty, or why the server refuses
+	// Holds names the interpreter of this very request the server already
+	// runs or is starting ("" when none), HoldsGen its generation: the
+	// asker then takes that one instead of electing.
+	Holds    string
+	HoldsGen int
+	// Known says the server has seen the request's interpreters; KnownGen
+	// is the highest generation it saw, which a new placement must exceed.
+	Known    bool
+	KnownGen int
 }
 
 // Request asks for one interpreter of Kind. ID names the request; it is the

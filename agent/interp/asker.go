@@ -90,21 +90,9 @@ func (l *Lifecycle) Spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnRe
 	}
 	req.Restart = restart
 	if req.Key != "" {
-		members := l.deps.Node.Members()
-		if in, ok := Live(Instances(members), rid); ok {
-			t := in.Tags
-			resp.Name, resp.Node, resp.Kind, resp.PID, resp.Endpoint, resp.Existing = in.Name, t.Host, t.Kind, t.PID, t.Endpoint, true
-			resp.TotalMS = ms(time.Since(start))
-			return resp
-		}
-		if q := ServerQuorum(members); !q.Majority() {
-			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s sees %s: a keyed spawn here could start a second "+
-				"interpreter for --key %q on the other side of a partition, so it is refused; retry when the mesh heals, "+
-				"ask an agent that sees most servers, or, if the failed servers are gone for good, remove them with "+
-				"`agent force-leave NAME`", l.cfg.Node, q, req.Key), start)
-		}
+		return l.keyedSpawn(ctx, req, start)
 	}
-	return l.place(ctx, req, rid, 0, start)
+	return l.place(ctx, req, rid, 0, l.cfg.Node, start)
 }
 
 func fail(resp rpc.SpawnResponse, code string, err error, start time.Time) rpc.SpawnResponse {
@@ -116,12 +104,15 @@ func fail(resp rpc.SpawnResponse, code string, err error, start time.Time) rpc.S
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // place elects a server for a request and has it start the interpreter,
-// trying the next best bid when one refuses. What it reports is true: a
-// failure started nothing (a server that did not answer in time is told to
-// stop whatever it started for the request), and a success with Wait names
-// an interpreter alive at that moment.
-func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, start time.Time) rpc.SpawnResponse {
-	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}
+// trying the next best bid when one refuses. A server whose bid says it
+// already runs or is starting the request is the only one asked: it
+// answers with that interpreter. What it reports is true: a failure
+// started nothing (a server that did not answer in time is told to stop
+// whatever it started for the request), and a success with Wait names an
+// interpreter alive at that moment. asker is the agent the client asked,
+// the only one a new interpreter's connection is handed to.
+func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker string, start time.Time) rpc.SpawnResponse {
+	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid, Generation: gen}
 	preq, err := ParsePlaceRequest(req.Kind, req.Constraints, req.Policy)
 	if err != nil {
 		return fail(resp, rpc.SpawnBadRequest, err, start)
@@ -130,7 +121,12 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 
 	e := l.deps.Elect(ctx, preq)
 	resp.DecisionMS = ms(e.Elapsed)
-	if e.Err != nil {
+	holder, held := holderOf(e.Result.Bids)
+	if known, ok := knownGen(e.Result.Bids); ok && !held {
+		gen = max(gen, NextGen(known)) // a server saw a placement this agent never did
+		resp.Generation = gen
+	}
+	if e.Err != nil && !held {
 		code := rpc.SpawnRefused
 		switch {
 		case errors.Is(e.Err, bidding.ErrNoServers), errors.Is(e.Err, placement.ErrNoEligibleServer) && !unknownKind(e):
@@ -142,10 +138,14 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		return fail(resp, code, e.Err, start)
 	}
 
-	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: l.cfg.Node, Restart: req.Restart, Gen: gen})
+	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen})
 	timeouts := 0
 	var timedOut []string
-	for i, cand := range e.Decision.Ranked {
+	ranked := e.Decision.Ranked
+	if held {
+		ranked = []placement.Candidate{{Bid: holder}}
+	}
+	for i, cand := range ranked {
 		if i == maxAttempts {
 			break
 		}
@@ -163,6 +163,11 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 				resp.Node, resp.Name = cand.Bid.Node, ans.Name
 				return fail(resp, rpc.SpawnDied, fmt.Errorf("%s started %s, but %s", cand.Bid.Node, ans.Name, ans.Died), start)
 			}
+			if err == nil && ans.Conflict != "" {
+				l.deps.Release(rid)
+				resp.Node, resp.Name, resp.Existing = cand.Bid.Node, ans.Name, true
+				return fail(resp, rpc.SpawnConflict, errors.New(ans.Conflict), start)
+			}
 			if err == nil && ans.Refusal != "" {
 				err = errors.New(ans.Refusal)
 			}
@@ -173,6 +178,9 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		if err == nil {
 			resp.Node = cand.Bid.Node
 			resp.Name, resp.PID, resp.Endpoint, resp.Existing = ans.Name, ans.PID, ans.Endpoint, ans.Existing
+			if ans.Existing {
+				resp.Generation = ans.Gen
+			}
 			resp.Connection = ans.Conn.connection()
 			break
 		}
@@ -204,6 +212,31 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	}
 	resp.TotalMS = ms(time.Since(start))
 	return resp
+}
+
+// holderOf is the bid of a server that says it already runs or is
+// starting the request, the newest generation first.
+func holderOf(bids []placement.Bid) (placement.Bid, bool) {
+	var best placement.Bid
+	found := false
+	for _, b := range bids {
+		if b.Holds != "" && (!found || b.HoldsGen > best.HoldsGen || b.HoldsGen == best.HoldsGen && b.Holds < best.Holds) {
+			best, found = b, true
+		}
+	}
+	return best, found
+}
+
+// knownGen is the highest generation of the request any bid says its
+// server has seen.
+func knownGen(bids []placement.Bid) (int, bool) {
+	best, found := 0, false
+	for _, b := range bids {
+		if b.Known && (!found || b.KnownGen > best) {
+			best, found = b.KnownGen, true
+		}
+	}
+	return best, found
 }
 
 // takeBack tells servers that timed out to stop whatever they started for
@@ -456,6 +489,9 @@ func (l *Lifecycle) Stop(ctx context.Context, req rpc.StopRequest) (rpc.StopResp
 	if in.Status != gossip.StatusAlive {
 		return rpc.StopResponse{Name: in.Name, Host: in.Host, Status: string(in.Status)}, nil
 	}
+	if err := hostUnreachable(in, "stop"); err != nil {
+		return rpc.StopResponse{}, err
+	}
 	order, _ := msgpack.Marshal(stopOrder{Name: req.Name})
 	raw, err := l.askOne(ctx, in.Host, queryStop, order, orderTimeout)
 	if err != nil {
@@ -474,6 +510,26 @@ func (l *Lifecycle) Stop(ctx context.Context, req rpc.StopRequest) (rpc.StopResp
 		return rpc.StopResponse{}, fmt.Errorf("stop %s: %w", req.Name, err)
 	}
 	return rpc.StopResponse{Name: req.Name, Host: in.Host, Status: string(final)}, nil
+}
+
+// hostUnreachable says, for an interpreter alive in the view whose host
+// agent is not, why an order through that agent cannot reach it now and
+// what to do, instead of waiting out the order's timeout.
+func hostUnreachable(in Instance, what string) error {
+	var why string
+	switch in.HostStatus {
+	case gossip.StatusLeft, gossip.StatusLeaving:
+		why = "has left the mesh"
+	case gossip.StatusFailed:
+		why = "is failed in this agent's view"
+	case gossip.StatusNone, "":
+		why = "is not in this agent's member list"
+	default:
+		return nil
+	}
+	return fmt.Errorf("cannot %s %s: its host's agent %s %s, and orders reach an interpreter only through it "+
+		"(the interpreter itself still runs, pid %d); start the agent on %s again (with the same --data-dir it "+
+		"re-adopts the interpreter), or end the process there", what, in.Name, in.Host, why, in.Tags.PID, in.Host)
 }
 
 // waitMember returns name's status in this agent's member list (StatusNone

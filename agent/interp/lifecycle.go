@@ -102,6 +102,9 @@ type Lifecycle struct {
 	registry     *state.Registry
 	inflight     map[string]chan struct{} // request id -> closed when its start ends
 	inflightKind map[string]string
+	inflightName map[string]string // request id -> the name it starts under
+	inflightGen  map[string]int
+	takenBack    map[string]bool // request ids whose start an asker took back while it ran
 	supervisors  map[string]startedSupervisor
 	hostRestarts map[string]*Tracker // request id -> restarts after supervisor crashes
 
@@ -110,6 +113,9 @@ type Lifecycle struct {
 	duplicates map[string]string // request id -> the losers last reported
 
 	signals recentSignals // signal orders answered lately, by order id
+
+	memory *memory  // requests' generations and orphans beyond the reap
+	keys   keyLocks // this coordinator's keyed spawns, one at a time per key
 
 	wg sync.WaitGroup
 }
@@ -127,6 +133,10 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		registry:     state.NewRegistry(),
 		inflight:     map[string]chan struct{}{},
 		inflightKind: map[string]string{},
+		inflightName: map[string]string{},
+		inflightGen:  map[string]int{},
+		takenBack:    map[string]bool{},
+		memory:       newMemory(),
 		supervisors:  map[string]startedSupervisor{},
 		hostRestarts: map[string]*Tracker{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
@@ -153,6 +163,7 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 		node.HandleQuery(queryStop, l.handleStopOrder)
 		node.HandleQuery(queryExit, l.handleExitOrder)
 		node.HandleQuery(querySignal, l.handleSignalOrder)
+		node.HandleQuery(querySpawnKey, l.handleKeyedOrder)
 		l.wg.Add(1)
 		go func() { defer l.wg.Done(); l.watchSupervisors() }()
 	}

@@ -2,6 +2,7 @@ package interp
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,9 +33,10 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 		}
 		members := l.deps.Node.Members()
 		view := Instances(members)
+		l.memory.observe(view, l.clock.Now())
 		l.reportDuplicates(view)
 		if l.cfg.Server {
-			l.replaceOrphans(members, view)
+			l.replaceOrphans(members, l.memory.withOrphans(view, members))
 		}
 	}
 }
@@ -44,6 +46,10 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 func (l *Lifecycle) reportDuplicates(view []Instance) {
 	seen := map[string]bool{}
 	for _, d := range Duplicates(view) {
+		d.Losers = slices.DeleteFunc(d.Losers, func(x Instance) bool { return restartedBy(d.Winner, x) })
+		if len(d.Losers) == 0 {
+			continue
+		}
 		seen[d.RequestID] = true
 		names := make([]string, 0, len(d.Losers))
 		for _, x := range d.Losers {
@@ -71,6 +77,14 @@ func (l *Lifecycle) reportDuplicates(view []Instance) {
 		}
 	}
 	l.meshMu.Unlock()
+}
+
+// restartedBy reports whether loser is an earlier start of winner's request
+// that winner's host replaced after loser's supervisor died (it restarts
+// the request one generation up): not a second copy, but the dead one's
+// member not yet seen failed.
+func restartedBy(winner, loser Instance) bool {
+	return loser.Host == winner.Host && loser.Tags.Gen < winner.Tags.Gen && loser.Tags.Restarts < winner.Tags.Restarts
 }
 
 // replaceOrphans re-places each interpreter whose host failed, when this
@@ -118,7 +132,7 @@ func (l *Lifecycle) replace(o Orphan) bool {
 		case <-ctx.Done():
 		}
 	}()
-	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, time.Now())
+	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, time.Now())
 	if resp.Code != "" {
 		l.meshMu.Lock()
 		spent := l.replacer.spent(t.RequestID, l.clock.Now())

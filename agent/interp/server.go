@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -56,7 +57,11 @@ type spawnAnswer struct {
 	PID      int    `msgpack:"p,omitempty"`
 	Endpoint string `msgpack:"e,omitempty"`
 	Existing bool   `msgpack:"x,omitempty"`
+	Gen      int    `msgpack:"g,omitempty"`
 	Refusal  string `msgpack:"r,omitempty"`
+	// Conflict, when set, says the request's interpreter runs here but
+	// the order asked for something else (another kind, say).
+	Conflict string `msgpack:"cf,omitempty"`
 	// Died, when set, says the interpreter started but exited at once
 	// (its status and first lines of output): no other server should try.
 	Died string `msgpack:"d,omitempty"`
@@ -238,15 +243,15 @@ func respond(q *gossip.Query, ans any, logger interface{ Warn(string, ...any) })
 }
 
 func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
+	explicitRestart := o.Restart
+	refusal := ""
 	kind, ok := l.cfg.Kinds[o.Kind]
 	if !ok {
-		return spawnAnswer{Refusal: fmt.Sprintf("kind %q is not offered here (offered: %s)", o.Kind, strings.Join(Names(l.cfg.Kinds), ", "))}
-	}
-	if err := kind.CheckArgs(o.Args); err != nil {
-		return spawnAnswer{Refusal: err.Error()}
-	}
-	if _, err := ParseRestart(o.Restart); err != nil {
-		return spawnAnswer{Refusal: err.Error()}
+		refusal = fmt.Sprintf("kind %q is not offered here (offered: %s)", o.Kind, strings.Join(Names(l.cfg.Kinds), ", "))
+	} else if err := kind.CheckArgs(o.Args); err != nil {
+		refusal = err.Error()
+	} else if _, err := ParseRestart(o.Restart); err != nil {
+		refusal = err.Error()
 	}
 	if o.Restart == "" {
 		o.Restart = kind.Restart // the request named none: the kind's
@@ -256,13 +261,15 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	}
 	select {
 	case <-l.deps.Done:
-		return spawnAnswer{Refusal: "shutting down"}
+		refusal = "shutting down"
 	default:
 	}
-	if l.deps.Draining != nil && l.deps.Draining() {
-		return spawnAnswer{Refusal: "draining: this server takes no new interpreters"}
+	if refusal == "" && l.deps.Draining != nil && l.deps.Draining() {
+		refusal = "draining: this server takes no new interpreters"
 	}
 
+	// An interpreter of the request that runs or is starting here is the
+	// answer, whatever this server would refuse to start now.
 	l.regMu.Lock()
 	for {
 		if i, ok := l.registry.ByRequestID(o.RequestID); ok {
@@ -275,7 +282,11 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 				l.regMu.Lock()
 				continue
 			}
-			return spawnAnswer{Name: i.Name, PID: i.PID, Endpoint: i.Endpoint, Existing: true, Conn: connectionFor(i.Spec, o.Asker)}
+			if c := orderConflict(o, explicitRestart, i); c != "" {
+				return spawnAnswer{Name: i.Name, Conflict: c}
+			}
+			return spawnAnswer{Name: i.Name, PID: i.PID, Endpoint: i.Endpoint, Existing: true, Gen: i.Gen,
+				Conn: connectionFor(i.Spec, o.Asker)}
 		}
 		wait, busy := l.inflight[o.RequestID]
 		if !busy {
@@ -291,6 +302,10 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 			return spawnAnswer{Refusal: "the first attempt to start this request failed; see the server's log"}
 		}
 	}
+	if refusal != "" {
+		l.regMu.Unlock()
+		return spawnAnswer{Refusal: refusal}
+	}
 	running := l.registry.Len() + len(l.inflight)
 	if l.cfg.Capacity > 0 && running >= l.cfg.Capacity {
 		l.regMu.Unlock()
@@ -302,19 +317,24 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 			return spawnAnswer{Refusal: fmt.Sprintf("at the limit for kind %q: %d of %d", o.Kind, n, kind.Max)}
 		}
 	}
+	name := InterpreterName(o.Kind, o.RequestID)
 	done := make(chan struct{})
 	l.inflight[o.RequestID] = done
 	l.inflightKind[o.RequestID] = o.Kind
+	l.inflightName[o.RequestID] = name
+	l.inflightGen[o.RequestID] = o.Gen
 	l.regMu.Unlock()
 	defer func() {
 		l.regMu.Lock()
 		delete(l.inflight, o.RequestID)
 		delete(l.inflightKind, o.RequestID)
+		delete(l.inflightName, o.RequestID)
+		delete(l.inflightGen, o.RequestID)
+		delete(l.takenBack, o.RequestID)
 		l.regMu.Unlock()
 		close(done)
 	}()
 
-	name := InterpreterName(o.Kind, o.RequestID)
 	ans, err := l.launch(kind, name, o, 0)
 	if err != nil {
 		var died *diedError
@@ -325,11 +345,79 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 		l.logger.Error("interpreter did not start", "interpreter", name, "kind", o.Kind, "asker", o.Asker, "err", err)
 		return spawnAnswer{Refusal: "could not start: " + err.Error()}
 	}
+	l.regMu.Lock()
+	takenBack := l.takenBack[o.RequestID]
+	l.regMu.Unlock()
+	if takenBack {
+		// The asker gave up on this server while it started, and took the
+		// spawn back: it reported another server, or a failure.
+		l.logger.Info("stopping an interpreter whose spawn its asker took back while it started", "interpreter", name,
+			"asker", o.Asker)
+		l.stopSupervisor(name)
+		return spawnAnswer{Refusal: "the asker took this spawn back while it started"}
+	}
 	l.logger.Info("interpreter started", "interpreter", name, "kind", o.Kind, "pid", ans.PID, "endpoint", ans.Endpoint,
 		"asker", o.Asker, "restart", o.Restart, "gen", o.Gen)
 	l.emit(Event{Type: EventStarted, Interpreter: name, RequestID: o.RequestID, Host: l.cfg.Node, Gen: o.Gen})
 	l.changed()
+	ans.Gen = o.Gen
 	return ans
+}
+
+// orderConflict says how a spawn order differs from the request's
+// interpreter i that runs here, or "" when it asks for the same: the kind,
+// the arguments, and the restart policy when the order named one.
+func orderConflict(o spawnOrder, explicitRestart string, i state.Interpreter) string {
+	var diffs []string
+	if o.Kind != i.Kind {
+		diffs = append(diffs, fmt.Sprintf("kind %q, not %q", i.Kind, o.Kind))
+	}
+	if !slices.Equal(o.Args, i.Args) && (len(o.Args) > 0 || len(i.Args) > 0) {
+		diffs = append(diffs, fmt.Sprintf("arguments %q, not %q", i.Args, o.Args))
+	}
+	if explicitRestart != "" && o.Restart != i.Restart {
+		have, want := i.Restart, o.Restart
+		if have == "" {
+			have = RestartNo
+		}
+		if want == "" {
+			want = RestartNo
+		}
+		diffs = append(diffs, fmt.Sprintf("restart policy %q, not %q", have, want))
+	}
+	if len(diffs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the request's interpreter %s already runs with %s: use another key, or stop it first (`agent stop %s`)",
+		i.Name, strings.Join(diffs, " and "), i.Name)
+}
+
+// Holding names the interpreter of request rid that this server runs or
+// is starting, with its generation. Safe for concurrent use.
+func (l *Lifecycle) Holding(rid string) (name string, gen int, ok bool) {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	if i, ok := l.registry.ByRequestID(rid); ok {
+		return i.Name, i.Gen, true
+	}
+	if name, ok := l.inflightName[rid]; ok {
+		return name, l.inflightGen[rid], true
+	}
+	return "", 0, false
+}
+
+// KnownGen is the highest generation of request rid this agent has seen,
+// or NoGen. Safe for concurrent use.
+func (l *Lifecycle) KnownGen(rid string) int { return l.memory.genOf(rid) }
+
+// stopSupervisor tells one interpreter's supervisor to stop it.
+func (l *Lifecycle) stopSupervisor(name string) {
+	l.regMu.Lock()
+	i, ok := l.registry.Get(name)
+	l.regMu.Unlock()
+	if ok {
+		syscall.Kill(i.SupervisorPID, syscall.SIGTERM)
+	}
 }
 
 // diedError is a launch whose interpreter exited before it settled.
@@ -516,13 +604,17 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 			return
 		}
 		name := InterpreterName(rec.Kind, rec.RequestID)
-		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: rec.Gen}
+		// One generation up: the new start outranks the dead one's member,
+		// which the mesh may still list alive for a moment.
+		gen := NextGen(max(rec.Gen, l.memory.genOf(rec.RequestID)))
+		l.memory.placed(rec.RequestID, gen, l.clock.Now())
+		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: gen}
 		if _, err := l.launch(kind, name, o, rec.Restarts+1); err != nil {
 			l.logger.Error("interpreter not restarted after its supervisor failed", "request", rec.RequestID, "err", err)
 			return
 		}
 		l.logger.Info("interpreter-restart: started again after its supervisor failed", "interpreter", name, "request", rec.RequestID)
-		l.emit(Event{Type: EventRestarted, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, Gen: rec.Gen})
+		l.emit(Event{Type: EventRestarted, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, Gen: gen})
 		l.changed()
 	}()
 }
@@ -639,6 +731,13 @@ func (l *Lifecycle) handleStopOrder(q *gossip.Query) {
 		i, ok := l.registry.Get(o.Name)
 		if o.RequestID != "" {
 			i, ok = l.registry.ByRequestID(o.RequestID)
+		}
+		if !ok && o.RequestID != "" {
+			if _, starting := l.inflight[o.RequestID]; starting {
+				// Its start is under way: stop it once it is up.
+				l.takenBack[o.RequestID] = true
+				l.logger.Info("taking back a spawn still starting", "request", o.RequestID, "asker", q.From)
+			}
 		}
 		l.regMu.Unlock()
 		switch {

@@ -113,6 +113,9 @@ func (l *Lifecycle) Signal(ctx context.Context, req rpc.SignalRequest) (rpc.Sign
 		resp.Reason = "the interpreter is " + string(in.Status)
 		return resp, nil
 	}
+	if err := hostUnreachable(in, "signal"); err != nil {
+		return resp, err
+	}
 	order, _ := msgpack.Marshal(signalOrder{ID: NewRequestID(), Name: req.Name, Signal: sig})
 	raw, err := l.askOne(ctx, in.Host, querySignal, order, orderTimeout)
 	if err != nil {

@@ -35,20 +35,29 @@ const (
 	SpawnMinority = "minority"
 	// SpawnDied: the interpreter started but exited during --wait.
 	SpawnDied = "died"
+	// SpawnConflict: a keyed spawn asked for another kind, other arguments
+	// or another restart policy than the key's running interpreter has.
+	SpawnConflict = "conflict"
 )
 
 // SpawnResponse says where the interpreter runs, or why none started.
 type SpawnResponse struct {
-	Name       string
-	Node       string // the server
-	Kind       string
-	RequestID  string
-	PID        int
-	Endpoint   string
-	Existing   bool     // an interpreter for the same key was already alive
-	Attempts   []string // servers tried before the winner, with why they did not start it
-	DecisionMS float64
-	TotalMS    float64
+	Name      string
+	Node      string // the server
+	Kind      string
+	RequestID string
+	PID       int
+	Endpoint  string
+	Existing  bool // an interpreter for the same key was already alive
+	// Generation orders the placements of one key: a newer one has a
+	// higher generation, and wins over an older copy after a heal.
+	Generation int `msgpack:",omitempty"`
+	// Coordinator is the server that decided a keyed spawn, when it was
+	// not the agent asked.
+	Coordinator string   `msgpack:",omitempty"`
+	Attempts    []string // servers tried before the winner, with why they did not start it
+	DecisionMS  float64
+	TotalMS     float64
 	// Connection is how to reach an interpreter whose kind writes a
 	// connection file (a Jupyter kernel), its secret key included; only
 	// the asker gets it, and only for an interpreter it started.

@@ -1,0 +1,159 @@
+package interp
+
+import (
+	"sync"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+)
+
+// This file is what an agent remembers of each request beyond its member
+// list. The list forgets an interpreter one reap window after it ended or
+// failed; two rules need more than that:
+//
+//   - The answer stands. A new placement of a request must outrank every
+//     earlier one, including a stale copy that a partition hid for longer
+//     than the reap window. So every agent keeps the highest generation it
+//     has seen of each request, for a day after it last saw one.
+//   - Nothing lost. An on-failure interpreter that failed with its host is
+//     remembered until a newer placement (or its own return) resolves it,
+//     so that a side with no majority for longer than the reap window does
+//     not forget to re-place it once it has one again.
+
+// genKeep is how long a request's highest generation is kept after the
+// view last showed one of its interpreters: longer than any partition the
+// rules are meant to ride out, short enough that the memory stays small.
+const genKeep = 24 * time.Hour
+
+// maxRemembered bounds the memory; past it the requests seen least
+// recently are forgotten first.
+const maxRemembered = 100_000
+
+// NoGen is what GenOf reports for a request no view has shown.
+const NoGen = -1
+
+// memory is one agent's record of requests. Safe for concurrent use.
+type memory struct {
+	mu   sync.Mutex
+	reqs map[string]*remembered
+}
+
+type remembered struct {
+	gen    int       // the highest generation seen
+	seen   time.Time // when the view last showed one of its interpreters
+	orphan *Instance // the newest failed on-failure instance, while unresolved
+}
+
+func newMemory() *memory { return &memory{reqs: map[string]*remembered{}} }
+
+// observe takes in a view at now: every request's highest generation, and
+// the on-failure interpreters that failed with their hosts. A remembered
+// orphan is resolved when the view shows a newer generation of its request,
+// or the same one alive, leaving or left (it came back, or stopped on
+// purpose).
+func (m *memory) observe(view []Instance, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, in := range view {
+		rid := in.Tags.RequestID
+		r := m.reqs[rid]
+		if r == nil {
+			r = &remembered{gen: in.Tags.Gen}
+			m.reqs[rid] = r
+		}
+		r.gen, r.seen = max(r.gen, in.Tags.Gen), now
+	}
+	for _, o := range Orphans(view) {
+		last := o.Last
+		m.reqs[last.Tags.RequestID].orphan = &last
+	}
+	for _, in := range view {
+		r := m.reqs[in.Tags.RequestID]
+		if r.orphan == nil || in.Name == r.orphan.Name && in.Status == gossip.StatusFailed {
+			continue
+		}
+		if in.Tags.Gen > r.orphan.Tags.Gen || in.Tags.Gen == r.orphan.Tags.Gen && in.Status != gossip.StatusFailed {
+			r.orphan = nil
+		}
+	}
+	for rid, r := range m.reqs {
+		if r.orphan == nil && now.Sub(r.seen) > genKeep {
+			delete(m.reqs, rid)
+		}
+	}
+	for len(m.reqs) > maxRemembered {
+		oldest, at := "", now
+		for rid, r := range m.reqs {
+			if !r.seen.After(at) {
+				oldest, at = rid, r.seen
+			}
+		}
+		delete(m.reqs, oldest)
+	}
+}
+
+// genOf is the highest generation of rid this agent has seen, or NoGen.
+func (m *memory) genOf(rid string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r := m.reqs[rid]; r != nil {
+		return r.gen
+	}
+	return NoGen
+}
+
+// placed records that this agent placed gen of rid, before any view shows
+// it, so that a placement right after it goes one higher still.
+func (m *memory) placed(rid string, gen int, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.reqs[rid]
+	if r == nil {
+		r = &remembered{gen: gen}
+		m.reqs[rid] = r
+	}
+	r.gen, r.seen = max(r.gen, gen), now
+}
+
+// withOrphans returns view plus the remembered orphans the view no longer
+// shows (the reap forgot them), their hosts' status read from members.
+func (m *memory) withOrphans(view []Instance, members []gossip.Member) []Instance {
+	inView := map[string]bool{}
+	for _, in := range view {
+		inView[in.Tags.RequestID] = true
+	}
+	m.mu.Lock()
+	var extra []Instance
+	for rid, r := range m.reqs {
+		if r.orphan != nil && !inView[rid] {
+			extra = append(extra, *r.orphan)
+		}
+	}
+	m.mu.Unlock()
+	if len(extra) == 0 {
+		return view
+	}
+	status := map[string]gossip.Status{}
+	for _, mb := range members {
+		status[mb.Name] = mb.Status
+	}
+	for i := range extra {
+		st, listed := status[extra[i].Host]
+		if !listed {
+			st = gossip.StatusLeft // forgotten by the mesh: gone
+		}
+		extra[i].HostStatus = st
+	}
+	return append(append([]Instance(nil), view...), extra...)
+}
+
+// NextGen is the generation of a new placement of a request whose highest
+// known generation is known (NoGen when none was ever seen): one above
+// every earlier placement, so that it wins over any copy of them that
+// comes back, in whatever order the views merge.
+func NextGen(known int) int {
+	if known == NoGen {
+		return 0
+	}
+	return known + 1
+}
