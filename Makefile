@@ -11,7 +11,7 @@ PKGS     := ./...
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
 FUZZ_TARGETS := ./agent/rpc:FuzzServerInput ./gossip:FuzzParseTags ./gossip:FuzzCheckTag ./bidding:FuzzDecodeBid \
-	./agent/interp:FuzzSpawnOrder ./agent:FuzzConfigFile ./agent/interp:FuzzLoadKinds ./placement:FuzzParseConstraint
+	./agent/interp:FuzzSpawnOrder ./agent:FuzzConfigFile ./agent/interp:FuzzLoadKinds ./placement:FuzzParseConstraint ./agent:FuzzCheckNodeName
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'

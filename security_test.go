@@ -15,7 +15,7 @@ import (
 // runAgentBriefly runs `agent run` expecting it to refuse to start.
 func runAgentExpectingRefusal(t *testing.T, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(agentBin, append([]string{"run", "--node", "x"}, args...)...)
+	cmd := exec.Command(agentBin, append([]string{"run", "--node", "x", "--data-dir", t.TempDir()}, args...)...)
 	out, err := cmd.CombinedOutput()
 	ee, ok := err.(*exec.ExitError)
 	if !ok || ee.ExitCode() != 1 {

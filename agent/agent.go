@@ -196,9 +196,6 @@ func (a *Agent) Start() error {
 		if err := a.loadDrain(); err != nil {
 			return err
 		}
-		if a.cfg.DataDir == "" {
-			a.logger.Warn("no --data-dir: interpreters are tracked under " + a.interpDir())
-		}
 	}
 	gcfg, err := a.gossipConfig()
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/state"
@@ -389,23 +388,31 @@ func withDefaultText(o Option, text string) Option { o.DefaultText = text; retur
 // MaxNodeName is serf's limit on a node name.
 const MaxNodeName = 128
 
-// CheckNodeName accepts a node name as serf does (at most 128 bytes) that
-// also fits one field of a listing: printable, no spaces.
+// CheckNodeName accepts a node name of at most 128 bytes (serf's limit) made
+// of letters, digits, '-', '_' and '.', and not "." or "..": a name is one
+// field of a listing, and it becomes part of file and directory names, so
+// it must never be able to name another place.
 func CheckNodeName(s string) error {
 	switch {
 	case strings.TrimSpace(s) == "":
 		return errors.New("node name is empty: give each node a unique name, e.g. --node web-1")
 	case len(s) > MaxNodeName:
 		return fmt.Errorf("node name %.20q… is %d bytes long: the most is %d (serf's limit)", s, len(s), MaxNodeName)
-	case !utf8.ValidString(s):
-		return fmt.Errorf("node name %q is not valid UTF-8: use printable text", s)
+	case s == "." || s == "..":
+		return fmt.Errorf("node name %q names a directory: give each node a unique name, e.g. --node web-1", s)
 	}
 	for _, r := range s {
-		if r == ' ' || !unicode.IsPrint(r) {
-			return fmt.Errorf("node name %q holds a space or a control character: use letters, digits, '-', '_' or '.'", s)
+		if !nameRune(r) {
+			return fmt.Errorf("node name %q holds %q: use only letters, digits, '-', '_' or '.', e.g. --node web-1", s, r)
 		}
 	}
 	return nil
+}
+
+// nameRune reports whether r may appear in a node name: ASCII letters,
+// digits, '-', '_' and '.'.
+func nameRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
 }
 
 // checkAdvertise accepts the address other nodes reach this one at: an
@@ -619,7 +626,7 @@ var options = []Option{
 			return out
 		},
 	},
-	stringOption("data-dir", "directory for the snapshot (automatic rejoin after a restart) and local state",
+	stringOption("data-dir", "directory for the snapshot (automatic rejoin after a restart) and local state; a server needs one",
 		func(c *Config) *string { return &c.DataDir }, nil),
 	stringOption("profile", "gossip timing profile: "+strings.Join(gossip.Profiles(), ", "),
 		func(c *Config) *string { return &c.Profile }, gossip.CheckProfile),
@@ -692,6 +699,18 @@ var options = []Option{
 func (c *Config) Validate() error {
 	if c.NodeName == "" {
 		return errors.New("no node name: the host name is empty, so set --node")
+	}
+	// The default (the host name) is checked here, as --node is when set.
+	if err := CheckNodeName(c.NodeName); err != nil {
+		return err
+	}
+	// A server keeps its interpreter registry, drain and peers there; a
+	// fallback under a shared temporary directory could be planted or read
+	// by another user, and would vanish at the next reboot with the record
+	// of the processes it started. As Consul and Nomad do, ask for one.
+	if c.Role == gossip.RoleServer && c.DataDir == "" {
+		return errors.New("a server needs --data-dir: it keeps the interpreters it started, its drain and its peers there, " +
+			"e.g. --data-dir /var/lib/agent (one directory per agent)")
 	}
 	if c.Role == gossip.RoleInterpreter && c.RPCAddr == "" {
 		return errors.New("an interpreter still needs --rpc-addr")

@@ -129,7 +129,7 @@ func TestConfigErrorsNameTheBadValue(t *testing.T) {
 		{"node name over serf's limit", func(c *Config) error { return c.Apply("node", []string{strings.Repeat("n", 3000)}) },
 			[]string{"node", "3000 bytes", "128"}},
 		{"node name with a control character", func(c *Config) error { return c.Apply("node", []string{"a\x1bb"}) },
-			[]string{"node", "control character"}},
+			[]string{"node", `'\x1b'`, "letters, digits"}},
 		{"advertise 0.0.0.0", func(c *Config) error { return c.Apply("advertise", []string{"0.0.0.0:7946"}) },
 			[]string{"advertise", "reach"}},
 		{"event handler =", func(c *Config) error { return c.Apply("event-handler", []string{"="}) },

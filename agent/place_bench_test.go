@@ -61,6 +61,7 @@ func benchCluster(b *testing.B, loads map[string]string, profile string, cl **rp
 	for _, name := range sortedKeys(loads) {
 		cfg := DefaultConfig()
 		cfg.NodeName = name
+		cfg.DataDir = b.TempDir()
 		ip := fmt.Sprintf("127.0.0.%d", i)
 		i++
 		cfg.BindAddr = freeLoopbackAddr(b, ip)
