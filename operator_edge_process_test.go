@@ -1,10 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -82,4 +84,36 @@ func TestNodeNamesAreNotPaths(t *testing.T) {
 	if entries, _ := os.ReadDir(a.dataDir); len(entries) != 0 {
 		t.Errorf("a refused agent wrote %d entries into the data dir", len(entries))
 	}
+}
+
+// TestDataDirIsLocked (item 2): an agent started on the data dir of a
+// running one exits as bad input, naming the dir and the holder's pid,
+// before it reads or writes anything there: the first one's peers file
+// stays as it was, and the mesh never sees the second.
+func TestDataDirIsLocked(t *testing.T) {
+	a1, a2 := newTestAgent(t, 1), newTestAgent(t, 2)
+	a1.start(t)
+	a2.start(t, "--join", a1.gossip)
+	peersFile := filepath.Join(a1.dataDir, "peers.json")
+	var before []byte
+	waitFor(t, "node1 to record node2 in its peers file", 15*time.Second, func() bool {
+		before, _ = os.ReadFile(peersFile)
+		return strings.Contains(string(before), a2.gossip)
+	})
+	b := newTestAgent(t, 3)
+	checkCases(t, 15*time.Second, []cliCase{
+		{"a second agent on node1's data dir", []string{"run", "--node", "intruder", "--bind", b.gossip, "--rpc-addr", b.rpc,
+			"--http-addr", b.http, "--data-dir", a1.dataDir, "--join", a2.gossip}, 1,
+			[]string{fmt.Sprintf("data dir %s in use by pid %d", a1.dataDir, a1.p.cmd.Process.Pid), "--data-dir of its own"}},
+	})
+	if after, _ := os.ReadFile(peersFile); string(after) != string(before) {
+		t.Errorf("node1's peers file changed:\n%s\nwas\n%s", after, before)
+	}
+	if _, ok := membersOf(t, a1)["intruder"]; ok {
+		t.Errorf("the mesh saw the refused agent")
+	}
+	// Stopped, node1 frees its data dir for the next agent.
+	a1.p.cmd.Process.Signal(syscall.SIGTERM)
+	<-a1.p.done
+	a1.start(t)
 }

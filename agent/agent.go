@@ -96,6 +96,10 @@ type Agent struct {
 	drain    drainState
 	drainGen uint64
 
+	// dirLock is held on the data dir from Start to the end of Shutdown.
+	dirLockMu sync.Mutex
+	dirLock   *dataDirLock
+
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
 	leaveOnce  sync.Once
@@ -186,9 +190,36 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 }
 
 // Start starts gossip and the RPC, and begins joining in the background.
-// Every listener is opened before the node gossips, so an agent that cannot
-// serve fails before it joins anyone.
+// It first locks the data dir, so that an agent started on the data dir of
+// a running one stops before it reads or writes anything there. Every
+// listener is opened before the node gossips, so an agent that cannot serve
+// fails before it joins anyone.
 func (a *Agent) Start() error {
+	if a.cfg.DataDir != "" {
+		l, err := lockDataDir(a.cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		a.dirLockMu.Lock()
+		a.dirLock = l
+		a.dirLockMu.Unlock()
+	}
+	if err := a.start(); err != nil {
+		a.releaseDataDir()
+		return err
+	}
+	return nil
+}
+
+// releaseDataDir drops the data dir's lock, once.
+func (a *Agent) releaseDataDir() {
+	a.dirLockMu.Lock()
+	defer a.dirLockMu.Unlock()
+	a.dirLock.release()
+	a.dirLock = nil
+}
+
+func (a *Agent) start() error {
 	if a.cfg.Role == gossip.RoleServer {
 		if err := a.interps.LoadRegistry(); err != nil {
 			return err
@@ -600,6 +631,7 @@ func (a *Agent) Shutdown() error {
 		}
 		a.wg.Wait()
 		a.interps.Wait()
+		a.releaseDataDir()
 		a.logger.Info("agent stopped")
 	})
 	return err
