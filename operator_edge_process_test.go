@@ -117,3 +117,83 @@ func TestDataDirIsLocked(t *testing.T) {
 	<-a1.p.done
 	a1.start(t)
 }
+
+// startClient starts a client command that runs until it ends by itself or
+// is killed; the test's cleanup kills it.
+func startClient(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(agentBin, args...)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, log: &out, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-p.done })
+	return p
+}
+
+func exited(p *proc) bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestGoneClientsDoNotHoldTheAgent (item 3): twice --rpc-max-conns long
+// queries, the extra ones refused; their clients killed, the agent frees
+// their connections (members answers), and SIGTERM stops it within
+// --leave-timeout even with a long query still connected.
+func TestGoneClientsDoNotHoldTheAgent(t *testing.T) {
+	const maxConns, leaveTimeout = 2, 4 * time.Second
+	a := newTestAgent(t, 1)
+	a.start(t, "--rpc-max-conns", fmt.Sprint(maxConns), "--leave-timeout", leaveTimeout.String())
+	query := []string{"query", "long", "--timeout", "1h", "--rpc-addr", a.rpc}
+	var clients []*proc
+	for range 2 * maxConns {
+		clients = append(clients, startClient(t, query...))
+	}
+	waitFor(t, "the clients over the limit to be refused", 10*time.Second, func() bool {
+		n := 0
+		for _, c := range clients {
+			if exited(c) {
+				n++
+			}
+		}
+		return n == maxConns
+	})
+	for _, c := range clients {
+		if exited(c) {
+			if !strings.Contains(c.log.String(), "too many RPC connections") {
+				t.Errorf("a refused client says:\n%s", c.log.String())
+			}
+			continue
+		}
+		c.cmd.Process.Signal(syscall.SIGINT) // Ctrl-C, as a user would
+		<-c.done
+	}
+	waitFor(t, "members to answer once the clients are gone", 5*time.Second, func() bool {
+		_, _, code := runCLI(t, "members", "--rpc-addr", a.rpc)
+		return code == 0
+	})
+	held := startClient(t, query...)
+	waitFor(t, "a long query to be running", 5*time.Second, func() bool {
+		return strings.Contains(held.log.String(), "query long sent")
+	})
+	start := time.Now()
+	a.p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.p.done:
+	case <-time.After(leaveTimeout):
+		t.Fatalf("SIGTERM with a query connected: the agent still runs after --leave-timeout %s", leaveTimeout)
+	}
+	if code := a.p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("the agent exited %d after %s, want 0", code, time.Since(start))
+	}
+	if strings.Contains(a.p.log.String(), "level=ERROR") {
+		t.Errorf("a clean stop logged an error")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strconv"
 
 	"github.com/meshagent/agent/agent/rpc"
@@ -94,18 +95,39 @@ func (b *backend) UserEvent(name string, payload []byte, coalesce bool) error {
 	return b.a.node.UserEvent(name, payload, coalesce)
 }
 
-func (b *backend) Query(req rpc.QueryRequest, onAck func(string), onResponse func(rpc.NodeResponse)) error {
-	if req.Name == bidding.QueryName || req.Name == "spawn" { // "spawn": the start order's query
-		// A user's query of that name would reach the placement handlers.
-		return fmt.Errorf("query name %q is the agent's own (placement uses it): choose another name", req.Name)
-	}
-	return b.a.node.Query(context.Background(), req.Name, req.Payload, gossip.QueryParams{
+// ownQueries are the query names placement uses; a user's query of one of
+// them would reach the placement handlers.
+var ownQueries = []string{bidding.QueryName, "spawn"} // "spawn": the start order's query
+
+// IsOwnQuery reports whether a query name is one the agent itself uses.
+func IsOwnQuery(name string) bool { return slices.Contains(ownQueries, name) }
+
+func queryParams(req rpc.QueryRequest) gossip.QueryParams {
+	return gossip.QueryParams{
 		FilterNodes: req.FilterNodes,
 		FilterTags:  req.FilterTags,
 		RequestAck:  req.RequestAck,
 		RelayFactor: req.RelayFactor,
 		Timeout:     req.Timeout,
-	}, onAck, func(from string, payload []byte) {
+	}
+}
+
+func (b *backend) CheckQuery(req rpc.QueryRequest) error {
+	if IsOwnQuery(req.Name) {
+		return fmt.Errorf("query name %q is the agent's own (placement uses it): choose another name", req.Name)
+	}
+	if size := b.a.node.QuerySize(req.Name, req.Payload, queryParams(req)); size > gossip.QuerySizeLimit {
+		return fmt.Errorf("query %q would take %d bytes, over serf's %d-byte limit for a query's name, payload and filters: "+
+			"send a shorter payload (or fewer --node and --tag filters)", req.Name, size, gossip.QuerySizeLimit)
+	}
+	return nil
+}
+
+func (b *backend) Query(ctx context.Context, req rpc.QueryRequest, onAck func(string), onResponse func(rpc.NodeResponse)) error {
+	if err := b.CheckQuery(req); err != nil {
+		return err
+	}
+	return b.a.node.Query(ctx, req.Name, req.Payload, queryParams(req), onAck, func(from string, payload []byte) {
 		onResponse(rpc.NodeResponse{From: from, Payload: payload})
 	})
 }

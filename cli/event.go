@@ -110,10 +110,11 @@ func queryCommand() *ucli.Command {
 			var acks []string
 			responses := map[string]string{}
 			text := format == "text"
-			if text {
-				fmt.Fprintf(c.App.Writer, "query %s sent\n", name)
-			}
-			err = cl.Query(req, func(from string) {
+			err = cl.QuerySent(req, func() {
+				if text {
+					fmt.Fprintf(c.App.Writer, "query %s sent\n", name)
+				}
+			}, func(from string) {
 				acks = append(acks, from)
 				if text {
 					fmt.Fprintf(c.App.Writer, "ack from %s\n", from)

@@ -2,11 +2,13 @@ package cli
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	ucli "github.com/urfave/cli/v2"
 
@@ -120,27 +122,41 @@ func runAgent(c *ucli.Context) error {
 	}
 	select {
 	case <-a.LeftCh():
-		err := a.Shutdown()
+		err := stopWithin(a, cfg.LeaveTimeout, nil, logger, signals)
 		if lost := a.Lost(); lost != nil {
 			return lost
 		}
 		return err
 	case sig := <-signals:
 		logger.Info("signal received; leaving the mesh (send it again to exit at once)", "signal", sig.String())
-		done := make(chan error, 1)
-		go func() {
-			err := a.Leave()
-			if err != nil {
+		return stopWithin(a, cfg.LeaveTimeout, func() {
+			if err := a.Leave(); err != nil {
 				logger.Error("graceful leave failed", "err", err)
 			}
-			done <- a.Shutdown()
-		}()
-		select {
-		case err := <-done:
-			return err
-		case sig := <-signals:
-			logger.Warn("second signal: exiting without finishing the leave", "signal", sig.String())
-			return withCode(ExitError, fmt.Errorf("interrupted"))
+		}, logger, signals)
+	}
+}
+
+// stopWithin runs leave (when given) and the agent's shutdown, and returns
+// once they are done, at --leave-timeout, or at a (second) signal,
+// whichever comes first: whatever its clients do, the agent stops in that time.
+func stopWithin(a *agent.Agent, limit time.Duration, leave func(), logger *slog.Logger, signals <-chan os.Signal) error {
+	done := make(chan error, 1)
+	go func() {
+		if leave != nil {
+			leave()
 		}
+		done <- a.Shutdown()
+	}()
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+		return fmt.Errorf("the agent did not stop within --leave-timeout %s; exiting without waiting for the rest", limit)
+	case sig := <-signals:
+		logger.Warn("second signal: exiting without finishing the leave", "signal", sig.String())
+		return withCode(ExitError, fmt.Errorf("interrupted"))
 	}
 }

@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"time"
@@ -24,10 +25,14 @@ type Backend interface {
 	UpdateTags(set map[string]string, remove []string) error
 	// UserEvent broadcasts a user event to the mesh.
 	UserEvent(name string, payload []byte, coalesce bool) error
+	// CheckQuery says why a query cannot be sent (a reserved name, too
+	// large), before the server tells the client it was.
+	CheckQuery(req QueryRequest) error
 	// Query runs a serf query and blocks until it is finished (its timeout
-	// passed). onAck and onResponse are called from the calling goroutine,
-	// in arrival order, and must not block for long.
-	Query(req QueryRequest, onAck func(from string), onResponse func(NodeResponse)) error
+	// passed) or ctx is done (the client went away, the server closes).
+	// onAck and onResponse are called from the calling goroutine, in
+	// arrival order, and must not block for long.
+	Query(ctx context.Context, req QueryRequest, onAck func(from string), onResponse func(NodeResponse)) error
 	// Keys runs one keyring operation across the mesh.
 	Keys(op KeyOp, key string) (KeyResponse, error)
 	// Stats returns serf-style statistics: section -> key -> value.

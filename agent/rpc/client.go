@@ -477,6 +477,13 @@ func (c *Client) Coordinate(node string) (coord Coordinate, ok bool, err error) 
 // onResponse (either may be nil) run on the calling goroutine, in arrival
 // order, and may call the client.
 func (c *Client) Query(req QueryRequest, onAck func(from string), onResponse func(NodeResponse)) error {
+	return c.QuerySent(req, nil, onAck, onResponse)
+}
+
+// QuerySent is Query with one more callback: sent (when not nil) runs once
+// the agent has accepted the query and sent it to the mesh, before any ack
+// or response; a query the agent refuses returns its error without it.
+func (c *Client) QuerySent(req QueryRequest, sent func(), onAck func(from string), onResponse func(NodeResponse)) error {
 	records := newInbox[queryRecord](0) // a query's answers are bounded by the mesh
 	final := make(chan string, 1)
 	w := &waiter{onRecord: func(raw []byte) bool {
@@ -501,6 +508,9 @@ func (c *Client) Query(req QueryRequest, onAck func(from string), onResponse fun
 	}
 	if r.msg != "" {
 		return &RemoteError{Command: cmdQuery, Message: r.msg}
+	}
+	if sent != nil {
+		sent()
 	}
 	deliver := func() {
 		for _, rec := range records.take() {

@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -206,7 +207,7 @@ func TestClientKeys(t *testing.T) {
 func TestClientQuery(t *testing.T) {
 	ts := startServer(t, ServerConfig{}, nil)
 	f := ts.fake
-	f.query = func(req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
+	f.query = func(_ context.Context, req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
 		onAck("s1")
 		onResponse(NodeResponse{From: "s1", Payload: []byte("bid-1")})
 		onAck("s2")
@@ -237,7 +238,7 @@ func TestClientQuery(t *testing.T) {
 
 	// A query that fails after its header went out reports the failure.
 	f.mu.Lock()
-	f.query = func(QueryRequest, func(string), func(NodeResponse)) error { return errBoom }
+	f.query = func(context.Context, QueryRequest, func(string), func(NodeResponse)) error { return errBoom }
 	f.mu.Unlock()
 	err = c.Query(QueryRequest{Name: "x"}, nil, nil)
 	var re *RemoteError
@@ -252,7 +253,7 @@ func TestClientQueryCallbackMayCallClient(t *testing.T) {
 	ts := startServer(t, ServerConfig{}, nil)
 	f := ts.fake
 	f.members = sampleMembers()
-	f.query = func(_ QueryRequest, _ func(string), onResponse func(NodeResponse)) error {
+	f.query = func(_ context.Context, _ QueryRequest, _ func(string), onResponse func(NodeResponse)) error {
 		for i := range 50 {
 			onResponse(NodeResponse{From: fmt.Sprint("n", i)})
 		}
@@ -665,7 +666,7 @@ func TestCloseEndsEverything(t *testing.T) {
 	}
 	f := newFake()
 	release := make(chan struct{})
-	f.query = func(QueryRequest, func(string), func(NodeResponse)) error { <-release; return nil }
+	f.query = func(context.Context, QueryRequest, func(string), func(NodeResponse)) error { <-release; return nil }
 	s := NewServer(ln, f, ServerConfig{})
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -183,7 +184,7 @@ func TestSerfClientKeys(t *testing.T) {
 func TestSerfClientQuery(t *testing.T) {
 	ts := startServer(t, ServerConfig{}, nil)
 	f := ts.fake
-	f.query = func(req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
+	f.query = func(_ context.Context, req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
 		onAck("s1")
 		onAck("s2")
 		onResponse(NodeResponse{From: "s2", Payload: []byte("no")})

@@ -47,7 +47,9 @@ type fakeBackend struct {
 
 	queries []QueryRequest
 	// query runs a query; nil answers at once with nothing.
-	query func(req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error
+	query func(ctx context.Context, req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error
+	// checkQuery, when set, refuses queries before they go out.
+	checkQuery func(QueryRequest) error
 
 	nextSub   int
 	eventSubs map[int]func(Event)
@@ -147,7 +149,17 @@ func (f *fakeBackend) UserEvent(name string, payload []byte, coalesce bool) erro
 	return f.eventErr
 }
 
-func (f *fakeBackend) Query(req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
+func (f *fakeBackend) CheckQuery(req QueryRequest) error {
+	f.mu.Lock()
+	check := f.checkQuery
+	f.mu.Unlock()
+	if check == nil {
+		return nil
+	}
+	return check(req)
+}
+
+func (f *fakeBackend) Query(ctx context.Context, req QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
 	f.mu.Lock()
 	f.queries = append(f.queries, req)
 	run := f.query
@@ -156,7 +168,7 @@ func (f *fakeBackend) Query(req QueryRequest, onAck func(string), onResponse fun
 	if run == nil {
 		return nil
 	}
-	return run(req, onAck, onResponse)
+	return run(ctx, req, onAck, onResponse)
 }
 
 func (f *fakeBackend) Keys(op KeyOp, key string) (KeyResponse, error) {

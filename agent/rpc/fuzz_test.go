@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -103,7 +104,7 @@ func FuzzServerInput(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fake := newFake()
 		fake.members = sampleMembers()
-		fake.query = func(_ QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
+		fake.query = func(_ context.Context, _ QueryRequest, onAck func(string), onResponse func(NodeResponse)) error {
 			onAck("s1")
 			onResponse(NodeResponse{From: "s1", Payload: []byte("ok")})
 			return errors.New("partial")

@@ -36,6 +36,7 @@
 package rpc
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -104,7 +105,19 @@ const (
 type Handler func(body Body) (resp any, err error)
 
 // Body is the request body of a registered command.
-type Body struct{ raw []byte }
+type Body struct {
+	raw []byte
+	ctx context.Context
+}
+
+// Context is done when the request's client goes away or the server
+// closes: a handler that waits should stop waiting then.
+func (b Body) Context() context.Context {
+	if b.ctx == nil {
+		return context.Background()
+	}
+	return b.ctx
+}
 
 // Decode decodes the request body into v, which must be a pointer.
 func (b Body) Decode(v any) error {
@@ -131,6 +144,11 @@ type Server struct {
 
 	handlers map[string]Handler // filled before Serve, read-only after
 	queries  pendingQueries
+
+	// ctx is done when Close begins; every connection's context derives
+	// from it.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu        sync.Mutex
 	serving   bool
@@ -159,6 +177,7 @@ func NewServer(l net.Listener, b Backend, cfg ServerConfig) *Server {
 		conns:       map[*conn]struct{}{},
 		done:        make(chan struct{}),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -239,12 +258,14 @@ func (s *Server) Serve() error {
 }
 
 // Close stops accepting, closes every connection, ends every stream,
-// monitor and query feed, and waits for the server's goroutines. A command
-// in progress (a Handler, or a query still inside Backend.Query) is waited
-// for, so Close must not be called from inside a Backend method or a
-// Handler. Close is idempotent and may be called from any goroutine.
+// monitor and query feed, cancels the context of every query and command
+// in progress, and waits for the server's goroutines. A Handler that
+// ignores its Body's context is waited for, so Close must not be called
+// from inside a Backend method or a Handler. Close is idempotent and may
+// be called from any goroutine.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.cancel()
 		s.mu.Lock()
 		s.closed = true
 		close(s.done)
@@ -283,8 +304,11 @@ func (s *Server) track(nc net.Conn) *conn {
 		}
 		return nil
 	}
+	ctx, cancel := context.WithCancel(s.ctx)
 	c := &conn{
 		s:       s,
+		ctx:     ctx,
+		cancel:  cancel,
 		nc:      nc,
 		log:     s.log.With("remote", nc.RemoteAddr().String()),
 		in:      newBudgetReader(nc),
@@ -345,10 +369,14 @@ func (s *Server) spec(command string) (commandSpec, bool) {
 // conn is one client connection. version, authed, streams and monitor are
 // touched only by the serve goroutine.
 type conn struct {
-	s   *Server
-	nc  net.Conn
-	log *slog.Logger
-	in  *budgetReader
+	s *Server
+	// ctx is done once the client is gone (or the server closes): its
+	// queries and commands in progress stop then.
+	ctx    context.Context
+	cancel context.CancelFunc
+	nc     net.Conn
+	log    *slog.Logger
+	in     *budgetReader
 
 	wmu     sync.Mutex // serialises frames: replies and records share the socket
 	closing atomic.Bool
@@ -675,6 +703,11 @@ func (c *conn) dispatch(cmd string, seq uint64, spec commandSpec, raw []byte) er
 		if err := decode(&req); err != nil {
 			return bad(err)
 		}
+		// A query that cannot go out is refused in the header, as serf
+		// refuses it, so the client never says it was sent.
+		if err := b.CheckQuery(req); err != nil {
+			return c.reply(seq, err.Error(), nil, false)
+		}
 		if err := c.reply(seq, "", nil, false); err != nil {
 			return err
 		}
@@ -693,7 +726,7 @@ func (c *conn) dispatch(cmd string, seq uint64, spec commandSpec, raw []byte) er
 		return c.reply(seq, errString(respond(req.Payload)), nil, false)
 
 	default: // registered: spec already proved it exists
-		resp, err := c.s.handlers[cmd](Body{raw: raw})
+		resp, err := c.s.handlers[cmd](Body{raw: raw, ctx: c.ctx})
 		if err != nil {
 			return c.reply(seq, err.Error(), nil, true)
 		}
@@ -789,7 +822,7 @@ func (c *conn) runQuery(seq uint64, req QueryRequest) {
 	c.children.Add(2)
 	go func() {
 		defer c.children.Done()
-		finished <- c.s.backend.Query(req,
+		finished <- c.s.backend.Query(c.ctx, req,
 			func(from string) { push(queryRecord{Type: queryRecordAck, From: from}) },
 			func(r NodeResponse) {
 				push(queryRecord{Type: queryRecordResponse, From: r.From, Payload: r.Payload})
@@ -852,6 +885,7 @@ func (c *conn) linger() {
 // cleanup ends everything the connection started and waits for it.
 func (c *conn) cleanup() {
 	c.shut()
+	c.cancel()
 	for seq, f := range c.streams {
 		f.stop()
 		delete(c.streams, seq)
