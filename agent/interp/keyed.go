@@ -228,7 +228,7 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 		kl.last = nil
 		return existingAnswer(in, req, start)
 	}
-	if p := kl.last; p != nil && now.Sub(p.at) < replaceGrace && !endedIn(view, p.resp.Name) && p.gen >= known {
+	if p := kl.last; p != nil && now.Sub(p.at) < replaceGrace && !listedIn(view, p.resp.Name) && p.gen >= known {
 		resp := p.resp
 		resp.Existing, resp.Connection = true, nil
 		if err := conflict(req, resp.Kind, nil, ""); err != nil {
@@ -257,14 +257,10 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 	return resp
 }
 
-// endedIn reports whether the view shows name gone (left or failed).
-func endedIn(view []Instance, name string) bool {
-	for _, in := range view {
-		if in.Name == name {
-			return in.Status == gossip.StatusLeft || in.Status == gossip.StatusFailed
-		}
-	}
-	return false
+// listedIn reports whether the view lists name at all: once it does, the
+// view, not the coordinator's memory, says whether it answers for its key.
+func listedIn(view []Instance, name string) bool {
+	return slices.ContainsFunc(view, func(in Instance) bool { return in.Name == name })
 }
 
 // existingAnswer answers a keyed spawn with the key's live interpreter, or
