@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -196,4 +197,74 @@ func TestGoneClientsDoNotHoldTheAgent(t *testing.T) {
 	if strings.Contains(a.p.log.String(), "level=ERROR") {
 		t.Errorf("a clean stop logged an error")
 	}
+}
+
+// drainJSON is `agent drain --format json`.
+type drainJSON struct {
+	Draining bool    `json:"draining"`
+	Running  int     `json:"running"`
+	StopAt   *string `json:"stop_at"`
+	Kept     bool    `json:"stop_kept"`
+	Replaced *string `json:"replaced_stop_at"`
+}
+
+func drainVia(t *testing.T, a *testAgent, args ...string) drainJSON {
+	t.Helper()
+	out, errOut, code := runCLI(t, append([]string{"drain", "--rpc-addr", a.rpc, "--format", "json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("drain %v: exit %d %s", args, code, errOut)
+	}
+	var d drainJSON
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatalf("drain json: %v\n%s", err, out)
+	}
+	return d
+}
+
+// TestDrainKeepsItsDeadline (item 7, and issue 29's lost deadline): a
+// drain again keeps a pending stop and says so, --stop replaces it naming
+// the old one, --stop=false cancels it; JSON always shows the deadline.
+// A deadline survives a restart of the agent and still stops the
+// interpreters.
+func TestDrainKeepsItsDeadline(t *testing.T) {
+	a := newTestAgent(t, 1)
+	stopInterpreters(t, a)
+	a.start(t, "--load-source", "fixed:cpu=10,mem=10")
+	waitFor(t, "the first load publication", 10*time.Second, func() bool { return membersOf(t, a)[a.name].Tags["cpu"] != "" })
+	in, errOut, code := spawnVia(t, a, "--kind", "demo", "--wait")
+	if code != 0 {
+		t.Fatalf("spawn: %s", errOut)
+	}
+	first := drainVia(t, a, "--stop", "--deadline", "1h")
+	if first.StopAt == nil || first.Running != 1 {
+		t.Fatalf("drain --stop --deadline 1h: %+v", first)
+	}
+	again := drainVia(t, a)
+	if again.StopAt == nil || *again.StopAt != *first.StopAt || !again.Kept {
+		t.Fatalf("drain again: %+v, want the stop at %s kept", again, *first.StopAt)
+	}
+	out, _, _ := runCLI(t, "drain", "--rpc-addr", a.rpc)
+	if !strings.Contains(out, "its 1 running interpreter still stop") || !strings.Contains(out, "as set before") {
+		t.Fatalf("drain again says: %s", out)
+	}
+	later := drainVia(t, a, "--stop", "--deadline", "2h")
+	if later.Replaced == nil || *later.Replaced != *first.StopAt || later.StopAt == nil || *later.StopAt == *first.StopAt {
+		t.Fatalf("drain --stop --deadline 2h: %+v, want it to replace %s", later, *first.StopAt)
+	}
+	out, _, _ = runCLI(t, "drain", "--stop=false", "--rpc-addr", a.rpc)
+	if !strings.Contains(out, "keep going") || !strings.Contains(out, "is cancelled") {
+		t.Fatalf("drain --stop=false says: %s", out)
+	}
+	if d := drainVia(t, a); d.StopAt != nil || !d.Draining {
+		t.Fatalf("after --stop=false: %+v", d)
+	}
+
+	drainVia(t, a, "--stop", "--deadline", "3s")
+	a.p.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.p.done
+	a.start(t)
+	waitFor(t, "the restored deadline to stop the interpreter", 20*time.Second, func() bool {
+		i, ok := interpretersOf(t, a)[in.Name]
+		return ok && i.Status != "alive"
+	})
 }

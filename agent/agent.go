@@ -275,6 +275,7 @@ func (a *Agent) start() error {
 	a.rpc.Register(rpc.CommandSignalInterpreter, a.handleSignalInterpreter)
 	a.interps.Start(node)
 	if a.cfg.Role == gossip.RoleServer {
+		a.armRestoredDrain()
 		bidding.Serve(node, a.bid, a.logger.With("component", "placement"))
 		started := a.clock.Now()
 		a.wg.Add(1)

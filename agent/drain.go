@@ -40,9 +40,24 @@ func (a *Agent) loadDrain() error {
 	a.drain = d
 	a.drainMu.Unlock()
 	if d.Draining {
-		a.logger.Warn("this server is draining, as before the restart: it takes no new interpreters (agent drain --undo ends it)")
+		a.logger.Warn("this server is draining, as before the restart: it takes no new interpreters (agent drain --undo ends it)",
+			"stop_at", d.StopAt)
 	}
 	return nil
+}
+
+// armRestoredDrain arms the stop of a drain restored from before a restart
+// (a deadline already passed stops the interpreters at once). Start calls
+// it once the interpreters are adopted.
+func (a *Agent) armRestoredDrain() {
+	a.drainMu.Lock()
+	d, gen := a.drain, a.drainGen
+	a.drainMu.Unlock()
+	if !d.Draining || d.StopAt.IsZero() {
+		return
+	}
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.stopAtDeadline(gen, d.StopAt) }()
 }
 
 // draining reports whether the server takes no new interpreters. Safe for
@@ -64,22 +79,41 @@ func (a *Agent) handleDrain(body rpc.Body) (any, error) {
 			"point --rpc-addr at a server's agent", a.cfg.NodeName, a.cfg.Role)
 	}
 	switch {
-	case req.Undo && (req.Stop || req.Deadline != 0):
+	case req.Undo && (req.Stop || req.NoStop || req.Deadline != 0):
 		return nil, errors.New("--undo ends a drain: give it alone, without --stop or --deadline")
+	case req.Stop && req.NoStop:
+		return nil, errors.New("--stop and --stop=false together: give one")
+	case req.NoStop && req.Deadline != 0:
+		return nil, errors.New("--stop=false cancels a pending stop, so it takes no --deadline")
 	case req.Deadline < 0:
 		return nil, fmt.Errorf("--deadline %s is negative: give how long from now, e.g. 10m", req.Deadline)
 	case req.Deadline > 0 && !req.Stop:
 		return nil, errors.New("--deadline says when to stop the running interpreters: add --stop " +
 			"(without it they run until they exit by themselves)")
 	}
+	a.drainMu.Lock()
+	prev := a.drain
+	a.drainMu.Unlock()
 	next := drainState{Draining: !req.Undo}
-	if req.Stop {
+	var kept bool
+	switch {
+	case req.Stop:
 		next.StopAt = a.clock.Now().Add(req.Deadline)
+	case !req.Undo && !req.NoStop && prev.Draining:
+		// Draining again never cancels a stop by surprise: it stands
+		// until --stop replaces it, --stop=false cancels it or --undo.
+		next.StopAt = prev.StopAt
+		kept = !prev.StopAt.IsZero()
 	}
 	if err := a.setDrain(next); err != nil {
 		return nil, err
 	}
-	return a.drainResponse(), nil
+	resp := a.drainResponse()
+	resp.Kept = kept
+	if !kept && !prev.StopAt.IsZero() && prev.Draining {
+		resp.Replaced = prev.StopAt
+	}
+	return resp, nil
 }
 
 func (a *Agent) drainResponse() rpc.DrainResponse {

@@ -153,7 +153,7 @@ func writeInterpretersTable(w io.Writer, list []rpc.InterpreterView) {
 			restart = "no"
 		}
 		if i.Restarts > 0 || i.Generation > 0 {
-			restart += fmt.Sprintf(" (%d restarts, %d re-placements)", i.Restarts, i.Generation)
+			restart += fmt.Sprintf(" (%s, %s)", plural(i.Restarts, "restart", "restarts"), plural(i.Generation, "re-placement", "re-placements"))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Kind, i.Host, status, i.Endpoint, strconv.Itoa(i.PID), restart)
 	}
