@@ -194,6 +194,69 @@ func TestOneInterpreterPerKeyThroughAPartition(t *testing.T) {
 	}
 }
 
+// TestTheAnswerStandsThroughAPartition: six keys run on the minority
+// side of a 3|2 split. The majority sees their hosts failed, and a keyed
+// spawn there places each key anew: that is the answer the client now
+// holds. After the heal each key keeps exactly that interpreter, and the
+// minority's stale copies stop themselves. Before a new placement took a
+// generation above every one known, about half the stale copies won the tie
+// on name and the interpreter the client was using was stopped.
+func TestTheAnswerStandsThroughAPartition(t *testing.T) {
+	b := newBed(t, "", testbed.Filters)
+	left, right := b.Hosts[:3], b.Hosts[3:]
+	keys := []string{"stands-1", "stands-2", "stands-3", "stands-4", "stands-5", "stands-6"}
+	rids := map[string]string{}
+	for i, key := range keys {
+		host := right[i%2]
+		res, out := spawnKeyed(t, host, key, "--constraint", "box="+host.Name)
+		if res.Code != 0 {
+			t.Fatalf("spawn %s on %s failed", key, host.Name)
+		}
+		rids[key] = out["request_id"].(string)
+	}
+	waitFor(t, "the keys listed everywhere", 30*time.Second, func() bool {
+		for _, rid := range rids {
+			if _, ok := oneListedEverywhere(t, b.Hosts, rid, hostSet(right)); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	if err := b.Partition(left, right); err != nil {
+		t.Fatal(err)
+	}
+	waitView(t, b, "each side to see the other failed", 60*time.Second, b.Hosts, func(v testbed.View) bool {
+		return v.All(left, right, "failed") && v.All(right, left, "failed")
+	})
+	answers := map[string]string{}
+	for i, key := range keys {
+		res, out := spawnKeyed(t, left[i%3], key)
+		if res.Code != 0 || !hostSet(left)[out["node"].(string)] || out["existing"] == true {
+			t.Fatalf("keyed spawn of %s on the majority side: exit %d, %v", key, res.Code, out)
+		}
+		answers[key] = out["name"].(string)
+	}
+	if err := b.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	for _, key := range keys {
+		waitFor(t, "one interpreter for "+key+" listed by every host", 90*time.Second, func() bool {
+			_, ok := oneListedEverywhere(t, b.Hosts, rids[key], nil)
+			return ok
+		})
+		waitFor(t, "one process for "+key, 30*time.Second, func() bool {
+			_, n := processesFor(t, b, rids[key])
+			return n == 1
+		})
+		won, _ := oneListedEverywhere(t, b.Hosts, rids[key], nil)
+		if won.Name != answers[key] {
+			t.Errorf("key %s: %s survived the heal, but the last answer named %s", key, won.Name, answers[key])
+		}
+	}
+	measure(t, "partition 3|2", "heal to the last answers alone", time.Since(healed))
+}
+
 // TestHostCrashFreesItsKeys: kill -9 of everything on a host. A keyed spawn
 // of one of its keys, asked elsewhere, places a new interpreter on a live
 // host; a key spawned with --restart on-failure comes back by itself, once,
