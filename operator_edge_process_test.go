@@ -268,3 +268,37 @@ func TestDrainKeepsItsDeadline(t *testing.T) {
 		return ok && i.Status != "alive"
 	})
 }
+
+// TestNoPublishingAfterLeave (item 8): a server whose load moves every
+// second publishes nothing once its leave begins, and its clean stop logs
+// no ERROR.
+func TestNoPublishingAfterLeave(t *testing.T) {
+	var steps []string
+	for i := range 120 {
+		steps = append(steps, fmt.Sprintf("%ds=%d/%d", i, 10+80*(i%2), 10+80*(i%2)))
+	}
+	a1, a2 := newTestAgent(t, 1), newTestAgent(t, 2)
+	a1.start(t)
+	a2.start(t, "--join", a1.gossip, "--load-source", "script:"+strings.Join(steps, ","), "--load-window", "1s",
+		"--publish-min-interval", "100ms")
+	waitFor(t, "node2 alive on node1", 10*time.Second, statusEverywhere(t, []*testAgent{a1}, a2.name, "alive"))
+	waitFor(t, "node2 to publish its load a few times", 10*time.Second, func() bool {
+		return strings.Count(a2.p.log.String(), "load published") >= 3
+	})
+	a2.p.cmd.Process.Signal(syscall.SIGTERM)
+	<-a2.p.done
+	log := a2.p.log.String()
+	_, after, ok := strings.Cut(log, "leaving the mesh")
+	if !ok {
+		t.Fatalf("no leave in the log:\n%s", log)
+	}
+	if strings.Contains(after, "load published") {
+		t.Errorf("load published after the leave began:\n%s", after)
+	}
+	if strings.Contains(log, "level=ERROR") {
+		t.Errorf("a clean stop logged an ERROR:\n%s", after)
+	}
+	if code := a2.p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("a clean stop exited %d", code)
+	}
+}

@@ -100,6 +100,10 @@ type Agent struct {
 	dirLockMu sync.Mutex
 	dirLock   *dataDirLock
 
+	// leaving is set when the leave begins: from then on the node's tags
+	// are final, and publishing them would race the leave broadcast.
+	leaving atomic.Bool
+
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
 	leaveOnce  sync.Once
@@ -530,6 +534,9 @@ func (a *Agent) retryJoin(addrs []string) {
 func (a *Agent) republishTags() {
 	a.tagsMu.Lock()
 	defer a.tagsMu.Unlock()
+	if a.leaving.Load() {
+		return
+	}
 	if err := a.node.SetTags(a.buildTagsLocked()); err != nil {
 		a.logger.Warn("could not republish tags after joining", "err", err)
 	}
@@ -588,6 +595,7 @@ func (a *Agent) RPCAddr() string { return a.rpcLn.Addr().String() }
 // Leave leaves the mesh gracefully, waiting at most the leave timeout. The
 // agent must still be shut down.
 func (a *Agent) Leave() error {
+	a.leaving.Store(true)
 	done := make(chan error, 1)
 	go func() { done <- a.node.Leave() }()
 	select {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"time"
@@ -53,6 +54,9 @@ func (a *Agent) updateUserTags(set map[string]string, remove []string) error {
 	}
 	a.tagsMu.Lock()
 	defer a.tagsMu.Unlock()
+	if a.leaving.Load() {
+		return errors.New("this agent is leaving the mesh: its tags no longer change")
+	}
 	old := a.tags.extra
 	next := maps.Clone(old)
 	if next == nil {
@@ -76,6 +80,9 @@ func (a *Agent) observeLoad(l gossip.Load, now time.Time) {
 	a.tagsMu.Lock()
 	defer a.tagsMu.Unlock()
 	a.tags.latest = &l
+	if a.leaving.Load() {
+		return // the leave is the last word; a tag update would race it
+	}
 	// A node whose probes go unanswered is failed or about to be; a tag
 	// update would revive it everywhere until the mesh fails it again, a
 	// flap per update (issue 14). It publishes once it hears the mesh.
@@ -100,6 +107,11 @@ func (a *Agent) observeLoad(l gossip.Load, now time.Time) {
 	a.tags.published = state.Published{CPU: state.Round1(l.CPU), Mem: state.Round1(l.Mem), Interpreters: ni, At: now, Valid: true}
 	if err := a.node.SetTags(a.buildTagsLocked()); err != nil {
 		a.tags.published = old
+		if a.leaving.Load() {
+			// The leave began while the update waited for its broadcast.
+			a.logger.Debug("load not published: the agent is leaving", "err", err)
+			return
+		}
 		a.logger.Error("could not publish load", "err", err)
 		return
 	}
