@@ -302,3 +302,28 @@ func TestNoPublishingAfterLeave(t *testing.T) {
 		t.Errorf("a clean stop exited %d", code)
 	}
 }
+
+// TestRejoinAfterALeave (item 9): restarted without --join after a
+// graceful stop, an agent says why it stays alone and how to rejoin;
+// with --rejoin it rejoins the members it knew, as serf's -rejoin.
+func TestRejoinAfterALeave(t *testing.T) {
+	a1, a2 := newTestAgent(t, 1), newTestAgent(t, 2)
+	a1.start(t)
+	a2.start(t, "--join", a1.gossip)
+	waitFor(t, "node2 alive on node1", 10*time.Second, statusEverywhere(t, []*testAgent{a1}, a2.name, "alive"))
+	stop := func() { a2.p.cmd.Process.Signal(syscall.SIGTERM); <-a2.p.done }
+	stop()
+	waitFor(t, "node2 left on node1", 10*time.Second, statusEverywhere(t, []*testAgent{a1}, a2.name, "left"))
+	a2.start(t)
+	waitFor(t, "the restarted agent to say how to rejoin", 5*time.Second, func() bool {
+		return strings.Contains(a2.p.log.String(), "does not rejoin by itself: give --join ADDR, or --rejoin to rejoin the 1 member it knew")
+	})
+	if membersOf(t, a2)[a1.name].Status == "alive" {
+		t.Fatalf("node2 rejoined after a leave without --rejoin")
+	}
+	stop()
+	a2.start(t, "--rejoin")
+	waitFor(t, "node2 rejoined with --rejoin", 15*time.Second, statusEverywhere(t, []*testAgent{a1}, a2.name, "alive"))
+	checkCases(t, 10*time.Second, []cliCase{{"--rejoin with no data dir", []string{"run", "--node", "x", "--role", "interpreter", "--rejoin"}, 1,
+		[]string{"--rejoin rejoins the members kept in --data-dir"}}})
+}

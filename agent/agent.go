@@ -311,11 +311,16 @@ func (a *Agent) start() error {
 	joinAddrs := a.cfg.Join
 	if path := a.peersPath(); path != "" {
 		if len(joinAddrs) == 0 {
-			peers, err := loadPeers(path)
-			if err != nil {
+			peers, left, err := loadPeers(path)
+			switch {
+			case err != nil:
 				a.logger.Warn("not rejoining by itself", "err", err)
-			} else if len(peers) > 0 {
-				a.logger.Info("rejoining the members known before the restart", "peers", peers)
+			case len(peers) == 0:
+			case left && !a.cfg.Rejoin:
+				a.logger.Warn(fmt.Sprintf("this agent left the mesh on purpose before it stopped, so it does not rejoin by itself: "+
+					"give --join ADDR, or --rejoin to rejoin the %s it knew", plural(len(peers), "member", "members")), "peers", peers)
+			default:
+				a.logger.Info("rejoining the members known before the restart", "peers", peers, "after_leave", left)
 				joinAddrs = peers
 			}
 		}
@@ -341,6 +346,9 @@ func (a *Agent) start() error {
 	// Every subscriber is in place: the events held since the node started
 	// (its own join first) may flow.
 	node.ReleaseEvents()
+	if len(joinAddrs) == 0 {
+		a.logger.Info("no --join and no members to rejoin: this agent is alone until it joins a mesh (--join ADDR, or agent join ADDR)")
+	}
 	if len(joinAddrs) > 0 {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.retryJoin(joinAddrs) }()
@@ -596,6 +604,13 @@ func (a *Agent) RPCAddr() string { return a.rpcLn.Addr().String() }
 // agent must still be shut down.
 func (a *Agent) Leave() error {
 	a.leaving.Store(true)
+	// The members known now stay on record, for --rejoin.
+	var peers []string
+	if a.peersPath() != "" {
+		if peers = a.alivePeers(); len(peers) == 0 {
+			peers, _, _ = loadPeers(a.peersPath())
+		}
+	}
 	done := make(chan error, 1)
 	go func() { done <- a.node.Leave() }()
 	select {
@@ -610,7 +625,7 @@ func (a *Agent) Leave() error {
 		if a.peersPath() == "" {
 			return nil
 		}
-		return a.writePeers(nil, true)
+		return a.writePeers(peers, true)
 	case <-a.clock.After(a.cfg.LeaveTimeout):
 		return fmt.Errorf("leave did not finish within %s", a.cfg.LeaveTimeout)
 	}
@@ -656,3 +671,11 @@ func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d
 
 // samplesTaken counts the load loop's samples.
 func (a *Agent) samplesTaken() uint64 { return a.samples.Load() }
+
+// plural writes n with the singular or plural noun: "1 member", "2 members".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.Itoa(n) + " " + many
+}

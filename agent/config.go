@@ -28,6 +28,7 @@ type Config struct {
 	RPCAddr       string
 	RPCToken      string
 	Join          []string
+	Rejoin        bool          // rejoin the recorded members even after a graceful leave
 	JoinRetryMax  time.Duration // the longest pause between join attempts
 	Role          gossip.Role
 	Tags          map[string]string
@@ -589,6 +590,20 @@ var options = []Option{
 		},
 		get: func(c *Config) []string { return c.Join },
 	},
+	{
+		Name: "rejoin", Bool: true,
+		Usage: "after a graceful leave too, rejoin the members known before the stop (kept in --data-dir), as serf's -rejoin; " +
+			"after a crash the agent rejoins them anyway",
+		set: func(c *Config, v []string) error {
+			b, err := strconv.ParseBool(one(v))
+			if err != nil {
+				return fmt.Errorf("%q is not true or false", one(v))
+			}
+			c.Rejoin = b
+			return nil
+		},
+		get: func(c *Config) []string { return []string{strconv.FormatBool(c.Rejoin)} },
+	},
 	durationOption("join-retry-max", "longest pause between join attempts (backoff starts at 1s)",
 		func(c *Config) *time.Duration { return &c.JoinRetryMax }),
 	{
@@ -714,6 +729,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Role == gossip.RoleInterpreter && c.RPCAddr == "" {
 		return errors.New("an interpreter still needs --rpc-addr")
+	}
+	if c.Rejoin && c.DataDir == "" {
+		return errors.New("--rejoin rejoins the members kept in --data-dir: give --data-dir too")
 	}
 	if c.RPCToken != "" && c.RPCTokenFile != "" {
 		return errors.New("both --rpc-token and --rpc-token-file are set: keep one")

@@ -39,24 +39,22 @@ func (a *Agent) peersPath() string {
 	return filepath.Join(a.cfg.DataDir, peersFileName)
 }
 
-// loadPeers returns the addresses to rejoin after a restart, or none when
-// there is no record or the agent left the mesh on purpose.
-func loadPeers(path string) ([]string, error) {
+// loadPeers returns the addresses recorded for a rejoin and whether the
+// agent left the mesh on purpose before it stopped (then, as with serf, it
+// rejoins them only with --rejoin). No record is no peers.
+func loadPeers(path string) (peers []string, left bool, err error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, false, fmt.Errorf("read %s: %w", path, err)
 	}
 	var rec peersRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("%s is damaged (%v): delete it, and give --join to find the mesh", path, err)
+		return nil, false, fmt.Errorf("%s is damaged (%v): delete it, and give --join to find the mesh", path, err)
 	}
-	if rec.Left {
-		return nil, nil
-	}
-	return rec.Peers, nil
+	return rec.Peers, rec.Left, nil
 }
 
 // alivePeers lists the gossip addresses of the other alive members, sorted.
