@@ -327,3 +327,20 @@ func TestRejoinAfterALeave(t *testing.T) {
 	checkCases(t, 10*time.Second, []cliCase{{"--rejoin with no data dir", []string{"run", "--node", "x", "--role", "interpreter", "--rejoin"}, 1,
 		[]string{"--rejoin rejoins the members kept in --data-dir"}}})
 }
+
+// TestMonitorShowsUserEventsAndQueries (item 11): `agent monitor` at its
+// default level (info) shows the user events and queries the agent
+// receives, as serf's does.
+func TestMonitorShowsUserEventsAndQueries(t *testing.T) {
+	a := newTestAgent(t, 1)
+	a.start(t)
+	mon := startClient(t, "monitor", "--rpc-addr", a.rpc)
+	waitFor(t, "monitor to show a user event", 10*time.Second, func() bool {
+		runCLI(t, "event", "deploy34", "v1", "--rpc-addr", a.rpc)
+		return strings.Contains(mon.log.String(), `msg="user event received" name=deploy34`)
+	})
+	waitFor(t, "monitor to show a query", 10*time.Second, func() bool {
+		runCLI(t, "query", "ping34", "--timeout", "200ms", "--rpc-addr", a.rpc)
+		return strings.Contains(mon.log.String(), `msg="query received" name=ping34 from=node1`)
+	})
+}

@@ -296,6 +296,7 @@ func (a *Agent) start() error {
 	go func() { defer a.wg.Done(); a.watchLost() }()
 
 	a.watchHistory()
+	a.logUserEvents()
 	a.startEventHandlers()
 	if err := a.startHTTP(); err != nil {
 		a.Shutdown()
@@ -430,6 +431,28 @@ func (a *Agent) watchHistory() {
 			for _, m := range e.Members {
 				a.history.record(m, now)
 			}
+		}
+	})
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); <-a.shutdownCh; cancel() }()
+}
+
+// logUserEvents logs the user events and queries this agent receives at
+// info, as serf's agent does, so that `agent monitor` shows them; the
+// queries placement sends itself, many a second in a busy mesh, go to debug.
+func (a *Agent) logUserEvents() {
+	cancel := a.node.Subscribe(func(e gossip.Event) {
+		switch {
+		case e.Type == gossip.EventUser:
+			a.logger.Info("user event received", "name", e.Name, "payload_bytes", len(e.Payload), "ltime", e.LTime)
+		case e.Type == gossip.EventQuery && IsOwnQuery(e.Name):
+			a.logger.Debug("placement query received", "name", e.Name, "ltime", e.LTime)
+		case e.Type == gossip.EventQuery:
+			from := ""
+			if e.Query != nil {
+				from = e.Query.From
+			}
+			a.logger.Info("query received", "name", e.Name, "from", from, "payload_bytes", len(e.Payload), "ltime", e.LTime)
 		}
 	})
 	a.wg.Add(1)

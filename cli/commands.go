@@ -117,7 +117,7 @@ func tagsCommand() *ucli.Command {
 func monitorCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "monitor",
-		Usage: "stream the agent's log and member events until interrupted",
+		Usage: "stream the agent's log (user events and queries received included, as serf's) and member events until interrupted",
 		Flags: append(rpcFlags(),
 			&ucli.StringFlag{Name: "log-level", Value: "info", Usage: "lowest level shown: debug, info, warn or error"}),
 		Action: func(c *ucli.Context) error {
