@@ -91,6 +91,7 @@ func TestImportRules(t *testing.T) {
 				p == module+"/state" || p == module+"/bidding" || p == module+"/agent/rpc" || p == module+"/internal/durable"
 		},
 		"internal/durable": isStdlib,
+		"chaos":            isStdlib,
 		"cli": func(p string) bool {
 			return isStdlib(p) || p == "github.com/urfave/cli/v2" || p == module+"/agent" ||
 				p == module+"/agent/rpc" || p == module+"/gossip" || p == module+"/simulation"
@@ -105,7 +106,7 @@ func TestImportRules(t *testing.T) {
 				if ok := allowed[pkg.dir]; ok != nil && !ok(imp) {
 					t.Errorf("%s imports %s, which DESIGN.md does not allow it", pkg.dir, imp)
 				}
-				if (pkg.dir == "placement" || pkg.dir == "state") && forbiddenInPure[imp] {
+				if (pkg.dir == "placement" || pkg.dir == "state" || pkg.dir == "chaos") && forbiddenInPure[imp] {
 					t.Errorf("%s imports %s: pure packages do no I/O and take time and randomness as values", pkg.dir, imp)
 				}
 			}
@@ -113,13 +114,13 @@ func TestImportRules(t *testing.T) {
 	}
 }
 
-// TestPurePackagesReadNoClock: time arrives as a value in placement/ and
-// state/, never from the wall clock or a timer.
+// TestPurePackagesReadNoClock: time arrives as a value in placement/,
+// state/ and chaos/, never from the wall clock or a timer.
 func TestPurePackagesReadNoClock(t *testing.T) {
 	clockFuncs := map[string]bool{"Now": true, "Since": true, "Until": true, "Sleep": true, "After": true,
 		"AfterFunc": true, "Tick": true, "NewTimer": true, "NewTicker": true}
 	for _, pkg := range parsePackages(t) {
-		if pkg.dir != "placement" && pkg.dir != "state" {
+		if pkg.dir != "placement" && pkg.dir != "state" && pkg.dir != "chaos" {
 			continue
 		}
 		for _, f := range pkg.files {
