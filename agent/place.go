@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"time"
 
@@ -18,24 +17,7 @@ import (
 // bid is this server's answer to a place query.
 func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 	load, healthy := a.currentLoad()
-	b := placement.Bid{
-		Node:       a.cfg.NodeName,
-		CPU:        load.CPU,
-		Mem:        load.Mem,
-		Running:    a.interps.Running(),
-		Pending:    a.interps.Starting(),
-		Capacity:   a.cfg.Capacity,
-		Healthy:    healthy,
-		OffersKind: slices.Contains(a.interps.Kinds(), req.Kind),
-		Kinds:      a.interps.Kinds(),
-		Tags:       a.node.Tags(),
-	}
-	if name, gen, ok := a.interps.Holding(req.ID); ok {
-		b.Holds, b.HoldsGen = name, gen
-	}
-	if gen := a.interps.KnownGen(req.ID); gen != interp.NoGen {
-		b.Known, b.KnownGen = true, gen
-	}
+	b := placement.Bid{Node: a.cfg.NodeName, CPU: load.CPU, Mem: load.Mem, Healthy: healthy, Tags: a.node.Tags()}
 	select {
 	case <-a.shutdownCh:
 		b.Refusal = "shutting down"
@@ -47,12 +29,7 @@ func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 	if b.Refusal == "" && !a.allow(a.placeLimit, asker) {
 		b.Refusal = fmt.Sprintf("rate limited: %s sent more than %g place queries a second (--place-rate-limit)", asker, a.cfg.PlaceRate)
 	}
-	if b.Refusal == "" && b.Capacity > 0 && b.Running+b.Pending >= b.Capacity {
-		b.Refusal = fmt.Sprintf("at capacity: %d of %d interpreters", b.Running+b.Pending, b.Capacity)
-	}
-	if b.Refusal == "" {
-		b.Refusal = a.interps.KindRefusal(req.Kind)
-	}
+	b = a.interps.Bid(req, b)
 	if b.Refusal != "" {
 		a.metrics.bidsRefused.WithLabelValues(refusalReason(b.Refusal)).Inc()
 	}

@@ -83,7 +83,7 @@ func (k *Kind) setPorts(ports []string, connection string) error {
 var portPlaceholder = regexp.MustCompile(`\{port:([^}]*)\}`)
 
 // namedPorts picks a free port on ip for each of the kind's named ports.
-func (k Kind) namedPorts(ip string) (map[string]int, error) {
+func (k Kind) namedPorts(ip string, freePort func(ip string, udpToo bool) (int, error)) (map[string]int, error) {
 	ports := map[string]int{}
 	used := map[int]bool{}
 	for _, name := range k.Ports {

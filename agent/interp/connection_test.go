@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,7 +28,7 @@ func TestJupyterKind(t *testing.T) {
 	if strings.Join(k.Ports, ",") != "shell,iopub,stdin,control,hb,extra" {
 		t.Fatalf("ports %v", k.Ports)
 	}
-	ports, err := k.namedPorts("127.0.0.1")
+	ports, err := k.namedPorts("127.0.0.1", OSProcesses{}.FreePort)
 	if err != nil || len(ports) != 6 {
 		t.Fatalf("ports %v %v", ports, err)
 	}
@@ -123,11 +122,11 @@ func TestSpawnAnswerFitsAQueryResponse(t *testing.T) {
 
 func TestDeliverAllowsOnlyTheListedSignals(t *testing.T) {
 	for _, s := range []string{"SIGHUP", "STOP", "1", "", "SIGUSR1"} {
-		if a := deliver(s, 1); a.Delivered || !strings.Contains(a.Reason, "SIGINT, SIGTERM, SIGKILL") {
+		if a := deliver(s, osChild{pid: 1}); a.Delivered || !strings.Contains(a.Reason, "SIGINT, SIGTERM, SIGKILL") {
 			t.Errorf("%q: %+v", s, a)
 		}
 	}
-	if a := deliver("SIGINT", 0); a.Delivered || !strings.Contains(a.Reason, "not running") {
+	if a := deliver("SIGINT", nil); a.Delivered || !strings.Contains(a.Reason, "not running") {
 		t.Errorf("no child: %+v", a)
 	}
 	for in, want := range map[string]string{"int": "SIGINT", "SIGTERM": "SIGTERM", "9": "SIGKILL", " kill ": "SIGKILL"} {
@@ -153,10 +152,10 @@ func TestControlSocketSignalsTheGroup(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- child.Wait() }()
 	t.Cleanup(func() { child.Process.Kill(); <-done })
-	var pid atomic.Int64
-	pid.Store(int64(child.Process.Pid))
+	c := osChild{pid: child.Process.Pid}
 	path := filepath.Join(dir, controlSocket)
-	ctl, err := serveControl(path, &pid, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctl, err := serveControl(path, func(sig string) controlAnswer { return deliver(sig, c) },
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,9 @@ type Deps struct {
 	Emit func(Event)
 	// Draining says the server takes no new interpreters; nil: never.
 	Draining func() bool
+	// Processes is where supervisors run; nil: real processes of
+	// Config.Self.
+	Processes Processes
 }
 
 // Event is something that happened to an interpreter that operators want
@@ -97,6 +100,7 @@ type Lifecycle struct {
 	deps   Deps
 	logger *slog.Logger
 	clock  state.Clock
+	procs  Processes
 
 	regMu        sync.Mutex
 	registry     *state.Registry
@@ -105,7 +109,7 @@ type Lifecycle struct {
 	inflightName map[string]string // request id -> the name it starts under
 	inflightGen  map[string]int
 	takenBack    map[string]bool // request ids whose start an asker took back while it ran
-	supervisors  map[string]startedSupervisor
+	supervisors  map[string]Started
 	hostRestarts map[string]*Tracker // request id -> restarts after supervisor crashes
 
 	meshMu     sync.Mutex
@@ -128,8 +132,12 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 10 * time.Second
 	}
+	procs := deps.Processes
+	if procs == nil {
+		procs = OSProcesses{Self: cfg.Self}
+	}
 	return &Lifecycle{
-		cfg: cfg, deps: deps, logger: deps.Logger.With("component", "interpreters"), clock: deps.Clock,
+		cfg: cfg, deps: deps, logger: deps.Logger.With("component", "interpreters"), clock: deps.Clock, procs: procs,
 		registry:     state.NewRegistry(),
 		inflight:     map[string]chan struct{}{},
 		inflightKind: map[string]string{},
@@ -137,7 +145,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		inflightGen:  map[string]int{},
 		takenBack:    map[string]bool{},
 		memory:       newMemory(),
-		supervisors:  map[string]startedSupervisor{},
+		supervisors:  map[string]Started{},
 		hostRestarts: map[string]*Tracker{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},

@@ -2,6 +2,7 @@ package interp
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,14 +12,15 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/meshagent/agent/agent/rpc"
+	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/internal/durable"
+	"github.com/meshagent/agent/placement"
 	"github.com/meshagent/agent/state"
 )
 
@@ -123,7 +125,7 @@ func (l *Lifecycle) loadRegistry() error {
 	if err != nil {
 		return fmt.Errorf("%s: %w: move it aside to start with no interpreters", l.registryPath(), err)
 	}
-	dropped := reg.Retain(func(i state.Interpreter) bool { return isOurSupervisor(i.SupervisorPID, i.Spec) })
+	dropped := reg.Retain(func(i state.Interpreter) bool { return l.procs.Running(i.SupervisorPID, i.Spec) })
 	l.registry = reg
 	for _, i := range dropped {
 		l.logger.Info("interpreter gone while the agent was down", "interpreter", i.Name, "pid", i.PID)
@@ -406,6 +408,33 @@ func (l *Lifecycle) Holding(rid string) (name string, gen int, ok bool) {
 	return "", 0, false
 }
 
+// Bid completes a server's bid for req with what its interpreters say:
+// how many run and start here, the kinds offered, whether one of the
+// request's runs here already, the highest generation of it seen, and a
+// refusal when the server drains, is full or is at the kind's limit
+// (unless b already has one). Safe for concurrent use.
+func (l *Lifecycle) Bid(req bidding.Request, b placement.Bid) placement.Bid {
+	b.Running, b.Pending, b.Capacity = l.Running(), l.Starting(), l.cfg.Capacity
+	b.Kinds = l.Kinds()
+	b.OffersKind = slices.Contains(b.Kinds, req.Kind)
+	if name, gen, ok := l.Holding(req.ID); ok {
+		b.Holds, b.HoldsGen = name, gen
+	}
+	if gen := l.KnownGen(req.ID); gen != NoGen {
+		b.Known, b.KnownGen = true, gen
+	}
+	if b.Refusal == "" && l.deps.Draining != nil && l.deps.Draining() {
+		b.Refusal = "draining: this server takes no new interpreters (agent drain --undo ends it)"
+	}
+	if b.Refusal == "" && b.Capacity > 0 && b.Running+b.Pending >= b.Capacity {
+		b.Refusal = fmt.Sprintf("at capacity: %d of %d interpreters", b.Running+b.Pending, b.Capacity)
+	}
+	if b.Refusal == "" {
+		b.Refusal = l.KindRefusal(req.Kind)
+	}
+	return b
+}
+
 // KnownGen is the highest generation of request rid this agent has seen,
 // or NoGen. Safe for concurrent use.
 func (l *Lifecycle) KnownGen(rid string) int { return l.memory.genOf(rid) }
@@ -416,7 +445,7 @@ func (l *Lifecycle) stopSupervisor(name string) {
 	i, ok := l.registry.Get(name)
 	l.regMu.Unlock()
 	if ok {
-		syscall.Kill(i.SupervisorPID, syscall.SIGTERM)
+		l.procs.Terminate(i.SupervisorPID)
 	}
 }
 
@@ -434,17 +463,17 @@ func (e *diedError) Error() string {
 // restarts counts how often this host already restarted the request.
 func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (spawnAnswer, error) {
 	ip := l.deps.Node.LocalMember().Addr.String()
-	childPort, err := freePort(ip, false)
+	childPort, err := l.procs.FreePort(ip, false)
 	if err != nil {
 		return spawnAnswer{}, err
 	}
-	gossipPort, err := freePort(ip, true)
+	gossipPort, err := l.procs.FreePort(ip, true)
 	if err != nil {
 		return spawnAnswer{}, err
 	}
 	var ports map[string]int
 	if len(kind.Ports) > 0 {
-		if ports, err = kind.namedPorts(ip); err != nil {
+		if ports, err = kind.namedPorts(ip, l.procs.FreePort); err != nil {
 			return spawnAnswer{}, err
 		}
 		childPort = ports[kind.Ports[0]] // the endpoint: a kernel's shell port
@@ -493,7 +522,7 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 		}
 		spec.Argv, spec.Env = kind.expand(spec.Argv, spec.Env, ports, connFile)
 	}
-	s, err := launchSupervisor(l.cfg.Self, dir, spec, startTimeout)
+	s, childPID, err := l.startSupervisor(dir, spec)
 	if err != nil {
 		var died *diedError
 		if !errors.As(err, &died) {
@@ -501,7 +530,7 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 		}
 		return spawnAnswer{}, err
 	}
-	rec := state.Interpreter{Name: name, Kind: kind.Name, RequestID: o.RequestID, SupervisorPID: s.pid, PID: s.childPID,
+	rec := state.Interpreter{Name: name, Kind: kind.Name, RequestID: o.RequestID, SupervisorPID: s.PID, PID: childPID,
 		Endpoint: endpoint, Spec: filepath.Join(dir, "spec.json"), Started: l.clock.Now().UTC(),
 		Restart: o.Restart, Args: o.Args, Gen: o.Gen, Restarts: restarts}
 	l.regMu.Lock()
@@ -514,19 +543,54 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 	}
 	l.regMu.Unlock()
 	if err != nil {
-		syscall.Kill(s.pid, syscall.SIGTERM)
+		l.procs.Terminate(s.PID)
 		return spawnAnswer{}, err
 	}
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
 		select {
-		case <-s.done:
+		case <-s.Done:
 			l.supervisorGone(name)
 		case <-l.deps.Done:
 		}
 	}()
-	return spawnAnswer{Name: name, PID: s.childPID, Endpoint: endpoint, Conn: toConnAnswer(conn)}, nil
+	return spawnAnswer{Name: name, PID: childPID, Endpoint: endpoint, Conn: toConnAnswer(conn)}, nil
+}
+
+// startSupervisor writes the spec into dir and launches its supervisor,
+// then waits for its readiness report: the interpreter's pid, or why it did
+// not start (a *diedError when it exited at once).
+func (l *Lifecycle) startSupervisor(dir string, spec Spec) (Started, int, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Started{}, 0, err
+	}
+	specPath := filepath.Join(dir, "spec.json")
+	data, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		return Started{}, 0, err
+	}
+	if err := durable.WriteFile(specPath, data, 0o600); err != nil {
+		return Started{}, 0, err
+	}
+	s, err := l.procs.Launch(specPath, spec)
+	if err != nil {
+		return s, 0, err
+	}
+	select {
+	case rd := <-s.Ready:
+		if rd.Died != "" {
+			return s, 0, &diedError{status: rd.Died, output: rd.Output}
+		}
+		if rd.Error != "" {
+			l.procs.Kill(s.PID)
+			return s, 0, errors.New(rd.Error)
+		}
+		return s, rd.PID, nil
+	case <-l.clock.After(startTimeout):
+		l.procs.Kill(s.PID)
+		return s, 0, fmt.Errorf("supervisor not ready within %s", startTimeout)
+	}
 }
 
 // supervisorGone handles a supervisor that exited: it forgets the
@@ -640,7 +704,7 @@ func (l *Lifecycle) watchSupervisors() {
 			if _, ours := l.supervisors[i.Name]; ours {
 				continue // its exit is seen directly
 			}
-			if !isOurSupervisor(i.SupervisorPID, i.Spec) {
+			if !l.procs.Running(i.SupervisorPID, i.Spec) {
 				gone = append(gone, i.Name)
 			}
 		}
@@ -660,7 +724,7 @@ func (l *Lifecycle) StopAll(why string) int {
 	l.regMu.Unlock()
 	n := 0
 	for _, i := range list {
-		if syscall.Kill(i.SupervisorPID, syscall.SIGTERM) == nil {
+		if l.procs.Terminate(i.SupervisorPID) == nil {
 			n++
 			l.logger.Info("stopping interpreter", "interpreter", i.Name, "why", why)
 		}
@@ -745,7 +809,7 @@ func (l *Lifecycle) handleStopOrder(q *gossip.Query) {
 			// Nothing was started for it here: that is what the asker wants.
 		case !ok:
 			ans.Error = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
-		case syscall.Kill(i.SupervisorPID, syscall.SIGTERM) != nil:
+		case l.procs.Terminate(i.SupervisorPID) != nil:
 			ans.Error = fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)
 		default:
 			l.logger.Info("stopping interpreter", "interpreter", i.Name, "pid", i.PID, "asker", q.From)

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -146,7 +145,12 @@ func (l *Lifecycle) handleSignalOrder(q *gossip.Query) {
 			ans.Reason = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
 		} else {
 			ans = l.signals.once(o.ID, l.clock.Now(), func() signalAnswer {
-				return askSupervisor(filepath.Join(filepath.Dir(i.Spec), controlSocket), sig)
+				spec, err := LoadSpec(i.Spec)
+				if err != nil {
+					return signalAnswer{Reason: "its supervisor cannot be reached: " + err.Error()}
+				}
+				a := l.procs.SignalInterpreter(spec, sig)
+				return signalAnswer{Delivered: a.Delivered, PID: a.PID, Reason: a.Reason}
 			})
 			l.logger.Info("signal for interpreter", "interpreter", o.Name, "signal", sig, "asker", q.From,
 				"delivered", ans.Delivered, "pid", ans.PID, "reason", ans.Reason)
@@ -157,19 +161,19 @@ func (l *Lifecycle) handleSignalOrder(q *gossip.Query) {
 
 // askSupervisor sends one signal name over a supervisor's control socket
 // and reads its answer.
-func askSupervisor(path, sig string) signalAnswer {
+func askSupervisor(path, sig string) controlAnswer {
 	var c net.Conn
 	err := viaShortPath(path, func(p string) (err error) {
 		c, err = net.DialTimeout("unix", p, 2*time.Second)
 		return err
 	})
 	if err != nil {
-		return signalAnswer{Reason: "its supervisor does not answer: " + err.Error()}
+		return controlAnswer{Reason: "its supervisor does not answer: " + err.Error()}
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := fmt.Fprintln(c, sig); err != nil {
-		return signalAnswer{Reason: "its supervisor does not answer: " + err.Error()}
+		return controlAnswer{Reason: "its supervisor does not answer: " + err.Error()}
 	}
 	var ans controlAnswer
 	line, err := bufio.NewReader(c).ReadString('\n')
@@ -177,9 +181,9 @@ func askSupervisor(path, sig string) signalAnswer {
 		err = json.Unmarshal([]byte(line), &ans)
 	}
 	if err != nil {
-		return signalAnswer{Reason: "its supervisor's answer is garbled: " + err.Error()}
+		return controlAnswer{Reason: "its supervisor's answer is garbled: " + err.Error()}
 	}
-	return signalAnswer{Delivered: ans.Delivered, PID: ans.PID, Reason: ans.Reason}
+	return ans
 }
 
 type controlAnswer struct {
@@ -192,7 +196,7 @@ type controlAnswer struct {
 // process group of the interpreter running at that moment (pid holds it;
 // 0 between a failure and its restart). It returns the listener, which
 // the caller closes.
-func serveControl(path string, pid *atomic.Int64, logger *slog.Logger) (io.Closer, error) {
+func serveControl(path string, deliver func(string) controlAnswer, logger *slog.Logger) (io.Closer, error) {
 	os.Remove(path) // left by a supervisor of the same name that crashed
 	var l *net.UnixListener
 	err := viaShortPath(path, func(p string) (err error) {
@@ -219,7 +223,7 @@ func serveControl(path string, pid *atomic.Int64, logger *slog.Logger) (io.Close
 				if err != nil {
 					return
 				}
-				ans := deliver(strings.TrimSpace(line), int(pid.Load()))
+				ans := deliver(strings.TrimSpace(line))
 				logger.Info("signal for the interpreter", "signal", strings.TrimSpace(line), "pid", ans.PID,
 					"delivered", ans.Delivered, "reason", ans.Reason)
 				data, _ := json.Marshal(ans)
@@ -250,16 +254,18 @@ func viaShortPath(path string, use func(string) error) error {
 	return use(fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(path)))
 }
 
-// deliver signals the process group of pid with an allowlisted signal.
-func deliver(name string, pid int) controlAnswer {
+// deliver signals the interpreter's process group with an allowlisted
+// signal; c is nil when no interpreter runs.
+func deliver(name string, c Child) controlAnswer {
 	sig, n, err := rpc.ParseSignal(name)
 	if err != nil {
 		return controlAnswer{Reason: err.Error()}
 	}
-	if pid <= 0 {
+	if c == nil {
 		return controlAnswer{Reason: "the interpreter is not running (it exited; a restart may be pending)"}
 	}
-	if err := syscall.Kill(-pid, syscall.Signal(n)); err != nil {
+	pid := c.PID()
+	if err := c.Signal(syscall.Signal(n)); err != nil {
 		if errors.Is(err, syscall.ESRCH) {
 			return controlAnswer{PID: pid, Reason: "the interpreter's process group is gone"}
 		}
