@@ -231,7 +231,7 @@ func (e *osEnv) Ready(r readiness) {
 	e.ready = nil
 }
 
-func (e *osEnv) Stops() <-chan os.Signal  { return e.stops }
+func (e *osEnv) Stops() <-chan os.Signal { return e.stops }
 func (e *osEnv) Killed() <-chan struct{} { return nil }
 
 // osChild is an interpreter process.
