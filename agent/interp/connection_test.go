@@ -154,7 +154,7 @@ func TestControlSocketSignalsTheGroup(t *testing.T) {
 	t.Cleanup(func() { child.Process.Kill(); <-done })
 	c := osChild{pid: child.Process.Pid}
 	path := filepath.Join(dir, controlSocket)
-	ctl, err := serveControl(path, func(sig string) controlAnswer { return deliver(sig, c) },
+	ctl, err := serveControl(path, func(sig string) ControlAnswer { return deliver(sig, c) },
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -40,7 +40,7 @@ type Processes interface {
 	Kill(pid int) error
 	// SignalInterpreter passes an allowlisted signal to the interpreter
 	// through its supervisor.
-	SignalInterpreter(spec Spec, sig string) controlAnswer
+	SignalInterpreter(spec Spec, sig string) ControlAnswer
 	// FreePort finds a free port on ip for an interpreter (udpToo: for a
 	// member's gossip too).
 	FreePort(ip string, udpToo bool) (int, error)
@@ -49,7 +49,7 @@ type Processes interface {
 // Started is a supervisor just launched.
 type Started struct {
 	PID   int
-	Ready <-chan readiness // one report
+	Ready <-chan Readiness // one report
 	Done  <-chan struct{}  // closed when it exits, while this agent runs
 }
 
@@ -85,10 +85,10 @@ func (p OSProcesses) Launch(specPath string, spec Spec) (Started, error) {
 	// Reap it when it exits while this agent runs; after a restart of the
 	// agent it belongs to init, which reaps it.
 	go func() { cmd.Wait(); close(done) }()
-	ready := make(chan readiness, 1)
+	ready := make(chan Readiness, 1)
 	go func() {
 		defer r.Close()
-		var rd readiness
+		var rd Readiness
 		line, err := bufio.NewReader(r).ReadString('\n')
 		if err != nil {
 			rd.Error = "supervisor exited before it was ready (see " + filepath.Join(dir, "supervisor.log") + ")"
@@ -127,7 +127,7 @@ func (OSProcesses) Terminate(pid int) error { return syscall.Kill(pid, syscall.S
 func (OSProcesses) Kill(pid int) error { return syscall.Kill(-pid, syscall.SIGKILL) }
 
 // SignalInterpreter asks the supervisor over its control socket.
-func (OSProcesses) SignalInterpreter(spec Spec, sig string) controlAnswer {
+func (OSProcesses) SignalInterpreter(spec Spec, sig string) ControlAnswer {
 	return askSupervisor(filepath.Join(filepath.Dir(spec.OutputLog), controlSocket), sig)
 }
 
@@ -162,13 +162,13 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 	signal.Notify(env.stops, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	spec, err := LoadSpec(specPath)
 	if err != nil {
-		env.Ready(readiness{Error: err.Error()})
+		env.Ready(Readiness{Error: err.Error()})
 		logger.Error("cannot supervise", "err", err)
 		return 1
 	}
 	out, err := os.OpenFile(spec.OutputLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		env.Ready(readiness{Error: fmt.Sprintf("open output log: %v", err)})
+		env.Ready(Readiness{Error: fmt.Sprintf("open output log: %v", err)})
 		return 1
 	}
 	defer out.Close()
@@ -216,12 +216,12 @@ func (e *osEnv) StartNode(spec Spec, cfg gossip.Config) (*gossip.Node, error) {
 }
 
 // ServeSignals listens on the control socket beside the spec.
-func (e *osEnv) ServeSignals(spec Spec, deliver func(string) controlAnswer) (io.Closer, error) {
+func (e *osEnv) ServeSignals(spec Spec, deliver func(string) ControlAnswer) (io.Closer, error) {
 	return serveControl(filepath.Join(filepath.Dir(spec.OutputLog), controlSocket), deliver, e.logger)
 }
 
 // Ready writes the report on the readiness pipe, once.
-func (e *osEnv) Ready(r readiness) {
+func (e *osEnv) Ready(r Readiness) {
 	if e.ready == nil {
 		return
 	}

@@ -161,32 +161,33 @@ func (l *Lifecycle) handleSignalOrder(q *gossip.Query) {
 
 // askSupervisor sends one signal name over a supervisor's control socket
 // and reads its answer.
-func askSupervisor(path, sig string) controlAnswer {
+func askSupervisor(path, sig string) ControlAnswer {
 	var c net.Conn
 	err := viaShortPath(path, func(p string) (err error) {
 		c, err = net.DialTimeout("unix", p, 2*time.Second)
 		return err
 	})
 	if err != nil {
-		return controlAnswer{Reason: "its supervisor does not answer: " + err.Error()}
+		return ControlAnswer{Reason: "its supervisor does not answer: " + err.Error()}
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := fmt.Fprintln(c, sig); err != nil {
-		return controlAnswer{Reason: "its supervisor does not answer: " + err.Error()}
+		return ControlAnswer{Reason: "its supervisor does not answer: " + err.Error()}
 	}
-	var ans controlAnswer
+	var ans ControlAnswer
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err == nil {
 		err = json.Unmarshal([]byte(line), &ans)
 	}
 	if err != nil {
-		return controlAnswer{Reason: "its supervisor's answer is garbled: " + err.Error()}
+		return ControlAnswer{Reason: "its supervisor's answer is garbled: " + err.Error()}
 	}
 	return ans
 }
 
-type controlAnswer struct {
+// ControlAnswer is a supervisor's answer to a signal for its interpreter.
+type ControlAnswer struct {
 	Delivered bool   `json:"delivered"`
 	PID       int    `json:"pid,omitempty"`
 	Reason    string `json:"reason,omitempty"`
@@ -196,7 +197,7 @@ type controlAnswer struct {
 // process group of the interpreter running at that moment (pid holds it;
 // 0 between a failure and its restart). It returns the listener, which
 // the caller closes.
-func serveControl(path string, deliver func(string) controlAnswer, logger *slog.Logger) (io.Closer, error) {
+func serveControl(path string, deliver func(string) ControlAnswer, logger *slog.Logger) (io.Closer, error) {
 	os.Remove(path) // left by a supervisor of the same name that crashed
 	var l *net.UnixListener
 	err := viaShortPath(path, func(p string) (err error) {
@@ -256,20 +257,20 @@ func viaShortPath(path string, use func(string) error) error {
 
 // deliver signals the interpreter's process group with an allowlisted
 // signal; c is nil when no interpreter runs.
-func deliver(name string, c Child) controlAnswer {
+func deliver(name string, c Child) ControlAnswer {
 	sig, n, err := rpc.ParseSignal(name)
 	if err != nil {
-		return controlAnswer{Reason: err.Error()}
+		return ControlAnswer{Reason: err.Error()}
 	}
 	if c == nil {
-		return controlAnswer{Reason: "the interpreter is not running (it exited; a restart may be pending)"}
+		return ControlAnswer{Reason: "the interpreter is not running (it exited; a restart may be pending)"}
 	}
 	pid := c.PID()
 	if err := c.Signal(syscall.Signal(n)); err != nil {
 		if errors.Is(err, syscall.ESRCH) {
-			return controlAnswer{PID: pid, Reason: "the interpreter's process group is gone"}
+			return ControlAnswer{PID: pid, Reason: "the interpreter's process group is gone"}
 		}
-		return controlAnswer{PID: pid, Reason: fmt.Sprintf("%s to process group %d: %v", sig, pid, err)}
+		return ControlAnswer{PID: pid, Reason: fmt.Sprintf("%s to process group %d: %v", sig, pid, err)}
 	}
-	return controlAnswer{Delivered: true, PID: pid}
+	return ControlAnswer{Delivered: true, PID: pid}
 }

@@ -34,10 +34,10 @@ type SupervisorEnv interface {
 	StartNode(spec Spec, cfg gossip.Config) (*gossip.Node, error)
 	// ServeSignals lets the agent reach the interpreter with signals;
 	// deliver answers each one. The closer stops it.
-	ServeSignals(spec Spec, deliver func(sig string) controlAnswer) (io.Closer, error)
+	ServeSignals(spec Spec, deliver func(sig string) ControlAnswer) (io.Closer, error)
 	// Ready tells the server that launched the supervisor how the start
 	// went. Called once.
-	Ready(readiness)
+	Ready(Readiness)
 	// Stops delivers the requests to stop the interpreter (SIGTERM,
 	// SIGINT, SIGHUP to the supervisor).
 	Stops() <-chan os.Signal
@@ -124,7 +124,7 @@ func (s *supervisor) start() (int, bool) {
 	s.state = stateStarting
 	child, err := s.env.StartChild(s.spec, s.out)
 	if err != nil {
-		s.env.Ready(readiness{Error: fmt.Sprintf("start %s: %v", s.spec.Argv[0], err)})
+		s.env.Ready(Readiness{Error: fmt.Sprintf("start %s: %v", s.spec.Argv[0], err)})
 		s.logger.Error("interpreter did not start", "argv", s.spec.Argv, "err", err)
 		return 1, false
 	}
@@ -134,7 +134,7 @@ func (s *supervisor) start() (int, bool) {
 	case waitErr := <-s.exited:
 		s.end.How = HowExited
 		s.writeExit(waitErr)
-		s.env.Ready(readiness{Died: describeExit(waitErr), Output: outputHead(s.spec.OutputLog)})
+		s.env.Ready(Readiness{Died: describeExit(waitErr), Output: outputHead(s.spec.OutputLog)})
 		s.logger.Error("interpreter exited at once", "argv", s.spec.Argv, "status", describeExit(waitErr))
 		return exitCode(waitErr), false
 	case <-s.env.Killed():
@@ -150,7 +150,7 @@ func (s *supervisor) start() (int, bool) {
 	}
 	fail := func(err error, what string) (int, bool) {
 		s.stopChild(0)
-		s.env.Ready(readiness{Error: err.Error()})
+		s.env.Ready(Readiness{Error: err.Error()})
 		s.logger.Error(what, "err", err)
 		return 1, false
 	}
@@ -165,7 +165,7 @@ func (s *supervisor) start() (int, bool) {
 	}
 	s.node, s.ctl = node, ctl
 	s.state = stateRunning
-	s.env.Ready(readiness{PID: child.PID()})
+	s.env.Ready(Readiness{PID: child.PID()})
 	s.logger.Info("interpreter running", "pid", child.PID(), "endpoint", s.spec.Endpoint, "argv", s.spec.Argv,
 		"restart", s.spec.Restart, "gen", s.spec.Gen)
 	return 0, true
@@ -351,7 +351,7 @@ func (s *supervisor) setCurrent(c Child) {
 }
 
 // deliver passes an allowlisted signal to the interpreter running now.
-func (s *supervisor) deliver(sig string) controlAnswer {
+func (s *supervisor) deliver(sig string) ControlAnswer {
 	s.mu.Lock()
 	c := s.current
 	s.mu.Unlock()

@@ -63,9 +63,10 @@ type Spec struct {
 	ConnectionFile string `json:"connection_file,omitempty"`
 }
 
-// readiness is what a supervisor writes on its readiness pipe (fd 3) once
-// the interpreter runs and the supervisor's member is up, or why it failed.
-type readiness struct {
+// Readiness is what a supervisor reports to the server that launched it
+// (a real one on its readiness pipe, fd 3) once the interpreter runs and
+// the supervisor's member is up, or why it failed.
+type Readiness struct {
 	PID   int    `json:"pid"`
 	Error string `json:"error,omitempty"`
 	// Died is set when the interpreter exited before it settled: its
