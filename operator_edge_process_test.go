@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshagent/agent/gossip"
 )
 
 // Issue 34: nothing an operator does by mistake hurts the agent. Each item
@@ -343,4 +345,87 @@ func TestMonitorShowsUserEventsAndQueries(t *testing.T) {
 		runCLI(t, "query", "ping34", "--timeout", "200ms", "--rpc-addr", a.rpc)
 		return strings.Contains(mon.log.String(), `msg="query received" name=ping34 from=node1`)
 	})
+}
+
+// TestSmallerMistakes (item 12): help topics, a mistyped command, queries
+// the agent cannot send, help defaults, a long --kind, a taken gossip
+// port, --version, --format JSON and --rpc-addr at the HTTP port.
+func TestSmallerMistakes(t *testing.T) {
+	a := newTestAgent(t, 1)
+	a.start(t)
+	rpcAddr := []string{"--rpc-addr", a.rpc}
+	b := newTestAgent(t, 2)
+	checkCases(t, 10*time.Second, []cliCase{
+		{"agent help", []string{"help"}, 0, []string{"agent - gossip membership", "members"}},
+		{"agent help members", []string{"help", "members"}, 0, []string{"agent members - list the members"}},
+		{"a mistyped command", []string{"membrs"}, 1, []string{`unknown command "membrs": did you mean "members"?`, "agent --help"}},
+		{"help for no such command", []string{"help", "nosuch"}, 1, []string{`unknown command "nosuch"`}},
+		{"--format JSON", append([]string{"members", "--format", "JSON"}, rpcAddr...), 0, []string{`"members": [`}},
+		{"a 2,000-character --kind", append([]string{"spawn", "--kind", strings.Repeat("k", 2000)}, rpcAddr...), 1,
+			[]string{"is 2000 bytes long", "at most 32"}},
+		{"a --kind with a slash", append([]string{"place", "--kind", "a/b"}, rpcAddr...), 1, []string{`holds '/'`}},
+		{"the gossip port taken", []string{"run", "--node", "late", "--bind", a.gossip, "--rpc-addr", b.rpc, "--http-addr", b.http,
+			"--data-dir", b.dataDir}, 1, []string{"address already in use (is another agent running? choose another --bind)"}},
+		{"--rpc-addr at the HTTP port", []string{"members", "--rpc-addr", a.http}, 1,
+			[]string{a.http + " answers HTTP, not the agent's RPC, and says: this is the agent's HTTP API; its RPC listens on " + a.rpc}},
+	})
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"query place", []string{"query", "place", "--timeout", "1s"}, `query name "place" is the agent's own`},
+		{"an oversized query payload", []string{"query", "big", strings.Repeat("x", 2000), "--timeout", "1s"}, "over serf's 1024-byte limit"},
+	} {
+		out, errOut, code := runCLI(t, append(tc.args, rpcAddr...)...)
+		if code != 1 || !strings.Contains(errOut, tc.want) || strings.Contains(out, "sent") {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q: want exit 1, %q and nothing sent", tc.name, code, out, errOut, tc.want)
+		}
+	}
+	start := time.Now()
+	if _, _, code := runCLI(t, "members", "--rpc-addr", a.http); code != 1 || time.Since(start) > 2*time.Second {
+		t.Errorf("--rpc-addr at the HTTP port: exit %d after %s", code, time.Since(start))
+	}
+	for _, cmd := range []string{"place", "query"} {
+		help, _, _ := runCLI(t, cmd, "--help")
+		for _, line := range strings.Split(help, "\n") {
+			if strings.Contains(line, "--timeout") && strings.Count(line, "(default:") != 1 {
+				t.Errorf("%s --help: %q", cmd, line)
+			}
+		}
+	}
+	long, _, _ := runCLI(t, "--version")
+	short, _, _ := runCLI(t, "version")
+	if long != short || !strings.HasPrefix(long, "agent ") {
+		t.Errorf("--version says %q, version says %q", long, short)
+	}
+}
+
+// TestREADMEListsTheReservedTags (item 12): the README names every tag the
+// agent reserves, and no other.
+func TestREADMEListsTheReservedTags(t *testing.T) {
+	data, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "\nTags `role`")
+	para, _, ok2 := strings.Cut(rest, "belong\nto the agent")
+	if !ok || !ok2 {
+		t.Fatal("no sentence listing the reserved tags in README.md")
+	}
+	listed := map[string]bool{"role": true}
+	for _, part := range strings.Split(para, "`")[1:] {
+		if !strings.ContainsAny(part, " ,;()\n") && part != "" {
+			listed[part] = true
+		}
+	}
+	for _, k := range gossip.ReservedTags() {
+		if !listed[k] {
+			t.Errorf("README does not list the reserved tag %q", k)
+		}
+		delete(listed, k)
+	}
+	for k := range listed {
+		t.Errorf("README lists %q, which the agent does not reserve", k)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/meshagent/agent/agent/interp"
@@ -260,6 +261,10 @@ func (a *Agent) start() error {
 	node, err := gossip.Start(gcfg)
 	if err != nil {
 		a.closeListeners()
+		// memberlist flattens the syscall error into its text.
+		if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
+			return fmt.Errorf("%w (is another agent running? choose another --bind)", err)
+		}
 		return err
 	}
 	a.node = node

@@ -132,7 +132,7 @@ func (a *Agent) startHTTP() error {
 	mux.HandleFunc("GET /metrics", a.httpMetrics)
 	mux.Handle("GET /", dashboardHandler())
 
-	ln := a.httpLn // opened by Start before the node gossips
+	ln := rpcOnHTTP{Listener: a.httpLn, rpcAddr: a.RPCAddr()} // opened by Start before the node gossips
 	a.http = &http.Server{Handler: a.guardHTTP(a.countRequests(mux)), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return a.httpCtx }}
 	a.wg.Add(1)

@@ -81,7 +81,10 @@ func withCode(code int, err error) error { return &exitError{code: code, err: er
 // to stdout and stderr as given, so that tests can read it.
 func Run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
-	err := app.Run(reorderArgs(app, args))
+	args, err := routeArgs(app, args)
+	if err == nil {
+		err = app.Run(reorderArgs(app, args))
+	}
 	if err == nil {
 		return ExitOK
 	}
@@ -201,6 +204,14 @@ func dial(c *ucli.Context) (*rpc.Client, error) {
 	if errors.Is(err, rpc.ErrUnauthorized) {
 		return nil, fmt.Errorf("agent at %s refused the RPC token: give the agent's token with --rpc-token-file or AGENT_RPC_TOKEN", addr)
 	}
+	if errors.Is(err, rpc.ErrNotRPC) {
+		var said *rpc.NotRPCError
+		if errors.As(err, &said) {
+			return nil, fmt.Errorf("%s answers HTTP, not the agent's RPC, and says: %s", addr, said.Said)
+		}
+		return nil, fmt.Errorf("%s answers HTTP, not the agent's RPC: point --rpc-addr or AGENT_RPC_ADDR at the agent's RPC, "+
+			"by default 127.0.0.1:7373", addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("agent at %s: %w", addr, err)
 	}
@@ -225,7 +236,7 @@ func withAgent(fn func(c *ucli.Context, cl *rpc.Client, format string) error) uc
 }
 
 func checkFormat(c *ucli.Context) (string, error) {
-	f := c.String("format")
+	f := strings.ToLower(c.String("format"))
 	if f == "" {
 		f = "text" // the command has no --format
 	}

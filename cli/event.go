@@ -78,7 +78,7 @@ func queryCommand() *ucli.Command {
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringSliceFlag{Name: "node", Usage: "ask only this member; repeatable"},
 			&ucli.StringSliceFlag{Name: "tag", Usage: "ask only members whose tag k matches regex (anchored), k=regex; repeatable"},
-			&ucli.DurationFlag{Name: "timeout", Usage: "how long to wait for answers (default: serf's, from the mesh's size)"},
+			&ucli.DurationFlag{Name: "timeout", Usage: "how long to wait for answers", DefaultText: "serf's, from the mesh's size"},
 			&ucli.BoolFlag{Name: "no-ack", Usage: "do not ask members to acknowledge receipt"},
 			&ucli.IntFlag{Name: "relay-factor", Usage: "members that relay each answer back, 0 to 5, for lossy networks"},
 		),

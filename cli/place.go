@@ -23,7 +23,7 @@ func placeCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "kind", Usage: "interpreter kind to place, e.g. demo"},
 			&ucli.StringSliceFlag{Name: "constraint", Usage: "server tag k must match regex (anchored), k=regex; repeatable"},
 			&ucli.StringFlag{Name: "policy", Usage: "spread (least loaded, default) or binpack (fill the busiest that has room)"},
-			&ucli.DurationFlag{Name: "timeout", Usage: "how long to wait for bids (default: the agent's --place-timeout)"},
+			&ucli.DurationFlag{Name: "timeout", Usage: "how long to wait for bids", DefaultText: "the agent's --place-timeout"},
 		),
 		Action: place,
 	}
@@ -36,6 +36,9 @@ func place(c *ucli.Context) error {
 	}
 	if c.String("kind") == "" {
 		return errors.New("place needs --kind, e.g. agent place --kind demo")
+	}
+	if err := checkKind(c.String("kind")); err != nil {
+		return err
 	}
 	if d := c.Duration("timeout"); c.IsSet("timeout") && d <= 0 {
 		return fmt.Errorf("--timeout %s must be positive: write it like 500ms or 2s", d)
@@ -134,4 +137,19 @@ func writePlaceText(w io.Writer, r rpc.PlaceResponse) {
 		fmt.Fprintf(w, "winner: %s (%s policy) — %s\n", r.Winner, r.Policy, r.Reason)
 	}
 	fmt.Fprintf(w, "decision in %.1f ms\n", r.DecisionMS)
+}
+
+// checkKind refuses a --kind no server can offer: kind names follow the
+// rule of an --interpreters file (letters, digits, '-' and '_', at most
+// 32), so a longer or stranger one is a typo, not "no eligible server".
+func checkKind(kind string) error {
+	if len(kind) > 32 {
+		return fmt.Errorf("--kind %.20q… is %d bytes long: a kind name is at most 32 letters, digits, '-' or '_', e.g. --kind demo", kind, len(kind))
+	}
+	for _, r := range kind {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return fmt.Errorf("--kind %q holds %q: a kind name is letters, digits, '-' and '_', e.g. --kind demo", kind, r)
+		}
+	}
+	return nil
 }

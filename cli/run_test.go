@@ -21,6 +21,8 @@ func configFrom(t *testing.T, args ...string) agent.Config {
 		cfg, err = loadConfig(c)
 		return err
 	}
+	// A server needs a data dir; loadConfig only names it.
+	args = append([]string{"--data-dir", t.TempDir()}, args...)
 	if runErr := app.Run(reorderArgs(app, append([]string{"agent", "run"}, args...))); runErr != nil {
 		t.Fatalf("run %v: %v", args, runErr)
 	}

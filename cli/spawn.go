@@ -38,7 +38,7 @@ func spawnCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "key", Usage: "idempotency key: a second spawn with the same key returns the first interpreter"},
 			&ucli.StringSliceFlag{Name: "constraint", Usage: "server tag k must match regex (anchored), k=regex; repeatable"},
 			&ucli.StringFlag{Name: "policy", Usage: "spread (default) or binpack"},
-			&ucli.StringFlag{Name: "restart", Usage: "restart policy: no or on-failure (default: the kind's, else no)"},
+			&ucli.StringFlag{Name: "restart", Usage: "restart policy: no or on-failure", DefaultText: "the kind's, else no"},
 		),
 		Action: spawn,
 	}
@@ -51,6 +51,9 @@ func spawn(c *ucli.Context) error {
 	}
 	if c.String("kind") == "" {
 		return errors.New("spawn needs --kind, e.g. agent spawn --kind demo")
+	}
+	if err := checkKind(c.String("kind")); err != nil {
+		return err
 	}
 	if d := c.Duration("wait-timeout"); d <= 0 {
 		return fmt.Errorf("--wait-timeout %s must be positive: write it like 30s or 2m", d)

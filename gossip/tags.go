@@ -46,6 +46,16 @@ var reservedTags = map[string]bool{
 	TagRestart: true, TagRestarts: true, TagGen: true, TagArgs: true, TagEnd: true, TagDrain: true,
 }
 
+// ReservedTags lists the tags the agent sets itself, sorted.
+func ReservedTags() []string {
+	keys := make([]string, 0, len(reservedTags))
+	for k := range reservedTags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 // IsReservedTag reports whether key is one of the tags the agent sets itself.
 func IsReservedTag(key string) bool { return reservedTags[key] }
 

@@ -1,9 +1,12 @@
 package rpc
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +32,11 @@ var (
 	ErrClosed = errors.New("rpc connection closed")
 	// ErrTimeout means the agent did not answer within the client's
 	// timeout.
-	ErrTimeout = errors.New("agent did not answer in time")
+	ErrTimeout = errors.New("no answer")
+	// ErrNotRPC means the address answered in HTTP: it is an HTTP server
+	// (the agent's own --http-addr, most likely), not the agent's RPC. The
+	// error wraps it with the first line of the server's answer.
+	ErrNotRPC = errors.New("it answers HTTP, not the agent's RPC")
 	// ErrUnauthorized means the agent wants a token, or another one.
 	ErrUnauthorized = errors.New("agent refused the rpc token")
 )
@@ -157,12 +164,12 @@ func Dial(addr string, cfg ClientConfig) (*Client, error) {
 	c := newClient(nc, timeout)
 	if err := c.call(cmdHandshake, handshakeRequest{Version: protocolVersion}, nil); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("handshake with agent at %s: %w", addr, err)
+		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	if cfg.Token != "" {
 		if err := c.call(cmdAuth, authRequest{AuthKey: cfg.Token}, nil); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("authenticate with agent at %s: %w", addr, err)
+			return nil, fmt.Errorf("authenticate: %w", err)
 		}
 	}
 	return c, nil
@@ -178,6 +185,26 @@ func newClient(nc net.Conn, timeout time.Duration) *Client {
 	}
 	go c.read()
 	return c
+}
+
+// NotRPCError is ErrNotRPC with what the HTTP server said, when it said
+// something (the agent's HTTP port names its RPC address).
+type NotRPCError struct{ Said string }
+
+func (e *NotRPCError) Error() string { return ErrNotRPC.Error() + ": " + e.Said }
+func (e *NotRPCError) Unwrap() error { return ErrNotRPC }
+
+// notRPC reads the start of an HTTP answer and returns ErrNotRPC with the
+// first line of its body (the agent's HTTP port names its RPC address
+// there).
+func notRPC(r io.Reader) error {
+	head, _ := io.ReadAll(io.LimitReader(r, 1024))
+	if _, body, ok := strings.Cut(string(head), "\r\n\r\n"); ok {
+		if line, _, _ := strings.Cut(body, "\n"); strings.TrimSpace(line) != "" {
+			return &NotRPCError{Said: strings.TrimSpace(line)}
+		}
+	}
+	return ErrNotRPC
 }
 
 // Close closes the connection. Streams and monitors end; calls in flight
@@ -217,7 +244,14 @@ func (c *Client) fail(err error) {
 // the body the waiter's command says follows.
 func (c *Client) read() {
 	defer close(c.readerDone)
-	in := newBudgetReader(c.nc)
+	// Every answer of an agent starts with a msgpack map; "HTTP/" is an
+	// HTTP server's (the agent's HTTP port tells RPC clients so at once).
+	br := bufio.NewReader(c.nc)
+	if p, err := br.Peek(5); err == nil && string(p) == "HTTP/" {
+		c.fail(notRPC(br))
+		return
+	}
+	in := newBudgetReader(br)
 	next := func() ([]byte, error) {
 		in.reset(maxResponseBytes)
 		return readValue(in)
