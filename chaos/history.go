@@ -60,8 +60,12 @@ type Op struct {
 	Host     string `json:"host,omitempty"`
 	Gen      int    `json:"gen,omitempty"`
 	Existing bool   `json:"existing,omitempty"`
-	// RID is the request id: derived from Key, or from the answer.
+	// RID is the request id: derived from Key, or from the answer; for a
+	// stop or a signal, the named interpreter's, when the driver knows it.
 	RID string `json:"rid,omitempty"`
+	// Signal, for a signal: the one sent. SIGTERM and SIGINT may end an
+	// interpreter cleanly, which no restart policy undoes.
+	Signal string `json:"signal,omitempty"`
 
 	Invoked   time.Duration `json:"invoked"`
 	Completed time.Duration `json:"completed"`
