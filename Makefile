@@ -11,7 +11,7 @@ PKGS     := ./...
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
 FUZZ_TARGETS := ./agent/rpc:FuzzServerInput ./gossip:FuzzParseTags ./gossip:FuzzCheckTag ./bidding:FuzzDecodeBid \
-	./agent/interp:FuzzSpawnOrder ./agent:FuzzConfigFile ./agent/interp:FuzzLoadKinds ./placement:FuzzParseConstraint ./agent:FuzzCheckNodeName
+	./agent/interp:FuzzSpawnOrder ./agent:FuzzConfigFile ./agent/interp:FuzzLoadKinds ./placement:FuzzParseConstraint ./agent:FuzzCheckNodeName ./chaos:FuzzCheck
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -48,7 +48,7 @@ scale: ## opt-in: the simulation at 300 and 1,000 nodes in virtual time (SCALE=2
 pgo: ## regenerate default.pgo, the profile the agent is built with, from a 500-node partition and crash (about 3 minutes)
 	GO=$(GO) ./scripts/pgo.sh
 
-demo: build ## start a 3-agent mesh on loopback; Ctrl-C (or DURATION=30s) stops it
+demo: build ## start a 3-agent mesh on loopback, on free ports (or ADDRS, BASE_PORT); Ctrl-C (or DURATION=30s) stops it
 	AGENT_BIN=$(CURDIR)/$(BIN) ./scripts/demo.sh
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 60s; CI uses 10s)
