@@ -3,6 +3,9 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,11 +254,136 @@ func TestWholeClusterRestart(t *testing.T) {
 }
 
 // TestDemoLeavesNothingBehind: `make demo`'s script, run for a few seconds
-// with a spawn inside, stops every agent, supervisor and interpreter it
-// started.
+// with a spawn inside while another agent holds the default ports on
+// 127.0.0.1 (7946, 7373, 7374), picks free ports, says where each agent
+// listens, works, and stops every agent, supervisor and interpreter it
+// started; the other agent keeps running, alone (issue 34, item 10). With
+// BASE_PORT and ADDRS its agents listen exactly there, and a BASE_PORT
+// whose port is in use is refused naming it.
 func TestDemoLeavesNothingBehind(t *testing.T) {
+	other := holdDefaultPorts(t)
+
+	out := runDemo(t, true, "DURATION=8s")
+	rpc := demoRPC(t, out, "node1")
+	if rpc == "127.0.0.1:7373" {
+		t.Errorf("the demo's node1 took 127.0.0.1:7373, which another agent holds:\n%s", out)
+	}
+	if other != nil {
+		if exited(other.p) {
+			t.Fatalf("the other agent stopped during the demo:\n%s", other.p.log.String())
+		}
+		if got := membersOf(t, other); len(got) != 1 {
+			t.Errorf("the other agent sees %d members, want only itself: %v", len(got), got)
+		}
+	}
+
+	base := freePortRun(t, "127.0.0.1", 6)
+	out = runDemo(t, false, "DURATION=1s", "ADDRS=127.0.0.1,127.0.0.1", fmt.Sprintf("BASE_PORT=%d", base))
+	for i, want := range []string{
+		fmt.Sprintf("started node1: gossip 127.0.0.1:%d, rpc 127.0.0.1:%d, http http://127.0.0.1:%d/", base, base+1, base+2),
+		fmt.Sprintf("started node2: gossip 127.0.0.1:%d, rpc 127.0.0.1:%d, http http://127.0.0.1:%d/", base+3, base+4, base+5),
+		fmt.Sprintf("export AGENT_RPC_ADDR=127.0.0.1:%d", base+1),
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("BASE_PORT=%d ADDRS=127.0.0.1,127.0.0.1: line %d %q missing:\n%s", base, i, want, out)
+		}
+	}
+	if strings.Count(out, " alive ") != 2 {
+		t.Errorf("BASE_PORT=%d ADDRS=127.0.0.1,127.0.0.1: want two alive members listed:\n%s", base, out)
+	}
+
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	port := held.Addr().(*net.TCPAddr).Port
 	cmd := exec.Command("bash", filepath.Join("scripts", "demo.sh"))
-	cmd.Env = append(os.Environ(), "AGENT_BIN="+agentBin, "DURATION=8s")
+	cmd.Env = append(os.Environ(), "AGENT_BIN="+agentBin, "ADDRS=127.0.0.1", fmt.Sprintf("BASE_PORT=%d", port))
+	msg, err := cmd.CombinedOutput()
+	want := fmt.Sprintf("port %d on 127.0.0.1 is in use (BASE_PORT=%d): choose another BASE_PORT, or leave it unset", port, port)
+	if err == nil || !strings.Contains(string(msg), want) {
+		t.Errorf("BASE_PORT on a port in use: %v\n%s", err, msg)
+	}
+	noDemoLeft(t, string(msg))
+}
+
+// holdDefaultPorts starts an agent on the demo's default ports on
+// 127.0.0.1 (gossip 7946, RPC 7373, HTTP 7374). When something else on
+// this host holds them already, the demo must run beside that instead:
+// it returns nil.
+func holdDefaultPorts(t *testing.T) *testAgent {
+	t.Helper()
+	a := newTestAgent(t, 1)
+	a.name = "other"
+	a.gossip, a.rpc, a.http = "127.0.0.1:7946", "127.0.0.1:7373", "127.0.0.1:7374"
+	for _, addr := range []string{a.gossip, a.rpc, a.http} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Logf("%s is held by another process already: the demo runs beside it (%v)", addr, err)
+			return nil
+		}
+		ln.Close()
+	}
+	pc, err := net.ListenPacket("udp", a.gossip)
+	if err != nil {
+		t.Logf("%s (UDP) is held by another process already: the demo runs beside it (%v)", a.gossip, err)
+		return nil
+	}
+	pc.Close()
+	a.start(t)
+	return a
+}
+
+// freePortRun finds n consecutive ports free on ip for TCP and UDP.
+func freePortRun(t *testing.T, ip string, n int) int {
+	t.Helper()
+	for base := 20000 + rand.IntN(20000); base < 60000; base += n {
+		free := true
+		for p := base; p < base+n && free; p++ {
+			addr := fmt.Sprintf("%s:%d", ip, p)
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				free = false
+				continue
+			}
+			ln.Close()
+			pc, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				free = false
+				continue
+			}
+			pc.Close()
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatalf("no %d consecutive free ports on %s", n, ip)
+	return 0
+}
+
+// demoRPC is the RPC address the demo's output gives for node.
+func demoRPC(t *testing.T, out, node string) string {
+	t.Helper()
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(line, "started "+node+": "); ok {
+			_, after, _ := strings.Cut(rest, ", rpc ")
+			rpc, _, _ := strings.Cut(after, ",")
+			return rpc
+		}
+	}
+	t.Fatalf("the demo does not say where %s listens:\n%s", node, out)
+	return ""
+}
+
+// runDemo runs `make demo`'s script with env (DURATION among them) to its
+// end, with a spawn inside when spawn is set, checks that it left nothing
+// behind and returns its output.
+func runDemo(t *testing.T, spawn bool, env ...string) string {
+	t.Helper()
+	cmd := exec.Command("bash", filepath.Join("scripts", "demo.sh"))
+	cmd.Env = append(append(os.Environ(), "AGENT_BIN="+agentBin), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -277,6 +405,22 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 		close(lines)
 		done <- cmd.Wait()
 	}()
+	ended := false
+	t.Cleanup(func() {
+		if ended {
+			return
+		}
+		go func() {
+			for range lines {
+			}
+		}()
+		stopDemo()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+		}
+	})
 	var log strings.Builder
 	for line := range lines {
 		log.WriteString(line + "\n")
@@ -284,35 +428,43 @@ func TestDemoLeavesNothingBehind(t *testing.T) {
 			break
 		}
 	}
-	// The demo's servers bid once they have sampled their load.
-	bidding := false
-	for start := time.Now(); !bidding && time.Since(start) < 20*time.Second; time.Sleep(100 * time.Millisecond) {
-		_, _, code := runCLI(t, "place", "--kind", "demo", "--rpc-addr", "127.0.0.1:7373")
-		bidding = code == 0
-	}
-	if _, errOut, code := runCLI(t, "spawn", "--kind", "demo", "--wait", "--rpc-addr", "127.0.0.1:7373"); !bidding || code != 0 {
-		stopDemo()
-		<-done
-		t.Fatalf("spawn inside the demo: %s\n%s", errOut, log.String())
+	if spawn {
+		rpc := demoRPC(t, log.String(), "node1")
+		// The demo's servers bid once they have sampled their load.
+		bidding := false
+		for start := time.Now(); !bidding && time.Since(start) < 20*time.Second; time.Sleep(100 * time.Millisecond) {
+			_, _, code := runCLI(t, "place", "--kind", "demo", "--rpc-addr", rpc)
+			bidding = code == 0
+		}
+		if _, errOut, code := runCLI(t, "spawn", "--kind", "demo", "--wait", "--rpc-addr", rpc); !bidding || code != 0 {
+			t.Fatalf("spawn inside the demo: %s\n%s", errOut, log.String())
+		}
 	}
 	for line := range lines {
 		log.WriteString(line + "\n")
 	}
 	select {
 	case err := <-done:
+		ended = true
 		if err != nil {
 			t.Fatalf("demo: %v\n%s", err, log.String())
 		}
 	case <-time.After(60 * time.Second):
-		stopDemo()
-		<-done
 		t.Fatalf("the demo did not end:\n%s", log.String())
 	}
+	noDemoLeft(t, log.String())
+	return log.String()
+}
+
+// noDemoLeft fails the test, and kills them, when processes of a demo run
+// by the binary are still there.
+func noDemoLeft(t *testing.T, log string) {
+	t.Helper()
 	if left := processesOf(agentBin); len(left) > 0 {
 		for _, pid := range left {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
-		t.Fatalf("processes of the binary left after the demo: %v\n%s", left, log.String())
+		t.Fatalf("processes of the binary left after the demo: %v\n%s", left, log)
 	}
 }
 
