@@ -235,7 +235,7 @@ type nemesis struct {
 	faults []Fault
 }
 
-// The nemesis's pace and the lengths of its faults.
+// The nemesis's pace, and its rest around a cluster restart.
 const (
 	nemesisStart = 3 * time.Second
 	nemesisGapLo = 2 * time.Second
