@@ -429,3 +429,50 @@ func TestREADMEListsTheReservedTags(t *testing.T) {
 		t.Errorf("README lists %q, which the agent does not reserve", k)
 	}
 }
+
+// TestTagsSurviveARestart (item 12): tags changed with `agent tags` are
+// kept in the data dir and applied over --tag at the next start, as serf's
+// -tags-file keeps them: a tag set is there after a restart, a tag deleted
+// stays deleted, and a --tag the user changed keeps the user's value.
+func TestTagsSurviveARestart(t *testing.T) {
+	a := newTestAgent(t, 1)
+	restart := func() {
+		t.Helper()
+		a.p.cmd.Process.Signal(syscall.SIGTERM)
+		<-a.p.done
+		a.start(t, "--tag", "zone=a", "--tag", "rack=r1")
+	}
+	tagsOf := func() map[string]string { return membersOf(t, a)[a.name].Tags }
+	tagsVia := func(args ...string) {
+		t.Helper()
+		if _, errOut, code := runCLI(t, append([]string{"tags", "--rpc-addr", a.rpc}, args...)...); code != 0 {
+			t.Fatalf("tags %v: exit %d %s", args, code, errOut)
+		}
+	}
+	a.start(t, "--tag", "zone=a", "--tag", "rack=r1")
+	tagsVia("--set", "dc=east", "--set", "zone=b")
+	restart()
+	if got := tagsOf(); got["dc"] != "east" || got["zone"] != "b" || got["rack"] != "r1" {
+		t.Fatalf("after a restart, tags %v: want dc=east and zone=b (set with agent tags) and rack=r1 (--tag)", got)
+	}
+	if !strings.Contains(a.p.log.String(), "--tag zone=a (set to b): changed with agent tags before the restart, which wins over --tag") {
+		t.Errorf("the restart does not say which --tag it overrides:\n%s", a.p.log.String())
+	}
+	tagsVia("--delete", "dc", "--delete", "rack")
+	restart()
+	got := tagsOf()
+	if _, ok := got["dc"]; ok {
+		t.Errorf("after a restart, the deleted tag dc is back: %v", got)
+	}
+	if _, ok := got["rack"]; ok {
+		t.Errorf("after a restart, the deleted --tag rack is back: %v", got)
+	}
+	if got["zone"] != "b" {
+		t.Errorf("after a second restart, zone=%q, want b", got["zone"])
+	}
+	tagsVia("--set", "rack=r2")
+	restart()
+	if got := tagsOf(); got["rack"] != "r2" {
+		t.Errorf("a deleted --tag set again: rack=%q after a restart, want r2", got["rack"])
+	}
+}

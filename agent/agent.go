@@ -225,6 +225,9 @@ func (a *Agent) releaseDataDir() {
 }
 
 func (a *Agent) start() error {
+	if err := a.restoreUserTags(); err != nil {
+		return err
+	}
 	if a.cfg.Role == gossip.RoleServer {
 		if err := a.interps.LoadRegistry(); err != nil {
 			return err

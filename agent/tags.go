@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"time"
 
 	"github.com/meshagent/agent/gossip"
@@ -15,7 +14,8 @@ import (
 // (RPC, the load loop, the spawner); each change rebuilds the whole map here
 // under one lock, so no update can undo another.
 type tagState struct {
-	extra     map[string]string // the user's own tags
+	extra     map[string]string // the user's own tags: --tag with changes applied
+	changes   tagChanges        // the changes made with agent tags, kept in the data dir
 	latest    *gossip.Load      // the newest average, not necessarily published
 	healthy   bool              // load sampling works
 	published state.Published   // what the tags carry
@@ -57,18 +57,25 @@ func (a *Agent) updateUserTags(set map[string]string, remove []string) error {
 	if a.leaving.Load() {
 		return errors.New("this agent is leaving the mesh: its tags no longer change")
 	}
-	old := a.tags.extra
-	next := maps.Clone(old)
-	if next == nil {
-		next = map[string]string{}
+	old, oldChanges := a.tags.extra, a.tags.changes
+	changes := oldChanges.with(a.cfg.Tags, set, remove)
+	next := changes.apply(a.cfg.Tags)
+	// As serf's agent: the change is kept before it is gossiped, so a
+	// restart never loses a change the mesh has seen.
+	path := a.userTagsPath()
+	if path != "" {
+		if err := writeTagChanges(path, changes); err != nil {
+			return fmt.Errorf("tags not changed: %w", err)
+		}
 	}
-	maps.Copy(next, set)
-	for _, k := range remove {
-		delete(next, k)
-	}
-	a.tags.extra = next
+	a.tags.extra, a.tags.changes = next, changes
 	if err := a.node.SetTags(a.buildTagsLocked()); err != nil {
-		a.tags.extra = old
+		a.tags.extra, a.tags.changes = old, oldChanges
+		if path != "" {
+			if werr := writeTagChanges(path, oldChanges); werr != nil {
+				a.logger.Error("tags not changed, but the tags file keeps the change: the next start applies it", "file", path, "err", werr)
+			}
+		}
 		return err
 	}
 	return nil
