@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/meshagent/agent/gossip"
 )
 
 // TestDataDirLock: a second lock on a held data dir fails naming the dir
@@ -39,4 +42,33 @@ func TestDataDirLock(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	again.release()
+}
+
+// TestInterpDirIsTheDataDir: the agent keeps its interpreters and drain in
+// --data-dir and nowhere else; an agent with none (an interpreter-role
+// agent, which starts no interpreters) names no directory, never a
+// predictable one under $TMPDIR (issue 34, item 1).
+func TestInterpDirIsTheDataDir(t *testing.T) {
+	for _, tc := range []struct {
+		role    gossip.Role
+		dataDir string
+	}{
+		{gossip.RoleInterpreter, ""},
+		{gossip.RoleInterpreter, t.TempDir()},
+		{gossip.RoleServer, t.TempDir()},
+	} {
+		cfg := DefaultConfig()
+		cfg.NodeName, cfg.Role, cfg.DataDir, cfg.HTTPAddr = "n1", tc.role, tc.dataDir, ""
+		logger, stream, err := NewLogger(io.Discard, "info", "text")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := New(cfg, Deps{Logger: logger, Logs: stream})
+		if err != nil {
+			t.Fatalf("%s, data dir %q: %v", tc.role, tc.dataDir, err)
+		}
+		if got := a.interpDir(); got != tc.dataDir {
+			t.Errorf("%s, data dir %q: interpreters kept in %q, want the data dir", tc.role, tc.dataDir, got)
+		}
+	}
 }

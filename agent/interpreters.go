@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -36,13 +34,11 @@ func RunSupervisor(specPath string, logger *slog.Logger) int {
 // RunEchoServer is the built-in demo interpreter.
 func RunEchoServer(addr string, stderr io.Writer) int { return interp.RunEchoServer(addr, stderr) }
 
-// interpDir holds the registry and one directory per interpreter.
-func (a *Agent) interpDir() string {
-	if a.cfg.DataDir != "" {
-		return a.cfg.DataDir
-	}
-	return filepath.Join(os.TempDir(), "agent-"+a.cfg.NodeName)
-}
+// interpDir holds the registry, the drain state and one directory per
+// interpreter: the data dir, which a server must have. An agent of the
+// interpreter role may have none (""): it starts no interpreters and
+// cannot drain, so it never writes there.
+func (a *Agent) interpDir() string { return a.cfg.DataDir }
 
 // runningInterpreters counts the live interpreters this server started.
 func (a *Agent) runningInterpreters() int { return a.interps.Running() }
