@@ -476,3 +476,61 @@ func TestTagsSurviveARestart(t *testing.T) {
 		t.Errorf("a deleted --tag set again: rack=%q after a restart, want r2", got["rack"])
 	}
 }
+
+// TestGoneClientsCancelSpawnAndPlace (item 3, for spawn and place): a
+// spawn --wait or a place waiting for the bid of a server that does not
+// answer (paused, still alive in the view, --place-timeout 10m) ends when
+// its client is killed: the agent answers members at once at
+// --rpc-max-conns 1, and SIGTERM stops it within --leave-timeout.
+func TestGoneClientsCancelSpawnAndPlace(t *testing.T) {
+	const leaveTimeout = 4 * time.Second
+	a1, a2 := newTestAgent(t, 1), newTestAgent(t, 2)
+	stopInterpreters(t, a1, a2)
+	a1.start(t, "--rpc-max-conns", "1", "--place-timeout", "10m", "--leave-timeout", leaveTimeout.String())
+	a2.start(t, "--join", a1.gossip)
+	t.Cleanup(func() { a2.p.cmd.Process.Signal(syscall.SIGCONT) }) // before the kill of a2's cleanup
+	// waiting starts a client of args while node2 is paused, and returns
+	// once node1 is waiting for node2's bid.
+	waiting := func(args ...string) *proc {
+		t.Helper()
+		waitFor(t, "node2 alive on node1", 15*time.Second, statusEverywhere(t, []*testAgent{a1}, a2.name, "alive"))
+		asked := strings.Count(a1.p.log.String(), `msg="asking the servers for bids"`)
+		a2.p.cmd.Process.Signal(syscall.SIGSTOP)
+		client := startClient(t, append(args, "--rpc-addr", a1.rpc)...)
+		waitFor(t, args[0]+" to ask for bids", 5*time.Second, func() bool {
+			return strings.Count(a1.p.log.String(), `msg="asking the servers for bids"`) > asked
+		})
+		return client
+	}
+	for _, args := range [][]string{{"spawn", "--kind", "demo", "--wait"}, {"place", "--kind", "demo"}} {
+		client := waiting(args...)
+		if exited(client) {
+			t.Fatalf("%s ended without waiting for the paused server:\n%s", args[0], client.log.String())
+		}
+		client.cmd.Process.Kill()
+		<-client.done
+		waitFor(t, "members to answer once the "+args[0]+" client is killed", 5*time.Second, func() bool {
+			_, _, code := runCLI(t, "members", "--rpc-addr", a1.rpc)
+			return code == 0
+		})
+		a2.p.cmd.Process.Signal(syscall.SIGCONT)
+	}
+	client := waiting("spawn", "--kind", "demo", "--wait")
+	start := time.Now()
+	a1.p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a1.p.done:
+	case <-time.After(leaveTimeout):
+		t.Fatalf("SIGTERM with a spawn waiting: the agent still runs after --leave-timeout %s", leaveTimeout)
+	}
+	if code := a1.p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("the agent exited %d after %s, want 0", code, time.Since(start))
+	}
+	for _, line := range strings.Split(a1.p.log.String(), "\n") {
+		// memberlist's failed pings of the paused node2 aside
+		if strings.Contains(line, "level=ERROR") && !strings.Contains(line, "component=memberlist") {
+			t.Errorf("a clean stop logged an error: %s", line)
+		}
+	}
+	<-client.done
+}

@@ -44,8 +44,15 @@ func (a *Agent) interpDir() string { return a.cfg.DataDir }
 func (a *Agent) runningInterpreters() int { return a.interps.Running() }
 
 // electForSpawn is the election a spawn runs, counted in the asker's ledger.
+// A spawn cancelled meanwhile (its client hung up, or the agent is
+// stopping) ends with its election: no server is told to start an
+// interpreter nobody waits for, to be taken back at once.
 func (a *Agent) electForSpawn(ctx context.Context, req placement.Request) interp.Election {
-	return a.elect(ctx, req, 0, a.ledger)
+	e := a.elect(ctx, req, 0, a.ledger)
+	if err := ctx.Err(); err != nil && e.Err == nil {
+		e.Err = fmt.Errorf("spawn cancelled during the election (its client went away, or the agent is stopping): %w", err)
+	}
+	return e
 }
 
 func (a *Agent) reserve(rid string, b placement.Bid) {
@@ -83,7 +90,8 @@ func (a *Agent) handleSpawn(body rpc.Body) (any, error) {
 		return nil, fmt.Errorf("bad spawn request: %w", err)
 	}
 	start := time.Now()
-	resp := a.interps.Spawn(context.Background(), req)
+	// The client's context: a client that hangs up cancels its spawn.
+	resp := a.interps.Spawn(body.Context(), req)
 	a.metrics.spawnLatency.Observe(time.Since(start).Seconds())
 	switch {
 	case resp.Code != "":

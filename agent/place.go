@@ -48,6 +48,7 @@ func (a *Agent) elect(ctx context.Context, req placement.Request, timeout time.D
 		constraints = append(constraints, c.String())
 	}
 	var e interp.Election
+	a.logger.Debug("asking the servers for bids", "kind", req.Kind, "request", req.ID, "timeout", timeout)
 	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Constraints: constraints}, timeout)
 	if e.Err == nil {
 		if ledger != nil {
@@ -126,7 +127,7 @@ func (a *Agent) handlePlace(body rpc.Body) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := a.elect(context.Background(), preq, req.Timeout, nil)
+	e := a.elect(body.Context(), preq, req.Timeout, nil) // a client that hangs up ends the wait for bids
 	if e.Err != nil && errors.Is(e.Err, bidding.ErrNoServers) {
 		return nil, e.Err
 	}

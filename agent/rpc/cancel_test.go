@@ -92,3 +92,55 @@ func TestCheckQueryRefusesInTheHeader(t *testing.T) {
 		t.Fatalf("the connection did not carry on: %v", err)
 	}
 }
+
+// TestCommandEndsWhenItsClientGoes: a client that hangs up while a
+// registered command (spawn, place) waits cancels the command's context,
+// and its connection slot is free again; a command whose client stays is
+// answered as before, and the connection serves the next request.
+func TestCommandEndsWhenItsClientGoes(t *testing.T) {
+	started, ended := make(chan error, 1), make(chan error, 1)
+	ts := startServer(t, ServerConfig{MaxConns: 1}, func(s *Server) {
+		s.Register("wait", func(b Body) (any, error) {
+			started <- nil
+			<-b.Context().Done()
+			ended <- b.Context().Err()
+			return nil, errors.New("cancelled")
+		})
+		s.Register("quick", func(b Body) (any, error) {
+			return map[string]string{"ok": "yes"}, b.Context().Err()
+		})
+	})
+	c, err := Dial(ts.addr, ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]string
+	if err := c.Call("quick", struct{}{}, &got); err != nil || got["ok"] != "yes" {
+		t.Fatalf("quick: %v %v", got, err)
+	}
+	if err := c.Call("quick", struct{}{}, &got); err != nil {
+		t.Fatalf("a second command on the connection: %v", err)
+	}
+	go c.Call("wait", struct{}{}, nil)
+	recv(t, started, "the command to run")
+	c.Close()
+	if err := recv(t, ended, "the command to be cancelled"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("command ended with %v", err)
+	}
+	var next *Client
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		next, err = Dial(ts.addr, ClientConfig{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot after the client left: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	defer next.Close()
+	if _, err := next.Members(); err != nil {
+		t.Fatalf("members after the client left: %v", err)
+	}
+}

@@ -726,11 +726,41 @@ func (c *conn) dispatch(cmd string, seq uint64, spec commandSpec, raw []byte) er
 		return c.reply(seq, errString(respond(req.Payload)), nil, false)
 
 	default: // registered: spec already proved it exists
+		stopWatching := c.watchGone()
 		resp, err := c.s.handlers[cmd](Body{raw: raw, ctx: c.ctx})
+		stopWatching()
 		if err != nil {
 			return c.reply(seq, err.Error(), nil, true)
 		}
 		return c.reply(seq, "", resp, true)
+	}
+}
+
+// watchGone cancels the connection's context when its client hangs up
+// while a registered command runs: the serve loop reads nothing then, so
+// without it a handler waiting on Body.Context would learn of the hang-up
+// only once it returned. It peeks, consuming nothing, so a request the
+// client sends meanwhile is read as usual afterwards (and shows the client
+// is still there). The returned stop ends the watch and must be called
+// before the serve loop reads again.
+func (c *conn) watchGone() (stop func()) {
+	if c.in.r.Buffered() > 0 {
+		return func() {} // the next request is here already: the client is too
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := c.in.r.Peek(1)
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) && !c.closing.Load() {
+			c.log.Debug("rpc client gone during a command; cancelling it", "err", err)
+			c.cancel()
+		}
+	}()
+	return func() {
+		_ = c.nc.SetReadDeadline(time.Now()) // ends the peek
+		<-done
+		_ = c.nc.SetReadDeadline(time.Time{}) // a served connection has no read deadline
 	}
 }
 
