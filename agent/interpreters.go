@@ -26,6 +26,10 @@ const BuiltinKind = interp.BuiltinKind
 // whose tags do not show it yet.
 const reservationTTL = 30 * time.Second
 
+// CheckKindName refuses a name no interpreter kind can have (1 to 32
+// letters, digits, '-' and '_'), as an --interpreters file does.
+func CheckKindName(name string) error { return interp.CheckKindName(name) }
+
 // RunSupervisor is `agent interpreter`, the supervisor of one interpreter.
 func RunSupervisor(specPath string, logger *slog.Logger) int {
 	return interp.RunSupervisor(specPath, logger)

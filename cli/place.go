@@ -10,6 +10,7 @@ import (
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/meshagent/agent/agent"
 	"github.com/meshagent/agent/agent/rpc"
 )
 
@@ -140,16 +141,11 @@ func writePlaceText(w io.Writer, r rpc.PlaceResponse) {
 }
 
 // checkKind refuses a --kind no server can offer: kind names follow the
-// rule of an --interpreters file (letters, digits, '-' and '_', at most
-// 32), so a longer or stranger one is a typo, not "no eligible server".
+// rule of an --interpreters file (agent.CheckKindName), so a longer or
+// stranger one is a typo, not "no eligible server".
 func checkKind(kind string) error {
-	if len(kind) > 32 {
-		return fmt.Errorf("--kind %.20q… is %d bytes long: a kind name is at most 32 letters, digits, '-' or '_', e.g. --kind demo", kind, len(kind))
-	}
-	for _, r := range kind {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return fmt.Errorf("--kind %q holds %q: a kind name is letters, digits, '-' and '_', e.g. --kind demo", kind, r)
-		}
+	if err := agent.CheckKindName(kind); err != nil {
+		return fmt.Errorf("--kind: %w, e.g. --kind demo", err)
 	}
 	return nil
 }

@@ -82,8 +82,8 @@ func LoadKinds(path string) (map[string]Kind, error) {
 		if name == BuiltinKind {
 			return nil, fmt.Errorf("interpreters file %s: kind %q is built in and cannot be redefined: choose another name", path, name)
 		}
-		if !validKindName.MatchString(name) {
-			return nil, fmt.Errorf("interpreters file %s: kind name %q: use letters, digits, '-' and '_' (at most 32)", path, name)
+		if err := CheckKindName(name); err != nil {
+			return nil, fmt.Errorf("interpreters file %s: %w", path, err)
 		}
 		var kf kindFile
 		dec := json.NewDecoder(bytes.NewReader(body))
@@ -161,7 +161,27 @@ func regexpProblem(err error) string {
 	return err.Error()
 }
 
-var validKindName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+// maxKindName is the longest kind name, in bytes.
+const maxKindName = 32
+
+// CheckKindName refuses a name no kind can have: a kind name is 1 to 32
+// letters, digits, '-' and '_' (ASCII), in an --interpreters file and in a
+// request alike. The error names the name and what is wrong with it.
+func CheckKindName(name string) error {
+	rule := fmt.Sprintf("use letters, digits, '-' and '_' (at most %d)", maxKindName)
+	switch {
+	case name == "":
+		return errors.New("kind name is empty: " + rule)
+	case len(name) > maxKindName:
+		return fmt.Errorf("kind name %.20q… is %d bytes long: %s", name, len(name), rule)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return fmt.Errorf("kind name %q holds %q: %s", name, r, rule)
+		}
+	}
+	return nil
+}
 
 // checkPaths finds the kind's program (on the PATH its interpreters get)
 // and its working directory, so that a kind that cannot start is refused at
