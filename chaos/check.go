@@ -31,6 +31,7 @@ const (
 	eventGaveUp    = "interpreter-gave-up"
 	eventReplaced  = "interpreter-replaced"
 	eventRestarted = "interpreter-restart"
+	eventStopped   = "interpreter-stopped"
 )
 
 // Violation is one rule broken in a history.
@@ -167,7 +168,7 @@ func (c *checker) about(o Op, rid, name string) bool {
 // answered at or after from and asked by by.
 func (c *checker) stopped(rid, name string, from, by time.Duration) *Op {
 	for i, o := range c.h.Ops {
-		if o.Kind == OpStop && o.Outcome == OK && o.Completed >= from && o.Invoked <= by && c.about(o, rid, name) {
+		if o.Kind == OpStop && o.Outcome != Fail && o.Completed >= from && o.Invoked <= by && c.about(o, rid, name) {
 			return &c.h.Ops[i]
 		}
 	}
@@ -179,7 +180,7 @@ func (c *checker) stopped(rid, name string, from, by time.Duration) *Op {
 // or one the driver did not record), which no restart policy undoes.
 func (c *checker) endedBySignal(rid, name string, from, by time.Duration) *Op {
 	for i, o := range c.h.Ops {
-		if o.Kind == OpSignal && o.Outcome == OK && o.Completed >= from && o.Invoked <= by && c.about(o, rid, name) &&
+		if o.Kind == OpSignal && o.Outcome != Fail && o.Completed >= from && o.Invoked <= by && c.about(o, rid, name) &&
 			(o.Signal == "" || o.Signal == "SIGTERM" || o.Signal == "SIGINT") {
 			return &c.h.Ops[i]
 		}
@@ -529,8 +530,10 @@ func (c *checker) nothingLost() {
 		if slices.ContainsFunc(s.Processes, func(p Process) bool { return p.RID == rid }) {
 			continue
 		}
+		// Given up on, or stopped by its server (a drain's --stop: an
+		// operator's act, as a client's stop is).
 		if slices.ContainsFunc(c.h.Events, func(e Event) bool {
-			return e.Type == eventGaveUp && e.At >= a.Invoked && (e.RID == rid || c.ridOf[e.Name] == rid)
+			return (e.Type == eventGaveUp || e.Type == eventStopped) && e.At >= a.Invoked && (e.RID == rid || c.ridOf[e.Name] == rid)
 		}) {
 			continue
 		}

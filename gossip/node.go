@@ -151,9 +151,13 @@ type Node struct {
 
 	heal *healer // nil when heal probing is off
 
-	// tagMu serialises what makes serf read or write its tags: SetTags and
-	// the renewal after a split (split.go).
-	tagMu sync.Mutex
+	// tagLock serialises what makes serf read or write its tags: SetTags
+	// and the renewal after a split (split.go). SetTags holds it while
+	// memberlist waits for the update to go out, so it is a channel: a
+	// goroutine waiting its turn is then blocked as a synctest bubble can
+	// see, and the virtual clock still moves the wait on (a mutex there
+	// stalled a simulated mesh for good).
+	tagLock chan struct{}
 
 	scale float64 // Config.TimeScale, at least 1
 }
@@ -190,7 +194,7 @@ func Start(cfg Config) (*Node, error) {
 	if scale < 1 || math.IsInf(scale, 0) || math.IsNaN(scale) {
 		return nil, fmt.Errorf("time scale %v: use 1 (real time) or more", cfg.TimeScale)
 	}
-	n := &Node{lost: make(chan struct{}), release: make(chan struct{}), scale: scale}
+	n := &Node{lost: make(chan struct{}), release: make(chan struct{}), scale: scale, tagLock: make(chan struct{}, 1)}
 	if !cfg.HoldEvents {
 		n.ReleaseEvents()
 	}
@@ -463,8 +467,8 @@ func (n *Node) SetTags(tags map[string]string) error {
 	if err := CheckTagSize(tags); err != nil {
 		return err
 	}
-	n.tagMu.Lock()
-	defer n.tagMu.Unlock()
+	n.tagLock <- struct{}{}
+	defer func() { <-n.tagLock }()
 	return n.serf.SetTags(tags)
 }
 

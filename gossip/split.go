@@ -90,7 +90,7 @@ func isSplit(recent, members int) bool {
 // the renewal does not wait (a zero timeout would wait for ever), so the
 // error, that the wait timed out, says nothing.
 func (n *Node) renew() {
-	n.tagMu.Lock()
-	defer n.tagMu.Unlock()
+	n.tagLock <- struct{}{}
+	defer func() { <-n.tagLock }()
 	_ = n.serf.Memberlist().UpdateNode(time.Nanosecond)
 }

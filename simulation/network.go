@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -937,4 +938,9 @@ func (n *Network) Reachable(a, b string) (bool, error) {
 		return false, err
 	}
 	return n.faults.Load().reachable(ids[0], ids[1], hosts), nil
+}
+
+// hostAddr is the address of port on the host called name (added if new).
+func (n *Network) hostAddr(name string, port int) string {
+	return net.JoinHostPort(n.addHost(name).ip.String(), strconv.Itoa(port))
 }

@@ -247,13 +247,27 @@ func (l *Lifecycle) takeBack(rid string, servers []string) {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), orderTimeout)
+			ctx, cancel := l.untilDone(orderTimeout)
 			defer cancel()
 			if _, err := l.askOne(ctx, s, queryStop, order, orderTimeout); err != nil {
 				l.logger.Warn("could not take back a spawn from a server that did not answer", "server", s, "request", rid, "err", err)
 			}
 		}()
 	}
+}
+
+// untilDone is a context for the lifecycle's own work: it ends after
+// timeout, or when the agent shuts down.
+func (l *Lifecycle) untilDone(timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	go func() {
+		select {
+		case <-l.deps.Done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // waitStarted waits until the interpreter is alive in this agent's view.

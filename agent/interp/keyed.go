@@ -2,6 +2,7 @@ package interp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -92,9 +93,15 @@ type keyLocks struct {
 }
 
 type keyLock struct {
-	mu      sync.Mutex
-	waiters int
-	last    *placedAnswer // guarded by mu
+	// held is the lock itself: a channel, so that a spawn waiting its turn
+	// can give up with its context (and waits as a goroutine blocked on a
+	// channel, which a synctest bubble can tell from one at work).
+	held chan struct{}
+	last *placedAnswer // guarded by held
+	// Guarded by keyLocks.mu: the spawns holding or waiting for the lock,
+	// and until when the lock must be kept for its last answer.
+	waiters   int
+	keepUntil time.Time
 }
 
 // placedAnswer is a new interpreter this coordinator named, until its view
@@ -105,34 +112,99 @@ type placedAnswer struct {
 	at   time.Time
 }
 
-// lock takes rid's lock and returns it with its release.
-func (k *keyLocks) lock(rid string) (*keyLock, func()) {
+// lock takes rid's lock and returns it with its release, or fails when ctx
+// ends first.
+func (k *keyLocks) lock(ctx context.Context, rid string) (*keyLock, func(), error) {
 	k.mu.Lock()
 	if k.locks == nil {
 		k.locks = map[string]*keyLock{}
 	}
 	kl := k.locks[rid]
 	if kl == nil {
-		kl = &keyLock{}
+		kl = &keyLock{held: make(chan struct{}, 1)}
 		k.locks[rid] = kl
 	}
 	kl.waiters++
 	k.mu.Unlock()
-	kl.mu.Lock()
-	return kl, func() {
-		kl.mu.Unlock()
+	leave := func(keepUntil time.Time) {
 		k.mu.Lock()
 		kl.waiters--
-		if kl.waiters == 0 && (kl.last == nil || time.Since(kl.last.at) > replaceGrace) {
+		if keepUntil.After(kl.keepUntil) {
+			kl.keepUntil = keepUntil
+		}
+		if kl.waiters == 0 && time.Now().After(kl.keepUntil) {
 			delete(k.locks, rid)
 		}
 		k.mu.Unlock()
 	}
+	select {
+	case kl.held <- struct{}{}:
+	case <-ctx.Done():
+		leave(time.Time{})
+		return nil, nil, fmt.Errorf("waited for an earlier spawn of the same key: %w", ctx.Err())
+	}
+	return kl, func() {
+		var keepUntil time.Time
+		if kl.last != nil {
+			keepUntil = kl.last.at.Add(replaceGrace)
+		}
+		<-kl.held
+		leave(keepUntil)
+	}, nil
 }
 
-// keyedSpawn is a keyed spawn: on the key's coordinator when this agent
-// sees it, else asked of it.
+// keyedSpawn is a keyed spawn: decided on the key's coordinator (this
+// agent, when its view names it), then, with Wait, waited for here.
 func (l *Lifecycle) keyedSpawn(ctx context.Context, req rpc.SpawnRequest, start time.Time) rpc.SpawnResponse {
+	for attempt := 1; ; attempt++ {
+		resp := l.decideKeyed(ctx, req, start)
+		if resp.Code != "" || !req.Wait {
+			return resp
+		}
+		if resp.Existing {
+			// A view can list an interpreter alive for a few seconds after
+			// its host died or it ended: its host says whether it runs.
+			ans, err := l.askExit(ctx, resp.Node, resp.Name)
+			switch {
+			case err != nil:
+				return fail(resp, rpc.SpawnTimeout, fmt.Errorf("--key %q names %s on %s, which this agent lists alive, but %s "+
+					"does not answer (%w): it may be down; retry, or ask `agent interpreters` in a moment", req.Key, resp.Name,
+					resp.Node, resp.Node, err), start)
+			case (ans.Found || ans.Lost) && attempt == 1:
+				// It ended: once this view shows it gone, the key is free.
+				gone := func(s gossip.Status) bool { return s != gossip.StatusAlive && s != gossip.StatusLeaving }
+				if _, err := l.waitMember(resp.Name, l.waitLimit(req), gone, "it ended, but is still listed alive"); err != nil {
+					return fail(resp, rpc.SpawnTimeout, fmt.Errorf("--key %q names %s on %s: %w", req.Key, resp.Name, resp.Node, err), start)
+				}
+				continue
+			case ans.Found || ans.Lost:
+				return fail(resp, rpc.SpawnTimeout, fmt.Errorf("--key %q names %s on %s, which has ended; retry", req.Key,
+					resp.Name, resp.Node), start)
+			}
+		}
+		if err := l.waitStarted(ctx, resp.Name, resp.Node, req.Timeout); err != nil {
+			code := rpc.SpawnTimeout
+			var died *diedError
+			if errors.As(err, &died) {
+				code = rpc.SpawnDied
+			}
+			return fail(resp, code, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err), start)
+		}
+		resp.TotalMS = ms(time.Since(start))
+		return resp
+	}
+}
+
+func (l *Lifecycle) waitLimit(req rpc.SpawnRequest) time.Duration {
+	if req.Timeout > 0 {
+		return req.Timeout
+	}
+	return rpc.DefaultSpawnWait
+}
+
+// decideKeyed has the key's coordinator decide a keyed spawn: this agent,
+// when its view names it, else asked.
+func (l *Lifecycle) decideKeyed(ctx context.Context, req rpc.SpawnRequest, start time.Time) rpc.SpawnResponse {
 	rid := RequestIDFor(req.Key)
 	members := l.deps.Node.Members()
 	view := Instances(members)
@@ -189,14 +261,7 @@ func (l *Lifecycle) handleKeyedOrder(q *gossip.Query) {
 	if err := msgpack.Unmarshal(q.Payload, &o); err != nil || o.Key == "" {
 		a.Code, a.Error = rpc.SpawnBadRequest, fmt.Sprintf("cannot decode the keyed spawn order: %v", err)
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), coordinatorTimeout-time.Second)
-		go func() {
-			select {
-			case <-l.deps.Done:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
+		ctx, cancel := l.untilDone(coordinatorTimeout - time.Second)
 		r := l.coordinate(ctx, o.request(), o.Asker, start)
 		cancel()
 		a = keyedAnswer{Name: r.Name, Node: r.Node, Kind: r.Kind, PID: r.PID, Endpoint: r.Endpoint, Existing: r.Existing,
@@ -217,7 +282,10 @@ func (l *Lifecycle) handleKeyedOrder(q *gossip.Query) {
 // receive a new interpreter's connection.
 func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker string, start time.Time) rpc.SpawnResponse {
 	rid := RequestIDFor(req.Key)
-	kl, unlock := l.keys.lock(rid)
+	kl, unlock, err := l.keys.lock(ctx, rid)
+	if err != nil {
+		return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnTimeout, err, start)
+	}
 	defer unlock()
 	now := l.clock.Now()
 	members := l.deps.Node.Members()

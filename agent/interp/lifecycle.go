@@ -111,6 +111,7 @@ type Lifecycle struct {
 	takenBack    map[string]bool // request ids whose start an asker took back while it ran
 	supervisors  map[string]Started
 	hostRestarts map[string]*Tracker // request id -> restarts after supervisor crashes
+	restarting   map[string]bool     // request ids whose restart here waits out its delay
 
 	meshMu     sync.Mutex
 	replacer   *replacer         // this owner's re-placements
@@ -147,6 +148,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		memory:       newMemory(),
 		supervisors:  map[string]Started{},
 		hostRestarts: map[string]*Tracker{},
+		restarting:   map[string]bool{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
 	}, nil

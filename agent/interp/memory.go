@@ -1,6 +1,8 @@
 package interp
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"time"
 
@@ -39,21 +41,28 @@ type memory struct {
 }
 
 type remembered struct {
-	gen    int       // the highest generation seen
-	seen   time.Time // when the view last showed one of its interpreters
-	orphan *Instance // the newest failed on-failure instance, while unresolved
+	gen  int       // the highest generation seen
+	seen time.Time // when the view last showed one of its interpreters
+	// orphan is the newest on-failure instance, failed with no live copy
+	// of its request, while unresolved; failedAt, when this agent first
+	// saw it so.
+	orphan   *Instance
+	failedAt time.Time
 }
 
 func newMemory() *memory { return &memory{reqs: map[string]*remembered{}} }
 
 // observe takes in a view at now: every request's highest generation, and
-// the on-failure interpreters that failed with their hosts. A remembered
-// orphan is resolved when the view shows a newer generation of its request,
-// or the same one alive, leaving or left (it came back, or stopped on
-// purpose).
+// the on-failure interpreters that failed with no live copy of their
+// request (their hosts failed, or did not start them again). A remembered
+// orphan is resolved when the view shows a newer generation of its
+// request, or the same one alive, leaving or left (it came back, or
+// stopped on purpose).
 func (m *memory) observe(view []Instance, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	newest := map[string]int{}
+	live := map[string]bool{}
 	for _, in := range view {
 		rid := in.Tags.RequestID
 		r := m.reqs[rid]
@@ -62,10 +71,20 @@ func (m *memory) observe(view []Instance, now time.Time) {
 			m.reqs[rid] = r
 		}
 		r.gen, r.seen = max(r.gen, in.Tags.Gen), now
+		newest[rid] = max(newest[rid], in.Tags.Gen)
+		if in.Status == gossip.StatusAlive || in.Status == gossip.StatusLeaving {
+			live[rid] = true
+		}
 	}
-	for _, o := range Orphans(view) {
-		last := o.Last
-		m.reqs[last.Tags.RequestID].orphan = &last
+	for _, in := range view {
+		rid := in.Tags.RequestID
+		r := m.reqs[rid]
+		if in.Status != gossip.StatusFailed || in.Tags.Restart != RestartOnFailure || in.Tags.End != "" || live[rid] ||
+			in.Tags.Gen != newest[rid] || r.orphan != nil && r.orphan.Tags.Gen >= in.Tags.Gen {
+			continue
+		}
+		last := in
+		r.orphan, r.failedAt = &last, now
 	}
 	for _, in := range view {
 		r := m.reqs[in.Tags.RequestID]
@@ -145,6 +164,36 @@ func (m *memory) withOrphans(view []Instance, members []gossip.Member) []Instanc
 		extra[i].HostStatus = st
 	}
 	return append(append([]Instance(nil), view...), extra...)
+}
+
+// stuckAfter is how long an on-failure interpreter may stay failed on a
+// host that is alive before the mesh re-places it: its host restarts it
+// within its backoff (at most 30 s after detection) when the host knows
+// it. A host that came back without its supervisors' record (or its data
+// dir) does not, and nobody else would.
+const stuckAfter = time.Minute
+
+// stuck lists the remembered orphans whose hosts are alive in members but
+// that stayed failed for stuckAfter: the mesh must re-place them.
+func (m *memory) stuck(members []gossip.Member, now time.Time) []Orphan {
+	alive := map[string]bool{}
+	for _, mb := range members {
+		if mb.Status == gossip.StatusAlive || mb.Status == gossip.StatusLeaving {
+			alive[mb.Name] = true
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Orphan
+	for _, r := range m.reqs {
+		if o := r.orphan; o != nil && alive[o.Host] && now.Sub(r.failedAt) >= stuckAfter {
+			last := *o
+			last.HostStatus = gossip.StatusAlive
+			out = append(out, Orphan{Last: last, NextGen: r.gen + 1})
+		}
+	}
+	slices.SortFunc(out, func(a, b Orphan) int { return cmp.Compare(a.Last.Tags.RequestID, b.Last.Tags.RequestID) })
+	return out
 }
 
 // NextGen is the generation of a new placement of a request whose highest

@@ -1,7 +1,6 @@
 package interp
 
 import (
-	"context"
 	"slices"
 	"strings"
 	"time"
@@ -37,6 +36,7 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 		l.reportDuplicates(view)
 		if l.cfg.Server {
 			l.replaceOrphans(members, l.memory.withOrphans(view, members))
+			l.restartLost(view)
 		}
 	}
 }
@@ -95,6 +95,11 @@ func restartedBy(winner, loser Instance) bool {
 // has not heard of yet.
 func (l *Lifecycle) replaceOrphans(members []gossip.Member, view []Instance) {
 	orphans := Orphans(view)
+	for _, o := range l.memory.stuck(members, l.clock.Now()) {
+		if !slices.ContainsFunc(orphans, func(x Orphan) bool { return x.Last.Tags.RequestID == o.Last.Tags.RequestID }) {
+			orphans = append(orphans, o)
+		}
+	}
 	q := ServerQuorum(members)
 	if len(orphans) > 0 && !q.Majority() {
 		l.logger.Debug("not re-placing interpreters of failed hosts: no majority of servers in view", "seen", q.String())
@@ -123,15 +128,8 @@ func (l *Lifecycle) replace(o Orphan) bool {
 	t := o.Last.Tags
 	l.logger.Info("re-placing an interpreter whose host failed", "interpreter", o.Last.Name, "host", o.Last.Host,
 		"request", t.RequestID, "gen", o.NextGen)
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	ctx, cancel := l.untilDone(40 * time.Second)
 	defer cancel()
-	go func() {
-		select {
-		case <-l.deps.Done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, time.Now())
 	if resp.Code != "" {
 		l.meshMu.Lock()

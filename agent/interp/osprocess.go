@@ -231,6 +231,7 @@ func (e *osEnv) Ready(r Readiness) {
 	e.ready = nil
 }
 
+func (e *osEnv) Phase(st string)         { e.logger.Debug("supervisor state", "state", st) }
 func (e *osEnv) Stops() <-chan os.Signal { return e.stops }
 func (e *osEnv) Killed() <-chan struct{} { return nil }
 

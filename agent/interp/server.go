@@ -90,12 +90,15 @@ type exitOrder struct {
 }
 
 type exitAnswer struct {
-	Running bool   `msgpack:"r,omitempty"`
-	Found   bool   `msgpack:"f,omitempty"`
-	How     string `msgpack:"h,omitempty"`
-	Status  string `msgpack:"s,omitempty"`
-	Code    int    `msgpack:"c,omitempty"`
-	Output  string `msgpack:"o,omitempty"`
+	Running bool `msgpack:"r,omitempty"`
+	// Lost: the server started it, but its supervisor is gone (it died
+	// without a record; the server notices within a second).
+	Lost   bool   `msgpack:"l,omitempty"`
+	Found  bool   `msgpack:"f,omitempty"`
+	How    string `msgpack:"h,omitempty"`
+	Status string `msgpack:"s,omitempty"`
+	Code   int    `msgpack:"c,omitempty"`
+	Output string `msgpack:"o,omitempty"`
 }
 
 // InterpreterName names one interpreter of a request: the kind, the
@@ -643,12 +646,19 @@ func (l *Lifecycle) supervisorGone(name string) {
 // crashed, within the on-failure policy's bounds.
 func (l *Lifecycle) restartHere(rec state.Interpreter) {
 	l.regMu.Lock()
+	if l.restarting[rec.RequestID] {
+		l.regMu.Unlock()
+		return
+	}
 	t := l.hostRestarts[rec.RequestID]
 	if t == nil {
 		t = NewTracker(DefaultBackoff)
 		l.hostRestarts[rec.RequestID] = t
 	}
 	delay, ok := t.Next(l.clock.Now())
+	if ok {
+		l.restarting[rec.RequestID] = true
+	}
 	l.regMu.Unlock()
 	if !ok {
 		l.logger.Error("interpreter-gave-up: its supervisor failed too often, not restarting it", "request", rec.RequestID)
@@ -663,9 +673,21 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 			return
 		case <-l.clock.After(delay):
 		}
+		defer func() {
+			l.regMu.Lock()
+			delete(l.restarting, rec.RequestID)
+			l.regMu.Unlock()
+		}()
 		kind, ok := l.cfg.Kinds[rec.Kind]
 		if !ok {
 			return
+		}
+		l.regMu.Lock()
+		_, running := l.registry.ByRequestID(rec.RequestID)
+		_, starting := l.inflight[rec.RequestID]
+		l.regMu.Unlock()
+		if running || starting {
+			return // started here meanwhile, by a spawn
 		}
 		name := InterpreterName(rec.Kind, rec.RequestID)
 		// One generation up: the new start outranks the dead one's member,
@@ -681,6 +703,42 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 		l.emit(Event{Type: EventRestarted, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, Gen: gen})
 		l.changed()
 	}()
+}
+
+// restartLost starts again, here, the on-failure interpreters of this host
+// that the view shows failed and that no supervisor of this agent keeps:
+// they died with the host (the registry dropped them at the restart), or
+// an agent restarted without its data dir never knew them. The mesh's
+// owner re-places only the interpreters of failed hosts; those of a host
+// that is back are the host's own to restart.
+func (l *Lifecycle) restartLost(view []Instance) {
+	newest := map[string]int{}
+	live := map[string]bool{}
+	for _, in := range view {
+		rid := in.Tags.RequestID
+		newest[rid] = max(newest[rid], in.Tags.Gen)
+		if in.Status == gossip.StatusAlive || in.Status == gossip.StatusLeaving {
+			live[rid] = true
+		}
+	}
+	for _, in := range view {
+		t := in.Tags
+		if in.Host != l.cfg.Node || in.Status != gossip.StatusFailed || t.Restart != RestartOnFailure || live[t.RequestID] ||
+			t.Gen != newest[t.RequestID] || t.End != "" {
+			continue
+		}
+		l.regMu.Lock()
+		_, running := l.registry.ByRequestID(t.RequestID)
+		_, starting := l.inflight[t.RequestID]
+		l.regMu.Unlock()
+		if running || starting {
+			continue
+		}
+		l.logger.Warn("an on-failure interpreter of this host is failed and no supervisor here keeps it; starting it again",
+			"interpreter", in.Name, "request", t.RequestID)
+		l.restartHere(state.Interpreter{Name: in.Name, Kind: t.Kind, RequestID: t.RequestID, Restart: t.Restart, Args: t.Args,
+			Gen: t.Gen, Restarts: t.Restarts})
+	}
 }
 
 // watchSupervisors notices supervisors that exited: those this agent
@@ -826,8 +884,13 @@ func (l *Lifecycle) handleExitOrder(q *gossip.Query) {
 	var ans exitAnswer
 	if err := msgpack.Unmarshal(q.Payload, &o); err == nil && o.Name != "" && !strings.ContainsAny(o.Name, "/\\") && o.Name != ".." {
 		l.regMu.Lock()
-		_, running := l.registry.Get(o.Name)
+		i, running := l.registry.Get(o.Name)
 		l.regMu.Unlock()
+		// The registry learns of a dead supervisor within a second; the
+		// process table knows now.
+		if running && !l.procs.Running(i.SupervisorPID, i.Spec) {
+			running, ans.Lost = false, true
+		}
 		dir := filepath.Join(l.cfg.Dir, "interpreters", o.Name)
 		if e, err := ReadExit(dir); err == nil {
 			ans.Found, ans.How, ans.Status, ans.Code = true, e.How, e.Status, e.Code

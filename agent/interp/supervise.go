@@ -41,6 +41,9 @@ type SupervisorEnv interface {
 	// Stops delivers the requests to stop the interpreter (SIGTERM,
 	// SIGINT, SIGHUP to the supervisor).
 	Stops() <-chan os.Signal
+	// Phase says which state the supervisor entered: starting, running,
+	// restarting, ended.
+	Phase(state string)
 	// Killed is closed when the supervisor dies on the spot (the
 	// simulation's kill -9): it then ends without a word, as a killed
 	// process would. A real process has no such channel (nil).
@@ -121,7 +124,7 @@ const (
 // a member. It reports false, with the exit code, when the interpreter
 // never got that far.
 func (s *supervisor) start() (int, bool) {
-	s.state = stateStarting
+	s.enter(stateStarting)
 	child, err := s.env.StartChild(s.spec, s.out)
 	if err != nil {
 		s.env.Ready(Readiness{Error: fmt.Sprintf("start %s: %v", s.spec.Argv[0], err)})
@@ -164,7 +167,7 @@ func (s *supervisor) start() (int, bool) {
 		return fail(err, "could not join the mesh")
 	}
 	s.node, s.ctl = node, ctl
-	s.state = stateRunning
+	s.enter(stateRunning)
 	s.env.Ready(Readiness{PID: child.PID()})
 	s.logger.Info("interpreter running", "pid", child.PID(), "endpoint", s.spec.Endpoint, "argv", s.spec.Argv,
 		"restart", s.spec.Restart, "gen", s.spec.Gen)
@@ -235,7 +238,7 @@ func (s *supervisor) loop() loopEnd {
 			s.logger.Info("stopping the interpreter", "signal", sig.String())
 			s.end.How = HowStopped
 			s.stopChild(s.spec.StopGrace)
-			s.state = stateEnded
+			s.enter(stateEnded)
 		case <-s.node.Lost():
 			// Not a member any more, so nothing lists this interpreter: stop it.
 			s.end.How, s.end.Reason = HowLost, s.node.LostErr().Error()
@@ -251,7 +254,7 @@ func (s *supervisor) loop() loopEnd {
 				s.logger.Warn("interpreter-duplicate: stopping this interpreter, a duplicate of its request", "request", d.RequestID,
 					"winner", d.Winner.Name, "winner_host", d.Winner.Host)
 				s.stopChild(s.spec.StopGrace)
-				s.state = stateEnded
+				s.enter(stateEnded)
 			}
 		case <-rejoin.C:
 			rejoinIfServerGone(s.node, s.spec.Host, s.spec.Join, s.logger)
@@ -267,19 +270,22 @@ func (s *supervisor) childExited(waitErr error) {
 	s.exited, s.waitErr = nil, waitErr
 	s.setCurrent(nil)
 	if waitErr == nil || s.spec.Restart != RestartOnFailure {
-		s.end.How, s.state = HowExited, stateEnded
+		s.end.How = HowExited
+		s.enter(stateEnded)
 		return
 	}
 	delay, ok := s.tracker.Next(time.Now())
 	if !ok {
-		s.end.How, s.end.GaveUp, s.state = HowExited, true, stateEnded
+		s.end.How, s.end.GaveUp = HowExited, true
+		s.enter(stateEnded)
 		b := s.spec.backoff()
 		s.logger.Error("interpreter-gave-up: it failed too often, not restarting it", "status", describeExit(waitErr),
 			"restarts", s.end.Restarts, "attempts", b.Attempts, "window", b.Window)
 		return
 	}
 	s.logger.Warn("interpreter failed; restarting it", "status", describeExit(waitErr), "in", delay, "restarts", s.end.Restarts)
-	s.state, s.restartAt = stateRestarting, time.After(delay)
+	s.restartAt = time.After(delay)
+	s.enter(stateRestarting)
 }
 
 // restart starts the child again, once its delay is over.
@@ -287,11 +293,13 @@ func (s *supervisor) restart() {
 	s.restartAt = nil
 	child, err := s.env.StartChild(s.spec, s.out)
 	if err != nil {
-		s.end.How, s.waitErr, s.state = HowExited, err, stateEnded
+		s.end.How, s.waitErr = HowExited, err
+		s.enter(stateEnded)
 		s.logger.Error("interpreter-gave-up: it could not be started again", "err", err)
 		return
 	}
-	s.child, s.exited, s.state = child, child.Exited(), stateRunning
+	s.child, s.exited = child, child.Exited()
+	s.enter(stateRunning)
 	s.end.Restarts++
 	s.setCurrent(child)
 	s.tags.PID, s.tags.Restarts = child.PID(), s.end.Restarts
@@ -342,6 +350,12 @@ func (s *supervisor) stopChild(grace time.Duration) {
 	}
 	s.exited = nil
 	s.setCurrent(nil)
+}
+
+// enter moves the supervisor to st and tells its env.
+func (s *supervisor) enter(st supervisorState) {
+	s.state = st
+	s.env.Phase(string(st))
 }
 
 func (s *supervisor) setCurrent(c Child) {

@@ -211,6 +211,11 @@ func exitCode(err error) int {
 		}
 		return 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
 	}
+	// A Child of another world (the simulation's double) says its code.
+	var coded interface{ ExitCode() int }
+	if errors.As(err, &coded) {
+		return coded.ExitCode()
+	}
 	if err != nil {
 		return 1
 	}
