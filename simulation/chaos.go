@@ -97,6 +97,8 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (*ChaosResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A small mesh's garbage is short-lived: collect it less often.
+	defer raiseGCPercent(400, 4*cfg.Agents)()
 	w, err := newWorld(cfg, names)
 	if err != nil {
 		return nil, err
@@ -376,7 +378,9 @@ func (w *world) spawn(ctx context.Context, a *simAgent, op chaos.Op) chaos.Op {
 	case "":
 		op.Outcome, op.Name, op.Host, op.Gen, op.Existing = chaos.OK, resp.Name, resp.Node, resp.Generation, resp.Existing
 		if op.Wait {
-			op.AliveAtAnswer = w.running(resp.Name)
+			// True if it ran at some moment between the question and the
+			// answer: an operator's stop may race the answer.
+			op.AliveAtAnswer = w.ranSince(resp.Name, w.t0.Add(op.Invoked))
 		}
 	case rpc.SpawnTimeout:
 		op.Outcome, op.Code, op.Error = chaos.Info, resp.Code, resp.Error
@@ -425,13 +429,17 @@ func ridOf(name string) string {
 	return parts[len(parts)-2]
 }
 
-// running reports whether an interpreter called name runs on some host.
-func (w *world) running(name string) bool {
+// ranSince reports whether an interpreter called name runs on some host,
+// or ended there after since.
+func (w *world) ranSince(name string, since time.Time) bool {
 	for _, h := range w.hosts {
 		for _, s := range h.supervisors() {
 			if s.spec.Name == name && s.up() {
 				return true
 			}
+		}
+		if at, ok := h.endedAt(name); ok && !at.Before(since) {
+			return true
 		}
 	}
 	return false
@@ -657,7 +665,7 @@ func (w *world) startAgent(host string, keepData bool) error {
 	tags := gossip.Tags{Role: gossip.RoleServer, Load: &gossip.Load{CPU: 30, Mem: 30}}.Map()
 	logger := w.logger.With("agent", host)
 	node, err := gossip.Start(gossip.Config{Name: host, Transport: ep, Profile: w.cfg.Profile, Tags: tags,
-		Logger: slog.New(slog.DiscardHandler), Uncompressed: w.net.estimating(), Reap: gossip.IsInterpreter, ReapAfter: chaosReap})
+		Logger: slog.New(slog.DiscardHandler), Uncompressed: true, Reap: gossip.IsInterpreter, ReapAfter: chaosReap})
 	if err != nil {
 		ep.Shutdown()
 		return err

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/meshagent/agent/agent/interp"
 	"github.com/meshagent/agent/gossip"
@@ -32,11 +33,13 @@ type simHost struct {
 	nextPID  int
 	nextPort int
 	sups     map[int]*simSupervisor // running supervisors, by pid
+	ended    map[string]time.Time   // when each supervisor's interpreter ended for good, by name
 	wg       sync.WaitGroup         // their goroutines
 }
 
 func newSimHost(name string, n *Network, logger *slog.Logger) *simHost {
-	return &simHost{name: name, net: n, logger: logger, nextPID: 100, nextPort: 20000, sups: map[int]*simSupervisor{}}
+	return &simHost{name: name, net: n, logger: logger, nextPID: 100, nextPort: 20000, sups: map[int]*simSupervisor{},
+		ended: map[string]time.Time{}}
 }
 
 func (h *simHost) pid() int {
@@ -191,14 +194,11 @@ func (h *simHost) supervisors() []*simSupervisor {
 }
 
 func (s *simSupervisor) kill() {
+	// The supervisor sees killed and ends without a word; its member
+	// shuts down without a leave, so the mesh finds it failed.
 	s.killOnce.Do(func() {
 		close(s.killed)
-		s.mu.Lock()
-		node := s.node
-		s.mu.Unlock()
-		if node != nil {
-			node.Shutdown() // no leave: the mesh finds it failed
-		}
+		s.host.endedNow(s.spec.Name)
 	})
 }
 
@@ -241,7 +241,7 @@ func (s *simSupervisor) StartNode(spec interp.Spec, cfg gossip.Config) (*gossip.
 	if err != nil {
 		return nil, err
 	}
-	cfg.Transport, cfg.Uncompressed = ep, s.host.net.estimating()
+	cfg.Transport, cfg.Uncompressed = ep, true // nothing measures the bytes here
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	node, err := gossip.Start(cfg)
 	if err != nil {
@@ -284,6 +284,25 @@ func (s *simSupervisor) Phase(st string) {
 	s.mu.Lock()
 	s.phase = st
 	s.mu.Unlock()
+	if st == "ended" {
+		s.host.endedNow(s.spec.Name)
+	}
+}
+
+func (h *simHost) endedNow(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.ended[name]; !ok {
+		h.ended[name] = time.Now()
+	}
+}
+
+// endedAt is when the interpreter called name ended for good on this host.
+func (h *simHost) endedAt(name string) (time.Time, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t, ok := h.ended[name]
+	return t, ok
 }
 
 // up reports whether the supervisor keeps an interpreter: it runs one, or

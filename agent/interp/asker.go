@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -92,7 +94,7 @@ func (l *Lifecycle) Spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnRe
 	if req.Key != "" {
 		return l.keyedSpawn(ctx, req, start)
 	}
-	return l.place(ctx, req, rid, 0, l.cfg.Node, start)
+	return l.place(ctx, req, rid, 0, l.cfg.Node, false, start)
 }
 
 func fail(resp rpc.SpawnResponse, code string, err error, start time.Time) rpc.SpawnResponse {
@@ -111,7 +113,14 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // whatever it started for the request), and a success with Wait names an
 // interpreter alive at that moment. asker is the agent the client asked,
 // the only one a new interpreter's connection is handed to.
-func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker string, start time.Time) rpc.SpawnResponse {
+//
+// With quorum (a keyed spawn, a re-placement: anything one side of a
+// partition must not do while the other may), a new interpreter is
+// started only when a strict majority of the servers this agent knows
+// answered the election: a view can list the other side alive for seconds
+// after a cut, but a server that answered is one this agent reaches, and
+// two sides cannot both reach a majority.
+func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker string, quorum bool, start time.Time) rpc.SpawnResponse {
 	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid, Generation: gen}
 	preq, err := ParsePlaceRequest(req.Kind, req.Constraints, req.Policy)
 	if err != nil {
@@ -125,6 +134,20 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	if known, ok := knownGen(e.Result.Bids); ok && !held {
 		gen = max(gen, NextGen(known)) // a server saw a placement this agent never did
 		resp.Generation = gen
+	}
+	if quorum && !held {
+		known := ServerQuorum(l.deps.Node.Members())
+		answered := map[string]bool{}
+		for _, b := range e.Result.Bids {
+			answered[b.Node] = true
+		}
+		if total := len(known.Alive) + len(known.Missing); 2*len(answered) <= total {
+			heard := slices.Sorted(maps.Keys(answered))
+			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s heard from %d of the %d servers it knows during the election "+
+				"(%v): starting an interpreter for this request here could start a second one on the other side of a "+
+				"partition, so it is refused; retry when the mesh heals, or ask an agent that reaches most servers",
+				l.cfg.Node, len(answered), total, heard), start)
+		}
 	}
 	if e.Err != nil && !held {
 		code := rpc.SpawnRefused
@@ -148,6 +171,14 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	for i, cand := range ranked {
 		if i == maxAttempts {
 			break
+		}
+		if timeouts > 0 {
+			// A server that did not answer may have started it all the
+			// same (it is told to stop it, but may not hear): the next
+			// attempt outranks whatever that one started.
+			gen++
+			resp.Generation = gen
+			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen})
 		}
 		l.deps.Reserve(rid, cand.Bid)
 		var ans spawnAnswer // one per server: an answer never carries over to the next

@@ -314,7 +314,7 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 	}
 	gen := NextGen(known)
 	req.Wait = false // the asker waits in its own view
-	resp := l.place(ctx, req, rid, gen, asker, start)
+	resp := l.place(ctx, req, rid, gen, asker, true, start)
 	if resp.Code != "" {
 		return resp
 	}

@@ -113,24 +113,29 @@ func (l *Lifecycle) replaceOrphans(members []gossip.Member, view []Instance) {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			placed := l.replace(o)
+			placed, gen := l.replace(o)
 			l.meshMu.Lock()
-			l.replacer.done(o.Last.Tags.RequestID, o.NextGen, placed, l.clock.Now())
+			l.replacer.done(o.Last.Tags.RequestID, gen, placed, l.clock.Now())
 			l.meshMu.Unlock()
 		}()
 	}
 }
 
-// replace places a failed host's interpreter anew, as a spawn with the same
-// request id, kind, arguments and policy, one generation up. It reports
-// whether an interpreter of the request runs now (started, or found).
-func (l *Lifecycle) replace(o Orphan) bool {
+// replace places a lost interpreter anew, as a spawn with the same request
+// id, kind, arguments and policy, at least one generation up. It reports
+// whether an interpreter of the request runs now (started, or found), and
+// its generation.
+func (l *Lifecycle) replace(o Orphan) (bool, int) {
 	t := o.Last.Tags
-	l.logger.Info("re-placing an interpreter whose host failed", "interpreter", o.Last.Name, "host", o.Last.Host,
-		"request", t.RequestID, "gen", o.NextGen)
+	why := "host " + o.Last.Host + " failed"
+	if o.Last.HostStatus == gossip.StatusAlive {
+		why = "it failed on " + o.Last.Host + ", which did not start it again"
+	}
+	l.logger.Info("re-placing a lost interpreter", "interpreter", o.Last.Name, "host", o.Last.Host,
+		"request", t.RequestID, "gen", o.NextGen, "why", why)
 	ctx, cancel := l.untilDone(40 * time.Second)
 	defer cancel()
-	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, time.Now())
+	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, true, time.Now())
 	if resp.Code != "" {
 		l.meshMu.Lock()
 		spent := l.replacer.spent(t.RequestID, l.clock.Now())
@@ -141,14 +146,15 @@ func (l *Lifecycle) replace(o Orphan) bool {
 		} else {
 			l.logger.Warn("re-placement failed; trying again", "request", t.RequestID, "err", resp.Error)
 		}
-		return false
+		return false, o.NextGen
 	}
+	l.memory.placed(t.RequestID, resp.Generation, l.clock.Now())
 	if resp.Existing {
-		return true // somebody else's re-placement is already alive
+		return true, resp.Generation // somebody else's re-placement is already alive
 	}
-	l.logger.Info("interpreter-replaced: interpreter re-placed after its host failed", "interpreter", resp.Name, "on", resp.Node,
-		"was", o.Last.Name, "failed_host", o.Last.Host, "gen", o.NextGen)
-	l.emit(Event{Type: EventReplaced, Interpreter: resp.Name, RequestID: t.RequestID, Host: resp.Node, Gen: o.NextGen,
-		Reason: "host " + o.Last.Host + " failed"})
-	return true
+	l.logger.Info("interpreter-replaced: interpreter re-placed", "interpreter", resp.Name, "on", resp.Node,
+		"was", o.Last.Name, "on_host", o.Last.Host, "gen", resp.Generation, "why", why)
+	l.emit(Event{Type: EventReplaced, Interpreter: resp.Name, RequestID: t.RequestID, Host: resp.Node, Gen: resp.Generation,
+		Reason: why})
+	return true, resp.Generation
 }

@@ -897,6 +897,9 @@ func (l *Lifecycle) handleExitOrder(q *gossip.Query) {
 			ans.Output = outputHead(filepath.Join(dir, "output.log"))
 		} else {
 			ans.Running = running
+			if _, err := os.Stat(filepath.Join(dir, "spec.json")); !running && err == nil {
+				ans.Lost = true // started here, gone without a record
+			}
 		}
 	}
 	respond(q, ans, l.logger)

@@ -322,8 +322,14 @@ func (s *supervisor) finish() int {
 	case s.end.How == HowExited:
 		s.tags.End = describeExit(s.waitErr)
 	}
+	if s.killedNow() {
+		return 137
+	}
 	if err := s.node.SetTags(s.tags.Map()); err != nil {
 		s.logger.Warn("how it ended not published", "err", err)
+	}
+	if s.killedNow() {
+		return 137
 	}
 	if err := s.node.Leave(); err != nil {
 		s.logger.Warn("leave failed", "err", err)
@@ -345,6 +351,9 @@ func (s *supervisor) stopChild(grace time.Duration) {
 	case s.waitErr = <-s.exited:
 		s.child.Signal(syscall.SIGKILL) // anything it left in its group
 	case <-time.After(grace):
+		s.child.Signal(syscall.SIGKILL)
+		s.waitErr = <-s.exited
+	case <-s.env.Killed():
 		s.child.Signal(syscall.SIGKILL)
 		s.waitErr = <-s.exited
 	}
@@ -373,10 +382,18 @@ func (s *supervisor) deliver(sig string) ControlAnswer {
 }
 
 func (s *supervisor) writeExit(waitErr error) {
-	select {
-	case <-s.env.Killed():
+	if s.killedNow() {
 		return // a killed process writes nothing
-	default:
 	}
 	writeExit(s.spec, s.end, waitErr)
+}
+
+// killedNow reports whether the supervisor was killed on the spot.
+func (s *supervisor) killedNow() bool {
+	select {
+	case <-s.env.Killed():
+		return true
+	default:
+		return false
+	}
 }
