@@ -6,7 +6,7 @@ LDFLAGS  := -X github.com/meshagent/agent/agent.Version=$(VERSION)
 PKGS     := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build test check bench scale pgo demo testbed fmt clean fuzz jupyter jupyter-uninstall
+.PHONY: help build test check bench scale pgo demo testbed chaos fmt clean fuzz jupyter jupyter-uninstall
 
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
@@ -60,6 +60,15 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 60s; CI uses 10s)
 
 testbed: build ## as root: 5 agents in network namespaces, members, a partition and its heal (KEEP=1 keeps them up)
 	AGENT_BIN=$(CURDIR)/$(BIN) ./scripts/testbed.sh
+
+# The chaos checker on real processes: SEED's schedule of faults and client
+# operations for DURATION on five hosts in network namespaces, checked by
+# chaos.Check; it exits non-zero on a violation. FAULTS restricts the
+# faults (e.g. partition,crash-host), HISTORY=FILE keeps the history, V=1
+# narrates each step.
+chaos: build ## as root: a seeded chaos run on the test bed, checked for the rules under faults (SEED=1 DURATION=3m)
+	$(GO) run ./scripts/testbed/chaosrun -agent $(CURDIR)/$(BIN) -seed $(or $(SEED),1) -duration $(or $(DURATION),3m) \
+		-faults '$(FAULTS)' $(if $(HISTORY),-history $(HISTORY)) $(if $(V),-v)
 
 jupyter: ## install the mesh kernel provisioner and the mesh-python3 kernelspec for Debian's jupyter_client (as root)
 	./contrib/jupyter/install.sh
