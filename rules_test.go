@@ -94,7 +94,7 @@ func TestImportRules(t *testing.T) {
 		"chaos":            isStdlib,
 		"cli": func(p string) bool {
 			return isStdlib(p) || p == "github.com/urfave/cli/v2" || p == module+"/agent" ||
-				p == module+"/agent/rpc" || p == module+"/gossip" || p == module+"/simulation"
+				p == module+"/agent/rpc" || p == module+"/gossip" || p == module+"/simulation" || p == module+"/chaos"
 		},
 	}
 	for _, pkg := range parsePackages(t) {

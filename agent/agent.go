@@ -104,6 +104,10 @@ type Agent struct {
 	// leaving is set when the leave begins: from then on the node's tags
 	// are final, and publishing them would race the leave broadcast.
 	leaving atomic.Bool
+	// joined is set once the agent has joined the mesh it was told to
+	// join (or was told to join none): the lifecycle takes no decision for
+	// the mesh on a view of itself alone.
+	joined atomic.Bool
 
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
@@ -187,7 +191,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		Profile: cfg.Profile, Capacity: cfg.Capacity, Kinds: kinds, Self: self, Reap: cfg.InterpreterReap},
 		interp.Deps{Clock: deps.Clock, Logger: deps.Logger, Done: a.shutdownCh, Elect: a.electForSpawn,
 			Reserve: a.reserve, Release: a.release, AllowSpawn: func(asker string) bool { return a.allow(a.spawnLimit, asker) },
-			Changed: a.publishCounts, Emit: a.emitInterpreterEvent, Draining: a.draining})
+			Changed: a.publishCounts, Emit: a.emitInterpreterEvent, Draining: a.draining, Joined: a.joined.Load})
 	if err != nil {
 		return nil, err
 	}
@@ -356,6 +360,7 @@ func (a *Agent) start() error {
 	// (its own join first) may flow.
 	node.ReleaseEvents()
 	if len(joinAddrs) == 0 {
+		a.joined.Store(true) // the first of a mesh: nothing to wait for
 		a.logger.Info("no --join and no members to rejoin: this agent is alone until it joins a mesh (--join ADDR, or agent join ADDR)")
 	}
 	if len(joinAddrs) > 0 {
@@ -557,6 +562,7 @@ func (a *Agent) retryJoin(addrs []string) {
 		}
 		n, err := a.node.Join(addrs, false)
 		if n > 0 {
+			a.joined.Store(true)
 			a.logger.Info("joined the mesh", "contacted", n, "attempt", attempt)
 			a.republishTags()
 			return

@@ -15,6 +15,7 @@ import (
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/meshagent/agent/chaos"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/simulation"
 )
@@ -24,6 +25,9 @@ func simulateCommand() *ucli.Command {
 	for _, s := range simulation.Scenarios() {
 		fmt.Fprintf(&scenarios, "  %-11s %s\n", s, simulation.ScenarioSummary(s))
 	}
+	fmt.Fprintf(&scenarios, "  %-11s %s\n", scenarioChaos, "whole agents (5 to 9, by the seed) under a seeded random schedule of partitions, crashes, "+
+		"pauses, loss, drains and restarts, with client spawns, stops and signals; every run checked against the rules for "+
+		"interpreters under faults (--seeds, --duration, --faults)")
 	return &ucli.Command{
 		Name:  "simulate",
 		Usage: "run N real gossip nodes in one process over a simulated network with faults, next to a heartbeat baseline",
@@ -38,7 +42,10 @@ func simulateCommand() *ucli.Command {
 			"Scenarios:\n" + scenarios.String(),
 		Flags: []ucli.Flag{
 			&ucli.IntFlag{Name: "nodes", Value: 20, Usage: fmt.Sprintf("number of nodes, 3 to %d", simulation.MaxNodes)},
-			&ucli.StringFlag{Name: "scenario", Value: simulation.ScenarioCrash, Usage: "one of " + strings.Join(simulation.Scenarios(), ", ")},
+			&ucli.StringFlag{Name: "scenario", Value: simulation.ScenarioCrash, Usage: "one of " + strings.Join(append(simulation.Scenarios(), scenarioChaos), ", ")},
+			&ucli.IntFlag{Name: "seeds", Value: 1, Usage: "chaos: how many seeds to run, from --seed on"},
+			&ucli.DurationFlag{Name: "duration", Value: 10 * time.Minute, Usage: "chaos: how long faults and operations go on in each run (then the mesh heals and settles)"},
+			&ucli.StringFlag{Name: "faults", Usage: "chaos: the faults to draw from, comma-separated (default: all): " + strings.Join(faultNames(), ", ")},
 			&ucli.Int64Flag{Name: "seed", Value: 1, Usage: "seed of the fault schedule and of the network's randomness"},
 			&ucli.StringFlag{Name: "profile", Value: gossip.DefaultProfile, Usage: "gossip profile: " + strings.Join(gossip.Profiles(), ", ")},
 			&ucli.Float64Flag{Name: "loss", Usage: fmt.Sprintf("packet loss of the loss scenario, 0 to 1 (default %g)", simulation.LossRate)},
@@ -56,10 +63,29 @@ func simulateCommand() *ucli.Command {
 	}
 }
 
+// scenarioChaos is the chaos scenario's name.
+const scenarioChaos = "chaos"
+
+func faultNames() []string {
+	var out []string
+	for _, k := range chaos.FaultKinds {
+		out = append(out, string(k))
+	}
+	return out
+}
+
 func simulate(c *ucli.Context) error {
 	format, err := checkFormat(c)
 	if err != nil {
 		return err
+	}
+	if c.String("scenario") == scenarioChaos {
+		return simulateChaos(c, format)
+	}
+	for _, name := range []string{"seeds", "duration", "faults"} {
+		if c.IsSet(name) {
+			return fmt.Errorf("--%s applies to the %s scenario only: drop it or use --scenario %s", name, scenarioChaos, scenarioChaos)
+		}
 	}
 	cfg := simulation.RunConfig{
 		Scenario: c.String("scenario"),
@@ -103,7 +129,8 @@ func simulate(c *ucli.Context) error {
 	}
 	if _, err := simulation.PlanScenario(cfg.Scenario, cfg.Profile, cfg.Nodes, cfg.Seed); err != nil {
 		if errors.Is(err, simulation.ErrUnknownScenario) {
-			return fmt.Errorf("--scenario: %w", err)
+			return fmt.Errorf("--scenario %q is not known: use one of %s", cfg.Scenario,
+				strings.Join(append(simulation.Scenarios(), scenarioChaos), ", "))
 		}
 		return fmt.Errorf("--nodes: %w", err)
 	}

@@ -634,6 +634,7 @@ type simAgent struct {
 	life     *interp.Lifecycle
 	done     chan struct{}
 	draining atomic.Bool
+	joined   atomic.Bool
 
 	ledgerMu sync.Mutex
 	ledger   *placement.Ledger
@@ -676,7 +677,8 @@ func (w *world) startAgent(host string, keepData bool) error {
 		Kinds: map[string]interp.Kind{interp.BuiltinKind: interp.Demo("agent")}, Self: "agent", StopGrace: 2 * time.Second,
 		Reap: chaosReap},
 		interp.Deps{Clock: realClock{}, Logger: logger, Done: a.done, Elect: a.elect, Reserve: a.reserve, Release: a.release,
-			Emit: func(e interp.Event) { w.recordEvent(host, e) }, Draining: a.draining.Load, Processes: w.hosts[host]})
+			Emit: func(e interp.Event) { w.recordEvent(host, e) }, Draining: a.draining.Load, Processes: w.hosts[host],
+			Joined: a.joined.Load})
 	if err != nil {
 		node.Shutdown()
 		return err
@@ -702,14 +704,17 @@ func (w *world) startAgent(host string, keepData bool) error {
 	w.bg.Add(1)
 	go func() {
 		defer w.bg.Done()
-		for range 5 {
+		// Until one answers, as the agent's retry does (its backoff
+		// capped lower, for a run of minutes).
+		for wait := time.Second; ; wait = min(2*wait, 8*time.Second) {
 			if n, _ := node.Join(addrs, false); n > 0 {
+				a.joined.Store(true)
 				return
 			}
 			select {
 			case <-a.done:
 				return
-			case <-time.After(2 * time.Second):
+			case <-time.After(wait):
 			}
 		}
 	}()

@@ -74,6 +74,8 @@ type virtualJob struct {
 	ExactCompression bool          `json:"exact_compression,omitempty"`
 	// Progress has the child write its Progress on progressFD.
 	Progress bool `json:"progress,omitempty"`
+	// Chaos, when set, makes the job a chaos run (the fields above unused).
+	Chaos *chaosJob `json:"chaos,omitempty"`
 	// Out is the result file: a virtualResult, written whole or not at all.
 	Out string `json:"out"`
 }
@@ -81,8 +83,9 @@ type virtualJob struct {
 // virtualResult is what a child process hands back: the report, or the
 // run's error (a mesh that did not form, a bad plan).
 type virtualResult struct {
-	Report *Report `json:"report,omitempty"`
-	Error  string  `json:"error,omitempty"`
+	Report *Report      `json:"report,omitempty"`
+	Chaos  *ChaosResult `json:"chaos,omitempty"`
+	Error  string       `json:"error,omitempty"`
 }
 
 func (j virtualJob) config() RunConfig {
@@ -263,6 +266,10 @@ func runJob(t *testing.T, path string) {
 	var job virtualJob
 	if err := json.Unmarshal(data, &job); err != nil {
 		t.Fatalf("job %s: %v", path, err)
+	}
+	if job.Chaos != nil {
+		runChaosJob(t, job)
+		return
 	}
 	cfg := job.config()
 	if job.Progress {

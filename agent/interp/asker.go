@@ -135,7 +135,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		gen = max(gen, NextGen(known)) // a server saw a placement this agent never did
 		resp.Generation = gen
 	}
-	if quorum && !held {
+	if quorum {
 		known := ServerQuorum(l.deps.Node.Members())
 		answered := map[string]bool{}
 		for _, b := range e.Result.Bids {
@@ -220,10 +220,14 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		l.logger.Warn("server did not start the interpreter; trying the next best", "server", cand.Bid.Node, "err", err)
 	}
 	if resp.Node == "" {
-		l.takeBack(rid, timedOut)
+		// A failure must have started nothing: the servers that did not
+		// answer are told to stop whatever they started, and unless each
+		// says it did, nobody can tell.
 		code := rpc.SpawnRefused
-		if timeouts == len(resp.Attempts) {
+		if unsure := l.takeBackNow(ctx, rid, timedOut); len(unsure) > 0 {
 			code = rpc.SpawnTimeout
+			resp.Attempts = append(resp.Attempts, fmt.Sprintf("%s: may have started it (no answer to the take-back either); "+
+				"`agent interpreters` shows it if so", strings.Join(unsure, ", ")))
 		}
 		return fail(resp, code, fmt.Errorf("no server started the interpreter: %s", strings.Join(resp.Attempts, "; ")), start)
 	}
@@ -286,6 +290,31 @@ func (l *Lifecycle) takeBack(rid string, servers []string) {
 		}()
 	}
 }
+
+// takeBackNow tells the servers that timed out to stop whatever they
+// started for rid, and waits for them: it returns those that did not
+// answer, which may run it.
+func (l *Lifecycle) takeBackNow(ctx context.Context, rid string, servers []string) (unsure []string) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		order, _ := msgpack.Marshal(stopOrder{RequestID: rid})
+		wg.Go(func() {
+			if _, err := l.askOne(ctx, s, queryStop, order, takeBackTimeout); err != nil {
+				l.logger.Warn("could not take back a spawn from a server that did not answer", "server", s, "request", rid, "err", err)
+				mu.Lock()
+				unsure = append(unsure, s)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(unsure)
+	return unsure
+}
+
+// takeBackTimeout bounds the wait for a take-back's answer.
+const takeBackTimeout = 5 * time.Second
 
 // untilDone is a context for the lifecycle's own work: it ends after
 // timeout, or when the agent shuts down.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -84,8 +83,7 @@ func encodeKeyedAnswer(a keyedAnswer) []byte {
 	return data
 }
 
-// keyLocks serialises the coordinator's decisions per request, and holds
-// the answers it gave that its view does not show yet. Safe for
+// keyLocks serialises the coordinator's decisions per request. Safe for
 // concurrent use.
 type keyLocks struct {
 	mu    sync.Mutex
@@ -96,25 +94,13 @@ type keyLock struct {
 	// held is the lock itself: a channel, so that a spawn waiting its turn
 	// can give up with its context (and waits as a goroutine blocked on a
 	// channel, which a synctest bubble can tell from one at work).
-	held chan struct{}
-	last *placedAnswer // guarded by held
-	// Guarded by keyLocks.mu: the spawns holding or waiting for the lock,
-	// and until when the lock must be kept for its last answer.
-	waiters   int
-	keepUntil time.Time
+	held    chan struct{}
+	waiters int // guarded by keyLocks.mu
 }
 
-// placedAnswer is a new interpreter this coordinator named, until its view
-// shows it.
-type placedAnswer struct {
-	resp rpc.SpawnResponse
-	gen  int
-	at   time.Time
-}
-
-// lock takes rid's lock and returns it with its release, or fails when ctx
-// ends first.
-func (k *keyLocks) lock(ctx context.Context, rid string) (*keyLock, func(), error) {
+// lock takes rid's lock and returns its release, or fails when ctx ends
+// first.
+func (k *keyLocks) lock(ctx context.Context, rid string) (func(), error) {
 	k.mu.Lock()
 	if k.locks == nil {
 		k.locks = map[string]*keyLock{}
@@ -126,13 +112,9 @@ func (k *keyLocks) lock(ctx context.Context, rid string) (*keyLock, func(), erro
 	}
 	kl.waiters++
 	k.mu.Unlock()
-	leave := func(keepUntil time.Time) {
+	leave := func() {
 		k.mu.Lock()
-		kl.waiters--
-		if keepUntil.After(kl.keepUntil) {
-			kl.keepUntil = keepUntil
-		}
-		if kl.waiters == 0 && time.Now().After(kl.keepUntil) {
+		if kl.waiters--; kl.waiters == 0 {
 			delete(k.locks, rid)
 		}
 		k.mu.Unlock()
@@ -140,66 +122,29 @@ func (k *keyLocks) lock(ctx context.Context, rid string) (*keyLock, func(), erro
 	select {
 	case kl.held <- struct{}{}:
 	case <-ctx.Done():
-		leave(time.Time{})
-		return nil, nil, fmt.Errorf("waited for an earlier spawn of the same key: %w", ctx.Err())
+		leave()
+		return nil, fmt.Errorf("waited for an earlier spawn of the same key: %w", ctx.Err())
 	}
-	return kl, func() {
-		var keepUntil time.Time
-		if kl.last != nil {
-			keepUntil = kl.last.at.Add(replaceGrace)
-		}
-		<-kl.held
-		leave(keepUntil)
-	}, nil
+	return func() { <-kl.held; leave() }, nil
 }
 
 // keyedSpawn is a keyed spawn: decided on the key's coordinator (this
 // agent, when its view names it), then, with Wait, waited for here.
 func (l *Lifecycle) keyedSpawn(ctx context.Context, req rpc.SpawnRequest, start time.Time) rpc.SpawnResponse {
-	for attempt := 1; ; attempt++ {
-		resp := l.decideKeyed(ctx, req, start)
-		if resp.Code != "" || !req.Wait {
-			return resp
-		}
-		if resp.Existing {
-			// A view can list an interpreter alive for a few seconds after
-			// its host died or it ended: its host says whether it runs.
-			ans, err := l.askExit(ctx, resp.Node, resp.Name)
-			switch {
-			case err != nil:
-				return fail(resp, rpc.SpawnTimeout, fmt.Errorf("--key %q names %s on %s, which this agent lists alive, but %s "+
-					"does not answer (%w): it may be down; retry, or ask `agent interpreters` in a moment", req.Key, resp.Name,
-					resp.Node, resp.Node, err), start)
-			case (ans.Found || ans.Lost) && attempt == 1:
-				// It ended: once this view shows it gone, the key is free.
-				gone := func(s gossip.Status) bool { return s != gossip.StatusAlive && s != gossip.StatusLeaving }
-				if _, err := l.waitMember(resp.Name, l.waitLimit(req), gone, "it ended, but is still listed alive"); err != nil {
-					return fail(resp, rpc.SpawnTimeout, fmt.Errorf("--key %q names %s on %s: %w", req.Key, resp.Name, resp.Node, err), start)
-				}
-				continue
-			case ans.Found || ans.Lost:
-				return fail(resp, rpc.SpawnTimeout, fmt.Errorf("--key %q names %s on %s, which has ended; retry", req.Key,
-					resp.Name, resp.Node), start)
-			}
-		}
-		if err := l.waitStarted(ctx, resp.Name, resp.Node, req.Timeout); err != nil {
-			code := rpc.SpawnTimeout
-			var died *diedError
-			if errors.As(err, &died) {
-				code = rpc.SpawnDied
-			}
-			return fail(resp, code, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err), start)
-		}
-		resp.TotalMS = ms(time.Since(start))
+	resp := l.decideKeyed(ctx, req, start)
+	if resp.Code != "" || !req.Wait {
 		return resp
 	}
-}
-
-func (l *Lifecycle) waitLimit(req rpc.SpawnRequest) time.Duration {
-	if req.Timeout > 0 {
-		return req.Timeout
+	if err := l.waitStarted(ctx, resp.Name, resp.Node, req.Timeout); err != nil {
+		code := rpc.SpawnTimeout
+		var died *diedError
+		if errors.As(err, &died) {
+			code = rpc.SpawnDied
+		}
+		return fail(resp, code, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err), start)
 	}
-	return rpc.DefaultSpawnWait
+	resp.TotalMS = ms(time.Since(start))
+	return resp
 }
 
 // decideKeyed has the key's coordinator decide a keyed spawn: this agent,
@@ -207,12 +152,10 @@ func (l *Lifecycle) waitLimit(req rpc.SpawnRequest) time.Duration {
 func (l *Lifecycle) decideKeyed(ctx context.Context, req rpc.SpawnRequest, start time.Time) rpc.SpawnResponse {
 	rid := RequestIDFor(req.Key)
 	members := l.deps.Node.Members()
-	view := Instances(members)
-	l.memory.observe(view, l.clock.Now())
-	// What this agent's own view shows alive answers at once, unless a
-	// newer placement of the key is known: then the coordinator decides.
-	if in, ok := Live(view, rid); ok && in.Tags.Gen >= l.memory.genOf(rid) {
-		return existingAnswer(in, req, start)
+	if !l.inMesh(members) {
+		return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnMinority, fmt.Errorf("%s has not joined the "+
+			"mesh yet, so it knows no other server: a keyed spawn here could start a second interpreter for --key %q; "+
+			"retry once it has joined (`agent members`)", l.cfg.Node, req.Key), start)
 	}
 	q := ServerQuorum(members)
 	coord, ok := Owner(rid, q.Alive)
@@ -282,29 +225,17 @@ func (l *Lifecycle) handleKeyedOrder(q *gossip.Query) {
 // receive a new interpreter's connection.
 func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker string, start time.Time) rpc.SpawnResponse {
 	rid := RequestIDFor(req.Key)
-	kl, unlock, err := l.keys.lock(ctx, rid)
+	if !l.inMesh(l.deps.Node.Members()) {
+		return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnMinority,
+			fmt.Errorf("%s, the key's coordinator in %s's view, has not joined the mesh yet: retry in a moment", l.cfg.Node, asker), start)
+	}
+	unlock, err := l.keys.lock(ctx, rid)
 	if err != nil {
 		return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnTimeout, err, start)
 	}
 	defer unlock()
-	now := l.clock.Now()
 	members := l.deps.Node.Members()
-	view := Instances(members)
-	l.memory.observe(view, now)
-	known := l.memory.genOf(rid)
-	if in, ok := Live(view, rid); ok && in.Tags.Gen >= known {
-		kl.last = nil
-		return existingAnswer(in, req, start)
-	}
-	if p := kl.last; p != nil && now.Sub(p.at) < replaceGrace && !listedIn(view, p.resp.Name) && p.gen >= known {
-		resp := p.resp
-		resp.Existing, resp.Connection = true, nil
-		if err := conflict(req, resp.Kind, nil, ""); err != nil {
-			return fail(resp, rpc.SpawnConflict, err, start)
-		}
-		resp.TotalMS = ms(time.Since(start))
-		return resp
-	}
+	l.memory.observe(Instances(members), l.clock.Now())
 	if q := ServerQuorum(members); !q.Majority() {
 		resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}
 		return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s sees %s: a keyed spawn here could start a second "+
@@ -312,62 +243,29 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 			"ask an agent that sees most servers, or, if the failed servers are gone for good, remove them with "+
 			"`agent force-leave NAME`", l.cfg.Node, q, req.Key), start)
 	}
-	gen := NextGen(known)
+	// The election answers both questions: a server whose bid says it runs
+	// (or is starting) the key's interpreter is asked for it, else the
+	// best server starts one, a generation above every one known. Either
+	// way, only with the bids of a majority of the servers: a view can
+	// list a stale copy alive, a majority's bids cannot.
 	req.Wait = false // the asker waits in its own view
-	resp := l.place(ctx, req, rid, gen, asker, true, start)
-	if resp.Code != "" {
-		return resp
-	}
-	l.memory.placed(rid, resp.Generation, l.clock.Now())
-	if !resp.Existing {
-		kl.last = &placedAnswer{resp: resp, gen: resp.Generation, at: l.clock.Now()}
+	resp := l.place(ctx, req, rid, NextGen(l.memory.genOf(rid)), asker, true, start)
+	if resp.Code == "" {
+		l.memory.placed(rid, resp.Generation, l.clock.Now())
 	}
 	return resp
 }
 
-// listedIn reports whether the view lists name at all: once it does, the
-// view, not the coordinator's memory, says whether it answers for its key.
-func listedIn(view []Instance, name string) bool {
-	return slices.ContainsFunc(view, func(in Instance) bool { return in.Name == name })
-}
-
-// existingAnswer answers a keyed spawn with the key's live interpreter, or
-// refuses it when it asked for something else.
-func existingAnswer(in Instance, req rpc.SpawnRequest, start time.Time) rpc.SpawnResponse {
-	t := in.Tags
-	resp := rpc.SpawnResponse{Kind: t.Kind, RequestID: t.RequestID, Name: in.Name, Node: t.Host, PID: t.PID,
-		Endpoint: t.Endpoint, Existing: true, Generation: t.Gen}
-	var args []string
-	if t.Restart == RestartOnFailure {
-		args = t.Args // published only with the policy
+// inMesh reports whether this agent has joined a mesh: it did (or had
+// none to join), or another server reached it.
+func (l *Lifecycle) inMesh(members []gossip.Member) bool {
+	if l.deps.Joined == nil || l.deps.Joined() {
+		return true
 	}
-	restart := t.Restart
-	if restart == "" {
-		restart = RestartNo
+	for _, m := range members {
+		if m.Name != l.cfg.Node && m.Status == gossip.StatusAlive && m.Tags[gossip.TagRole] == string(gossip.RoleServer) {
+			return true
+		}
 	}
-	if err := conflict(req, t.Kind, args, restart); err != nil {
-		return fail(resp, rpc.SpawnConflict, err, start)
-	}
-	resp.TotalMS = ms(time.Since(start))
-	return resp
-}
-
-// conflict says how a keyed spawn differs from the key's interpreter, as
-// far as what is known of it tells (args nil and restart "" are unknown).
-func conflict(req rpc.SpawnRequest, kind string, args []string, restart string) error {
-	var diffs []string
-	if req.Kind != kind {
-		diffs = append(diffs, fmt.Sprintf("kind %q, not %q", kind, req.Kind))
-	}
-	if args != nil && !slices.Equal(args, req.Args) && (len(args) > 0 || len(req.Args) > 0) {
-		diffs = append(diffs, fmt.Sprintf("arguments %q, not %q", args, req.Args))
-	}
-	if restart != "" && req.Restart != "" && req.Restart != restart {
-		diffs = append(diffs, fmt.Sprintf("restart policy %q, not %q", restart, req.Restart))
-	}
-	if len(diffs) == 0 {
-		return nil
-	}
-	return fmt.Errorf("--key %q already names a running interpreter with %s: use another key, or stop it first "+
-		"(`agent stop NAME`)", req.Key, strings.Join(diffs, " and "))
+	return false
 }

@@ -60,6 +60,10 @@ type Deps struct {
 	// Processes is where supervisors run; nil: real processes of
 	// Config.Self.
 	Processes Processes
+	// Joined says the agent has joined the mesh it was told to join (or
+	// was told to join none); nil: always. Until then its view is its
+	// own alone, and it takes no decision for the mesh.
+	Joined func() bool
 }
 
 // Event is something that happened to an interpreter that operators want
@@ -110,8 +114,10 @@ type Lifecycle struct {
 	inflightGen  map[string]int
 	takenBack    map[string]bool // request ids whose start an asker took back while it ran
 	supervisors  map[string]Started
-	hostRestarts map[string]*Tracker // request id -> restarts after supervisor crashes
-	restarting   map[string]bool     // request ids whose restart here waits out its delay
+	hostRestarts map[string]*Tracker  // request id -> restarts after supervisor crashes
+	restarting   map[string]bool      // request ids whose restart here waits out its delay
+	abandoned    map[string]time.Time // interpreters whose start this server gave up on, by name
+	lostAtStart  []state.Interpreter  // on-failure interpreters that died while the agent was down
 
 	meshMu     sync.Mutex
 	replacer   *replacer         // this owner's re-placements
@@ -149,6 +155,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		supervisors:  map[string]Started{},
 		hostRestarts: map[string]*Tracker{},
 		restarting:   map[string]bool{},
+		abandoned:    map[string]time.Time{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
 	}, nil

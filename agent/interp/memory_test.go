@@ -146,24 +146,6 @@ func TestNothingLostWhenTheReapForgetsAnOrphan(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-func TestConflictNamesEachDifference(t *testing.T) {
-	req := rpc.SpawnRequest{Key: "k1", Kind: "sleeper", Args: []string{"-x"}, Restart: RestartOnFailure}
-	err := conflict(req, "demo", []string{"-y"}, RestartNo)
-	if err == nil {
-		t.Fatal("a keyed spawn for another kind, arguments and policy was not refused")
-	}
-	for _, want := range []string{`kind "demo", not "sleeper"`, `arguments ["-y"], not ["-x"]`, `restart policy "no", not "on-failure"`, `--key "k1"`} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("%q does not say %s", err, want)
-		}
-	}
-	// What is not known (arguments of a no-policy interpreter, the policy
-	// of a request that named none) is no conflict.
-	if err := conflict(rpc.SpawnRequest{Key: "k1", Kind: "demo"}, "demo", nil, RestartOnFailure); err != nil {
-		t.Errorf("same kind, nothing else known: %v", err)
-	}
-}
-
 func TestRestartedByIsNoDuplicate(t *testing.T) {
 	dead := inst("demo-r-1", "r", 0, alive, "h1", alive)
 	restarted := inst("demo-r-2", "r", 1, alive, "h1", alive)

@@ -37,6 +37,7 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 		if l.cfg.Server {
 			l.replaceOrphans(members, l.memory.withOrphans(view, members))
 			l.restartLost(view)
+			l.restartLostAtStart(members, view)
 		}
 	}
 }
@@ -94,6 +95,9 @@ func restartedBy(winner, loser Instance) bool {
 // replacer keeps the owner from placing again what it placed and its view
 // has not heard of yet.
 func (l *Lifecycle) replaceOrphans(members []gossip.Member, view []Instance) {
+	if !l.inMesh(members) {
+		return // its view is its own alone: every other host looks gone
+	}
 	orphans := Orphans(view)
 	for _, o := range l.memory.stuck(members, l.clock.Now()) {
 		if !slices.ContainsFunc(orphans, func(x Orphan) bool { return x.Last.Tags.RequestID == o.Last.Tags.RequestID }) {

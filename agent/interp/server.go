@@ -131,6 +131,15 @@ func (l *Lifecycle) loadRegistry() error {
 	dropped := reg.Retain(func(i state.Interpreter) bool { return l.procs.Running(i.SupervisorPID, i.Spec) })
 	l.registry = reg
 	for _, i := range dropped {
+		if _, err := ReadExit(filepath.Dir(i.Spec)); err != nil && i.Restart == RestartOnFailure {
+			// It died without a record (with the host, say): start it
+			// again once this agent has joined and can tell whether the
+			// mesh re-placed it meanwhile.
+			l.logger.Warn("on-failure interpreter gone while the agent was down; it starts again once the agent has joined",
+				"interpreter", i.Name, "pid", i.PID)
+			l.lostAtStart = append(l.lostAtStart, i)
+			continue
+		}
 		l.logger.Info("interpreter gone while the agent was down", "interpreter", i.Name, "pid", i.PID)
 	}
 	for _, i := range reg.List() {
@@ -279,10 +288,12 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	for {
 		if i, ok := l.registry.ByRequestID(o.RequestID); ok {
 			l.regMu.Unlock()
-			if _, err := ReadExit(filepath.Dir(i.Spec)); err == nil {
-				// It ended (its supervisor is leaving the mesh): a
-				// kernel restart stops, then spawns the same key at
-				// once. Forget it now and start the request anew.
+			_, err := ReadExit(filepath.Dir(i.Spec))
+			if err == nil || !l.procs.Running(i.SupervisorPID, i.Spec) {
+				// It ended (its supervisor is leaving the mesh: a kernel
+				// restart stops, then spawns the same key at once), or
+				// its supervisor died and this server has not noticed
+				// yet. Forget it now and start the request anew.
 				l.supervisorGone(i.Name)
 				l.regMu.Lock()
 				continue
@@ -395,6 +406,24 @@ func orderConflict(o spawnOrder, explicitRestart string, i state.Interpreter) st
 	}
 	return fmt.Sprintf("the request's interpreter %s already runs with %s: use another key, or stop it first (`agent stop %s`)",
 		i.Name, strings.Join(diffs, " and "), i.Name)
+}
+
+// abandonGrace is how long a supervisor that missed its start has to
+// stop before it is killed.
+const abandonGrace = 5 * time.Second
+
+// abandon records that this server gave up on starting name: no rule may
+// start it again.
+func (l *Lifecycle) abandon(name string) {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	now := l.clock.Now()
+	for n, at := range l.abandoned {
+		if now.Sub(at) > time.Hour {
+			delete(l.abandoned, n)
+		}
+	}
+	l.abandoned[name] = now
 }
 
 // Holding names the interpreter of request rid that this server runs or
@@ -591,7 +620,16 @@ func (l *Lifecycle) startSupervisor(dir string, spec Spec) (Started, int, error)
 		}
 		return s, rd.PID, nil
 	case <-l.clock.After(startTimeout):
-		l.procs.Kill(s.PID)
+		// It may have joined the mesh by now: a stop makes it leave saying
+		// so, where a kill would leave a failed member the mesh could take
+		// for one to restart. A supervisor that does not stop is killed.
+		l.abandon(spec.Name)
+		l.procs.Terminate(s.PID)
+		select {
+		case <-s.Done:
+		case <-l.clock.After(abandonGrace):
+			l.procs.Kill(s.PID)
+		}
 		return s, 0, fmt.Errorf("supervisor not ready within %s", startTimeout)
 	}
 }
@@ -705,6 +743,30 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 	}()
 }
 
+// restartLostAtStart starts again the on-failure interpreters that died
+// while this agent was down, once it has joined the mesh, unless the mesh
+// runs (or re-placed) them meanwhile.
+func (l *Lifecycle) restartLostAtStart(members []gossip.Member, view []Instance) {
+	l.regMu.Lock()
+	lost := l.lostAtStart
+	if len(lost) == 0 || !l.inMesh(members) {
+		l.regMu.Unlock()
+		return
+	}
+	l.lostAtStart = nil
+	l.regMu.Unlock()
+	for _, rec := range lost {
+		newer := slices.ContainsFunc(view, func(in Instance) bool {
+			return in.Tags.RequestID == rec.RequestID && in.Tags.Gen > rec.Gen ||
+				in.Name != rec.Name && in.Tags.RequestID == rec.RequestID && in.Status == gossip.StatusAlive
+		})
+		if newer {
+			continue
+		}
+		l.restartHere(rec)
+	}
+}
+
 // restartLost starts again, here, the on-failure interpreters of this host
 // that the view shows failed and that no supervisor of this agent keeps:
 // they died with the host (the registry dropped them at the restart), or
@@ -730,8 +792,9 @@ func (l *Lifecycle) restartLost(view []Instance) {
 		l.regMu.Lock()
 		_, running := l.registry.ByRequestID(t.RequestID)
 		_, starting := l.inflight[t.RequestID]
+		_, abandoned := l.abandoned[in.Name]
 		l.regMu.Unlock()
-		if running || starting {
+		if running || starting || abandoned {
 			continue
 		}
 		l.logger.Warn("an on-failure interpreter of this host is failed and no supervisor here keeps it; starting it again",

@@ -1,0 +1,105 @@
+package simulation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/meshagent/agent/chaos"
+)
+
+// chaosJob is a chaos run asked of a child process.
+type chaosJob struct {
+	Seed     int64             `json:"seed"`
+	Agents   int               `json:"agents"`
+	Duration time.Duration     `json:"duration"`
+	Faults   []chaos.FaultKind `json:"faults"`
+	Profile  string            `json:"profile,omitempty"`
+}
+
+// RunChaosVirtual runs one chaos seed in virtual time, in a child process
+// of this binary (whose main must call ServeVirtualJob first), and returns
+// its result. The history is kept only when the checker found a
+// violation: it is what shows it. Cancelling ctx kills the child.
+func RunChaosVirtual(ctx context.Context, cfg ChaosConfig) (*ChaosResult, error) {
+	if cfg.Logger != nil {
+		return nil, errors.New("a virtual chaos run happens in a child process: it takes no Logger")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("a virtual run needs this program's path to start its child: %w", err)
+	}
+	return runChaosChild(ctx, cfg, exe)
+}
+
+func runChaosChild(ctx context.Context, cfg ChaosConfig, name string, args ...string) (*ChaosResult, error) {
+	dir, err := os.MkdirTemp("", "agent-chaos-job-")
+	if err != nil {
+		return nil, fmt.Errorf("a virtual run's job directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	job := virtualJob{Out: filepath.Join(dir, "result.json"), Chaos: &chaosJob{Seed: cfg.Seed, Agents: cfg.Agents,
+		Duration: cfg.Duration, Faults: cfg.Faults, Profile: cfg.Profile}}
+	data, err := json.Marshal(job)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "job.json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return nil, fmt.Errorf("a virtual run's job file: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), VirtualJobEnv+"="+path)
+	dieWithParent(cmd)
+	out := &tailBuffer{max: 16 << 10}
+	cmd.Stdout, cmd.Stderr = out, out
+	waitErr := cmd.Run()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	var res virtualResult
+	data, err = os.ReadFile(job.Out)
+	if err == nil {
+		err = json.Unmarshal(data, &res)
+	}
+	switch {
+	case waitErr != nil && res.Chaos == nil:
+		return nil, fmt.Errorf("the chaos run of seed %d failed: %v\n%s", cfg.Seed, waitErr, out.tail())
+	case err != nil:
+		return nil, fmt.Errorf("the chaos run of seed %d left no result: %v\n%s", cfg.Seed, err, out.tail())
+	case res.Error != "":
+		return nil, errors.New(res.Error)
+	case res.Chaos == nil:
+		return nil, fmt.Errorf("the chaos run of seed %d returned neither a result nor an error", cfg.Seed)
+	}
+	return res.Chaos, nil
+}
+
+// runChaosJob is a child process's chaos run.
+func runChaosJob(t *testing.T, job virtualJob) {
+	j := job.Chaos
+	var writeErr error
+	synctest.Test(t, func(t *testing.T) {
+		res, err := RunChaos(context.Background(), ChaosConfig{Seed: j.Seed, Agents: j.Agents, Duration: j.Duration,
+			Faults: j.Faults, Profile: j.Profile})
+		out := virtualResult{Chaos: res}
+		if err != nil {
+			out = virtualResult{Error: err.Error()}
+		} else if len(res.Violations) == 0 {
+			res.History = chaos.History{} // only a violation needs it shown
+		}
+		writeErr = writeResult(job.Out, out)
+		time.Sleep(leakWait)
+		synctest.Wait()
+	})
+	if writeErr != nil {
+		t.Fatal(writeErr)
+	}
+}
