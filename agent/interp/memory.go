@@ -166,6 +166,17 @@ func (m *memory) withOrphans(view []Instance, members []gossip.Member) []Instanc
 	return append(append([]Instance(nil), view...), extra...)
 }
 
+// lostSince is when this agent first saw rid's newest interpreter failed
+// with no live copy, while it is unresolved.
+func (m *memory) lostSince(rid string) (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r := m.reqs[rid]; r != nil && r.orphan != nil {
+		return r.failedAt, true
+	}
+	return time.Time{}, false
+}
+
 // stuckAfter is how long an on-failure interpreter may stay failed on a
 // host that is alive before the mesh re-places it: its host restarts it
 // within its backoff (at most 30 s after detection) when the host knows

@@ -14,6 +14,10 @@ import (
 // server, re-places the interpreters of a failed host when this server is
 // their owner.
 
+// ownerFallback is how long after the owner each next server in rank
+// re-places a lost interpreter the owner did not.
+const ownerFallback = 30 * time.Second
+
 // meshTick is how often the view is checked even when no event arrives
 // (an owner's earlier attempt may have failed).
 const meshTick = time.Second
@@ -109,7 +113,18 @@ func (l *Lifecycle) replaceOrphans(members []gossip.Member, view []Instance) {
 		l.logger.Debug("not re-placing interpreters of failed hosts: no majority of servers in view", "seen", q.String())
 		return
 	}
-	ours := func(rid string) bool { owner, _ := Owner(rid, q.Alive); return owner == l.cfg.Node }
+	// The owner acts at once. Should it not (a server that restarted
+	// without its memory never learns of a member that died before it
+	// joined), the next in rank acts ownerFallback later, and so on.
+	now := l.clock.Now()
+	ours := func(rid string) bool {
+		rank := OwnerRank(rid, l.cfg.Node, q.Alive)
+		if rank <= 0 {
+			return rank == 0
+		}
+		since, ok := l.memory.lostSince(rid)
+		return ok && now.Sub(since) >= time.Duration(rank)*ownerFallback
+	}
 	l.meshMu.Lock()
 	start := l.replacer.due(orphans, ours, l.clock.Now())
 	l.meshMu.Unlock()

@@ -133,6 +133,24 @@ func Owner(rid string, aliveServers []string) (string, bool) {
 	return best, found
 }
 
+// OwnerRank is server's place in the order of owners of a request: 0 for
+// the owner, 1 for the one that acts should the owner not, and so on; -1
+// when server is not among aliveServers. Every node that sees the same
+// alive servers ranks them alike.
+func OwnerRank(rid, server string, aliveServers []string) int {
+	if !slices.Contains(aliveServers, server) {
+		return -1
+	}
+	mine := placement.Rendezvous(rid, server)
+	rank := 0
+	for _, s := range aliveServers {
+		if h := placement.Rendezvous(rid, s); s != server && (h > mine || h == mine && s < server) {
+			rank++
+		}
+	}
+	return rank
+}
+
 // Quorum is what a node sees of the servers: a keyed spawn or a re-placement
 // goes ahead only on a side that sees a strict majority of them alive.
 type Quorum struct {

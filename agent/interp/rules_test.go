@@ -234,3 +234,28 @@ func TestInstancesTrustTheEndTag(t *testing.T) {
 		t.Fatalf("an interpreter that ended on purpose was re-placed: %+v", o)
 	}
 }
+
+func TestOwnerRankOrdersTheServersLikeOwner(t *testing.T) {
+	servers := []string{"s1", "s2", "s3", "s4", "s5"}
+	for _, rid := range []string{"r1", "k0123456789abcdef", "x"} {
+		owner, _ := Owner(rid, servers)
+		seen := map[int]string{}
+		for _, s := range servers {
+			r := OwnerRank(rid, s, servers)
+			if r < 0 || r >= len(servers) || seen[r] != "" {
+				t.Fatalf("%s: rank %d of %s (taken by %q)", rid, r, s, seen[r])
+			}
+			seen[r] = s
+		}
+		if seen[0] != owner {
+			t.Errorf("%s: rank 0 is %s, the owner %s", rid, seen[0], owner)
+		}
+		rest := slices.DeleteFunc(slices.Clone(servers), func(s string) bool { return s == owner })
+		if next, _ := Owner(rid, rest); seen[1] != next {
+			t.Errorf("%s: rank 1 is %s, but without the owner the owner would be %s", rid, seen[1], next)
+		}
+	}
+	if r := OwnerRank("r1", "nobody", servers); r != -1 {
+		t.Errorf("a server not alive has rank %d", r)
+	}
+}
