@@ -60,6 +60,7 @@ const opLimit = 90 * time.Second
 
 // ChaosResult is one run: its history and what the checker found in it.
 type ChaosResult struct {
+	Prefix     string                  `json:"prefix"` // the bed's names (see Testbed.Prefix), all removed by now
 	Seed       int64                   `json:"seed"`
 	Hosts      int                     `json:"hosts"`
 	Duration   time.Duration           `json:"duration"`
@@ -69,9 +70,14 @@ type ChaosResult struct {
 	Violations []chaos.Violation       `json:"violations"`
 	// SettleS is how long after the last heal every agent listed exactly
 	// the processes that ran, one per request (-1: never within the run).
-	SettleS float64       `json:"settle_s"`
-	WallS   float64       `json:"wall_s"`
-	History chaos.History `json:"history"`
+	SettleS float64 `json:"settle_s"`
+	// Orphans are interpreter processes that ran without a supervisor at
+	// the end (a defect: no agent can list them), and Lasting those seen
+	// so for a second or more during the run.
+	Orphans        []Orphan      `json:"orphans,omitempty"`
+	LastingOrphans []Orphan      `json:"lasting_orphans,omitempty"`
+	WallS          float64       `json:"wall_s"`
+	History        chaos.History `json:"history"`
 }
 
 // RunChaos builds a bed of five hosts, plays the seeded schedule on it,
@@ -113,11 +119,12 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (res *ChaosResult, err error
 	}
 	d.play(plan)
 	h := d.history()
-	res = &ChaosResult{Seed: cfg.Seed, Hosts: chaosHosts, Duration: cfg.Duration, RecordedS: round(h.End.Seconds()),
+	res = &ChaosResult{Prefix: bed.Prefix(), Seed: cfg.Seed, Hosts: chaosHosts, Duration: cfg.Duration, RecordedS: round(h.End.Seconds()),
 		Ops: len(h.Ops), Faults: map[chaos.FaultKind]int{}, Violations: chaos.Check(h), SettleS: settledAfter(h), History: h}
 	for _, f := range h.Faults {
 		res.Faults[f.Kind]++
 	}
+	res.Orphans, res.LastingOrphans = d.seen.orphaned()
 	res.WallS = round(time.Since(wall).Seconds())
 	return res, ctx.Err()
 }
@@ -165,6 +172,12 @@ func (r *ChaosResult) Report(w io.Writer) {
 	} else {
 		fmt.Fprintf(w, "never settled after the last heal (every agent listing exactly what runs, one per request); T_settle %s\n",
 			r.History.Settle)
+	}
+	for _, o := range r.LastingOrphans {
+		fmt.Fprintf(w, "orphan interpreter (no supervisor) during the run: %s\n", o)
+	}
+	for _, o := range r.Orphans {
+		fmt.Fprintf(w, "orphan interpreter (no supervisor) at the end: %s\n", o)
 	}
 	if len(r.Violations) == 0 {
 		fmt.Fprintln(w, "violations: none")
@@ -685,7 +698,7 @@ func (d *driver) failed(f *chaos.Fault, err error) {
 
 // lossPerHook is the loss each host's input and output rule applies for a
 // packet between two hosts to be lost at rate: it crosses two rules.
-func lossPerHook(rate float64) float64 { return 1 - math.Sqrt(1-rate) }
+func lossPerHook(rate float64) float64 { return math.Round((1-math.Sqrt(1-rate))*10000) / 10000 }
 
 // startFault applies a fault. Faults with an end count as in force until
 // it; a crash is in force until its restart.
@@ -742,6 +755,8 @@ func (d *driver) startFault(f *chaos.Fault) {
 			s := list[f.Pick%len(list)]
 			d.logf("chaos: %s: supervisor of %s (pid %d) killed (SIGKILL)", h.Name, s.Name, s.PID)
 			d.failed(f, syscall.Kill(s.PID, syscall.SIGKILL))
+		} else {
+			d.logf("chaos: %s: no supervisor runs there to kill", h.Name)
 		}
 		return // instant: nothing stays in force
 	case chaos.FaultRestartHost, chaos.FaultRestartAgent:
@@ -749,6 +764,7 @@ func (d *driver) startFault(f *chaos.Fault) {
 		d.calm()
 		return
 	case chaos.FaultClusterRestart:
+		d.logf("chaos: cluster restart: every agent leaves and starts again with its data; supervisors keep running")
 		var wg sync.WaitGroup
 		for _, o := range d.bed.Hosts {
 			if o.Running() {
@@ -767,9 +783,11 @@ func (d *driver) startFault(f *chaos.Fault) {
 		if f.Stop {
 			args = append(args, "--stop")
 		}
+		d.logf("chaos: %s: agent %s", h.Name, strings.Join(args, " "))
 		d.failed(f, d.command(h, args...))
 		return // an operator's act, not a fault of the mesh
 	case chaos.FaultUndrain:
+		d.logf("chaos: %s: agent drain --undo", h.Name)
 		d.failed(f, d.command(h, "drain", "--undo", "--format", "json"))
 		return
 	}
@@ -914,11 +932,31 @@ type seenProcs struct {
 	last  map[string]time.Duration // interpreter name → last seen
 	names map[string]chaos.Process // interpreter name → its process
 	aside map[string]string        // data dir → where it was moved
+	// orphans are interpreter processes (the demo kind's echo-server)
+	// whose parent is no supervisor: by "host pid", and those of the
+	// latest scan.
+	orphans     map[string]*Orphan
+	lastOrphans []Orphan
+}
+
+// Orphan is an interpreter process running without its supervisor: no
+// member stands for it, so no agent can list it.
+type Orphan struct {
+	Host  string        `json:"host"`
+	PID   int           `json:"pid"`
+	Argv  []string      `json:"argv"`
+	First time.Duration `json:"first"` // first seen
+	Last  time.Duration `json:"last"`  // last seen
+}
+
+func (o Orphan) String() string {
+	return fmt.Sprintf("pid %d on %s (%s), seen from %.1fs to %.1fs", o.PID, o.Host, strings.Join(o.Argv, " "),
+		o.First.Seconds(), o.Last.Seconds())
 }
 
 func newSeenProcs() seenProcs {
 	return seenProcs{specs: map[string]chaos.Process{}, last: map[string]time.Duration{}, names: map[string]chaos.Process{},
-		aside: map[string]string{}}
+		aside: map[string]string{}, orphans: map[string]*Orphan{}}
 }
 
 func (s *seenProcs) moved(from, to string) {
@@ -949,6 +987,26 @@ func (s *seenProcs) record(procs map[string][]NSProcess, at time.Duration) ([]ch
 			byHost[host] = append(byHost[host], supervisorProc{Process: proc, PID: p.PID})
 			s.last[proc.Name] = at
 			s.names[proc.Name] = proc
+		}
+	}
+	s.lastOrphans = nil
+	for host, ps := range procs {
+		sup := map[int]bool{}
+		for _, p := range byHost[host] {
+			sup[p.PID] = true
+		}
+		for _, p := range ps {
+			if len(p.Argv) < 2 || p.Argv[1] != "echo-server" || !p.Alive() || sup[p.PPID] {
+				continue
+			}
+			key := fmt.Sprintf("%s %d", host, p.PID)
+			o := s.orphans[key]
+			if o == nil {
+				o = &Orphan{Host: host, PID: p.PID, Argv: p.Argv, First: at}
+				s.orphans[key] = o
+			}
+			o.Last = at
+			s.lastOrphans = append(s.lastOrphans, *o)
 		}
 	}
 	slices.SortFunc(out, func(a, b chaos.Process) int { return strings.Compare(a.Host+" "+a.Name, b.Host+" "+b.Name) })
@@ -994,6 +1052,20 @@ func (s *seenProcs) since(name string, at time.Duration) bool {
 	defer s.mu.Unlock()
 	last, ok := s.last[name]
 	return ok && last >= at
+}
+
+// orphaned lists the orphans of the latest scan, and every orphan seen
+// in scans at least a second apart.
+func (s *seenProcs) orphaned() (latest, lasting []Orphan) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range s.orphans {
+		if o.Last-o.First >= time.Second {
+			lasting = append(lasting, *o)
+		}
+	}
+	slices.SortFunc(lasting, func(a, b Orphan) int { return int(a.First - b.First) })
+	return slices.Clone(s.lastOrphans), lasting
 }
 
 // known is every interpreter seen, by name.

@@ -25,6 +25,7 @@ import (
 // NSProcess is one process found in a host's network namespace.
 type NSProcess struct {
 	PID   int
+	PPID  int // its parent
 	Argv  []string
 	State byte // /proc/PID/stat's state: R, S, T (stopped), Z (zombie), …
 }
@@ -100,12 +101,15 @@ func (b *Testbed) ScanProcesses() (map[string][]NSProcess, error) {
 		if err != nil {
 			continue
 		}
-		// "pid (comm) S …": the comm may hold spaces and parentheses.
-		state := byte('?')
-		if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) {
-			state = stat[i+2]
+		// "pid (comm) S ppid …": the comm may hold spaces and parentheses.
+		state, ppid := byte('?'), 0
+		if i := strings.LastIndexByte(string(stat), ')'); i >= 0 {
+			if f := strings.Fields(string(stat[i+1:])); len(f) >= 2 {
+				state = f[0][0]
+				ppid, _ = strconv.Atoi(f[1])
+			}
 		}
-		out[host] = append(out[host], NSProcess{PID: pid, State: state,
+		out[host] = append(out[host], NSProcess{PID: pid, PPID: ppid, State: state,
 			Argv: strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")})
 	}
 	for _, ps := range out {

@@ -63,8 +63,14 @@ func main() {
 	var report strings.Builder
 	res.Report(&report)
 	fmt.Print(report.String())
-	if len(res.Violations) > 0 {
+	if len(res.Orphans) > 0 {
+		fmt.Fprintf(os.Stderr, "\n%d interpreters run without their supervisors at the end\n", len(res.Orphans))
+	}
+	if len(res.Violations) > 0 || len(res.Orphans) > 0 {
 		fmt.Fprintf(os.Stderr, "\n%d violations: replay with make chaos SEED=%d DURATION=%s\n", len(res.Violations), *seed, *duration)
+		if *out == "" {
+			fmt.Fprintln(os.Stderr, "(HISTORY=FILE keeps the whole history)")
+		}
 		os.Exit(1)
 	}
 }
