@@ -4,7 +4,9 @@
 // bridge the bed creates (10.231.0.N/24), its own data dir, log and agent
 // process. The bed injects a network's faults (partitions by groups, one-way
 // cuts, packet loss, delay) and a host's (kill -9, SIGSTOP and SIGCONT,
-// restart from the data dir).
+// restart from the data dir). RunChaos plays a seeded chaos schedule of
+// such faults and client operations on five hosts and checks the history
+// with package chaos's checker, as the simulation does on whole agents.
 //
 // It needs root and iproute2; cuts and loss need nftables (nft), delay needs
 // a kernel with sch_netem. Check says what is missing.
