@@ -29,7 +29,7 @@ func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 	if b.Refusal == "" && !a.allow(a.placeLimit, asker) {
 		b.Refusal = fmt.Sprintf("rate limited: %s sent more than %g place queries a second (--place-rate-limit)", asker, a.cfg.PlaceRate)
 	}
-	b = a.interps.Bid(req, b)
+	b = a.interps.Bid(asker, req, b)
 	if b.Refusal != "" {
 		a.metrics.bidsRefused.WithLabelValues(refusalReason(b.Refusal)).Inc()
 	}
@@ -49,7 +49,8 @@ func (a *Agent) elect(ctx context.Context, req placement.Request, timeout time.D
 	}
 	var e interp.Election
 	a.logger.Debug("asking the servers for bids", "kind", req.Kind, "request", req.ID, "timeout", timeout)
-	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Constraints: constraints}, timeout)
+	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Constraints: constraints,
+		Claim: bidding.ClaimOf(req)}, timeout)
 	if e.Err == nil {
 		if ledger != nil {
 			a.ledgerMu.Lock()

@@ -55,6 +55,17 @@ type Request struct {
 	ID          string   `msgpack:"id"`
 	Kind        string   `msgpack:"k"`
 	Constraints []string `msgpack:"c,omitempty"` // key=regex, for the record; Elect enforces them
+	// Claim is the generation the asker means to place, plus one: zero
+	// (left out) when it claims none.
+	Claim int `msgpack:"g,omitempty"`
+}
+
+// ClaimOf is the request's claim from a placement request.
+func ClaimOf(req placement.Request) int {
+	if !req.Claim {
+		return 0
+	}
+	return req.Gen + 1
 }
 
 // wireBid is a bid on the wire: short keys, the node name left out (serf
@@ -75,7 +86,8 @@ type wireBid struct {
 	HoldsGen   int               `msgpack:"hg,omitempty"`
 	// KnownGen is the highest generation the server saw, plus one: zero
 	// (left out) when it saw none, so that older agents read no field.
-	KnownGen int `msgpack:"kg,omitempty"`
+	KnownGen int    `msgpack:"kg,omitempty"`
+	Claimer  string `msgpack:"cb,omitempty"`
 }
 
 const wireVersion = 1
@@ -89,7 +101,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 	}
 	// The kinds list is informative only: keep as many as fit in the room
 	// the tags and refusal leave.
-	kinds, room := []string(nil), maxKindBytes-len(b.Holds)
+	kinds, room := []string(nil), maxKindBytes-len(b.Holds)-len(b.Claimer)
 	for _, k := range b.Kinds {
 		if room -= len(k) + 2; room < 0 {
 			break
@@ -99,7 +111,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 	data, err := msgpack.Marshal(wireBid{
 		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
 		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
-		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b),
+		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b), Claimer: b.Claimer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode bid: %w", err)
@@ -122,7 +134,7 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 	return placement.Bid{
 		Node: node, CPU: w.CPU, Mem: w.Mem, Running: w.Running, Pending: w.Pending, Capacity: w.Capacity,
 		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal, Kinds: w.Kinds,
-		Holds: w.Holds, HoldsGen: w.HoldsGen, Known: w.KnownGen > 0, KnownGen: max(w.KnownGen-1, 0),
+		Holds: w.Holds, HoldsGen: w.HoldsGen, Known: w.KnownGen > 0, KnownGen: max(w.KnownGen-1, 0), Claimer: w.Claimer,
 	}, nil
 }
 

@@ -41,6 +41,9 @@ type Bid struct {
 	// is the highest generation it saw, which a new placement must exceed.
 	Known    bool
 	KnownGen int
+	// Claimer is another asker that claimed the request in its own bid
+	// request lately: an election for it may be under way elsewhere.
+	Claimer string
 }
 
 // Request asks for one interpreter of Kind. ID names the request; it is the
@@ -51,6 +54,11 @@ type Request struct {
 	Kind        string
 	Constraints []Constraint // all must hold
 	Policy      Policy       // empty means Spread
+	// Claim, when set, says the asker means to place generation Gen of
+	// the request (a keyed spawn, a re-placement): each bidding server
+	// remembers it, and tells another asker of the same request.
+	Claim bool
+	Gen   int
 }
 
 // Policy says which eligible server an election prefers.

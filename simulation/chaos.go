@@ -687,9 +687,9 @@ func (w *world) startAgent(host string, keepData bool) error {
 		node.Shutdown()
 		return err
 	}
-	bidding.Serve(node, func(_ string, req bidding.Request) placement.Bid {
+	bidding.Serve(node, func(asker string, req bidding.Request) placement.Bid {
 		b := placement.Bid{Node: host, CPU: 30, Mem: 30, Healthy: true, Tags: node.Tags()}
-		return a.life.Bid(req, b)
+		return a.life.Bid(asker, req, b)
 	}, logger)
 	a.life.Start(node)
 	var peers []string
@@ -759,7 +759,7 @@ func (w *world) recordEvent(host string, e interp.Event) {
 func (a *simAgent) elect(ctx context.Context, req placement.Request) interp.Election {
 	start := time.Now()
 	var e interp.Election
-	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind}, 0)
+	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)}, 0)
 	if e.Err == nil {
 		a.ledgerMu.Lock()
 		e.Decision, e.Err = placement.Elect(req, e.Result.Bids, a.ledger, time.Now())

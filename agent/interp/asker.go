@@ -94,7 +94,7 @@ func (l *Lifecycle) Spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnRe
 	if req.Key != "" {
 		return l.keyedSpawn(ctx, req, start)
 	}
-	return l.place(ctx, req, rid, 0, l.cfg.Node, false, start)
+	return l.place(ctx, req, rid, 0, l.cfg.Node, false, false, start)
 }
 
 func fail(resp rpc.SpawnResponse, code string, err error, start time.Time) rpc.SpawnResponse {
@@ -120,13 +120,17 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // answered the election: a view can list the other side alive for seconds
 // after a cut, but a server that answered is one this agent reaches, and
 // two sides cannot both reach a majority.
-func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker string, quorum bool, start time.Time) rpc.SpawnResponse {
+//
+// With yield, an election that finds another asker's recent claim on the
+// request ends with codeDefer when that asker goes first.
+func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker string, quorum, yield bool, start time.Time) rpc.SpawnResponse {
 	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid, Generation: gen}
 	preq, err := ParsePlaceRequest(req.Kind, req.Constraints, req.Policy)
 	if err != nil {
 		return fail(resp, rpc.SpawnBadRequest, err, start)
 	}
 	preq.ID = rid
+	preq.Claim, preq.Gen = quorum, gen
 
 	e := l.deps.Elect(ctx, preq)
 	resp.DecisionMS = ms(e.Elapsed)
@@ -147,6 +151,18 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 				"(%v): starting an interpreter for this request here could start a second one on the other side of a "+
 				"partition, so it is refused; retry when the mesh heals, or ask an agent that reaches most servers",
 				l.cfg.Node, len(answered), total, heard), start)
+		}
+	}
+	if yield && !held {
+		// Another asker claimed this request in its election lately: its
+		// interpreter may be starting. The asker whose name sorts first
+		// goes ahead; the other waits for it, so that both answer with
+		// the same interpreter.
+		for _, b := range e.Result.Bids {
+			if b.Claimer != "" && b.Claimer != l.cfg.Node && b.Claimer < l.cfg.Node {
+				resp.Code, resp.Error = codeDefer, "defer to "+b.Claimer
+				return resp
+			}
 		}
 	}
 	if e.Err != nil && !held {
@@ -248,6 +264,10 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	resp.TotalMS = ms(time.Since(start))
 	return resp
 }
+
+// codeDefer is place's answer when another asker's election for the same
+// request goes first: the caller elects again shortly.
+const codeDefer = "defer"
 
 // holderOf is the bid of a server that says it already runs or is
 // starting the request, the newest generation first.

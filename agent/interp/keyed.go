@@ -249,12 +249,30 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 	// way, only with the bids of a majority of the servers: a view can
 	// list a stale copy alive, a majority's bids cannot.
 	req.Wait = false // the asker waits in its own view
-	resp := l.place(ctx, req, rid, NextGen(l.memory.genOf(rid)), asker, true, start)
-	if resp.Code == "" {
-		l.memory.placed(rid, resp.Generation, l.clock.Now())
+	for try := 1; ; try++ {
+		resp := l.place(ctx, req, rid, NextGen(l.memory.genOf(rid)), asker, true, try < deferTries, start)
+		if resp.Code == codeDefer {
+			select {
+			case <-ctx.Done():
+				return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnTimeout,
+					fmt.Errorf("waited for another agent's spawn of --key %q (%s): %w", req.Key, resp.Error, ctx.Err()), start)
+			case <-l.clock.After(deferWait):
+				continue
+			}
+		}
+		if resp.Code == "" {
+			l.memory.placed(rid, resp.Generation, l.clock.Now())
+		}
+		return resp
 	}
-	return resp
 }
+
+// How long, and how often, a coordinator waits for another one's
+// election of the same key before it goes ahead.
+const (
+	deferWait  = 500 * time.Millisecond
+	deferTries = 6
+)
 
 // inMesh reports whether this agent has joined a mesh: it did (or had
 // none to join), or another server reached it.

@@ -127,6 +127,7 @@ type Lifecycle struct {
 
 	memory *memory  // requests' generations and orphans beyond the reap
 	keys   keyLocks // this coordinator's keyed spawns, one at a time per key
+	claims claims   // generations askers claimed in their bids lately
 
 	wg sync.WaitGroup
 }

@@ -154,7 +154,7 @@ func (l *Lifecycle) replace(o Orphan) (bool, int) {
 		"request", t.RequestID, "gen", o.NextGen, "why", why)
 	ctx, cancel := l.untilDone(40 * time.Second)
 	defer cancel()
-	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, true, time.Now())
+	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, true, false, time.Now())
 	if resp.Code != "" {
 		l.meshMu.Lock()
 		spent := l.replacer.spent(t.RequestID, l.clock.Now())

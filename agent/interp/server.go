@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -408,6 +409,50 @@ func orderConflict(o spawnOrder, explicitRestart string, i state.Interpreter) st
 		i.Name, strings.Join(diffs, " and "), i.Name)
 }
 
+// claimKeep is how long a server remembers an asker's claim: about one
+// election and its spawn order.
+const claimKeep = 20 * time.Second
+
+// claims are the generations askers claimed lately, by request. Safe for
+// concurrent use.
+type claims struct {
+	mu   sync.Mutex
+	reqs map[string][]claim
+}
+
+type claim struct {
+	asker string
+	gen   int
+	at    time.Time
+}
+
+// record notes asker's claim of gen for rid (when it makes one) and
+// returns the highest generation another asker claimed within claimKeep,
+// and which asker.
+func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time) (int, string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reqs == nil {
+		c.reqs = map[string][]claim{}
+	}
+	for r, cs := range c.reqs {
+		c.reqs[r] = slices.DeleteFunc(cs, func(x claim) bool { return now.Sub(x.at) > claimKeep })
+		if len(c.reqs[r]) == 0 {
+			delete(c.reqs, r)
+		}
+	}
+	best, by, found := 0, "", false
+	for _, x := range c.reqs[rid] {
+		if x.asker != asker && (!found || x.gen > best || x.gen == best && x.asker < by) {
+			best, by, found = x.gen, x.asker, true
+		}
+	}
+	if claiming {
+		c.reqs[rid] = append(c.reqs[rid], claim{asker: asker, gen: gen, at: now})
+	}
+	return best, by, found
+}
+
 // abandonGrace is how long a supervisor that missed its start has to
 // stop before it is killed.
 const abandonGrace = 5 * time.Second
@@ -445,7 +490,13 @@ func (l *Lifecycle) Holding(rid string) (name string, gen int, ok bool) {
 // request's runs here already, the highest generation of it seen, and a
 // refusal when the server drains, is full or is at the kind's limit
 // (unless b already has one). Safe for concurrent use.
-func (l *Lifecycle) Bid(req bidding.Request, b placement.Bid) placement.Bid {
+//
+// A claim in req (the asker means to place that generation) is
+// remembered for claimKeep: a bid to another asker of the same request
+// reports it as known, so that of two coordinators that elect at once
+// (their views named different ones), the second places a generation
+// above the first's, and the later answer wins.
+func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) placement.Bid {
 	b.Running, b.Pending, b.Capacity = l.Running(), l.Starting(), l.cfg.Capacity
 	b.Kinds = l.Kinds()
 	b.OffersKind = slices.Contains(b.Kinds, req.Kind)
@@ -454,6 +505,12 @@ func (l *Lifecycle) Bid(req bidding.Request, b placement.Bid) placement.Bid {
 	}
 	if gen := l.KnownGen(req.ID); gen != NoGen {
 		b.Known, b.KnownGen = true, gen
+	}
+	if gen, by, ok := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now()); ok {
+		b.Claimer = by
+		if !b.Known || gen > b.KnownGen {
+			b.Known, b.KnownGen = true, gen
+		}
 	}
 	if b.Refusal == "" && l.deps.Draining != nil && l.deps.Draining() {
 		b.Refusal = "draining: this server takes no new interpreters (agent drain --undo ends it)"

@@ -1,0 +1,158 @@
+package simulation
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/meshagent/agent/chaos"
+)
+
+// chaosSeeds is how many seeds TestChaosHoldsOverManySeeds runs (CHAOS_SEEDS
+// overrides it, CHAOS_DURATION the schedule of each): enough to meet most
+// kinds of fault many times over in `make test`'s budget.
+const chaosSeeds = 200
+
+// chaosRun runs one seed in its own bubble and returns its result.
+func chaosRun(t *testing.T, cfg ChaosConfig) *ChaosResult {
+	t.Helper()
+	var res *ChaosResult
+	synctest.Test(t, func(t *testing.T) {
+		var err error
+		res, err = RunChaos(context.Background(), cfg)
+		if err != nil {
+			t.Errorf("seed %d: %v", cfg.Seed, err)
+		}
+		time.Sleep(leakWait)
+		synctest.Wait()
+	})
+	return res
+}
+
+func envInt(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: give a positive number", name, v)
+	}
+	return n
+}
+
+// TestChaosHoldsOverManySeeds: whole agents under seeded random faults and
+// client operations, every rule of "Interpreters under faults" checked over
+// each run's history. A violation prints the seed, the rule and the
+// history slice that shows it; `agent simulate --scenario chaos --seed S
+// --duration D` replays the seed's schedule.
+func TestChaosHoldsOverManySeeds(t *testing.T) {
+	seeds := envInt(t, "CHAOS_SEEDS", chaosSeeds)
+	duration := time.Minute
+	if v := os.Getenv("CHAOS_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			t.Fatalf("CHAOS_DURATION=%q: give a positive duration", v)
+		}
+		duration = d
+	}
+	start := time.Now()
+	var mu sync.Mutex
+	var simulated time.Duration
+	ops, faults := 0, 0
+	kinds := map[chaos.FaultKind]int{}
+	t.Run("seeds", func(t *testing.T) {
+		for seed := int64(1); seed <= int64(seeds); seed++ {
+			t.Run(strconv.FormatInt(seed, 10), func(t *testing.T) {
+				t.Parallel()
+				res := chaosRun(t, ChaosConfig{Seed: seed, Agents: 5 + int(seed%5), Duration: duration})
+				if res == nil {
+					return
+				}
+				for _, v := range res.Violations {
+					t.Errorf("seed %d (%d agents, --duration %s): %s", seed, res.Agents, duration, v)
+				}
+				mu.Lock()
+				simulated += time.Duration(res.SimulatedS * float64(time.Second))
+				ops, faults = ops+res.Ops, faults+res.Faults
+				for _, f := range res.History.Faults {
+					kinds[f.Kind]++
+				}
+				mu.Unlock()
+			})
+		}
+	})
+	var seen []string
+	for k, n := range kinds {
+		seen = append(seen, fmt.Sprintf("%s %d", k, n))
+	}
+	slices.Sort(seen)
+	t.Logf("%d seeds, %.2f simulated hours, %d operations, %d faults (%s), in %.1f s of wall time",
+		seeds, simulated.Hours(), ops, faults, strings.Join(seen, ", "), time.Since(start).Seconds())
+	for _, k := range chaos.FaultKinds {
+		if kinds[k] == 0 && seeds >= 50 {
+			t.Errorf("no run injected a %s", k)
+		}
+	}
+}
+
+// TestChaosSeedsThatFailed replays the seeds (of five-minute schedules)
+// whose runs broke a rule while the checker was built, one defect each:
+// a stale copy that beat the last answer after a one-way cut, a failed
+// spawn whose timed-out server started it anyway, a restarted host that
+// forgot its on-failure interpreter, a fresh agent that answered from a
+// view of itself alone, an owner that had never heard of the member to
+// re-place. A bubble's interleaving is the Go scheduler's, so a seed
+// replays its schedule exactly, not every race in it.
+func TestChaosSeedsThatFailed(t *testing.T) {
+	for _, seed := range []int64{5, 21, 27, 31, 32, 36, 42, 51} {
+		t.Run(strconv.FormatInt(seed, 10), func(t *testing.T) {
+			t.Parallel()
+			res := chaosRun(t, ChaosConfig{Seed: seed, Agents: 5 + int(seed%5), Duration: 5 * time.Minute})
+			if res == nil {
+				return
+			}
+			for _, v := range res.Violations {
+				t.Errorf("seed %d: %s", seed, v)
+			}
+		})
+	}
+}
+
+// TestChaosReplaysItsSchedule: the same seed plays the same faults on the
+// same hosts, in the same order.
+func TestChaosReplaysItsSchedule(t *testing.T) {
+	faults := func() []string {
+		res := chaosRun(t, ChaosConfig{Seed: 7, Agents: 5, Duration: 90 * time.Second})
+		var out []string
+		for _, f := range res.History.Faults {
+			out = append(out, fmt.Sprint(f.Kind, f.Hosts, f.Groups, f.From, f.To))
+		}
+		return out
+	}
+	first, second := faults(), faults()
+	if len(first) == 0 || !slices.Equal(first, second) {
+		t.Fatalf("seed 7 played\n%v\nthen\n%v", first, second)
+	}
+}
+
+func TestChaosRefusesBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  ChaosConfig
+		want string
+	}{
+		{ChaosConfig{Seed: 1, Agents: 2, Duration: time.Minute}, "at least 3"},
+		{ChaosConfig{Seed: 1, Agents: 5, Duration: -time.Second}, "positive duration"},
+	} {
+		if _, err := RunChaos(context.Background(), tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want an error saying %q", tc.cfg, err, tc.want)
+		}
+	}
+}
