@@ -6,7 +6,7 @@ LDFLAGS  := -X github.com/meshagent/agent/agent.Version=$(VERSION)
 PKGS     := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build test check bench scale pgo demo testbed chaos fmt clean fuzz jupyter jupyter-uninstall
+.PHONY: help build test check bench scale pgo demo testbed chaos chaos-sim fmt clean fuzz jupyter jupyter-uninstall
 
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
@@ -69,6 +69,14 @@ testbed: build ## as root: 5 agents in network namespaces, members, a partition 
 chaos: build ## as root: a seeded chaos run on the test bed, checked for the rules under faults (SEED=1 DURATION=3m)
 	$(GO) run ./scripts/testbed/chaosrun -agent $(CURDIR)/$(BIN) -seed $(or $(SEED),1) -duration $(or $(DURATION),3m) \
 		-faults '$(FAULTS)' $(if $(HISTORY),-history $(HISTORY)) $(if $(V),-v)
+
+# The chaos checker on whole agents in the simulation, in virtual time:
+# CHAOS_SEEDS seeds from 1, each a CHAOS_DURATION schedule of random faults
+# and client operations on 5 to 9 agents, every rule checked over its history.
+CHAOS_SEEDS ?= 200
+CHAOS_DURATION ?= 1m
+chaos-sim: build ## the chaos checker on whole agents in the simulation (CHAOS_SEEDS=200 CHAOS_DURATION=1m; a minute or two on 2 cores)
+	$(BIN) simulate --scenario chaos --seed 1 --seeds $(CHAOS_SEEDS) --duration $(CHAOS_DURATION) $(if $(OUT),--out $(OUT))
 
 jupyter: ## install the mesh kernel provisioner and the mesh-python3 kernelspec for Debian's jupyter_client (as root)
 	./contrib/jupyter/install.sh
