@@ -213,7 +213,11 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			if err == nil && ans.Conflict != "" {
 				l.deps.Release(rid)
 				resp.Node, resp.Name, resp.Existing = cand.Bid.Node, ans.Name, true
-				return fail(resp, rpc.SpawnConflict, errors.New(ans.Conflict), start)
+				err := errors.New(ans.Conflict)
+				if req.Key != "" {
+					err = fmt.Errorf("--key %q: %s", req.Key, ans.Conflict)
+				}
+				return fail(resp, rpc.SpawnConflict, err, start)
 			}
 			if err == nil && ans.Refusal != "" {
 				err = errors.New(ans.Refusal)
