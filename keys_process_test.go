@@ -256,3 +256,24 @@ func grepLines(s, word string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestInPlaceRestartsAreCounted: a supervisor's restart of its failing
+// child is an interpreter-restart event on its host (metric and log), not
+// only a line in the supervisor's own log.
+func TestInPlaceRestartsAreCounted(t *testing.T) {
+	kinds := writeKinds(t, `{"flaky": {"command": ["sh", "-c", "sleep 1; exit 1"], "restart": "on-failure"}}`)
+	agents := spawnCluster(t, "--interpreters", kinds)
+	s, errOut, code := spawnVia(t, agents[0], "--kind", "flaky", "--wait")
+	if code != 0 {
+		t.Fatalf("spawn: exit %d: %s", code, errOut)
+	}
+	host := agentNamed(agents, s.Node)
+	waitFor(t, "a restart counted on "+host.name, 30*time.Second, func() bool {
+		m := metricsOf(t, host)
+		return strings.Contains(m, `agent_interpreter_events_total{type="restart"} `) &&
+			!strings.Contains(m, `agent_interpreter_events_total{type="restart"} 0`+"\n")
+	})
+	if log := host.p.log.String(); !strings.Contains(log, "interpreter-restart: its supervisor restarted it") {
+		t.Errorf("%s's log does not say the interpreter restarted", host.name)
+	}
+}

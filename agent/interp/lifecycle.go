@@ -122,6 +122,9 @@ type Lifecycle struct {
 	meshMu     sync.Mutex
 	replacer   *replacer         // this owner's re-placements
 	duplicates map[string]string // request id -> the losers last reported
+	// restartsSeen is each of this host's interpreters' restart count, as
+	// last published.
+	restartsSeen map[string]int
 
 	signals recentSignals // signal orders answered lately, by order id
 
@@ -159,6 +162,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		abandoned:    map[string]time.Time{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
+		restartsSeen: map[string]int{},
 	}, nil
 }
 
@@ -190,8 +194,14 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 		if e.Type == gossip.EventUser || e.Type == gossip.EventQuery {
 			return
 		}
+		if (e.Type == gossip.EventMemberUpdate || e.Type == gossip.EventMemberJoin) && l.cfg.Server {
+			l.noticeRestarts(e.Members, e.Type == gossip.EventMemberUpdate)
+		}
 		if e.Type == gossip.EventMemberReap {
 			for _, m := range e.Members {
+				l.meshMu.Lock()
+				delete(l.restartsSeen, m.Name)
+				l.meshMu.Unlock()
 				if gossip.IsInterpreter(m.Tags) {
 					l.logger.Debug("interpreter-reaped: forgotten after the reap window", "interpreter", m.Name)
 					l.emit(Event{Type: EventReaped, Interpreter: m.Name, RequestID: m.Tags[gossip.TagRequestID], Host: m.Tags[gossip.TagHost]})
@@ -205,6 +215,26 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 	})
 	l.wg.Add(1)
 	go func() { defer l.wg.Done(); defer cancel(); l.watchMesh(changed) }()
+}
+
+// noticeRestarts reports the in-place restarts of this host's
+// interpreters (a supervisor restarts its child and publishes the count),
+// which nothing else tells the agent.
+func (l *Lifecycle) noticeRestarts(members []gossip.Member, update bool) {
+	for _, m := range members {
+		t, err := gossip.ParseTags(m.Tags)
+		if err != nil || t.Role != gossip.RoleInterpreter || t.Host != l.cfg.Node {
+			continue
+		}
+		l.meshMu.Lock()
+		prev, seen := l.restartsSeen[m.Name]
+		l.restartsSeen[m.Name] = t.Restarts
+		l.meshMu.Unlock()
+		if update && seen && t.Restarts > prev {
+			l.logger.Info("interpreter-restart: its supervisor restarted it", "interpreter", m.Name, "restarts", t.Restarts)
+			l.emit(Event{Type: EventRestarted, Interpreter: m.Name, RequestID: t.RequestID, Host: l.cfg.Node, Gen: t.Gen})
+		}
+	}
 }
 
 // Wait returns once every goroutine of the lifecycle has ended, after Done

@@ -718,6 +718,8 @@ func (l *Lifecycle) supervisorGone(name string) {
 		switch {
 		case exit.GaveUp:
 			ev.Type = EventGaveUp
+			l.logger.Error("interpreter-gave-up: it failed too often under its restart policy, and was not restarted again",
+				"interpreter", name, "request", rec.RequestID, "status", exit.Status, "restarts", exit.Restarts)
 		case exit.How == HowStopped:
 			ev.Type = EventStopped
 		case exit.How == HowDuplicate:
