@@ -364,7 +364,7 @@ func (l *Lifecycle) waitStarted(ctx context.Context, name, host string, limit ti
 	stopSync := l.syncWhileMissing(name, host)
 	defer stopSync()
 	ended := func(s gossip.Status) bool { return s == gossip.StatusLeft || s == gossip.StatusFailed }
-	status, err := l.waitMember(name, limit, func(s gossip.Status) bool { return s == gossip.StatusAlive || ended(s) },
+	status, err := l.waitMember(ctx, name, limit, func(s gossip.Status) bool { return s == gossip.StatusAlive || ended(s) },
 		"it is not alive in "+l.cfg.Node+"'s member list")
 	if err == nil && status == gossip.StatusAlive {
 		return nil
@@ -603,7 +603,7 @@ func (l *Lifecycle) Stop(ctx context.Context, req rpc.StopRequest) (rpc.StopResp
 		return rpc.StopResponse{}, fmt.Errorf("stop %s: %s", req.Name, ans.Error)
 	}
 	gone := func(s gossip.Status) bool { return s != gossip.StatusAlive && s != gossip.StatusLeaving }
-	final, err := l.waitMember(req.Name, 20*time.Second, gone, "it was told to stop but is still alive")
+	final, err := l.waitMember(ctx, req.Name, 20*time.Second, gone, "it was told to stop but is still alive")
 	if err != nil {
 		return rpc.StopResponse{}, fmt.Errorf("stop %s: %w", req.Name, err)
 	}
@@ -633,7 +633,7 @@ func hostUnreachable(in Instance, what string) error {
 // waitMember returns name's status in this agent's member list (StatusNone
 // when it is not listed) once done holds for it, looking again at every
 // member event. After limit it fails with what it was waiting for.
-func (l *Lifecycle) waitMember(name string, limit time.Duration, done func(gossip.Status) bool, waitingFor string) (gossip.Status, error) {
+func (l *Lifecycle) waitMember(ctx context.Context, name string, limit time.Duration, done func(gossip.Status) bool, waitingFor string) (gossip.Status, error) {
 	changed := make(chan struct{}, 1)
 	cancel := l.deps.Node.Subscribe(func(gossip.Event) {
 		select {
@@ -654,6 +654,8 @@ func (l *Lifecycle) waitMember(name string, limit time.Duration, done func(gossi
 			return status, fmt.Errorf("%s after %s", waitingFor, limit)
 		case <-l.deps.Done:
 			return status, errors.New("the agent is shutting down")
+		case <-ctx.Done():
+			return status, fmt.Errorf("%s: the wait ended (%w)", waitingFor, ctx.Err())
 		}
 	}
 }
