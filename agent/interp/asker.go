@@ -254,16 +254,23 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	// The servers that did not answer may have started it after all: only
 	// the one that answered may keep it.
 	l.takeBack(rid, timedOut)
-
 	if req.Wait {
-		if err := l.waitStarted(ctx, resp.Name, resp.Node, req.Timeout); err != nil {
-			code := rpc.SpawnTimeout
-			var died *diedError
-			if errors.As(err, &died) {
-				code = rpc.SpawnDied
-			}
-			return fail(resp, code, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err), start)
+		return l.waitAnswer(ctx, resp, req.Timeout, start)
+	}
+	resp.TotalMS = ms(time.Since(start))
+	return resp
+}
+
+// waitAnswer waits until the interpreter a spawn answered with is alive in
+// this agent's view, and says so, or why not.
+func (l *Lifecycle) waitAnswer(ctx context.Context, resp rpc.SpawnResponse, limit time.Duration, start time.Time) rpc.SpawnResponse {
+	if err := l.waitStarted(ctx, resp.Name, resp.Node, limit); err != nil {
+		code := rpc.SpawnTimeout
+		var died *diedError
+		if errors.As(err, &died) {
+			code = rpc.SpawnDied
 		}
+		return fail(resp, code, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err), start)
 	}
 	resp.TotalMS = ms(time.Since(start))
 	return resp

@@ -2,7 +2,6 @@ package interp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -135,16 +134,7 @@ func (l *Lifecycle) keyedSpawn(ctx context.Context, req rpc.SpawnRequest, start 
 	if resp.Code != "" || !req.Wait {
 		return resp
 	}
-	if err := l.waitStarted(ctx, resp.Name, resp.Node, req.Timeout); err != nil {
-		code := rpc.SpawnTimeout
-		var died *diedError
-		if errors.As(err, &died) {
-			code = rpc.SpawnDied
-		}
-		return fail(resp, code, fmt.Errorf("%s started on %s, but %w", resp.Name, resp.Node, err), start)
-	}
-	resp.TotalMS = ms(time.Since(start))
-	return resp
+	return l.waitAnswer(ctx, resp, req.Timeout, start)
 }
 
 // decideKeyed has the key's coordinator decide a keyed spawn: this agent,
