@@ -277,3 +277,18 @@ func TestInPlaceRestartsAreCounted(t *testing.T) {
 		t.Errorf("%s's log does not say the interpreter restarted", host.name)
 	}
 }
+
+// TestAStopThatWaitsSaysWhy: an interpreter that ignores SIGTERM is killed
+// after its kind's grace; `agent stop` says what it waits for meanwhile.
+func TestAStopThatWaitsSaysWhy(t *testing.T) {
+	kinds := writeKinds(t, `{"stubborn": {"command": ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]}}`)
+	agents := spawnCluster(t, "--interpreters", kinds)
+	s, errOut, code := spawnVia(t, agents[0], "--kind", "stubborn", "--wait")
+	if code != 0 {
+		t.Fatalf("spawn: exit %d: %s", code, errOut)
+	}
+	out, errOut, code := runCLI(t, "stop", "--rpc-addr", agents[1].rpc, s.Name)
+	if code != 0 || !strings.Contains(out, "stopped") || !strings.Contains(errOut, "SIGKILL follows after its kind's stop grace") {
+		t.Fatalf("stop of an interpreter that ignores SIGTERM: exit %d, %q, %q", code, out, errOut)
+	}
+}

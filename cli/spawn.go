@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"text/tabwriter"
+	"time"
 
 	ucli "github.com/urfave/cli/v2"
 
@@ -171,7 +172,14 @@ func stopCommand() *ucli.Command {
 		Flags:     rpcFlags(),
 		Before:    needArgs(1, true, "stop needs exactly one interpreter name: agent stop NAME (see agent interpreters)"),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
-			resp, err := cl.StopInterpreter(c.Args().First())
+			// An interpreter that ignores SIGTERM is killed after its kind's
+			// grace (10 s by default): say so rather than wait in silence.
+			name := c.Args().First()
+			slow := time.AfterFunc(2*time.Second, func() {
+				fmt.Fprintf(c.App.ErrWriter, "waiting for %s to stop: it had SIGTERM; SIGKILL follows after its kind's stop grace (10 s by default)\n", name)
+			})
+			resp, err := cl.StopInterpreter(name)
+			slow.Stop()
 			if err != nil {
 				return err
 			}
