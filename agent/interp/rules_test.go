@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,5 +258,16 @@ func TestOwnerRankOrdersTheServersLikeOwner(t *testing.T) {
 	}
 	if r := OwnerRank("r1", "nobody", servers); r != -1 {
 		t.Errorf("a server not alive has rank %d", r)
+	}
+}
+
+func TestRequestIDsThatBecomePathsAreChecked(t *testing.T) {
+	for rid, want := range map[string]bool{
+		RequestIDFor("k1"): true, NewRequestID(): true, "r": true,
+		"": false, "../etc": false, "a/b": false, "k-1": false, strings.Repeat("a", 65): false,
+	} {
+		if got := validRequestID(rid); got != want {
+			t.Errorf("validRequestID(%q) = %v, want %v", rid, got, want)
+		}
 	}
 }

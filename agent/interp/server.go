@@ -258,6 +258,11 @@ func respond(q *gossip.Query, ans any, logger interface{ Warn(string, ...any) })
 }
 
 func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
+	if !validRequestID(o.RequestID) {
+		// It becomes part of a directory name: a member of the mesh must
+		// not steer that.
+		return spawnAnswer{Refusal: fmt.Sprintf("request id %q is not 1 to 64 letters and digits", o.RequestID)}
+	}
 	explicitRestart := o.Restart
 	refusal := ""
 	kind, ok := l.cfg.Kinds[o.Kind]
@@ -379,6 +384,20 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	l.changed()
 	ans.Gen = o.Gen
 	return ans
+}
+
+// validRequestID reports whether rid is what RequestIDFor and NewRequestID
+// make: 1 to 64 ASCII letters and digits.
+func validRequestID(rid string) bool {
+	if len(rid) == 0 || len(rid) > 64 {
+		return false
+	}
+	for _, c := range rid {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // orderConflict says how a spawn order differs from the request's
