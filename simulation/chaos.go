@@ -131,10 +131,7 @@ type world struct {
 	faults    []chaos.Fault
 	events    []chaos.Event
 	snapshots []chaos.Snapshot
-	inForce   int       // faults in force now
-	calmSince time.Time // when the last fault ended (or the run began)
-	opsOut    int       // operations not yet answered
-	lastHeal  time.Duration
+	calm      chaos.Calm // when the run is quiet, and its last heal
 	flaps     map[*chaos.Fault]chan struct{}
 
 	opWG sync.WaitGroup // client operations and flapping
@@ -164,7 +161,6 @@ func (w *world) since() time.Duration { return time.Since(w.t0) }
 // formMesh starts every agent and waits until each sees all alive.
 func (w *world) formMesh(ctx context.Context) error {
 	w.t0 = time.Now()
-	w.calmSince = w.t0
 	for _, name := range w.names {
 		if err := w.startAgent(name, true); err != nil {
 			return err
@@ -183,7 +179,6 @@ func (w *world) formMesh(ctx context.Context) error {
 	// Time is counted from a formed mesh.
 	w.mu.Lock()
 	w.t0 = time.Now()
-	w.calmSince = w.t0
 	w.mu.Unlock()
 	return nil
 }
@@ -260,7 +255,7 @@ func (w *world) play(ctx context.Context, plan chaos.Plan) {
 	w.healAll()
 	w.opWG.Wait()
 	w.mu.Lock()
-	w.calmSince = time.Now()
+	w.calm.Settling(w.since())
 	w.mu.Unlock()
 	time.Sleep(w.cfg.Settle + chaosWatch)
 	close(stopSnaps)
@@ -272,7 +267,7 @@ func (w *world) play(ctx context.Context, plan chaos.Plan) {
 func (w *world) history() chaos.History {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	h := chaos.History{Seed: w.cfg.Seed, Agents: slices.Clone(w.names), Settle: w.cfg.Settle, LastHeal: w.lastHeal,
+	h := chaos.History{Seed: w.cfg.Seed, Agents: slices.Clone(w.names), Settle: w.cfg.Settle, LastHeal: w.calm.LastHeal(),
 		End: w.since(), Ops: slices.Clone(w.ops), Faults: slices.Clone(w.faults), Events: slices.Clone(w.events),
 		Snapshots: slices.Clone(w.snapshots)}
 	slices.SortStableFunc(h.Ops, func(a, b chaos.Op) int { return int(a.Invoked - b.Invoked) })
@@ -294,7 +289,7 @@ func (w *world) snapshot() {
 	for _, a := range w.agents {
 		agents = append(agents, a)
 	}
-	quiet := w.inForce == 0 && w.opsOut == 0 && time.Since(w.calmSince) >= w.cfg.Settle && len(w.agents) == len(w.names)
+	quiet := w.calm.Quiet(w.since(), w.cfg.Settle) && len(w.agents) == len(w.names)
 	w.mu.Unlock()
 	for _, a := range agents {
 		var list []chaos.Listed
@@ -315,7 +310,7 @@ func (w *world) snapshot() {
 func (w *world) invoke(ctx context.Context, r chaos.Request) {
 	w.mu.Lock()
 	a := w.agents[r.Agent]
-	w.opsOut++
+	w.calm.OpStarted()
 	w.mu.Unlock()
 	op := chaos.Op{ID: r.ID, Kind: r.Kind, Agent: r.Agent, Key: r.Key, Restart: r.Restart, Wait: r.Wait, Signal: r.Signal,
 		Invoked: w.since()}
@@ -323,7 +318,7 @@ func (w *world) invoke(ctx context.Context, r chaos.Request) {
 		op.Completed = w.since()
 		w.mu.Lock()
 		w.ops = append(w.ops, op)
-		w.opsOut--
+		w.calm.OpEnded()
 		w.mu.Unlock()
 	}
 	if a == nil {
@@ -336,7 +331,7 @@ func (w *world) invoke(ctx context.Context, r chaos.Request) {
 		names := listedNames(a)
 		if len(names) == 0 {
 			w.mu.Lock()
-			w.opsOut--
+			w.calm.OpEnded()
 			w.mu.Unlock()
 			return // nothing listed: the request is not sent
 		}
@@ -502,7 +497,7 @@ func (w *world) startFault(f *chaos.Fault) {
 		return // instant: nothing stays in force
 	case chaos.FaultRestartHost, chaos.FaultRestartAgent:
 		w.startAgent(f.Hosts[0], f.KeepData)
-		w.calm()
+		w.faultOver()
 		return
 	case chaos.FaultClusterRestart:
 		var stopping sync.WaitGroup
@@ -513,7 +508,7 @@ func (w *world) startFault(f *chaos.Fault) {
 		for _, name := range w.names {
 			w.startAgent(name, true)
 		}
-		w.calmAt()
+		w.healed()
 		return
 	case chaos.FaultDrain:
 		if a := w.agent(f.Hosts[0]); a != nil {
@@ -530,7 +525,7 @@ func (w *world) startFault(f *chaos.Fault) {
 		return
 	}
 	w.mu.Lock()
-	w.inForce++
+	w.calm.FaultStarted()
 	w.mu.Unlock()
 }
 
@@ -555,30 +550,21 @@ func (w *world) endFault(f *chaos.Fault) {
 	default:
 		return
 	}
-	w.calm()
+	w.faultOver()
 }
 
-// calm counts one fault over.
-func (w *world) calm() {
+// faultOver counts one fault over.
+func (w *world) faultOver() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.inForce > 0 {
-		w.inForce--
-	}
-	if w.inForce == 0 {
-		w.calmSince = time.Now()
-		w.lastHeal = w.since()
-	}
+	w.calm.FaultEnded(w.since())
 }
 
-// calmAt marks now as the end of the last fault, with none counted.
-func (w *world) calmAt() {
+// healed marks now as the end of the last fault, with none counted.
+func (w *world) healed() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.inForce == 0 {
-		w.calmSince = time.Now()
-		w.lastHeal = w.since()
-	}
+	w.calm.Healed(w.since())
 }
 
 // healAll ends whatever is still in force at the end of the plan: the
@@ -600,9 +586,7 @@ func (w *world) healAll() {
 		}
 	}
 	w.mu.Lock()
-	w.inForce = 0
-	w.calmSince = time.Now()
-	w.lastHeal = w.since()
+	w.calm.HealAll(w.since())
 	w.mu.Unlock()
 }
 

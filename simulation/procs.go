@@ -202,16 +202,6 @@ func (s *simSupervisor) kill() {
 	})
 }
 
-// interpreter is the interpreter this supervisor runs now, if any.
-func (s *simSupervisor) interpreter() *simChild {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.child == nil || s.child.ended() {
-		return nil
-	}
-	return s.child
-}
-
 // StartChild starts the interpreter double.
 func (s *simSupervisor) StartChild(spec interp.Spec, _ io.Writer) (interp.Child, error) {
 	select {

@@ -61,7 +61,6 @@ type keyedAnswer struct {
 	Attempts   []string    `msgpack:"t,omitempty"`
 	DecisionMS float64     `msgpack:"d,omitempty"`
 	Conn       *connAnswer `msgpack:"cn,omitempty"`
-	By         string      `msgpack:"b,omitempty"` // the coordinator
 }
 
 // maxAnswerBytes is serf's default limit on one query response.
@@ -198,7 +197,7 @@ func (l *Lifecycle) handleKeyedOrder(q *gossip.Query) {
 		r := l.coordinate(ctx, o.request(), o.Asker, start)
 		cancel()
 		a = keyedAnswer{Name: r.Name, Node: r.Node, Kind: r.Kind, PID: r.PID, Endpoint: r.Endpoint, Existing: r.Existing,
-			Gen: r.Generation, Code: r.Code, Error: r.Error, Attempts: r.Attempts, DecisionMS: r.DecisionMS, By: l.cfg.Node}
+			Gen: r.Generation, Code: r.Code, Error: r.Error, Attempts: r.Attempts, DecisionMS: r.DecisionMS}
 		if r.Connection != nil {
 			a.Conn = toConnAnswer(r.Connection)
 		}

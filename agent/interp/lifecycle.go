@@ -108,11 +108,8 @@ type Lifecycle struct {
 
 	regMu        sync.Mutex
 	registry     *state.Registry
-	inflight     map[string]chan struct{} // request id -> closed when its start ends
-	inflightKind map[string]string
-	inflightName map[string]string // request id -> the name it starts under
-	inflightGen  map[string]int
-	takenBack    map[string]bool // request ids whose start an asker took back while it ran
+	inflight     map[string]starting // request id -> its start under way
+	takenBack    map[string]bool     // request ids whose start an asker took back while it ran
 	supervisors  map[string]Started
 	hostRestarts map[string]*Tracker  // request id -> restarts after supervisor crashes
 	restarting   map[string]bool      // request ids whose restart here waits out its delay
@@ -135,6 +132,14 @@ type Lifecycle struct {
 	wg sync.WaitGroup
 }
 
+// starting is a start under way on this server.
+type starting struct {
+	done chan struct{} // closed when the start ends
+	kind string
+	name string // the interpreter it starts
+	gen  int
+}
+
 // New prepares the lifecycle; Start runs it.
 func New(cfg Config, deps Deps) (*Lifecycle, error) {
 	if deps.Clock == nil || deps.Logger == nil || deps.Done == nil || deps.Elect == nil || deps.Reserve == nil || deps.Release == nil {
@@ -150,10 +155,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 	return &Lifecycle{
 		cfg: cfg, deps: deps, logger: deps.Logger.With("component", "interpreters"), clock: deps.Clock, procs: procs,
 		registry:     state.NewRegistry(),
-		inflight:     map[string]chan struct{}{},
-		inflightKind: map[string]string{},
-		inflightName: map[string]string{},
-		inflightGen:  map[string]int{},
+		inflight:     map[string]starting{},
 		takenBack:    map[string]bool{},
 		memory:       newMemory(),
 		supervisors:  map[string]Started{},

@@ -100,23 +100,6 @@ func Duplicates(view []Instance) []Duplicate {
 	return out
 }
 
-// Live returns the instance that answers for a request in the view: the
-// winner among its alive interpreters whose host is not failed or gone.
-func Live(view []Instance, rid string) (Instance, bool) {
-	var best Instance
-	found := false
-	for _, in := range view {
-		if in.Tags.RequestID != rid || in.Status != gossip.StatusAlive || in.HostStatus == gossip.StatusFailed ||
-			in.HostStatus == gossip.StatusLeft {
-			continue
-		}
-		if !found || Beats(in, best) {
-			best, found = in, true
-		}
-	}
-	return best, found
-}
-
 // Owner is the alive server that acts for a request when an action must be
 // taken by exactly one node (re-placing an interpreter whose host failed):
 // the one with the highest rendezvous hash of (request id, server). Every

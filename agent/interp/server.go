@@ -222,8 +222,8 @@ func (l *Lifecycle) KindRefusal(kind string) string {
 
 func (l *Lifecycle) countKindLocked(kind string) int {
 	n := l.registry.CountKind(kind)
-	for _, k := range l.inflightKind {
-		if k == kind {
+	for _, st := range l.inflight {
+		if st.kind == kind {
 			n++
 		}
 	}
@@ -310,10 +310,11 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 			return spawnAnswer{Name: i.Name, PID: i.PID, Endpoint: i.Endpoint, Existing: true, Gen: i.Gen,
 				Conn: connectionFor(i.Spec, o.Asker)}
 		}
-		wait, busy := l.inflight[o.RequestID]
+		st, busy := l.inflight[o.RequestID]
 		if !busy {
 			break
 		}
+		wait := st.done
 		// The same order arrived twice (the asker re-sent it): wait for
 		// the first start to finish and answer with its outcome.
 		l.regMu.Unlock()
@@ -341,17 +342,11 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	}
 	name := InterpreterName(o.Kind, o.RequestID)
 	done := make(chan struct{})
-	l.inflight[o.RequestID] = done
-	l.inflightKind[o.RequestID] = o.Kind
-	l.inflightName[o.RequestID] = name
-	l.inflightGen[o.RequestID] = o.Gen
+	l.inflight[o.RequestID] = starting{done: done, kind: o.Kind, name: name, gen: o.Gen}
 	l.regMu.Unlock()
 	defer func() {
 		l.regMu.Lock()
 		delete(l.inflight, o.RequestID)
-		delete(l.inflightKind, o.RequestID)
-		delete(l.inflightName, o.RequestID)
-		delete(l.inflightGen, o.RequestID)
 		delete(l.takenBack, o.RequestID)
 		l.regMu.Unlock()
 		close(done)
@@ -498,8 +493,8 @@ func (l *Lifecycle) Holding(rid string) (name string, gen int, ok bool) {
 	if i, ok := l.registry.ByRequestID(rid); ok {
 		return i.Name, i.Gen, true
 	}
-	if name, ok := l.inflightName[rid]; ok {
-		return name, l.inflightGen[rid], true
+	if st, ok := l.inflight[rid]; ok {
+		return st.name, st.gen, true
 	}
 	return "", 0, false
 }

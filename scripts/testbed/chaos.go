@@ -212,10 +212,7 @@ type driver struct {
 	faults    []chaos.Fault
 	events    []chaos.Event
 	snapshots []chaos.Snapshot
-	inForce   int       // faults in force now
-	calmSince time.Time // when the last fault ended (or the run began)
-	opsOut    int       // operations not yet answered
-	lastHeal  time.Duration
+	calm      chaos.Calm // when the run is quiet, and its last heal
 	paused    map[string]bool
 	flaps     map[*chaos.Fault]chan struct{}
 	lost      int // data dirs moved aside, for a restart without one
@@ -262,7 +259,6 @@ func (d *driver) others(h *Host) []*Host {
 // (a server bids only then).
 func (d *driver) formMesh() error {
 	d.t0 = time.Now()
-	d.calmSince = d.t0
 	for _, h := range d.bed.Hosts {
 		d.streams.Add(1)
 		go func() {
@@ -288,7 +284,6 @@ func (d *driver) formMesh() error {
 	// Time is counted from a formed mesh.
 	d.mu.Lock()
 	d.t0 = time.Now()
-	d.calmSince = d.t0
 	d.mu.Unlock()
 	return nil
 }
@@ -362,7 +357,7 @@ func (d *driver) play(plan chaos.Plan) {
 	d.healAll()
 	d.opWG.Wait()
 	d.mu.Lock()
-	d.calmSince = time.Now()
+	d.calm.Settling(d.since())
 	d.mu.Unlock()
 	d.logf("chaos: plan done, every fault healed and every operation answered at %.1fs; watching the settle (%s) and %s more",
 		d.since().Seconds(), d.cfg.Settle, chaosWatch)
@@ -404,7 +399,7 @@ func (d *driver) every(period time.Duration, stop <-chan struct{}, fn func()) {
 func (d *driver) history() chaos.History {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	h := chaos.History{Seed: d.cfg.Seed, Agents: slices.Clone(d.names), Settle: d.cfg.Settle, LastHeal: d.lastHeal,
+	h := chaos.History{Seed: d.cfg.Seed, Agents: slices.Clone(d.names), Settle: d.cfg.Settle, LastHeal: d.calm.LastHeal(),
 		End: d.since(), Ops: slices.Clone(d.ops), Faults: slices.Clone(d.faults), Events: slices.Clone(d.events),
 		Snapshots: slices.Clone(d.snapshots)}
 	gens := map[string]int{}
@@ -452,7 +447,7 @@ func (d *driver) snapshot() {
 	for name := range d.paused {
 		running[name] = false
 	}
-	quiet := d.inForce == 0 && d.opsOut == 0 && time.Since(d.calmSince) >= d.cfg.Settle && all
+	quiet := d.calm.Quiet(d.since(), d.cfg.Settle) && all
 	d.mu.Unlock()
 	s := chaos.Snapshot{Lists: map[string][]chaos.Listed{}, Quiet: quiet}
 	s.At = d.since()
@@ -540,7 +535,7 @@ func (d *driver) recordEvent(agent string, e LifecycleEvent) {
 func (d *driver) invoke(r chaos.Request) {
 	h := d.hosts[r.Agent]
 	d.mu.Lock()
-	d.opsOut++
+	d.calm.OpStarted()
 	d.mu.Unlock()
 	op := chaos.Op{ID: r.ID, Kind: r.Kind, Agent: r.Agent, Key: r.Key, Restart: r.Restart, Wait: r.Wait, Signal: r.Signal,
 		Invoked: d.since()}
@@ -559,7 +554,7 @@ func (d *driver) invoke(r chaos.Request) {
 		if sent {
 			d.ops = append(d.ops, op)
 		}
-		d.opsOut--
+		d.calm.OpEnded()
 		d.mu.Unlock()
 	})
 }
@@ -761,7 +756,7 @@ func (d *driver) startFault(f *chaos.Fault) {
 		return // instant: nothing stays in force
 	case chaos.FaultRestartHost, chaos.FaultRestartAgent:
 		d.failed(f, d.startAgent(h, f.KeepData))
-		d.calm()
+		d.faultOver()
 		return
 	case chaos.FaultClusterRestart:
 		d.logf("chaos: cluster restart: every agent leaves and starts again with its data; supervisors keep running")
@@ -776,7 +771,7 @@ func (d *driver) startFault(f *chaos.Fault) {
 			wg.Go(func() { d.failed(f, d.startAgent(o, true)) })
 		}
 		wg.Wait()
-		d.calmAt()
+		d.healed()
 		return
 	case chaos.FaultDrain:
 		args := []string{"drain", "--format", "json"}
@@ -792,7 +787,7 @@ func (d *driver) startFault(f *chaos.Fault) {
 		return
 	}
 	d.mu.Lock()
-	d.inForce++
+	d.calm.FaultStarted()
 	d.mu.Unlock()
 }
 
@@ -861,30 +856,21 @@ func (d *driver) endFault(f *chaos.Fault) {
 	default:
 		return
 	}
-	d.calm()
+	d.faultOver()
 }
 
-// calm counts one fault over.
-func (d *driver) calm() {
+// faultOver counts one fault over.
+func (d *driver) faultOver() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.inForce > 0 {
-		d.inForce--
-	}
-	if d.inForce == 0 {
-		d.calmSince = time.Now()
-		d.lastHeal = d.since()
-	}
+	d.calm.FaultEnded(d.since())
 }
 
-// calmAt marks now as the end of the last fault, with none counted.
-func (d *driver) calmAt() {
+// healed marks now as the end of the last fault, with none counted.
+func (d *driver) healed() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.inForce == 0 {
-		d.calmSince = time.Now()
-		d.lastHeal = d.since()
-	}
+	d.calm.Healed(d.since())
 }
 
 // healAll ends whatever is still in force at the end of the plan: the
@@ -911,9 +897,7 @@ func (d *driver) healAll() {
 		}
 	}
 	d.mu.Lock()
-	d.inForce = 0
-	d.calmSince = time.Now()
-	d.lastHeal = d.since()
+	d.calm.HealAll(d.since())
 	d.mu.Unlock()
 }
 
