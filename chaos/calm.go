@@ -54,3 +54,40 @@ func (c *Calm) Quiet(at, settle time.Duration) bool {
 
 // LastHeal is when the last fault ended.
 func (c *Calm) LastHeal() time.Duration { return c.lastHeal }
+
+// SettledAfter is how long after the last heal the history's snapshots
+// first showed one process per request, each listed by every agent, and
+// nothing listed that does not run (T_settle as observed); false when
+// none did.
+func (h History) SettledAfter() (time.Duration, bool) {
+	for _, s := range h.Snapshots {
+		if s.At >= h.LastHeal && len(s.Lists) == len(h.Agents) && settled(s) {
+			return s.At - h.LastHeal, true
+		}
+	}
+	return 0, false
+}
+
+// settled reports whether a snapshot shows one process per request, and
+// every agent listing exactly what runs.
+func settled(s Snapshot) bool {
+	perRID := map[string]int{}
+	running := map[string]bool{}
+	for _, p := range s.Processes {
+		if perRID[p.RID]++; perRID[p.RID] > 1 {
+			return false
+		}
+		running[p.Name] = true
+	}
+	for _, list := range s.Lists {
+		if len(list) != len(s.Processes) {
+			return false
+		}
+		for _, l := range list {
+			if !running[l.Name] {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -42,3 +42,22 @@ func TestCalmIsQuietOnlyAfterTheSettleWithNothingInForce(t *testing.T) {
 		t.Fatal("Healed with a fault in force is no heal")
 	}
 }
+
+func TestSettledAfterIsTheFirstSnapshotWithOneListedProcessPerRequest(t *testing.T) {
+	p := func(name, rid string) Process { return Process{Name: name, RID: rid, Host: "h1"} }
+	l := func(name, rid string) Listed { return Listed{Name: name, RID: rid, Host: "h1"} }
+	h := History{Agents: []string{"h1", "h2"}, LastHeal: 10 * time.Second, Snapshots: []Snapshot{
+		{At: 9 * time.Second, Processes: []Process{p("a", "r")}, Lists: map[string][]Listed{"h1": {l("a", "r")}, "h2": {l("a", "r")}}},
+		{At: 11 * time.Second, Processes: []Process{p("a", "r"), p("b", "r")}, Lists: map[string][]Listed{"h1": {l("a", "r"), l("b", "r")}, "h2": {l("a", "r"), l("b", "r")}}},
+		{At: 12 * time.Second, Processes: []Process{p("a", "r")}, Lists: map[string][]Listed{"h1": {l("a", "r")}}},
+		{At: 13 * time.Second, Processes: []Process{p("a", "r")}, Lists: map[string][]Listed{"h1": {l("a", "r")}, "h2": {}}},
+		{At: 14 * time.Second, Processes: []Process{p("a", "r")}, Lists: map[string][]Listed{"h1": {l("a", "r")}, "h2": {l("a", "r")}}},
+	}}
+	if d, ok := h.SettledAfter(); !ok || d != 4*time.Second {
+		t.Fatalf("settled after %v (%v), want 4s: before the heal, two per request, a list missing, one agent listing nothing do not count", d, ok)
+	}
+	h.Snapshots = h.Snapshots[:4]
+	if _, ok := h.SettledAfter(); ok {
+		t.Fatal("settled with no snapshot that shows it")
+	}
+}

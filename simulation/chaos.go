@@ -110,7 +110,7 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (*ChaosResult, error) {
 	w.play(ctx, plan)
 	h := w.history()
 	res := &ChaosResult{Seed: cfg.Seed, Agents: cfg.Agents, SimulatedS: round(h.End.Seconds()), Ops: len(h.Ops),
-		Faults: len(h.Faults), History: h, Violations: chaos.Check(h), SettleS: settledAfter(h)}
+		Faults: len(h.Faults), History: h, Violations: chaos.Check(h), SettleS: settleS(h)}
 	return res, nil
 }
 
@@ -771,42 +771,11 @@ type realClock struct{}
 func (realClock) Now() time.Time                         { return time.Now() }
 func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// settledAfter is how long after the last heal the run's snapshots first
-// showed one process per request, each listed by every agent, and nothing
-// listed that does not run; -1 when none did.
-func settledAfter(h chaos.History) float64 {
-	for _, s := range h.Snapshots {
-		if s.At < h.LastHeal || len(s.Lists) != len(h.Agents) {
-			continue
-		}
-		if settled(s) {
-			return round((s.At - h.LastHeal).Seconds())
-		}
+// settleS is T_settle as the history shows it, in seconds (-1: never).
+func settleS(h chaos.History) float64 {
+	d, ok := h.SettledAfter()
+	if !ok {
+		return -1
 	}
-	return -1
-}
-
-func settled(s chaos.Snapshot) bool {
-	perRID := map[string]int{}
-	running := map[string]bool{}
-	for _, p := range s.Processes {
-		perRID[p.RID]++
-		running[p.Name] = true
-	}
-	for _, n := range perRID {
-		if n > 1 {
-			return false
-		}
-	}
-	for _, list := range s.Lists {
-		if len(list) != len(s.Processes) {
-			return false
-		}
-		for _, l := range list {
-			if !running[l.Name] {
-				return false
-			}
-		}
-	}
-	return true
+	return round(d.Seconds())
 }

@@ -120,7 +120,7 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (res *ChaosResult, err error
 	d.play(plan)
 	h := d.history()
 	res = &ChaosResult{Prefix: bed.Prefix(), Seed: cfg.Seed, Hosts: chaosHosts, Duration: cfg.Duration, RecordedS: round(h.End.Seconds()),
-		Ops: len(h.Ops), Faults: map[chaos.FaultKind]int{}, Violations: chaos.Check(h), SettleS: settledAfter(h), History: h}
+		Ops: len(h.Ops), Faults: map[chaos.FaultKind]int{}, Violations: chaos.Check(h), SettleS: settleS(h), History: h}
 	for _, f := range h.Faults {
 		res.Faults[f.Kind]++
 	}
@@ -1072,42 +1072,11 @@ func ridOf(name string) string {
 	return parts[len(parts)-2]
 }
 
-// settledAfter is how long after the last heal the run's snapshots first
-// showed one process per request, each listed by every agent, and nothing
-// listed that does not run; -1 when none did. (The simulation's measure.)
-func settledAfter(h chaos.History) float64 {
-	for _, s := range h.Snapshots {
-		if s.At < h.LastHeal || len(s.Lists) != len(h.Agents) {
-			continue
-		}
-		if settled(s) {
-			return round((s.At - h.LastHeal).Seconds())
-		}
+// settleS is T_settle as the history shows it, in seconds (-1: never).
+func settleS(h chaos.History) float64 {
+	d, ok := h.SettledAfter()
+	if !ok {
+		return -1
 	}
-	return -1
-}
-
-func settled(s chaos.Snapshot) bool {
-	perRID := map[string]int{}
-	running := map[string]bool{}
-	for _, p := range s.Processes {
-		perRID[p.RID]++
-		running[p.Name] = true
-	}
-	for _, n := range perRID {
-		if n > 1 {
-			return false
-		}
-	}
-	for _, list := range s.Lists {
-		if len(list) != len(s.Processes) {
-			return false
-		}
-		for _, l := range list {
-			if !running[l.Name] {
-				return false
-			}
-		}
-	}
-	return true
+	return round(d.Seconds())
 }
