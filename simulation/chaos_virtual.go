@@ -2,12 +2,9 @@ package simulation
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -40,35 +37,18 @@ func RunChaosVirtual(ctx context.Context, cfg ChaosConfig) (*ChaosResult, error)
 }
 
 func runChaosChild(ctx context.Context, cfg ChaosConfig, name string, args ...string) (*ChaosResult, error) {
-	dir, err := os.MkdirTemp("", "agent-chaos-job-")
-	if err != nil {
-		return nil, fmt.Errorf("a virtual run's job directory: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	job := virtualJob{Out: filepath.Join(dir, "result.json"), Chaos: &chaosJob{Seed: cfg.Seed, Agents: cfg.Agents,
-		Duration: cfg.Duration, Faults: cfg.Faults, Profile: cfg.Profile}}
-	data, err := json.Marshal(job)
+	job := virtualJob{Chaos: &chaosJob{Seed: cfg.Seed, Agents: cfg.Agents, Duration: cfg.Duration, Faults: cfg.Faults,
+		Profile: cfg.Profile}}
+	cmd, out, cleanup, err := jobCommand(ctx, &job, name, args...)
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dir, "job.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return nil, fmt.Errorf("a virtual run's job file: %w", err)
-	}
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), VirtualJobEnv+"="+path)
-	dieWithParent(cmd)
-	out := &tailBuffer{max: 16 << 10}
-	cmd.Stdout, cmd.Stderr = out, out
+	defer cleanup()
 	waitErr := cmd.Run()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	var res virtualResult
-	data, err = os.ReadFile(job.Out)
-	if err == nil {
-		err = json.Unmarshal(data, &res)
-	}
+	res, err := readResult(job.Out)
 	switch {
 	case waitErr != nil && res.Chaos == nil:
 		return nil, fmt.Errorf("the chaos run of seed %d failed: %v\n%s", cfg.Seed, waitErr, out.tail())

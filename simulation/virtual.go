@@ -140,30 +140,14 @@ func runVirtualChild(ctx context.Context, cfg RunConfig, name string, args ...st
 	if err := checkVirtualDilation(cfg.Dilation); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "agent-simulate-")
-	if err != nil {
-		return nil, fmt.Errorf("a virtual run's job directory: %w", err)
-	}
-	defer os.RemoveAll(dir)
 	job := virtualJob{Scenario: cfg.Scenario, Nodes: cfg.Nodes, Seed: cfg.Seed, Profile: cfg.Profile, Loss: cfg.Loss,
 		PartitionFor: cfg.PartitionFor, NoHeal: cfg.NoHeal, ExactCompression: cfg.ExactCompression,
-		Progress: cfg.Progress != nil, Out: filepath.Join(dir, "result.json")}
-	data, err := json.Marshal(job)
+		Progress: cfg.Progress != nil}
+	cmd, out, cleanup, err := jobCommand(ctx, &job, name, args...)
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dir, "job.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		return nil, fmt.Errorf("a virtual run's job file: %w", err)
-	}
-
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), VirtualJobEnv+"="+path)
-	dieWithParent(cmd)
-	// The child's own output is the testing package's (PASS, or a failure
-	// with its goroutines): kept for the error, its tail only.
-	out := &tailBuffer{max: 16 << 10}
-	cmd.Stdout, cmd.Stderr = out, out
+	defer cleanup()
 	var progress sync.WaitGroup
 	if cfg.Progress != nil {
 		pr, pw, err := os.Pipe()
@@ -188,11 +172,7 @@ func runVirtualChild(ctx context.Context, cfg RunConfig, name string, args ...st
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	var res virtualResult
-	data, err = os.ReadFile(job.Out)
-	if err == nil {
-		err = json.Unmarshal(data, &res)
-	}
+	res, err := readResult(job.Out)
 	switch {
 	case waitErr != nil:
 		return nil, fmt.Errorf("the virtual run of %s at %d nodes, seed %d, failed: %v\n%s", cfg.Scenario, cfg.Nodes, cfg.Seed, waitErr, out.tail())
@@ -207,6 +187,44 @@ func runVirtualChild(ctx context.Context, cfg RunConfig, name string, args ...st
 	r.WallS = round(wall.Seconds())
 	r.Baseline.WallS = r.WallS
 	return r, nil
+}
+
+// jobCommand writes job into a directory of its own (its Out there too)
+// and returns the child that runs it, its output kept for errors, and
+// the removal of the directory.
+func jobCommand(ctx context.Context, job *virtualJob, name string, args ...string) (*exec.Cmd, *tailBuffer, func(), error) {
+	dir, err := os.MkdirTemp("", "agent-simulate-")
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("a virtual run's job directory: %w", err)
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	job.Out = filepath.Join(dir, "result.json")
+	data, err := json.Marshal(job)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "job.json"), data, 0o600)
+	}
+	if err != nil {
+		cleanup()
+		return nil, nil, nil, fmt.Errorf("a virtual run's job file: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), VirtualJobEnv+"="+filepath.Join(dir, "job.json"))
+	dieWithParent(cmd)
+	// The child's own output is the testing package's (PASS, or a failure
+	// with its goroutines): kept for the error, its tail only.
+	out := &tailBuffer{max: 16 << 10}
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd, out, cleanup, nil
+}
+
+// readResult reads what a child wrote to its job's Out.
+func readResult(path string) (virtualResult, error) {
+	var res virtualResult
+	data, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(data, &res)
+	}
+	return res, err
 }
 
 // readProgress calls f for each Progress line the child writes, until the
