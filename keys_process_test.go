@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +31,20 @@ func supervisorsFor(agents []*testAgent, rid string) int {
 		}))
 	}
 	return n
+}
+
+// supervisorLogs gathers the supervisor logs of rid's interpreters on
+// every host, for a failure message: each copy says what it saw.
+func supervisorLogs(agents []*testAgent, rid string) string {
+	var b strings.Builder
+	for _, a := range agents {
+		logs, _ := filepath.Glob(filepath.Join(a.dataDir, "interpreters", "*-"+rid+"-*", "supervisor.log"))
+		for _, l := range logs {
+			data, _ := os.ReadFile(l)
+			fmt.Fprintf(&b, "--- %s on %s:\n%s\n", filepath.Base(filepath.Dir(l)), a.name, data)
+		}
+	}
+	return b.String()
 }
 
 func requestIDOf(name string) string {
@@ -104,9 +120,11 @@ func TestTheAnswerStandsAfterAnAgentCrash(t *testing.T) {
 			t.Fatalf("spawn %s after its host's agent died: exit %d, %+v: %s", key, code, second, errOut)
 		}
 		rid := requestIDOf(second.Name)
-		waitFor(t, "the old copy of "+key+" to stop itself", 30*time.Second, func() bool {
-			return supervisorsFor(agents, rid) == 1
-		})
+		if _, ok := waitUntil(30*time.Second, func() bool { return supervisorsFor(agents, rid) == 1 }); !ok {
+			t.Fatalf("the old copy of %s (%s, generation %d) did not stop itself within 30 s of the new answer %s "+
+				"(generation %d): %d supervisors run\n%s", key, first.Name, first.Generation, second.Name, second.Generation,
+				supervisorsFor(agents, rid), supervisorLogs(agents, rid))
+		}
 		if got := echo(t, second.Endpoint, "still here"); got != "still here" {
 			t.Fatalf("the interpreter of the last answer, %s, echoed %q", second.Name, got)
 		}

@@ -347,3 +347,17 @@ func TestFlagBeatsEnvBeatsFile(t *testing.T) {
 		t.Fatalf("tags %v agent %v", stats["tags"], stats["agent"])
 	}
 }
+
+// waitUntil polls cond every 50 ms for at most limit; it reports how long
+// it took and whether cond came true, for a caller that says more on
+// failure than waitFor can.
+func waitUntil(limit time.Duration, cond func() bool) (time.Duration, bool) {
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > limit {
+			return time.Since(start), false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return time.Since(start), true
+}

@@ -78,14 +78,15 @@ func supervisorsUnder(dir string) []int {
 }
 
 type spawnJSON struct {
-	Name     string   `json:"name"`
-	Node     string   `json:"node"`
-	PID      int      `json:"pid"`
-	Endpoint string   `json:"endpoint"`
-	Existing bool     `json:"existing"`
-	Attempts []string `json:"attempts"`
-	TotalMS  float64
-	Error    string `json:"error"`
+	Name       string   `json:"name"`
+	Node       string   `json:"node"`
+	PID        int      `json:"pid"`
+	Endpoint   string   `json:"endpoint"`
+	Existing   bool     `json:"existing"`
+	Generation int      `json:"generation"`
+	Attempts   []string `json:"attempts"`
+	TotalMS    float64
+	Error      string `json:"error"`
 }
 
 func spawnVia(t testing.TB, a *testAgent, args ...string) (spawnJSON, string, int) {

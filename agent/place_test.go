@@ -121,14 +121,16 @@ func TestPlaceElectsLeastLoadedAndIgnoresRolelessMembers(t *testing.T) {
 		t.Fatalf("decision took %.0f ms: the asker waited for the deadline instead of stopping when all answered", resp.DecisionMS)
 	}
 
-	// Binpack picks the busiest instead.
-	resp, err = cl.Place(rpc.PlaceRequest{Kind: "demo", Policy: "binpack"})
+	// Binpack picks the busiest instead. The long deadline keeps a slow
+	// bid on a loaded machine in the election; the asker stops once all
+	// four answered.
+	resp, err = cl.Place(rpc.PlaceRequest{Kind: "demo", Policy: "binpack", Timeout: 10 * time.Second})
 	if err != nil || resp.Winner != "s1" {
-		t.Fatalf("binpack winner %q: %v", resp.Winner, err)
+		t.Fatalf("binpack winner %q: %v %+v missing %v", resp.Winner, err, resp.Bids, resp.Missing)
 	}
 
 	// A constraint narrows the field to s4, though s2 is less loaded.
-	resp, err = cl.Place(rpc.PlaceRequest{Kind: "demo", Constraints: []string{"gpu=a100|h100"}})
+	resp, err = cl.Place(rpc.PlaceRequest{Kind: "demo", Constraints: []string{"gpu=a100|h100"}, Timeout: 10 * time.Second})
 	if err != nil || resp.Winner != "s4" {
 		t.Fatalf("constraint winner %q: %v %+v", resp.Winner, err, resp.Bids)
 	}
@@ -145,7 +147,7 @@ func TestPlaceWithEveryServerRefusingSaysWhyEach(t *testing.T) {
 		"s2": "fixed:cpu=20,mem=20",
 		"s3": "fixed:cpu=30,mem=30",
 	}, nil)
-	resp, err := cl.Place(rpc.PlaceRequest{Kind: "cobol"})
+	resp, err := cl.Place(rpc.PlaceRequest{Kind: "cobol", Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

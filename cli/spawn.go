@@ -101,7 +101,7 @@ func spawn(c *ucli.Context) error {
 func spawnJSON(r rpc.SpawnResponse) map[string]any {
 	out := map[string]any{
 		"name": r.Name, "node": r.Node, "kind": r.Kind, "request_id": r.RequestID, "pid": r.PID, "endpoint": r.Endpoint,
-		"existing": r.Existing, "attempts": nonNil(r.Attempts), "decision_ms": r.DecisionMS, "total_ms": r.TotalMS,
+		"existing": r.Existing, "generation": r.Generation, "attempts": nonNil(r.Attempts), "decision_ms": r.DecisionMS, "total_ms": r.TotalMS,
 	}
 	if r.Code != "" {
 		out["error"], out["code"] = r.Error, r.Code
