@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -649,8 +650,12 @@ func (w *world) startAgent(host string, keepData bool) error {
 	}
 	tags := gossip.Tags{Role: gossip.RoleServer, Load: &gossip.Load{CPU: 30, Mem: 30}}.Map()
 	logger := w.logger.With("agent", host)
+	// serf's snapshot in the data dir, as the agent keeps it: a restart
+	// with its disk goes on from its Lamport clocks, one without starts
+	// them over.
 	node, err := gossip.Start(gossip.Config{Name: host, Transport: ep, Profile: w.cfg.Profile, Tags: tags,
-		Logger: slog.New(slog.DiscardHandler), Uncompressed: true, Reap: gossip.IsInterpreter, ReapAfter: chaosReap})
+		Logger: slog.New(slog.DiscardHandler), Uncompressed: true, Reap: gossip.IsInterpreter, ReapAfter: chaosReap,
+		SnapshotPath: filepath.Join(dir, "serf.snapshot")})
 	if err != nil {
 		ep.Shutdown()
 		return err

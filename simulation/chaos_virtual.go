@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"testing"
 	"testing/synctest"
@@ -62,13 +63,35 @@ func runChaosChild(ctx context.Context, cfg ChaosConfig, name string, args ...st
 	return res.Chaos, nil
 }
 
+// ChaosLogEnv names a file that a chaos run's child writes its agents'
+// and supervisors' logs to, at debug level, in virtual time: how to see
+// what each one did in a seed that failed. Unset, the logs are discarded.
+const ChaosLogEnv = "AGENT_CHAOS_LOG"
+
+func chaosLogFromEnv() (*slog.Logger, func(), error) {
+	path := os.Getenv(ChaosLogEnv)
+	if path == "" {
+		return nil, func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", ChaosLogEnv, err)
+	}
+	return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})), func() { f.Close() }, nil
+}
+
 // runChaosJob is a child process's chaos run.
 func runChaosJob(t *testing.T, job virtualJob) {
 	j := job.Chaos
 	var writeErr error
+	logger, closeLog, err := chaosLogFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeLog()
 	synctest.Test(t, func(t *testing.T) {
 		res, err := RunChaos(context.Background(), ChaosConfig{Seed: j.Seed, Agents: j.Agents, Duration: j.Duration,
-			Faults: j.Faults, Profile: j.Profile})
+			Faults: j.Faults, Profile: j.Profile, Logger: logger})
 		out := virtualResult{Chaos: res}
 		if err != nil {
 			out = virtualResult{Error: err.Error()}

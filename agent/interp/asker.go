@@ -179,7 +179,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen})
 	timeouts := 0
-	var timedOut []string
+	var timedOut []sentOrder // the servers that did not answer, and the generation each was sent
 	ranked := e.Decision.Ranked
 	if held {
 		ranked = []placement.Candidate{{Bid: holder}}
@@ -224,7 +224,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			}
 		} else {
 			timeouts++
-			timedOut = append(timedOut, cand.Bid.Node)
+			timedOut = append(timedOut, sentOrder{cand.Bid.Node, gen})
 		}
 		if err == nil {
 			resp.Node = cand.Bid.Node
@@ -305,36 +305,47 @@ func knownGen(bids []placement.Bid) (int, bool) {
 	return best, found
 }
 
-// takeBack tells servers that timed out to stop whatever they started for
-// rid. Best effort, in the background: the duplicate rule covers the rest.
-func (l *Lifecycle) takeBack(rid string, servers []string) {
-	for _, s := range servers {
-		order, _ := msgpack.Marshal(stopOrder{RequestID: rid})
+// sentOrder is a spawn order sent to one server: the generation it carried.
+type sentOrder struct {
+	server string
+	gen    int
+}
+
+// takeBackOrder is the stop order that takes back what o started for rid.
+func takeBackOrder(rid string, o sentOrder) []byte {
+	order, _ := msgpack.Marshal(stopOrder{RequestID: rid, Gen: o.gen, TakeBack: true})
+	return order
+}
+
+// takeBack tells servers that timed out to stop whatever their orders
+// started for rid. Best effort, in the background: the duplicate rule
+// covers the rest.
+func (l *Lifecycle) takeBack(rid string, sent []sentOrder) {
+	for _, o := range sent {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
 			ctx, cancel := l.untilDone(orderTimeout)
 			defer cancel()
-			if _, err := l.askOne(ctx, s, queryStop, order, orderTimeout); err != nil {
-				l.logger.Warn("could not take back a spawn from a server that did not answer", "server", s, "request", rid, "err", err)
+			if _, err := l.askOne(ctx, o.server, queryStop, takeBackOrder(rid, o), orderTimeout); err != nil {
+				l.logger.Warn("could not take back a spawn from a server that did not answer", "server", o.server, "request", rid, "err", err)
 			}
 		}()
 	}
 }
 
-// takeBackNow tells the servers that timed out to stop whatever they
-// started for rid, and waits for them: it returns those that did not
-// answer, which may run it.
-func (l *Lifecycle) takeBackNow(ctx context.Context, rid string, servers []string) (unsure []string) {
+// takeBackNow tells the servers that timed out to stop whatever their
+// orders started for rid, and waits for them: it returns those that did
+// not answer, which may run it.
+func (l *Lifecycle) takeBackNow(ctx context.Context, rid string, sent []sentOrder) (unsure []string) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, s := range servers {
-		order, _ := msgpack.Marshal(stopOrder{RequestID: rid})
+	for _, o := range sent {
 		wg.Go(func() {
-			if _, err := l.askOne(ctx, s, queryStop, order, takeBackTimeout); err != nil {
-				l.logger.Warn("could not take back a spawn from a server that did not answer", "server", s, "request", rid, "err", err)
+			if _, err := l.askOne(ctx, o.server, queryStop, takeBackOrder(rid, o), takeBackTimeout); err != nil {
+				l.logger.Warn("could not take back a spawn from a server that did not answer", "server", o.server, "request", rid, "err", err)
 				mu.Lock()
-				unsure = append(unsure, s)
+				unsure = append(unsure, o.server)
 				mu.Unlock()
 			}
 		})

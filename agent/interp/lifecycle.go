@@ -109,7 +109,7 @@ type Lifecycle struct {
 	regMu        sync.Mutex
 	registry     *state.Registry
 	inflight     map[string]starting // request id -> its start under way
-	takenBack    map[string]bool     // request ids whose start an asker took back while it ran
+	takenBack    map[order]time.Time // orders their askers took back, and when: see handleStopOrder
 	supervisors  map[string]Started
 	hostRestarts map[string]*Tracker  // request id -> restarts after supervisor crashes
 	restarting   map[string]bool      // request ids whose restart here waits out its delay
@@ -140,6 +140,13 @@ type starting struct {
 	gen  int
 }
 
+// order names one spawn order: its request and generation. An asker sends
+// each generation of a request to one server at a time.
+type order struct {
+	rid string
+	gen int
+}
+
 // New prepares the lifecycle; Start runs it.
 func New(cfg Config, deps Deps) (*Lifecycle, error) {
 	if deps.Clock == nil || deps.Logger == nil || deps.Done == nil || deps.Elect == nil || deps.Reserve == nil || deps.Release == nil {
@@ -156,7 +163,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		cfg: cfg, deps: deps, logger: deps.Logger.With("component", "interpreters"), clock: deps.Clock, procs: procs,
 		registry:     state.NewRegistry(),
 		inflight:     map[string]starting{},
-		takenBack:    map[string]bool{},
+		takenBack:    map[order]time.Time{},
 		memory:       newMemory(),
 		supervisors:  map[string]Started{},
 		hostRestarts: map[string]*Tracker{},

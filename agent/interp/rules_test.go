@@ -64,6 +64,35 @@ func TestDuplicateRule(t *testing.T) {
 	}
 }
 
+// TestALoserYieldsToAWinnerWhoseHostIsNotGone: a supervisor stops its
+// interpreter for a better duplicate only when the winner's host is listed
+// alive or leaving. A serf view can keep a live host "leaving" for good
+// (a leave intent newer than its last join intent, after a restart whose
+// Lamport clock started over): the chaos checker found an old copy that
+// never yielded for that (seed 17: one-per-key).
+func TestALoserYieldsToAWinnerWhoseHostIsNotGone(t *testing.T) {
+	const leaving = gossip.StatusLeaving
+	for _, tc := range []struct {
+		winnerHost gossip.Status
+		yields     bool
+	}{
+		{alive, true},
+		{leaving, true},
+		{failed, false},            // the winner may be a stale entry
+		{left, false},              // its host left: the same
+		{gossip.StatusNone, false}, // a host this view never heard of
+	} {
+		view := []Instance{inst("a-2", "r", 0, alive, "h1", alive), inst("a-1", "r", 1, alive, "h2", tc.winnerHost)}
+		d, lost := yieldsTo(view, "a-2")
+		if lost != tc.yields || lost && d.Winner.Name != "a-1" {
+			t.Errorf("winner's host %q: yields %v to %+v, want %v", tc.winnerHost, lost, d.Winner.Name, tc.yields)
+		}
+		if _, lost := yieldsTo(view, "a-1"); lost {
+			t.Errorf("winner's host %q: the winner yields", tc.winnerHost)
+		}
+	}
+}
+
 // TestDuplicateRuleIgnoresOrder: every node sees the members in its own
 // order; the verdict must not depend on it, and exactly one stays.
 func TestDuplicateRuleIgnoresOrder(t *testing.T) {

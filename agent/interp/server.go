@@ -77,9 +77,20 @@ type spawnAnswer struct {
 // the server to stop whatever it started for that request (an asker taking
 // back a spawn it reported as failed).
 type stopOrder struct {
-	Name      string `msgpack:"n"`
+	Name string `msgpack:"n"`
+	// A take-back names the spawn order it takes back instead: the
+	// request and the generation the order carried. Only what that order
+	// started stops, and the order, should it arrive late, starts nothing.
 	RequestID string `msgpack:"rid,omitempty"`
+	Gen       int    `msgpack:"g,omitempty"`
+	TakeBack  bool   `msgpack:"tb,omitempty"` // false: an older asker's take-back, of any generation
 }
+
+// takeBackMemory is how long a server remembers a taken-back order, so
+// that the order arriving after its take-back starts nothing. A spawn
+// order is a serf query: a lossy network can deliver it late, seconds
+// after its asker gave up on it.
+const takeBackMemory = 2 * time.Minute
 
 type stopAnswer struct {
 	Error string `msgpack:"e,omitempty"`
@@ -291,6 +302,12 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	// An interpreter of the request that runs or is starting here is the
 	// answer, whatever this server would refuse to start now.
 	l.regMu.Lock()
+	if _, ok := l.takenBack[order{o.RequestID, o.Gen}]; ok {
+		l.regMu.Unlock()
+		l.logger.Info("spawn order refused: its asker took it back before it arrived", "request", o.RequestID, "gen", o.Gen,
+			"asker", o.Asker)
+		return spawnAnswer{Refusal: "the asker took this spawn back before it arrived"}
+	}
 	for {
 		if i, ok := l.registry.ByRequestID(o.RequestID); ok {
 			l.regMu.Unlock()
@@ -347,7 +364,6 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	defer func() {
 		l.regMu.Lock()
 		delete(l.inflight, o.RequestID)
-		delete(l.takenBack, o.RequestID)
 		l.regMu.Unlock()
 		close(done)
 	}()
@@ -363,7 +379,7 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 		return spawnAnswer{Refusal: "could not start: " + err.Error()}
 	}
 	l.regMu.Lock()
-	takenBack := l.takenBack[o.RequestID]
+	_, takenBack := l.takenBack[order{o.RequestID, o.Gen}]
 	l.regMu.Unlock()
 	if takenBack {
 		// The asker gave up on this server while it started, and took the
@@ -985,31 +1001,50 @@ func (l *Lifecycle) handleStopOrder(q *gossip.Query) {
 	if err := msgpack.Unmarshal(q.Payload, &o); err != nil {
 		ans.Error = "cannot decode the stop order: " + err.Error()
 	} else {
-		l.regMu.Lock()
-		i, ok := l.registry.Get(o.Name)
-		if o.RequestID != "" {
-			i, ok = l.registry.ByRequestID(o.RequestID)
-		}
-		if !ok && o.RequestID != "" {
-			if _, starting := l.inflight[o.RequestID]; starting {
-				// Its start is under way: stop it once it is up.
-				l.takenBack[o.RequestID] = true
-				l.logger.Info("taking back a spawn still starting", "request", o.RequestID, "asker", q.From)
-			}
-		}
-		l.regMu.Unlock()
-		switch {
-		case !ok && o.RequestID != "":
-			// Nothing was started for it here: that is what the asker wants.
-		case !ok:
-			ans.Error = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
-		case l.procs.Terminate(i.SupervisorPID) != nil:
-			ans.Error = fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)
-		default:
-			l.logger.Info("stopping interpreter", "interpreter", i.Name, "pid", i.PID, "asker", q.From)
-		}
+		ans = l.stopByOrder(o, q.From)
 	}
 	respond(q, ans, l.logger)
+}
+
+// stopByOrder carries out a stop order from the agent called from: of one
+// interpreter by name, or a take-back of a spawn order.
+func (l *Lifecycle) stopByOrder(o stopOrder, from string) stopAnswer {
+	l.regMu.Lock()
+	i, ok := l.registry.Get(o.Name)
+	if o.RequestID != "" {
+		i, ok = l.registry.ByRequestID(o.RequestID)
+		if o.TakeBack && ok && i.Gen != o.Gen {
+			// It runs from another order (this server answered the
+			// taken-back one with it, or it came first): it stays.
+			ok = false
+		}
+		now := l.clock.Now()
+		for k, at := range l.takenBack {
+			if now.Sub(at) > takeBackMemory {
+				delete(l.takenBack, k)
+			}
+		}
+		if st, starting := l.inflight[o.RequestID]; !ok && starting && (!o.TakeBack || st.gen == o.Gen) {
+			// Its start is under way: stop it once it is up.
+			l.logger.Info("taking back a spawn still starting", "request", o.RequestID, "gen", st.gen, "asker", from)
+			l.takenBack[order{o.RequestID, st.gen}] = now
+		}
+		if o.TakeBack {
+			l.takenBack[order{o.RequestID, o.Gen}] = now // the order, arriving late or again, starts nothing
+		}
+	}
+	l.regMu.Unlock()
+	switch {
+	case !ok && o.RequestID != "":
+		// Nothing was started for it here: that is what the asker wants.
+	case !ok:
+		return stopAnswer{Error: fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)}
+	case l.procs.Terminate(i.SupervisorPID) != nil:
+		return stopAnswer{Error: fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)}
+	default:
+		l.logger.Info("stopping interpreter", "interpreter", i.Name, "pid", i.PID, "asker", from)
+	}
+	return stopAnswer{}
 }
 
 // handleExitOrder answers how one of this server's interpreters is doing:

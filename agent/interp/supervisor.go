@@ -124,10 +124,23 @@ func LoadSpec(path string) (Spec, error) {
 
 // lostDuplicate reports whether the member called self is a loser of a
 // duplicate in node's view. It yields only to an alive winner whose host is
-// alive too, so that a stale entry never stops the one that runs.
+// listed and not gone (alive, or leaving: an agent that stops gracefully
+// leaves its interpreters running), so that a stale entry never stops the
+// one that runs.
+//
+// Leaving counts because serf can keep a member in "leaving" for good in
+// one view: a member that view first heard of through a leave intent newer
+// than its last join intent (a restart whose Lamport clock started over)
+// stays "leaving" there until it leaves or fails for real. The chaos
+// checker found a supervisor that never yielded for that reason (seed 17).
 func lostDuplicate(node *gossip.Node, self string) (Duplicate, bool) {
-	for _, d := range Duplicates(Instances(node.Members())) {
-		if d.Winner.HostStatus != gossip.StatusAlive {
+	return yieldsTo(Instances(node.Members()), self)
+}
+
+// yieldsTo is lostDuplicate's rule over a view.
+func yieldsTo(view []Instance, self string) (Duplicate, bool) {
+	for _, d := range Duplicates(view) {
+		if h := d.Winner.HostStatus; h != gossip.StatusAlive && h != gossip.StatusLeaving {
 			continue
 		}
 		for _, l := range d.Losers {

@@ -1,0 +1,154 @@
+package interp
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/placement"
+	"github.com/meshagent/agent/state"
+)
+
+// fakeSupervisors stands in for the supervisor processes a server
+// launches: each is ready at once and runs until it is terminated.
+type fakeSupervisors struct {
+	mu      sync.Mutex
+	next    int
+	running map[int]chan struct{} // pid -> closed when it exits
+	stopped []int
+}
+
+func (f *fakeSupervisors) Launch(specPath string, spec Spec) (Started, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.next++
+	pid := 1000 + f.next
+	done := make(chan struct{})
+	if f.running == nil {
+		f.running = map[int]chan struct{}{}
+	}
+	f.running[pid] = done
+	ready := make(chan Readiness, 1)
+	ready <- Readiness{PID: pid + 1}
+	return Started{PID: pid, Ready: ready, Done: done}, nil
+}
+
+func (f *fakeSupervisors) Running(pid int, specPath string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.running[pid]
+	return ok
+}
+
+func (f *fakeSupervisors) Terminate(pid int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if done, ok := f.running[pid]; ok {
+		close(done)
+		delete(f.running, pid)
+		f.stopped = append(f.stopped, pid)
+	}
+	return nil
+}
+
+func (f *fakeSupervisors) Kill(pid int) error { return f.Terminate(pid) }
+
+func (f *fakeSupervisors) SignalInterpreter(Spec, string) ControlAnswer { return ControlAnswer{} }
+
+func (f *fakeSupervisors) FreePort(string, bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.next++
+	return 20000 + f.next, nil
+}
+
+func (f *fakeSupervisors) stops() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]int(nil), f.stopped...)
+}
+
+// serverWithFakeSupervisors is one server's lifecycle with a member on
+// loopback and supervisors faked: what it starts and stops is what its
+// orders say.
+func serverWithFakeSupervisors(t *testing.T) (*Lifecycle, *fakeSupervisors) {
+	t.Helper()
+	port, err := gossip.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := gossip.Start(gossip.Config{Name: "s1", BindAddr: "127.0.0.1", BindPort: port, Profile: "local",
+		Tags: gossip.Tags{Role: gossip.RoleServer}.Map()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Shutdown() })
+	procs := &fakeSupervisors{}
+	dir := t.TempDir() // removed after the lifecycle's own goroutines end, below
+	done := make(chan struct{})
+	l, err := New(Config{Node: "s1", Server: true, Dir: dir, Kinds: map[string]Kind{BuiltinKind: Demo("agent")}},
+		Deps{Clock: state.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Done: done, Processes: procs,
+			Elect:   func(context.Context, placement.Request) Election { return Election{} },
+			Reserve: func(string, placement.Bid) {}, Release: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { close(done); l.wg.Wait() })
+	l.deps.Node = node
+	return l, procs
+}
+
+// TestATakeBackStopsOnlyWhatItsOrderStarted: an asker that timed out on a
+// server takes back the order it sent there, by request and generation.
+// The server stops what that order started and nothing else: not the
+// request's interpreter it runs from an earlier order (it answered the
+// taken-back one with it), which another client was given. And the order,
+// arriving after its take-back (a lossy network delays a query), starts
+// nothing. Before, a take-back stopped whatever ran for the request, and
+// the late order then started a newer one that beat the answered one
+// (chaos seed 18: the-answer-stands).
+func TestATakeBackStopsOnlyWhatItsOrderStarted(t *testing.T) {
+	l, procs := serverWithFakeSupervisors(t)
+	first := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 1})
+	if first.Refusal != "" || first.Name == "" {
+		t.Fatalf("the first order was not started: %+v", first)
+	}
+
+	// Generation 2 of r1 was sent here and timed out; it is taken back
+	// before it arrives.
+	if ans := l.stopByOrder(stopOrder{RequestID: "r1", Gen: 2, TakeBack: true}, "a2"); ans.Error != "" {
+		t.Fatalf("take-back: %s", ans.Error)
+	}
+	if s := procs.stops(); len(s) != 0 {
+		t.Fatalf("the take-back of generation 2 stopped supervisors %v: the running generation-1 interpreter %s must stay", s, first.Name)
+	}
+	late := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a2", Gen: 2})
+	if !strings.Contains(late.Refusal, "took this spawn back") {
+		t.Fatalf("the order arriving after its take-back was answered %+v, want a refusal", late)
+	}
+
+	// The first order's own take-back stops what it started.
+	if ans := l.stopByOrder(stopOrder{RequestID: "r1", Gen: 1, TakeBack: true}, "a1"); ans.Error != "" {
+		t.Fatalf("take-back: %s", ans.Error)
+	}
+	if s := procs.stops(); len(s) != 1 {
+		t.Fatalf("the take-back of generation 1 stopped %v, want its one supervisor", s)
+	}
+
+	// A take-back from an agent of before generations (no TakeBack flag)
+	// stops the request's interpreter, whatever its generation.
+	other := l.startInterpreter(spawnOrder{RequestID: "r2", Kind: BuiltinKind, Asker: "a1", Gen: 3})
+	if other.Refusal != "" {
+		t.Fatalf("r2 not started: %+v", other)
+	}
+	l.stopByOrder(stopOrder{RequestID: "r2"}, "old-agent")
+	if s := procs.stops(); len(s) != 2 {
+		t.Fatalf("an older agent's take-back stopped %v, want r2's supervisor too", s)
+	}
+}
