@@ -94,7 +94,7 @@ func (l *Lifecycle) Spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnRe
 	if req.Key != "" {
 		return l.keyedSpawn(ctx, req, start)
 	}
-	return l.place(ctx, req, rid, 0, l.cfg.Node, false, false, start)
+	return l.place(ctx, req, rid, 0, l.cfg.Node, "", false, false, start)
 }
 
 func fail(resp rpc.SpawnResponse, code string, err error, start time.Time) rpc.SpawnResponse {
@@ -123,7 +123,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 //
 // With yield, an election that finds another asker's recent claim on the
 // request ends with codeDefer when that asker goes first.
-func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker string, quorum, yield bool, start time.Time) rpc.SpawnResponse {
+func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker, replaces string, quorum, yield bool, start time.Time) rpc.SpawnResponse {
 	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid, Generation: gen}
 	preq, err := ParsePlaceRequest(req.Kind, req.Constraints, req.Policy)
 	if err != nil {
@@ -177,7 +177,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		return fail(resp, code, e.Err, start)
 	}
 
-	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen})
+	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces})
 	timeouts := 0
 	var timedOut []sentOrder // the servers that did not answer, and the generation each was sent
 	ranked := e.Decision.Ranked
@@ -194,7 +194,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			// attempt outranks whatever that one started.
 			gen++
 			resp.Generation = gen
-			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen})
+			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces})
 		}
 		l.deps.Reserve(rid, cand.Bid)
 		var ans spawnAnswer // one per server: an answer never carries over to the next

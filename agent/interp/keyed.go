@@ -239,7 +239,7 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 	// list a stale copy alive, a majority's bids cannot.
 	req.Wait = false // the asker waits in its own view
 	for try := 1; ; try++ {
-		resp := l.place(ctx, req, rid, NextGen(l.memory.genOf(rid)), asker, true, try < deferTries, start)
+		resp := l.place(ctx, req, rid, NextGen(l.memory.genOf(rid)), asker, "", true, try < deferTries, start)
 		if resp.Code == codeDefer {
 			select {
 			case <-ctx.Done():

@@ -114,6 +114,7 @@ type Lifecycle struct {
 	hostRestarts map[string]*Tracker  // request id -> restarts after supervisor crashes
 	restarting   map[string]bool      // request ids whose restart here waits out its delay
 	abandoned    map[string]time.Time // interpreters whose start this server gave up on, by name
+	superseded   map[string]int       // interpreters this server stopped for a newer generation: that generation
 	lostAtStart  []state.Interpreter  // on-failure interpreters that died while the agent was down
 
 	meshMu     sync.Mutex
@@ -169,6 +170,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		hostRestarts: map[string]*Tracker{},
 		restarting:   map[string]bool{},
 		abandoned:    map[string]time.Time{},
+		superseded:   map[string]int{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
 		restartsSeen: map[string]int{},

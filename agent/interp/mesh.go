@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/gossip"
+	"github.com/meshagent/agent/state"
 )
 
 // This file applies the mesh's rules from this agent's own view: it reports
@@ -39,10 +40,42 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 		l.memory.observe(view, l.clock.Now())
 		l.reportDuplicates(view)
 		if l.cfg.Server {
+			l.stopSuperseded()
 			l.replaceOrphans(members, l.memory.withOrphans(view, members))
 			l.restartLost(view)
 			l.restartLostAtStart(members, view)
 		}
+	}
+}
+
+// stopSuperseded stops this host's interpreters whose request this agent
+// has seen at a newer generation: a later placement (after their host was
+// declared failed, or a server timed out) answered a client with another
+// interpreter, so these are stale copies. The duplicate rule stops a
+// stale copy that sees the newer one alive; this covers the copy that
+// never does, because the newer one ended first (stopped, drained, its
+// host gone) or is out of its sight. The answer stands: once a client was
+// given generation g, nothing older runs for the request again.
+func (l *Lifecycle) stopSuperseded() {
+	type stale struct {
+		rec   state.Interpreter
+		newer int
+	}
+	var todo []stale
+	l.regMu.Lock()
+	for _, i := range l.registry.List() {
+		if g := l.memory.genOf(i.RequestID); g > i.Gen {
+			if _, done := l.superseded[i.Name]; !done {
+				l.superseded[i.Name] = g
+				todo = append(todo, stale{i, g})
+			}
+		}
+	}
+	l.regMu.Unlock()
+	for _, s := range todo {
+		l.logger.Warn("interpreter-duplicate: stopping this host's interpreter, superseded by a newer generation of its request",
+			"interpreter", s.rec.Name, "request", s.rec.RequestID, "gen", s.rec.Gen, "newer_gen", s.newer)
+		l.procs.Terminate(s.rec.SupervisorPID)
 	}
 }
 
@@ -154,7 +187,7 @@ func (l *Lifecycle) replace(o Orphan) (bool, int) {
 		"request", t.RequestID, "gen", o.NextGen, "why", why)
 	ctx, cancel := l.untilDone(40 * time.Second)
 	defer cancel()
-	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, true, false, time.Now())
+	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, o.Last.Name, true, false, time.Now())
 	if resp.Code != "" {
 		l.meshMu.Lock()
 		spent := l.replacer.spent(t.RequestID, l.clock.Now())
@@ -171,9 +204,9 @@ func (l *Lifecycle) replace(o Orphan) (bool, int) {
 	if resp.Existing {
 		return true, resp.Generation // somebody else's re-placement is already alive
 	}
-	l.logger.Info("interpreter-replaced: interpreter re-placed", "interpreter", resp.Name, "on", resp.Node,
+	// The server that started it reports interpreter-replaced: it knows
+	// even if this owner fails before the answer reaches it.
+	l.logger.Info("re-placed a lost interpreter", "interpreter", resp.Name, "on", resp.Node,
 		"was", o.Last.Name, "on_host", o.Last.Host, "gen", resp.Generation, "why", why)
-	l.emit(Event{Type: EventReplaced, Interpreter: resp.Name, RequestID: t.RequestID, Host: resp.Node, Gen: resp.Generation,
-		Reason: why})
 	return true, resp.Generation
 }

@@ -52,6 +52,9 @@ type spawnOrder struct {
 	Asker     string   `msgpack:"f"`
 	Restart   string   `msgpack:"rp,omitempty"`
 	Gen       int      `msgpack:"g,omitempty"`
+	// Replaces names the lost interpreter an owner re-places with this
+	// order; the server that starts it reports interpreter-replaced.
+	Replaces string `msgpack:"rl,omitempty"`
 }
 
 // spawnAnswer is the server's reply: where the interpreter runs, or why not.
@@ -392,6 +395,12 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	l.logger.Info("interpreter started", "interpreter", name, "kind", o.Kind, "pid", ans.PID, "endpoint", ans.Endpoint,
 		"asker", o.Asker, "restart", o.Restart, "gen", o.Gen)
 	l.emit(Event{Type: EventStarted, Interpreter: name, RequestID: o.RequestID, Host: l.cfg.Node, Gen: o.Gen})
+	if o.Replaces != "" {
+		l.logger.Info("interpreter-replaced: started in place of a lost interpreter", "interpreter", name, "was", o.Replaces,
+			"owner", o.Asker, "gen", o.Gen)
+		l.emit(Event{Type: EventReplaced, Interpreter: name, RequestID: o.RequestID, Host: l.cfg.Node, Gen: o.Gen,
+			Reason: "re-placed " + o.Replaces + " for " + o.Asker})
+	}
 	l.changed()
 	ans.Gen = o.Gen
 	return ans
@@ -740,6 +749,7 @@ func (l *Lifecycle) supervisorGone(name string) {
 		return
 	}
 	exit, err := ReadExit(filepath.Dir(rec.Spec))
+	newer := l.takeSuperseded(name)
 	switch {
 	case err == nil:
 		l.logger.Info("interpreter gone", "interpreter", name, "how", exit.How, "status", exit.Status, "restarts", exit.Restarts)
@@ -750,6 +760,9 @@ func (l *Lifecycle) supervisorGone(name string) {
 			ev.Type = EventGaveUp
 			l.logger.Error("interpreter-gave-up: it failed too often under its restart policy, and was not restarted again",
 				"interpreter", name, "request", rec.RequestID, "status", exit.Status, "restarts", exit.Restarts)
+		case exit.How == HowStopped && newer >= 0:
+			// This server stopped it for a newer generation: a duplicate.
+			ev.Type, ev.Reason = EventDuplicate, fmt.Sprintf("superseded by generation %d of its request", newer)
 		case exit.How == HowStopped:
 			ev.Type = EventStopped
 		case exit.How == HowDuplicate:
@@ -767,6 +780,19 @@ func (l *Lifecycle) supervisorGone(name string) {
 		}
 	}
 	l.changed()
+}
+
+// takeSuperseded is the generation that superseded the interpreter called
+// name, which this server stopped for it, or -1; it forgets it.
+func (l *Lifecycle) takeSuperseded(name string) int {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	g, ok := l.superseded[name]
+	if !ok {
+		return -1
+	}
+	delete(l.superseded, name)
+	return g
 }
 
 // restartHere starts a request again on this host after its supervisor

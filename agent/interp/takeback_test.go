@@ -21,6 +21,7 @@ type fakeSupervisors struct {
 	next    int
 	running map[int]chan struct{} // pid -> closed when it exits
 	stopped []int
+	events  []Event // what the lifecycle emitted
 }
 
 func (f *fakeSupervisors) Launch(specPath string, spec Spec) (Started, error) {
@@ -94,6 +95,7 @@ func serverWithFakeSupervisors(t *testing.T) (*Lifecycle, *fakeSupervisors) {
 	l, err := New(Config{Node: "s1", Server: true, Dir: dir, Kinds: map[string]Kind{BuiltinKind: Demo("agent")}},
 		Deps{Clock: state.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 			Done: done, Processes: procs,
+			Emit:    func(e Event) { procs.mu.Lock(); procs.events = append(procs.events, e); procs.mu.Unlock() },
 			Elect:   func(context.Context, placement.Request) Election { return Election{} },
 			Reserve: func(string, placement.Bid) {}, Release: func(string) {}})
 	if err != nil {
@@ -151,4 +153,55 @@ func TestATakeBackStopsOnlyWhatItsOrderStarted(t *testing.T) {
 	if s := procs.stops(); len(s) != 2 {
 		t.Fatalf("an older agent's take-back stopped %v, want r2's supervisor too", s)
 	}
+}
+
+// TestAStaleCopyStopsOnceANewerGenerationWasSeen: a server whose
+// interpreter's request it has seen at a newer generation stops it, even
+// when that newer one is gone by now (stopped, drained). Before, a stale
+// copy that never saw the newer one alive ran on as the request's
+// interpreter (chaos seed 125: the-answer-stands).
+func TestAStaleCopyStopsOnceANewerGenerationWasSeen(t *testing.T) {
+	l, procs := serverWithFakeSupervisors(t)
+	old := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 0})
+	cur := l.startInterpreter(spawnOrder{RequestID: "r2", Kind: BuiltinKind, Asker: "a1", Gen: 1})
+	if old.Refusal != "" || cur.Refusal != "" {
+		t.Fatalf("not started: %+v %+v", old, cur)
+	}
+	now := l.clock.Now()
+	// The view showed r1's generation 1, which has left by now, and r2's
+	// own generation only.
+	l.memory.observe([]Instance{
+		inst("demo-r1-9999", "r1", 1, left, "s2", alive),
+		inst(cur.Name, "r2", 1, alive, "s1", alive),
+	}, now)
+	l.stopSuperseded()
+	if s := procs.stops(); len(s) != 1 {
+		t.Fatalf("stopped %v, want only r1's generation-0 supervisor", s)
+	}
+	l.stopSuperseded() // once is enough
+	if s := procs.stops(); len(s) != 1 {
+		t.Fatalf("stopped %v on a second look, want one stop", s)
+	}
+}
+
+// TestTheServerThatStartsAReplacementReportsIt: interpreter-replaced comes
+// from the server that started the new interpreter, so it is reported even
+// when the owner that ordered it fails before the answer reaches it
+// (chaos seed 72: the-answer-stands, "no answer, re-placement or restart
+// named it").
+func TestTheServerThatStartsAReplacementReportsIt(t *testing.T) {
+	l, procs := serverWithFakeSupervisors(t)
+	ans := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "owner", Gen: 4, Replaces: "demo-r1-0b10",
+		Restart: RestartOnFailure})
+	if ans.Refusal != "" {
+		t.Fatalf("not started: %+v", ans)
+	}
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	for _, e := range procs.events {
+		if e.Type == EventReplaced && e.Interpreter == ans.Name && e.Gen == 4 && strings.Contains(e.Reason, "demo-r1-0b10") {
+			return
+		}
+	}
+	t.Fatalf("events %+v: no interpreter-replaced for %s", procs.events, ans.Name)
 }
