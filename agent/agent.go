@@ -79,9 +79,10 @@ type Agent struct {
 	userTags map[string]string
 
 	// checks are the server's health checks. Guarded by checksMu.
-	checksMu sync.Mutex
-	checks   healthChecks
-	load     LoadSource
+	checksMu     sync.Mutex
+	checks       healthChecks
+	checkChanges atomic.Uint64 // status changes, for metrics
+	load         LoadSource
 
 	samples atomic.Uint64 // load samples taken, so tests can follow the loop
 
@@ -324,7 +325,7 @@ func (a *Agent) start() error {
 		return err
 	}
 	a.node = node
-	if err := a.registerMetrics(gossipMetrics); err != nil {
+	if err := errors.Join(a.registerMetrics(gossipMetrics), a.registerCheckMetrics()); err != nil {
 		node.Shutdown()
 		a.closeListeners()
 		return fmt.Errorf("metrics: %w", err)

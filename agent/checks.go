@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"maps"
+	"net/http"
 	"strings"
 
 	"github.com/meshagent/agent/agent/checks"
@@ -42,10 +43,11 @@ func (a *Agent) checksChanged(r *checks.Runner, critical []string) {
 	if !current {
 		return
 	}
+	a.checkChanges.Add(1)
 	if len(critical) > 0 {
 		a.logger.Warn("health check critical: this server takes no new interpreters", "critical", strings.Join(critical, ","))
 	} else {
-		a.logger.Info("health checks pass: this server takes interpreters again")
+		a.logger.Info("no health check is critical: this server takes interpreters")
 	}
 	a.publishChecks(critical)
 }
@@ -56,7 +58,11 @@ func (a *Agent) checksChanged(r *checks.Runner, critical []string) {
 func (a *Agent) publishChecks(critical []string) {
 	a.tagsMu.Lock()
 	defer a.tagsMu.Unlock()
-	a.cfg.Tags = withCheckTag(a.userTags, critical)
+	base := withCheckTag(a.userTags, critical)
+	if maps.Equal(base, a.cfg.Tags) {
+		return // a warning, say: no tag to gossip
+	}
+	a.cfg.Tags = base
 	a.tags.extra = a.tags.changes.apply(a.cfg.Tags)
 	if a.node == nil || a.leaving.Load() {
 		return
@@ -143,4 +149,10 @@ func checkNames(defs []checks.Definition) []string {
 		names = append(names, d.Name)
 	}
 	return names
+}
+
+// httpChecks is GET /v1/checks: this server's checks, as agent checks
+// --format json lists them.
+func (a *Agent) httpChecks(w http.ResponseWriter, r *http.Request) {
+	writeJSONResponse(w, map[string]any{"node": a.cfg.NodeName, "checks": a.checkViews()})
 }
