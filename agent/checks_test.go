@@ -1,13 +1,16 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshagent/agent/agent/checks"
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/gossip"
 )
@@ -79,9 +82,19 @@ func TestCriticalCheckMovesPlacement(t *testing.T) {
 	if critical != 1 {
 		t.Fatalf("agent_checks_critical = %v, want 1", critical)
 	}
-	views := agents["s1"].checkViews()
-	if len(views) != 1 || views[0].Status != "critical" || !strings.Contains(views[0].Output, "exit status 2") {
-		t.Fatalf("check views %+v", views)
+	// Details over HTTP, as GET /v1/checks serves them.
+	rec := httptest.NewRecorder()
+	agents["s1"].httpChecks(rec, httptest.NewRequest("GET", "/v1/checks", nil))
+	var details struct {
+		Node   string
+		Checks []checks.View
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &details); err != nil {
+		t.Fatalf("/v1/checks: %v\n%s", err, rec.Body.String())
+	}
+	if len(details.Checks) != 1 || details.Checks[0].Name != "disk" || details.Checks[0].Status != checks.Critical ||
+		!strings.Contains(details.Checks[0].Output, "exit status 2") {
+		t.Fatalf("/v1/checks: %s", rec.Body.String())
 	}
 
 	if err := os.Remove(broken); err != nil {
