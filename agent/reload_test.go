@@ -22,6 +22,7 @@ func reloadableAgent(t *testing.T, dir string, first string) *Agent {
 	writeConfig(t, dir, first)
 	var flags Config
 	a := startAgentWith(t, "reloaded", "127.0.0.1", Deps{}, func(c *Config) {
+		c.Tags = map[string]string{} // the tags are the file's
 		if err := c.ApplyFile(dir); err != nil {
 			t.Fatal(err)
 		}
@@ -126,5 +127,34 @@ func TestReloadOfABadFileChangesNothing(t *testing.T) {
 			t.Fatalf("after a refused reload (%s): debug enabled %v, dc=%q, place rate %v: something was applied",
 				tc.want, a.logger.Enabled(context.Background(), slog.LevelDebug), a.node.Tags()["dc"], a.currentPlaceRate())
 		}
+	}
+}
+
+// TestReloadReportsChangedKindsAsNeedingARestart: a changed interpreters
+// file is checked and reported, not applied (the lifecycle reads its kinds
+// at start); a broken one refuses the reload.
+func TestReloadReportsChangedKindsAsNeedingARestart(t *testing.T) {
+	dir := t.TempDir()
+	kinds := filepath.Join(t.TempDir(), "kinds.json")
+	if err := os.WriteFile(kinds, []byte(`{"shell": {"command": ["/bin/sh"]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := reloadableAgent(t, dir, `{"log_level": "debug", "interpreters": "`+kinds+`"}`)
+	resp, err := a.Reload()
+	if err != nil || len(resp.Restart) != 0 || len(resp.Applied) != 0 {
+		t.Fatalf("reload of an unchanged config: %+v %v", resp, err)
+	}
+	if err := os.WriteFile(kinds, []byte(`{"shell": {"command": ["/bin/sh"], "max": 2}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = a.Reload()
+	if err != nil || len(resp.Restart) != 1 || !strings.Contains(resp.Restart[0], "--interpreters "+kinds+": the file changed") {
+		t.Fatalf("reload after the kinds changed: %+v %v", resp, err)
+	}
+	if err := os.WriteFile(kinds, []byte(`{"shell": {"command": []}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = a.Reload(); err == nil || !strings.Contains(err.Error(), `kind "shell" has no command`) {
+		t.Fatalf("reload with a broken kinds file: %v", err)
 	}
 }
