@@ -240,3 +240,21 @@ func TestServerCheckMovesPlacementProcess(t *testing.T) {
 		"polled with agent place, %s a call)", moves[4].Round(time.Millisecond), moves[0].Round(time.Millisecond),
 		moves[9].Round(time.Millisecond), (spent / time.Duration(calls)).Round(time.Millisecond))
 }
+
+// TestRunRefusesBadChecksNamingThem: agent run stops before it starts
+// anything when a check has an unknown type, a zero interval or a script
+// that does not exist, and says which check and how to fix it.
+func TestRunRefusesBadChecksNamingThem(t *testing.T) {
+	for _, tc := range []struct{ check, want string }{
+		{`{"name":"gpu","type":"smoke","interval":"5s"}`, `bad check "gpu": type "smoke" is not known: use script, http, tcp or ttl`},
+		{`{"name":"db","type":"tcp","tcp":"127.0.0.1:5432","interval":"0s"}`, `bad check "db": interval "0s" is not a positive duration`},
+		{`{"name":"disk","type":"script","args":["/nonexistent/check-disk"],"interval":"10s"}`,
+			`bad check "disk": script /nonexistent/check-disk: no such file or directory: install it, or fix args`},
+	} {
+		_, stderr, code := runCLI(t, "run", "--node", "bad", "--bind", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0",
+			"--http-addr", "", "--data-dir", t.TempDir(), "--check", tc.check)
+		if code != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("agent run --check %s: exit %d, %s; want exit 1 saying %q", tc.check, code, stderr, tc.want)
+		}
+	}
+}
