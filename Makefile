@@ -6,7 +6,7 @@ LDFLAGS  := -X github.com/meshagent/agent/agent.Version=$(VERSION)
 PKGS     := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build test check bench scale pgo demo testbed chaos chaos-sim fmt clean fuzz jupyter jupyter-uninstall
+.PHONY: help build deb test check bench scale pgo demo testbed chaos chaos-sim fmt clean fuzz jupyter jupyter-uninstall
 
 # Fuzz targets, package:Function. `make fuzz` runs each for FUZZTIME.
 FUZZTIME ?= 60s
@@ -18,6 +18,11 @@ help: ## list the targets
 
 build: ## build bin/agent
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
+
+# The Debian package: the binary, the systemd unit, /etc/agent.d and the
+# maintainer scripts (packaging/), built with dpkg-deb into dist/.
+deb: ## build dist/agent_<version>_<arch>.deb (dpkg-deb; install with apt install ./dist/agent_*.deb)
+	GO=$(GO) ./scripts/mkdeb.sh dist $(VERSION)
 
 test: ## run every test (root-only tests skip, saying why, unless run as root)
 	$(GO) vet $(PKGS)
@@ -88,4 +93,4 @@ fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')
 
 clean: ## remove build output
-	rm -rf bin bench.json scale.json
+	rm -rf bin dist bench.json scale.json

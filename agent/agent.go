@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshagent/agent/agent/checks"
 	"github.com/meshagent/agent/agent/interp"
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/bidding"
@@ -36,17 +38,30 @@ type Deps struct {
 	Clock  state.Clock // nil: the real clock
 	// Transport replaces the real gossip network (the simulation uses it).
 	Transport gossip.Transport
+	// LoadConfig re-reads the configuration for a reload (SIGHUP, agent
+	// reload): the files, environment and flags the agent started with.
+	// nil: the agent cannot reload.
+	LoadConfig func() (Config, error)
+	// Notifier tells systemd the agent's state (Type=notify); nil: not
+	// under systemd.
+	Notifier *Notifier
 }
 
 // Agent is the daemon: a gossip node, the RPC server, and the loops around
 // them. New validates and starts nothing; Start runs; Leave is graceful;
 // Shutdown is idempotent and closes ShutdownCh.
 type Agent struct {
-	cfg    Config
-	logger *slog.Logger
-	logs   *LogStream
-	clock  state.Clock
-	deps   Deps
+	cfg Config
+	// given is the configuration as given (cfg fills in the token from its
+	// file, and its Tags carry the checks' tag); a reload compares with it
+	// and updates its reloadable settings. Guarded by reloadMu.
+	given    Config
+	reloadMu sync.Mutex
+	kindsSum [32]byte // the interpreters file's content at start
+	logger   *slog.Logger
+	logs     *LogStream
+	clock    state.Clock
+	deps     Deps
 
 	node  *gossip.Node
 	rpc   *rpc.Server
@@ -59,7 +74,15 @@ type Agent struct {
 
 	tagsMu sync.Mutex
 	tags   tagState
-	load   LoadSource
+	// userTags are the --tag tags; cfg.Tags is them plus the checks' tag.
+	// Guarded by tagsMu.
+	userTags map[string]string
+
+	// checks are the server's health checks. Guarded by checksMu.
+	checksMu     sync.Mutex
+	checks       healthChecks
+	checkChanges atomic.Uint64 // status changes, for metrics
+	load         LoadSource
 
 	samples atomic.Uint64 // load samples taken, so tests can follow the loop
 
@@ -73,6 +96,7 @@ type Agent struct {
 	limitMu    sync.Mutex
 	placeLimit *state.RateLimiter
 	spawnLimit *state.RateLimiter
+	placeRate  float64
 
 	// Operators: the HTTP API, the load history behind its charts, metrics
 	// and event handlers.
@@ -82,7 +106,10 @@ type Agent struct {
 	httpCancel context.CancelFunc
 	history    *loadHistory
 	metrics    *agentMetrics
-	handlers   []EventHandler
+	// The event handlers and their timeout, which a reload replaces.
+	handlersMu     sync.Mutex
+	handlers       []EventHandler
+	handlerTimeout time.Duration
 
 	// The asker's reservations, so that a burst of spawns spreads.
 	ledgerMu sync.Mutex
@@ -108,6 +135,9 @@ type Agent struct {
 	// join (or was told to join none): the lifecycle takes no decision for
 	// the mesh on a view of itself alone.
 	joined atomic.Bool
+	// readyCh is closed once the agent joined or retried its first join.
+	readyOnce sync.Once
+	readyCh   chan struct{}
 
 	stopOnce   sync.Once
 	shutdownCh chan struct{}
@@ -121,6 +151,16 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	given := cfg
+	given.Tags = maps.Clone(cfg.Tags)
+	defs, err := checks.ParseAll(cfg.Checks)
+	if err != nil {
+		return nil, err
+	}
+	kindsSum, err := kindsChecksum(cfg.InterpretersFile)
+	if err != nil {
+		return nil, err
+	}
 	if deps.Logger == nil {
 		return nil, errors.New("agent needs a logger")
 	}
@@ -130,6 +170,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if deps.Logs == nil {
 		deps.Logs = &LogStream{subs: map[uint64]logSub{}}
 	}
+	// Until its first result a check is critical: a server is not chosen
+	// before it is known healthy.
+	cfg.Tags = withCheckTag(given.Tags, checkNames(defs))
 	load, err := ParseLoadSource(cfg.LoadSource)
 	if err != nil {
 		return nil, err
@@ -168,33 +211,40 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	httpCtx, httpCancel := context.WithCancel(context.Background())
 	a := &Agent{
-		handlers:   handlers,
-		httpCtx:    httpCtx,
-		httpCancel: httpCancel,
-		history:    newLoadHistory(10*time.Minute, 600),
-		metrics:    newAgentMetrics(),
-		load:       load,
-		events:     newEventFeed(),
-		ledger:     ledger,
-		placeLimit: state.NewRateLimiter(cfg.PlaceRate, 2*cfg.PlaceRate, 4096),
-		spawnLimit: state.NewRateLimiter(cfg.SpawnRate, 2*cfg.SpawnRate, 4096),
-		tags:       tagState{extra: cfg.Tags},
-		cfg:        cfg,
-		logger:     deps.Logger,
-		logs:       deps.Logs,
-		clock:      deps.Clock,
-		deps:       deps,
-		shutdownCh: make(chan struct{}),
-		leftCh:     make(chan struct{}),
+		given:          given,
+		kindsSum:       kindsSum,
+		userTags:       maps.Clone(given.Tags),
+		handlerTimeout: cfg.EventHandlerTimeout,
+		placeRate:      cfg.PlaceRate,
+		handlers:       handlers,
+		httpCtx:        httpCtx,
+		httpCancel:     httpCancel,
+		history:        newLoadHistory(10*time.Minute, 600),
+		metrics:        newAgentMetrics(),
+		load:           load,
+		events:         newEventFeed(),
+		ledger:         ledger,
+		placeLimit:     state.NewRateLimiter(cfg.PlaceRate, 2*cfg.PlaceRate, 4096),
+		spawnLimit:     state.NewRateLimiter(cfg.SpawnRate, 2*cfg.SpawnRate, 4096),
+		tags:           tagState{extra: cfg.Tags},
+		cfg:            cfg,
+		logger:         deps.Logger,
+		logs:           deps.Logs,
+		clock:          deps.Clock,
+		deps:           deps,
+		shutdownCh:     make(chan struct{}),
+		leftCh:         make(chan struct{}),
+		readyCh:        make(chan struct{}),
 	}
 	a.interps, err = interp.New(interp.Config{Node: cfg.NodeName, Server: cfg.Role == gossip.RoleServer, Dir: a.interpDir(),
 		Profile: cfg.Profile, Capacity: cfg.Capacity, Kinds: kinds, Self: self, Reap: cfg.InterpreterReap},
 		interp.Deps{Clock: deps.Clock, Logger: deps.Logger, Done: a.shutdownCh, Elect: a.electForSpawn,
-			Reserve: a.reserve, Release: a.release, AllowSpawn: func(asker string) bool { return a.allow(a.spawnLimit, asker) },
+			Reserve: a.reserve, Release: a.release, AllowSpawn: a.allowSpawn,
 			Changed: a.publishCounts, Emit: a.emitInterpreterEvent, Draining: a.draining, Joined: a.joined.Load})
 	if err != nil {
 		return nil, err
 	}
+	a.checks = healthChecks{runner: a.newChecks(defs), defs: defs}
 	return a, nil
 }
 
@@ -275,7 +325,7 @@ func (a *Agent) start() error {
 		return err
 	}
 	a.node = node
-	if err := a.registerMetrics(gossipMetrics); err != nil {
+	if err := errors.Join(a.registerMetrics(gossipMetrics), a.registerCheckMetrics()); err != nil {
 		node.Shutdown()
 		a.closeListeners()
 		return fmt.Errorf("metrics: %w", err)
@@ -289,10 +339,17 @@ func (a *Agent) start() error {
 	a.rpc.Register(rpc.CommandStopInterpreter, a.handleStopInterpreter)
 	a.rpc.Register(rpc.CommandDrain, a.handleDrain)
 	a.rpc.Register(rpc.CommandSignalInterpreter, a.handleSignalInterpreter)
+	a.rpc.Register(rpc.CommandChecks, a.handleChecks)
+	a.rpc.Register(rpc.CommandReload, a.handleReload)
 	a.interps.Start(node)
 	if a.cfg.Role == gossip.RoleServer {
 		a.armRestoredDrain()
 		bidding.Serve(node, a.bid, a.logger.With("component", "placement"))
+		a.checksMu.Lock()
+		if r := a.checks.runner; r != nil {
+			r.Start()
+		}
+		a.checksMu.Unlock()
 		started := a.clock.Now()
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.runLoad(a.load, started) }()
@@ -361,11 +418,16 @@ func (a *Agent) start() error {
 	node.ReleaseEvents()
 	if len(joinAddrs) == 0 {
 		a.joined.Store(true) // the first of a mesh: nothing to wait for
+		a.markReady()
 		a.logger.Info("no --join and no members to rejoin: this agent is alone until it joins a mesh (--join ADDR, or agent join ADDR)")
 	}
 	if len(joinAddrs) > 0 {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.retryJoin(joinAddrs) }()
+	}
+	if n := a.deps.Notifier; n != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.runNotify(n) }()
 	}
 	return nil
 }
@@ -472,11 +534,9 @@ func (a *Agent) logUserEvents() {
 	go func() { defer a.wg.Done(); <-a.shutdownCh; cancel() }()
 }
 
-// startEventHandlers hands events to the operator's scripts.
+// startEventHandlers hands events to the operator's scripts. It runs with
+// none too: a reload may add some.
 func (a *Agent) startEventHandlers() {
-	if len(a.handlers) == 0 {
-		return
-	}
 	events := make(chan gossip.Event, handlerQueue)
 	cancel := a.node.Subscribe(func(e gossip.Event) {
 		select {
@@ -486,7 +546,7 @@ func (a *Agent) startEventHandlers() {
 		}
 	})
 	a.wg.Add(1)
-	go func() { defer a.wg.Done(); defer cancel(); a.runEventHandlers(a.handlers, events) }()
+	go func() { defer a.wg.Done(); defer cancel(); a.runEventHandlers(events) }()
 }
 
 // checkGossipSecurity refuses unencrypted gossip that other hosts can reach,
@@ -506,10 +566,18 @@ func (a *Agent) checkGossipSecurity(g gossip.Config) error {
 		// The bind is local; the advertised address is what others reach.
 		where, fix = "--advertise "+a.cfg.AdvertiseAddr, "advertise a 127.0.0.0/8 address"
 	}
+	give := "give it to every agent with --encrypt"
+	// Under the packaged unit the settings are files: name the one to write.
+	if dir := a.cfg.ConfigDir; dir != "" {
+		give = fmt.Sprintf(`give it to every agent with --encrypt or, as this agent reads %s, in a file there: `+
+			`write {"encrypt": "KEY"} to %s (readable by the agent only)`, dir, filepath.Join(dir, "20-encrypt.json"))
+	} else if n := len(a.cfg.Files); n > 0 {
+		give = fmt.Sprintf(`give it to every agent with --encrypt or add "encrypt": "KEY" to %s`, a.cfg.Files[n-1])
+	}
 	return fmt.Errorf("gossip on %s is reachable from other hosts but not encrypted, so anyone who reaches it could join "+
-		"the mesh and start interpreters: make a key with `agent keygen` and give it to every agent with --encrypt "+
+		"the mesh and start interpreters: make a key with `agent keygen` and %s "+
 		"(it is then kept in the data dir's keyring), or %s; on a network you fully trust, --insecure "+
-		"turns this check off", where, fix)
+		"turns this check off", where, give, fix)
 }
 
 // ReadTokenFile reads an RPC token from a file: the first line, trimmed.
@@ -563,10 +631,12 @@ func (a *Agent) retryJoin(addrs []string) {
 		n, err := a.node.Join(addrs, false)
 		if n > 0 {
 			a.joined.Store(true)
+			a.markReady()
 			a.logger.Info("joined the mesh", "contacted", n, "attempt", attempt)
 			a.republishTags()
 			return
 		}
+		a.markReady() // systemd waits for the first attempt, not for the mesh
 		wait = NextBackoff(wait, a.cfg.JoinRetryMax)
 		a.logger.Warn("join failed; retrying", "addrs", addrs, "attempt", attempt, "err", err, "retry_in", wait)
 	}
@@ -641,6 +711,7 @@ func (a *Agent) RPCAddr() string { return a.rpcLn.Addr().String() }
 // agent must still be shut down.
 func (a *Agent) Leave() error {
 	a.leaving.Store(true)
+	a.notify("STOPPING=1\nSTATUS=leaving the mesh")
 	// The members known now stay on record, for --rejoin.
 	var peers []string
 	if a.peersPath() != "" {
@@ -677,6 +748,7 @@ func (a *Agent) Shutdown() error {
 	var err error
 	a.stopOnce.Do(func() {
 		close(a.shutdownCh)
+		a.stopChecks()
 		a.httpCancel()
 		if a.http != nil {
 			a.http.Close()

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/meshagent/agent/agent/checks"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/state"
 )
@@ -64,6 +65,15 @@ type Config struct {
 	RPCMaxConns  int
 	PlaceRate    float64 // place queries per second one asker may send a server
 	SpawnRate    float64 // spawn orders per second one asker may send a server
+
+	// Checks are the server's health checks, each one JSON object (see
+	// agent/checks); they steer placement.
+	Checks []string
+
+	// Files are the config files read, in order, and ConfigDir the last
+	// directory of them, so that a message can say which file to edit.
+	Files     []string
+	ConfigDir string
 }
 
 // DefaultConfig is the bottom layer.
@@ -105,8 +115,11 @@ type Option struct {
 	DefaultText string
 	// Secret values are never repeated in errors.
 	Secret bool
-	set    func(c *Config, values []string) error
-	get    func(c *Config) []string
+	// JSON values are objects: in a file, an object or a list of them; on
+	// the command line, each value is one object's JSON text.
+	JSON bool
+	set  func(c *Config, values []string) error
+	get  func(c *Config) []string
 }
 
 // FileKey is the option's key in a config file.
@@ -175,6 +188,7 @@ func (c *Config) ApplyFile(path string) error {
 		return fmt.Errorf("config dir %s: %w", path, err)
 	}
 	sort.Strings(files)
+	c.ConfigDir = path
 	for _, f := range files {
 		if err := c.applyOneFile(f); err != nil {
 			return err
@@ -188,6 +202,7 @@ func (c *Config) applyOneFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
+	c.Files = append(c.Files, path)
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&raw); err != nil {
@@ -208,6 +223,9 @@ func (c *Config) applyOneFile(path string) error {
 			return fmt.Errorf("config file %s: %w %q: valid keys are %s", path, ErrUnknownOption, k, strings.Join(fileKeys(), ", "))
 		}
 		values, err := jsonValues(raw[k], o.Repeatable)
+		if o.JSON {
+			values, err = jsonObjects(raw[k])
+		}
 		if err != nil {
 			return fmt.Errorf("config file %s: key %q: %w", path, k, err)
 		}
@@ -286,6 +304,28 @@ func jsonValues(raw json.RawMessage, repeatable bool) ([]string, error) {
 		return nil, err
 	}
 	return []string{s}, nil
+}
+
+// jsonObjects turns a file value that is an object, or a list of objects,
+// into one JSON text per object.
+func jsonObjects(raw json.RawMessage) ([]string, error) {
+	var list []json.RawMessage
+	if err := json.Unmarshal(raw, &list); err != nil {
+		list = []json.RawMessage{raw}
+	}
+	out := make([]string, 0, len(list))
+	for _, e := range list {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(e, &obj); err != nil {
+			return nil, fmt.Errorf("value %s is not a JSON object (or a list of them)", e)
+		}
+		var b bytes.Buffer
+		if err := json.Compact(&b, e); err != nil {
+			return nil, err
+		}
+		out = append(out, b.String())
+	}
+	return out, nil
 }
 
 // one returns the single value of a scalar option.
@@ -706,6 +746,19 @@ var options = []Option{
 		func(c *Config) *float64 { return &c.SpawnRate }),
 	stringOption("interpreters", "JSON file of the interpreter kinds this server may start (demo is built in)",
 		func(c *Config) *string { return &c.InterpretersFile }, nil),
+	{
+		Name: "check", Repeatable: true, JSON: true,
+		Usage: `a health check of this server, as JSON: {"name":"disk","type":"script","args":["/usr/local/bin/check-disk"],"interval":"10s"}; ` +
+			"types script, http, tcp, ttl; a server with a critical check takes no new interpreters; repeatable",
+		set: func(c *Config, v []string) error {
+			if _, err := checks.ParseAll(v); err != nil {
+				return err
+			}
+			c.Checks = append([]string(nil), v...)
+			return nil
+		},
+		get: func(c *Config) []string { return c.Checks },
+	},
 	durationOption("place-timeout", "how long an asker waits for servers' bids (it stops earlier once all answered)",
 		func(c *Config) *time.Duration { return &c.PlaceTimeout }),
 }
@@ -735,6 +788,10 @@ func (c *Config) Validate() error {
 	}
 	if c.RPCToken != "" && c.RPCTokenFile != "" {
 		return errors.New("both --rpc-token and --rpc-token-file are set: keep one")
+	}
+	if len(c.Checks) > 0 && c.Role != gossip.RoleServer {
+		return fmt.Errorf("checks steer placement, so only a server has them, and this agent's role is %s: "+
+			"remove the check settings, or run it with --role server", c.Role)
 	}
 	if err := c.Publish.Validate(); err != nil {
 		return fmt.Errorf("--publish-min-interval %s and --publish-max-interval %s: the minimum must not exceed the maximum",

@@ -101,15 +101,18 @@ const handlerQueue = 256
 
 // runEventHandlers feeds events to the handlers, one at a time in order, as
 // serf does, until the agent stops.
-func (a *Agent) runEventHandlers(handlers []EventHandler, events <-chan gossip.Event) {
+// The handlers are read at each event, so that a reload's take effect at
+// the next one.
+func (a *Agent) runEventHandlers(events <-chan gossip.Event) {
 	for {
 		select {
 		case <-a.shutdownCh:
 			return
 		case e := <-events:
+			handlers, timeout := a.currentHandlers()
 			for _, h := range handlers {
 				if h.Matches(e) {
-					a.invokeHandler(h, e)
+					a.invokeHandler(h, e, timeout)
 				}
 			}
 		}
@@ -119,8 +122,8 @@ func (a *Agent) runEventHandlers(handlers []EventHandler, events <-chan gossip.E
 // invokeHandler runs one script for one event through the shell, with the
 // event in its environment and on stdin, killing it (and what it started)
 // after the handler timeout. A query's answer is the script's stdout.
-func (a *Agent) invokeHandler(h EventHandler, e gossip.Event) {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.EventHandlerTimeout)
+func (a *Agent) invokeHandler(h EventHandler, e gossip.Event, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.Command("/bin/sh", "-c", h.Script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -142,7 +145,7 @@ func (a *Agent) invokeHandler(h EventHandler, e gossip.Event) {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 		a.logger.Error("event handler timed out and was killed", "script", h.Script, "event", e.Type,
-			"timeout", a.cfg.EventHandlerTimeout)
+			"timeout", timeout)
 		return
 	}
 	if err != nil {

@@ -35,10 +35,11 @@ type MemberJSON struct {
 	CPU          *float64          `json:"cpu,omitempty"`
 	Mem          *float64          `json:"mem,omitempty"`
 	Interpreters *int              `json:"interpreters,omitempty"`
-	Capacity     int               `json:"capacity,omitempty"` // servers: the most they accept; 0 no limit
-	Draining     bool              `json:"draining,omitempty"` // servers: taking no new interpreters
-	Host         string            `json:"host,omitempty"`     // interpreters: their server
-	Kind         string            `json:"kind,omitempty"`     // interpreters
+	Capacity     int               `json:"capacity,omitempty"`  // servers: the most they accept; 0 no limit
+	Draining     bool              `json:"draining,omitempty"`  // servers: taking no new interpreters
+	Unhealthy    string            `json:"unhealthy,omitempty"` // servers: their critical health checks (hc)
+	Host         string            `json:"host,omitempty"`      // interpreters: their server
+	Kind         string            `json:"kind,omitempty"`      // interpreters
 	Endpoint     string            `json:"endpoint,omitempty"`
 }
 
@@ -58,6 +59,7 @@ func MemberView(name string, addr net.IP, port uint16, status string, tags map[s
 		v.Interpreters = &ni
 		v.Capacity = t.Capacity
 		v.Draining = t.Draining
+		v.Unhealthy = t.Critical
 	}
 	return v
 }
@@ -129,6 +131,7 @@ func (a *Agent) startHTTP() error {
 	mux.HandleFunc("GET /v1/agent/self", a.httpSelf)
 	mux.HandleFunc("GET /v1/history", a.httpHistory)
 	mux.HandleFunc("GET /v1/events", a.httpEvents)
+	mux.HandleFunc("GET /v1/checks", a.httpChecks)
 	mux.HandleFunc("GET /metrics", a.httpMetrics)
 	mux.Handle("GET /", dashboardHandler())
 

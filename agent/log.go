@@ -34,7 +34,9 @@ func NewLogger(out io.Writer, level, format string) (*slog.Logger, *LogStream, e
 	if err != nil {
 		return nil, nil, err
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	stream := &LogStream{subs: map[uint64]logSub{}, leveled: true}
+	stream.level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: &stream.level}
 	var primary slog.Handler
 	switch format {
 	case "", "text":
@@ -44,7 +46,6 @@ func NewLogger(out io.Writer, level, format string) (*slog.Logger, *LogStream, e
 	default:
 		return nil, nil, fmt.Errorf("log format %q is not known: use text or json", format)
 	}
-	stream := &LogStream{subs: map[uint64]logSub{}}
 	stream.min.Store(int64(slog.LevelError + 1))
 	mon := slog.NewTextHandler(stream, &slog.HandlerOptions{Level: slog.LevelDebug})
 	return slog.New(&teeHandler{primary: primary, monitor: mon, stream: stream}), stream, nil
@@ -88,6 +89,20 @@ type LogStream struct {
 	subs map[uint64]logSub
 	next uint64
 	min  atomic.Int64 // lowest level any subscriber wants
+	// level is the primary output's level, which a reload changes;
+	// leveled says NewLogger made the logger that reads it.
+	level   slog.LevelVar
+	leveled bool
+}
+
+// SetLevel changes the level of the logger NewLogger made, and reports
+// false when the stream belongs to no such logger.
+func (s *LogStream) SetLevel(l slog.Level) bool {
+	if !s.leveled {
+		return false
+	}
+	s.level.Set(l)
+	return true
 }
 
 type logSub struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/meshagent/agent/agent/interp"
@@ -26,8 +27,11 @@ func (a *Agent) bid(asker string, req bidding.Request) placement.Bid {
 	if b.Refusal == "" && a.draining() {
 		b.Refusal = "draining: this server takes no new interpreters (agent drain --undo ends it)"
 	}
-	if b.Refusal == "" && !a.allow(a.placeLimit, asker) {
-		b.Refusal = fmt.Sprintf("rate limited: %s sent more than %g place queries a second (--place-rate-limit)", asker, a.cfg.PlaceRate)
+	if critical := a.criticalChecks(); b.Refusal == "" && len(critical) > 0 {
+		b.Refusal = "unhealthy: " + strings.Join(critical, ", ")
+	}
+	if b.Refusal == "" && !a.allowPlace(asker) {
+		b.Refusal = fmt.Sprintf("rate limited: %s sent more than %g place queries a second (--place-rate-limit)", asker, a.currentPlaceRate())
 	}
 	b = a.interps.Bid(asker, req, b)
 	if b.Refusal != "" {

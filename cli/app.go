@@ -128,6 +128,8 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			stopCommand(),
 			signalCommand(),
 			drainCommand(),
+			checksCommand(),
+			reloadCommand(),
 			interpreterCommand(),
 			echoServerCommand(),
 			joinCommand(),

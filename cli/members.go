@@ -95,6 +95,9 @@ func writeMembersTable(w io.Writer, views []agent.MemberJSON) {
 		if v.Draining {
 			role += " (draining)"
 		}
+		if v.Unhealthy != "" {
+			role += " (unhealthy: " + gossip.OneLine(v.Unhealthy) + ")"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", gossip.OneLine(v.Name),
 			net.JoinHostPort(v.Addr, strconv.Itoa(int(v.Port))), v.Status, role,
 			percent(v.CPU), percent(v.Mem), count(v.Interpreters), otherTags(v.Tags))

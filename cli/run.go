@@ -33,7 +33,8 @@ func runCommand() *ucli.Command {
 		Name:  "run",
 		Usage: "run the agent on this host",
 		Description: "Settings come from defaults, then config files, then AGENT_* environment variables, then flags;\n" +
-			"each layer overrides the one before. Ctrl-C (or SIGTERM) leaves the mesh gracefully; a second one exits at once.",
+			"each layer overrides the one before. Ctrl-C (or SIGTERM) leaves the mesh gracefully; a second one exits at once.\n" +
+			"SIGHUP (or agent reload) re-reads them: log level, tags, event handlers, checks and rate limits change at once.",
 		Flags:  flags,
 		Action: runAgent,
 	}
@@ -107,7 +108,13 @@ func runAgent(c *ucli.Context) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(cfg, agent.Deps{Logger: logger, Logs: logs})
+	notifier, err := agent.NotifierFromEnv()
+	if err != nil {
+		return err
+	}
+	// A reload layers the same files, environment and flags again.
+	reload := func() (agent.Config, error) { return loadConfig(c) }
+	a, err := agent.New(cfg, agent.Deps{Logger: logger, Logs: logs, Notifier: notifier, LoadConfig: reload})
 	if err != nil {
 		return err
 	}
@@ -116,24 +123,33 @@ func runAgent(c *ucli.Context) error {
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	if err := a.Start(); err != nil {
 		return err
 	}
-	select {
-	case <-a.LeftCh():
-		err := stopWithin(a, cfg.LeaveTimeout, nil, logger, signals)
-		if lost := a.Lost(); lost != nil {
-			return lost
-		}
-		return err
-	case sig := <-signals:
-		logger.Info("signal received; leaving the mesh (send it again to exit at once)", "signal", sig.String())
-		return stopWithin(a, cfg.LeaveTimeout, func() {
-			if err := a.Leave(); err != nil {
-				logger.Error("graceful leave failed", "err", err)
+	for {
+		select {
+		case <-hup:
+			logger.Info("SIGHUP received; reloading the config")
+			a.Reload() // it logs what it did, or why it changed nothing
+			continue
+		case <-a.LeftCh():
+			err := stopWithin(a, cfg.LeaveTimeout, nil, logger, signals)
+			if lost := a.Lost(); lost != nil {
+				return lost
 			}
-		}, logger, signals)
+			return err
+		case sig := <-signals:
+			logger.Info("signal received; leaving the mesh (send it again to exit at once)", "signal", sig.String())
+			return stopWithin(a, cfg.LeaveTimeout, func() {
+				if err := a.Leave(); err != nil {
+					logger.Error("graceful leave failed", "err", err)
+				}
+			}, logger, signals)
+		}
 	}
 }
 

@@ -38,12 +38,14 @@ const (
 	TagArgs      = "args"  // its extra arguments (JSON), kept only with a restart policy
 	TagEnd       = "end"   // how it ended, set just before it leaves
 	TagDrain     = "drain" // a server that takes no new interpreters ("1")
+	TagChecks    = "hc"    // a server's critical health checks, comma-separated; absent when none
 )
 
 var reservedTags = map[string]bool{
 	TagRole: true, TagCPU: true, TagMem: true, TagRunning: true, TagCapacity: true,
 	TagKind: true, TagHost: true, TagRequestID: true, TagEndpoint: true, TagPID: true,
 	TagRestart: true, TagRestarts: true, TagGen: true, TagArgs: true, TagEnd: true, TagDrain: true,
+	TagChecks: true,
 }
 
 // ReservedTags lists the tags the agent sets itself, sorted.
@@ -93,10 +95,11 @@ type Tags struct {
 	Role Role
 
 	// Servers.
-	Load         *Load // nil until the first average is known
-	Interpreters int   // ni: interpreters running on the server
-	Capacity     int   // cap: the most the server accepts; 0 means no limit
-	Draining     bool  // drain: it takes no new interpreters
+	Load         *Load  // nil until the first average is known
+	Interpreters int    // ni: interpreters running on the server
+	Capacity     int    // cap: the most the server accepts; 0 means no limit
+	Draining     bool   // drain: it takes no new interpreters
+	Critical     string // hc: its critical health checks, comma-separated ("+N" counts the rest)
 
 	// Interpreters.
 	Kind      string
@@ -139,6 +142,7 @@ func (t Tags) Map() map[string]string {
 	if t.Draining {
 		m[TagDrain] = "1"
 	}
+	setIf(m, TagChecks, t.Critical)
 	setIf(m, TagKind, t.Kind)
 	setIf(m, TagHost, t.Host)
 	setIf(m, TagRequestID, t.RequestID)
@@ -200,6 +204,7 @@ func ParseTags(m map[string]string) (Tags, error) {
 	t.Interpreters, t.Capacity, t.PID = num(TagRunning), num(TagCapacity), num(TagPID)
 	t.Restart, t.Restarts, t.Gen, t.End = m[TagRestart], num(TagRestarts), num(TagGen), m[TagEnd]
 	t.Draining = m[TagDrain] == "1"
+	t.Critical = m[TagChecks]
 	if v, ok := m[TagArgs]; ok {
 		if err := json.Unmarshal([]byte(v), &t.Args); err != nil {
 			errs = append(errs, fmt.Errorf("tag %s=%q is not a JSON list of strings", TagArgs, v))

@@ -8,7 +8,7 @@
 (() => {
   const EVENT_TYPES = ['member-join', 'member-leave', 'member-failed', 'member-update', 'member-reap'];
   const RESERVED_TAGS = new Set(['role', 'cpu', 'mem', 'ni', 'cap', 'kind', 'host', 'rid', 'ep', 'pid',
-    'rp', 'rc', 'gen', 'args', 'end', 'drain']);
+    'rp', 'rc', 'gen', 'args', 'end', 'drain', 'hc']);
   const STATUS_ORDER = { alive: 0, leaving: 1, failed: 2, left: 3 };
   const SVG_W = 300, SVG_H = 60;
   const HIGH_LOAD = 80;
@@ -282,7 +282,8 @@
     setText($('.name', card), s.name);
     badge($('.badge', card), status);
     // A draining server takes no new interpreters: say so beside its address.
-    setText($('.addr', card), `${s.addr}:${s.port}${s.draining ? ' · draining' : ''}`);
+    // A server with a critical health check takes none either: name the checks.
+    setText($('.addr', card), `${s.addr}:${s.port}${s.draining ? ' · draining' : ''}${s.unhealthy ? ' · unhealthy: ' + s.unhealthy : ''}`);
     card.dataset.draining = s.draining ? 'yes' : 'no';
 
     const chips = Object.entries(s.tags || {}).filter(([k]) => !RESERVED_TAGS.has(k))
