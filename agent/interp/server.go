@@ -870,6 +870,7 @@ func (l *Lifecycle) restartLostAtStart(members []gossip.Member, view []Instance)
 	}
 	l.lostAtStart = nil
 	l.regMu.Unlock()
+	var later []state.Interpreter
 	for _, rec := range lost {
 		newer := slices.ContainsFunc(view, func(in Instance) bool {
 			return in.Tags.RequestID == rec.RequestID && in.Tags.Gen > rec.Gen ||
@@ -878,8 +879,48 @@ func (l *Lifecycle) restartLostAtStart(members []gossip.Member, view []Instance)
 		if newer {
 			continue
 		}
+		// This agent has just started: its view lacks what ended or
+		// failed while it was down, and it remembers nothing. The servers
+		// do: one that runs the request, or has seen a newer generation
+		// of it (it was re-placed, and maybe ended since), means this
+		// copy is superseded.
+		holds, known, majority := l.meshKnows(rec.RequestID, rec.Kind)
+		switch {
+		case holds || known > rec.Gen:
+			l.memory.placed(rec.RequestID, known, l.clock.Now())
+			l.logger.Info("not restarting an interpreter that died while the agent was down: the mesh runs or has seen "+
+				"a newer one of its request", "interpreter", rec.Name, "request", rec.RequestID, "gen", rec.Gen, "newest_gen", known)
+			continue
+		case !majority:
+			later = append(later, rec) // ask again once most servers answer
+			continue
+		}
 		l.restartHere(rec)
 	}
+	if len(later) > 0 {
+		l.regMu.Lock()
+		l.lostAtStart = append(l.lostAtStart, later...)
+		l.regMu.Unlock()
+	}
+}
+
+// meshKnows asks the servers, as an election does, what they know of
+// request rid: whether one runs (or is starting) it, the highest
+// generation any has seen (NoGen: none), and whether a strict majority of
+// the servers this agent knows answered.
+func (l *Lifecycle) meshKnows(rid, kind string) (holds bool, known int, majority bool) {
+	ctx, cancel := l.untilDone(orderTimeout)
+	defer cancel()
+	preq, _ := ParsePlaceRequest(kind, nil, "")
+	preq.ID = rid
+	e := l.deps.Elect(ctx, preq)
+	_, holds = holderOf(e.Result.Bids)
+	known = NoGen
+	if g, ok := knownGen(e.Result.Bids); ok {
+		known = g
+	}
+	q := ServerQuorum(l.deps.Node.Members())
+	return holds, known, 2*len(e.Result.Bids) > len(q.Alive)+len(q.Missing)
 }
 
 // restartLost starts again, here, the on-failure interpreters of this host
@@ -901,7 +942,7 @@ func (l *Lifecycle) restartLost(view []Instance) {
 	for _, in := range view {
 		t := in.Tags
 		if in.Host != l.cfg.Node || in.Status != gossip.StatusFailed || t.Restart != RestartOnFailure || live[t.RequestID] ||
-			t.Gen != newest[t.RequestID] || t.End != "" {
+			t.Gen != newest[t.RequestID] || t.End != "" || l.memory.genOf(t.RequestID) > t.Gen {
 			continue
 		}
 		l.regMu.Lock()

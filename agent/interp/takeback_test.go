@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/placement"
 	"github.com/meshagent/agent/state"
@@ -78,6 +79,12 @@ func (f *fakeSupervisors) stops() []int {
 // loopback and supervisors faked: what it starts and stops is what its
 // orders say.
 func serverWithFakeSupervisors(t *testing.T) (*Lifecycle, *fakeSupervisors) {
+	return serverElecting(t, func(context.Context, placement.Request) Election { return Election{} })
+}
+
+// serverElecting is serverWithFakeSupervisors whose elections answer with
+// elect.
+func serverElecting(t *testing.T, elect func(context.Context, placement.Request) Election) (*Lifecycle, *fakeSupervisors) {
 	t.Helper()
 	port, err := gossip.FreePort("127.0.0.1")
 	if err != nil {
@@ -96,7 +103,7 @@ func serverWithFakeSupervisors(t *testing.T) (*Lifecycle, *fakeSupervisors) {
 		Deps{Clock: state.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 			Done: done, Processes: procs,
 			Emit:    func(e Event) { procs.mu.Lock(); procs.events = append(procs.events, e); procs.mu.Unlock() },
-			Elect:   func(context.Context, placement.Request) Election { return Election{} },
+			Elect:   elect,
 			Reserve: func(string, placement.Bid) {}, Release: func(string) {}})
 	if err != nil {
 		t.Fatal(err)
@@ -204,4 +211,51 @@ func TestTheServerThatStartsAReplacementReportsIt(t *testing.T) {
 		}
 	}
 	t.Fatalf("events %+v: no interpreter-replaced for %s", procs.events, ans.Name)
+}
+
+// TestARestartedServerDoesNotRestartASupersededInterpreter: an on-failure
+// interpreter died while its server's agent was down. Back, the agent
+// remembers nothing and its view lacks what ended meanwhile, so it asks
+// the servers first: when one has seen a newer generation of the request
+// (it was re-placed while this host was gone, and maybe ended since), the
+// old one is not started again; otherwise it is, one generation up. Before,
+// the restart brought back a copy that a newer one had superseded (chaos
+// seed 170: the-answer-stands, "a stale copy won").
+func TestARestartedServerDoesNotRestartASupersededInterpreter(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		knownGen  int
+		restarted bool
+	}{
+		{"the mesh saw generation 3", 3, false},
+		{"the mesh saw only this one", 2, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, procs := serverElecting(t, func(context.Context, placement.Request) Election {
+				return Election{Result: bidding.Result{Bids: []placement.Bid{{Node: "s1", Known: true, KnownGen: tc.knownGen}}}}
+			})
+			lost := state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 2}
+			l.lostAtStart = []state.Interpreter{lost}
+			l.restartLostAtStart(l.deps.Node.Members(), nil)
+			l.regMu.Lock()
+			_, waiting := l.restarting["r1"] // a restart waits out its first delay
+			l.regMu.Unlock()
+			started := false
+			if waiting {
+				clock := l.clock.(*state.FakeClock)
+				for i := 0; i < 100 && !started; i++ { // bounded: the restart's delay, then its launch
+					clock.Advance(time.Second)
+					time.Sleep(10 * time.Millisecond)
+					procs.mu.Lock()
+					for _, e := range procs.events {
+						started = started || e.RequestID == "r1" && (e.Type == EventStarted || e.Type == EventRestarted)
+					}
+					procs.mu.Unlock()
+				}
+			}
+			if started != tc.restarted {
+				t.Fatalf("restarted %v, want %v (events %+v)", started, tc.restarted, procs.events)
+			}
+		})
+	}
 }
