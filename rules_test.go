@@ -92,6 +92,7 @@ func TestImportRules(t *testing.T) {
 		},
 		"internal/durable": isStdlib,
 		"chaos":            isStdlib,
+		"agent/checks":     isStdlib, // the health checks: probes and their hysteresis, no mesh
 		"cli": func(p string) bool {
 			return isStdlib(p) || p == "github.com/urfave/cli/v2" || p == module+"/agent" ||
 				p == module+"/agent/rpc" || p == module+"/gossip" || p == module+"/simulation" || p == module+"/chaos"
