@@ -88,6 +88,7 @@ type wireBid struct {
 	// (left out) when it saw none, so that older agents read no field.
 	KnownGen int    `msgpack:"kg,omitempty"`
 	Claimer  string `msgpack:"cb,omitempty"`
+	Servers  int    `msgpack:"sv,omitempty"`
 }
 
 const wireVersion = 1
@@ -112,6 +113,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
 		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
 		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b), Claimer: b.Claimer,
+		Servers: b.Servers,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode bid: %w", err)
@@ -135,6 +137,7 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 		Node: node, CPU: w.CPU, Mem: w.Mem, Running: w.Running, Pending: w.Pending, Capacity: w.Capacity,
 		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal, Kinds: w.Kinds,
 		Holds: w.Holds, HoldsGen: w.HoldsGen, Known: w.KnownGen > 0, KnownGen: max(w.KnownGen-1, 0), Claimer: w.Claimer,
+		Servers: w.Servers,
 	}, nil
 }
 

@@ -44,6 +44,11 @@ type Bid struct {
 	// Claimer is another asker that claimed the request in its own bid
 	// request lately: an election for it may be under way elsewhere.
 	Claimer string
+	// Servers is how many servers the bidder knows (alive and failed):
+	// an asker counts its majority against the most any bidder knows, not
+	// only its own view, which may have forgotten some (a restart, a lost
+	// disk: a fresh member never hears of those already failed).
+	Servers int
 }
 
 // Request asks for one interpreter of Kind. ID names the request; it is the

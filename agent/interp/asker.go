@@ -145,12 +145,18 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		for _, b := range e.Result.Bids {
 			answered[b.Node] = true
 		}
-		if total := len(known.Alive) + len(known.Missing); 2*len(answered) <= total {
+		total, by := len(known.Alive)+len(known.Missing), l.cfg.Node
+		for _, b := range e.Result.Bids {
+			if b.Servers > total {
+				total, by = b.Servers, b.Node // a bidder knows servers this view forgot
+			}
+		}
+		if 2*len(answered) <= total {
 			heard := slices.Sorted(maps.Keys(answered))
-			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s heard from %d of the %d servers it knows during the election "+
+			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s heard from %d of the %d servers %s knows during the election "+
 				"(%v): starting an interpreter for this request here could start a second one on the other side of a "+
 				"partition, so it is refused; retry when the mesh heals, or ask an agent that reaches most servers",
-				l.cfg.Node, len(answered), total, heard), start)
+				l.cfg.Node, len(answered), total, by, heard), start)
 		}
 	}
 	if yield && !held {

@@ -545,6 +545,10 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 	if gen := l.KnownGen(req.ID); gen != NoGen {
 		b.Known, b.KnownGen = true, gen
 	}
+	if req.Claim > 0 && l.deps.Node != nil {
+		q := ServerQuorum(l.deps.Node.Members())
+		b.Servers = len(q.Alive) + len(q.Missing)
+	}
 	if gen, by, ok := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now()); ok {
 		b.Claimer = by
 		if !b.Known || gen > b.KnownGen {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/bidding"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/placement"
@@ -257,5 +258,35 @@ func TestARestartedServerDoesNotRestartASupersededInterpreter(t *testing.T) {
 				t.Fatalf("restarted %v, want %v (events %+v)", started, tc.restarted, procs.events)
 			}
 		})
+	}
+}
+
+// TestAMajorityCountsTheServersABidderKnows: an agent back from a restart
+// (or a lost disk) never hears of the servers already failed, so its own
+// view can make two servers look like most of two. Its election counts its
+// majority against the most servers any bidder knows. Before, a restarted
+// server on the small side of a one-way split coordinated a keyed spawn
+// that the other side coordinated too (chaos seed 161: two answers of one
+// generation, the-answer-stands).
+func TestAMajorityCountsTheServersABidderKnows(t *testing.T) {
+	for _, tc := range []struct {
+		servers int // what the other bidder knows
+		refused bool
+	}{
+		{5, true},  // 2 answers of 5 known servers
+		{3, false}, // 2 of 3
+	} {
+		l, _ := serverElecting(t, func(context.Context, placement.Request) Election {
+			bids := []placement.Bid{{Node: "s1", OffersKind: true, Healthy: true, Servers: 1},
+				{Node: "s2", OffersKind: true, Healthy: true, Servers: tc.servers}}
+			return Election{Result: bidding.Result{Bids: bids}}
+		})
+		resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", true, false, time.Now())
+		if got := resp.Code == rpc.SpawnMinority; got != tc.refused {
+			t.Errorf("a bidder that knows %d servers: refused %v (%s %s), want %v", tc.servers, got, resp.Code, resp.Error, tc.refused)
+		}
+		if tc.refused && !strings.Contains(resp.Error, "2 of the 5 servers s2 knows") {
+			t.Errorf("the refusal %q does not say whose count it used", resp.Error)
+		}
 	}
 }
