@@ -120,6 +120,9 @@ type Lifecycle struct {
 	meshMu     sync.Mutex
 	replacer   *replacer         // this owner's re-placements
 	duplicates map[string]string // request id -> the losers last reported
+	// told are the stale copies on other hosts this owner told their
+	// host to stop, by name, and when.
+	told map[string]time.Time
 	// restartsSeen is each of this host's interpreters' restart count, as
 	// last published.
 	restartsSeen map[string]int
@@ -171,6 +174,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		restarting:   map[string]bool{},
 		abandoned:    map[string]time.Time{},
 		superseded:   map[string]int{},
+		told:         map[string]time.Time{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
 		restartsSeen: map[string]int{},

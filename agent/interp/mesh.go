@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmihailenco/msgpack/v5"
+
 	"github.com/meshagent/agent/agent/rpc"
 	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/state"
@@ -41,6 +43,7 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 		l.reportDuplicates(view)
 		if l.cfg.Server {
 			l.stopSuperseded()
+			l.tellSuperseded(members, view)
 			l.replaceOrphans(members, l.memory.withOrphans(view, members))
 			l.restartLost(view)
 			l.restartLostAtStart(members, view)
@@ -78,6 +81,57 @@ func (l *Lifecycle) stopSuperseded() {
 		l.procs.Terminate(s.rec.SupervisorPID)
 	}
 }
+
+// tellSuperseded has the owner of a request tell another host to stop
+// its copy of the request that this agent has seen superseded: that host
+// may not know (its agent restarted, or the newer generation lived and
+// ended while a partition hid it from that host). Once per copy, again
+// after a while if it still runs.
+func (l *Lifecycle) tellSuperseded(members []gossip.Member, view []Instance) {
+	alive := ServerQuorum(members).Alive
+	now := l.clock.Now()
+	l.meshMu.Lock()
+	for name, at := range l.told {
+		if now.Sub(at) > tellAgain {
+			delete(l.told, name)
+		}
+	}
+	var tell []Instance
+	var gens []int
+	for _, in := range view {
+		if in.Status != gossip.StatusAlive || in.HostStatus != gossip.StatusAlive || in.Host == l.cfg.Node {
+			continue
+		}
+		g := l.memory.genOf(in.Tags.RequestID)
+		if g <= in.Tags.Gen || OwnerRank(in.Tags.RequestID, l.cfg.Node, alive) != 0 {
+			continue
+		}
+		if _, done := l.told[in.Name]; done {
+			continue
+		}
+		l.told[in.Name] = now
+		tell, gens = append(tell, in), append(gens, g)
+	}
+	l.meshMu.Unlock()
+	for k, in := range tell {
+		order, _ := msgpack.Marshal(stopOrder{Name: in.Name, Superseded: gens[k]})
+		l.logger.Info("telling a host to stop a superseded interpreter", "interpreter", in.Name, "host", in.Host,
+			"gen", in.Tags.Gen, "newer_gen", gens[k])
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			ctx, cancel := l.untilDone(orderTimeout)
+			defer cancel()
+			if _, err := l.askOne(ctx, in.Host, queryStop, order, orderTimeout); err != nil {
+				l.logger.Warn("could not tell a host to stop a superseded interpreter", "interpreter", in.Name, "host", in.Host, "err", err)
+			}
+		}()
+	}
+}
+
+// tellAgain is how long an owner waits before telling a host again about
+// a superseded copy that still runs.
+const tellAgain = time.Minute
 
 // reportDuplicates logs and emits each duplicate once (again if its losers
 // change).

@@ -87,6 +87,10 @@ type stopOrder struct {
 	RequestID string `msgpack:"rid,omitempty"`
 	Gen       int    `msgpack:"g,omitempty"`
 	TakeBack  bool   `msgpack:"tb,omitempty"` // false: an older asker's take-back, of any generation
+	// Superseded, with Name, says the request's owner has seen this
+	// generation of it, newer than the named interpreter's: the host
+	// stops it unless it is that new.
+	Superseded int `msgpack:"sg,omitempty"`
 }
 
 // takeBackMemory is how long a server remembers a taken-back order, so
@@ -1080,6 +1084,9 @@ func (l *Lifecycle) handleStopOrder(q *gossip.Query) {
 // stopByOrder carries out a stop order from the agent called from: of one
 // interpreter by name, or a take-back of a spawn order.
 func (l *Lifecycle) stopByOrder(o stopOrder, from string) stopAnswer {
+	if o.Superseded > 0 {
+		return l.stopSupersededBy(o, from)
+	}
 	l.regMu.Lock()
 	i, ok := l.registry.Get(o.Name)
 	if o.RequestID != "" {
@@ -1114,6 +1121,36 @@ func (l *Lifecycle) stopByOrder(o stopOrder, from string) stopAnswer {
 		return stopAnswer{Error: fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)}
 	default:
 		l.logger.Info("stopping interpreter", "interpreter", i.Name, "pid", i.PID, "asker", from)
+	}
+	return stopAnswer{}
+}
+
+// stopSupersededBy stops this host's interpreter o names when its
+// generation is older than o.Superseded, which the request's owner has
+// seen: this agent may never have (it restarted, or the newer one lived
+// and ended while a partition hid it).
+func (l *Lifecycle) stopSupersededBy(o stopOrder, from string) stopAnswer {
+	l.regMu.Lock()
+	i, ok := l.registry.Get(o.Name)
+	_, already := l.superseded[o.Name]
+	if ok && i.Gen < o.Superseded && !already {
+		l.superseded[o.Name] = o.Superseded
+	}
+	l.regMu.Unlock()
+	switch {
+	case !ok:
+		return stopAnswer{} // gone already
+	case i.Gen >= o.Superseded:
+		return stopAnswer{Error: fmt.Sprintf("%s is generation %d, not older than %d", o.Name, i.Gen, o.Superseded)}
+	}
+	l.memory.placed(i.RequestID, o.Superseded, l.clock.Now())
+	if already {
+		return stopAnswer{}
+	}
+	l.logger.Warn("interpreter-duplicate: stopping this host's interpreter, superseded by a newer generation of its request",
+		"interpreter", i.Name, "request", i.RequestID, "gen", i.Gen, "newer_gen", o.Superseded, "told_by", from)
+	if err := l.procs.Terminate(i.SupervisorPID); err != nil {
+		return stopAnswer{Error: fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)}
 	}
 	return stopAnswer{}
 }

@@ -290,3 +290,30 @@ func TestAMajorityCountsTheServersABidderKnows(t *testing.T) {
 		}
 	}
 }
+
+// TestAHostStopsACopyItsOwnerSaysIsSuperseded: the request's owner has
+// seen a newer generation than the host's copy (the host's agent
+// restarted, or the newer one lived and ended while a partition hid it);
+// told so, the host stops the copy and remembers the generation. A copy
+// as new as that is kept, and says why. Before, such a copy ran on as the
+// request's interpreter (chaos seed 137: the-answer-stands).
+func TestAHostStopsACopyItsOwnerSaysIsSuperseded(t *testing.T) {
+	l, procs := serverWithFakeSupervisors(t)
+	stale := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 0})
+	cur := l.startInterpreter(spawnOrder{RequestID: "r2", Kind: BuiltinKind, Asker: "a1", Gen: 2})
+	if stale.Refusal != "" || cur.Refusal != "" {
+		t.Fatalf("not started: %+v %+v", stale, cur)
+	}
+	if ans := l.stopByOrder(stopOrder{Name: cur.Name, Superseded: 2}, "owner"); !strings.Contains(ans.Error, "not older") {
+		t.Fatalf("a copy as new as the owner's generation: answer %+v, want it kept and the reason", ans)
+	}
+	if ans := l.stopByOrder(stopOrder{Name: stale.Name, Superseded: 1}, "owner"); ans.Error != "" {
+		t.Fatalf("superseded copy: %s", ans.Error)
+	}
+	if s := procs.stops(); len(s) != 1 {
+		t.Fatalf("stopped %v, want the stale copy's supervisor only", s)
+	}
+	if g := l.memory.genOf("r1"); g != 1 {
+		t.Fatalf("the host remembers generation %d of r1, want 1", g)
+	}
+}
