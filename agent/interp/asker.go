@@ -135,6 +135,14 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	e := l.deps.Elect(ctx, preq)
 	resp.DecisionMS = ms(e.Elapsed)
 	holder, held := holderOf(e.Result.Bids)
+	if known, ok := knownGen(e.Result.Bids); ok && held && holder.HoldsGen < known {
+		// The copy a server holds is older than one a server saw placed:
+		// it is stale (it stops itself once it sees the newer one), not
+		// the answer.
+		l.logger.Info("a server holds a superseded copy; placing anew", "request", rid, "holder", holder.Holds,
+			"gen", holder.HoldsGen, "newest_gen", known)
+		held = false
+	}
 	if known, ok := knownGen(e.Result.Bids); ok && !held {
 		gen = max(gen, NextGen(known)) // a server saw a placement this agent never did
 		resp.Generation = gen

@@ -82,7 +82,9 @@ func TestALoserYieldsToAWinnerWhoseHostIsNotGone(t *testing.T) {
 		{left, false},              // its host left: the same
 		{gossip.StatusNone, false}, // a host this view never heard of
 	} {
-		view := []Instance{inst("a-2", "r", 0, alive, "h1", alive), inst("a-1", "r", 1, alive, "h2", tc.winnerHost)}
+		// Two copies of one generation: the name decides, and the loser
+		// yields only to a winner whose host is not gone.
+		view := []Instance{inst("a-2", "r", 0, alive, "h1", alive), inst("a-1", "r", 0, alive, "h2", tc.winnerHost)}
 		d, lost := yieldsTo(view, "a-2")
 		if lost != tc.yields || lost && d.Winner.Name != "a-1" {
 			t.Errorf("winner's host %q: yields %v to %+v, want %v", tc.winnerHost, lost, d.Winner.Name, tc.yields)
@@ -90,6 +92,29 @@ func TestALoserYieldsToAWinnerWhoseHostIsNotGone(t *testing.T) {
 		if _, lost := yieldsTo(view, "a-1"); lost {
 			t.Errorf("winner's host %q: the winner yields", tc.winnerHost)
 		}
+	}
+}
+
+// TestACopyYieldsToANewerGenerationWhateverItsStatus: a copy stops for
+// any newer generation of its request its view shows, alive or not: the
+// newer one was placed because this one was lost to its placer, and a
+// client was given it, so nothing older runs again though the newer one
+// ended since (chaos seed 161: a copy whose host's agent lost its data
+// dir outlived the newer one and won).
+func TestACopyYieldsToANewerGenerationWhateverItsStatus(t *testing.T) {
+	for _, st := range []gossip.Status{alive, failed, left, gossip.StatusLeaving} {
+		view := []Instance{inst("a-1", "r", 0, alive, "h1", alive), inst("a-9", "r", 1, st, "h2", failed)}
+		d, lost := yieldsTo(view, "a-1")
+		if !lost || d.Winner.Name != "a-9" {
+			t.Errorf("newer generation %s: yields %v to %q, want it to yield to a-9", st, lost, d.Winner.Name)
+		}
+		if _, lost := yieldsTo(view, "a-9"); lost && st == alive {
+			t.Errorf("newer generation %s: the newer one yields", st)
+		}
+	}
+	other := []Instance{inst("a-1", "r", 0, alive, "h1", alive), inst("b-9", "s", 5, left, "h2", alive)}
+	if _, lost := yieldsTo(other, "a-1"); lost {
+		t.Error("a newer generation of another request made a copy yield")
 	}
 }
 

@@ -137,8 +137,21 @@ func lostDuplicate(node *gossip.Node, self string) (Duplicate, bool) {
 	return yieldsTo(Instances(node.Members()), self)
 }
 
-// yieldsTo is lostDuplicate's rule over a view.
+// yieldsTo is lostDuplicate's rule over a view. A copy also yields to
+// any newer generation of its request the view shows, whatever that one's
+// status: a newer one was placed because this one was lost to its
+// placer, and once a client was given it, nothing older runs for the
+// request again, though the newer one ended since or its host failed.
 func yieldsTo(view []Instance, self string) (Duplicate, bool) {
+	i := slices.IndexFunc(view, func(in Instance) bool { return in.Name == self })
+	if i >= 0 {
+		me := view[i]
+		for _, in := range view {
+			if in.Tags.RequestID == me.Tags.RequestID && in.Tags.Gen > me.Tags.Gen {
+				return Duplicate{RequestID: me.Tags.RequestID, Winner: in, Losers: []Instance{me}}, true
+			}
+		}
+	}
 	for _, d := range Duplicates(view) {
 		if h := d.Winner.HostStatus; h != gossip.StatusAlive && h != gossip.StatusLeaving {
 			continue

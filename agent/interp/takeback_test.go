@@ -317,3 +317,23 @@ func TestAHostStopsACopyItsOwnerSaysIsSuperseded(t *testing.T) {
 		t.Fatalf("the host remembers generation %d of r1, want 1", g)
 	}
 }
+
+// TestAStaleHolderIsNotTheAnswer: a server holds a copy of the request
+// older than a generation another server saw placed (a partition hid the
+// newer one from this election): that copy is stale, so the election
+// places anew, above the newest, instead of answering with it. Before, it
+// answered with the stale copy, which then lost to the newer one at the
+// heal.
+func TestAStaleHolderIsNotTheAnswer(t *testing.T) {
+	l, _ := serverElecting(t, func(context.Context, placement.Request) Election {
+		bids := []placement.Bid{
+			{Node: "s1", OffersKind: true, Healthy: true, Known: true, KnownGen: 1, Servers: 2},
+			{Node: "s2", OffersKind: true, Healthy: true, Holds: "demo-r1-aaaa", HoldsGen: 0, Known: true, KnownGen: 0, Servers: 2},
+		}
+		return Election{Result: bidding.Result{Bids: bids}}
+	})
+	resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", true, false, time.Now())
+	if resp.Existing || resp.Name == "demo-r1-aaaa" || resp.Generation != 2 {
+		t.Fatalf("answer %+v: want a new placement at generation 2, not the stale holder", resp)
+	}
+}
