@@ -26,6 +26,11 @@ type Interpreter struct {
 	Args     []string `json:"args,omitempty"`
 	Gen      int      `json:"gen,omitempty"`
 	Restarts int      `json:"restarts,omitempty"`
+	// Ordered is the generation of the spawn order that started this
+	// request here, plus one, carried over the host's restarts of it
+	// (which take newer generations): what a take-back of that order
+	// stops. Zero when unknown.
+	Ordered int `json:"ordered,omitempty"`
 }
 
 // ErrDuplicate is returned when a name or request id is already registered.

@@ -55,6 +55,11 @@ type spawnOrder struct {
 	// Replaces names the lost interpreter an owner re-places with this
 	// order; the server that starts it reports interpreter-replaced.
 	Replaces string `msgpack:"rl,omitempty"`
+	// restart marks a host's own restart of a request, and ordered is
+	// the registry's Ordered of the start it repeats. Neither is sent: an
+	// order from an asker starts a lineage of its own.
+	restart bool `msgpack:"-"`
+	ordered int  `msgpack:"-"`
 }
 
 // spawnAnswer is the server's reply: where the interpreter runs, or why not.
@@ -668,7 +673,10 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 	}
 	rec := state.Interpreter{Name: name, Kind: kind.Name, RequestID: o.RequestID, SupervisorPID: s.PID, PID: childPID,
 		Endpoint: endpoint, Spec: filepath.Join(dir, "spec.json"), Started: l.clock.Now().UTC(),
-		Restart: o.Restart, Args: o.Args, Gen: o.Gen, Restarts: restarts}
+		Restart: o.Restart, Args: o.Args, Gen: o.Gen, Restarts: restarts, Ordered: o.Gen + 1}
+	if o.restart {
+		rec.Ordered = o.ordered
+	}
 	l.regMu.Lock()
 	err = l.registry.Add(rec)
 	if err == nil {
@@ -855,7 +863,8 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 		// which the mesh may still list alive for a moment.
 		gen := NextGen(max(rec.Gen, l.memory.genOf(rec.RequestID)))
 		l.memory.placed(rec.RequestID, gen, l.clock.Now())
-		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: gen}
+		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: gen,
+			restart: true, ordered: rec.Ordered}
 		if _, err := l.launch(kind, name, o, rec.Restarts+1); err != nil {
 			l.logger.Error("interpreter not restarted after its supervisor failed", "request", rec.RequestID, "err", err)
 			return
@@ -1091,9 +1100,11 @@ func (l *Lifecycle) stopByOrder(o stopOrder, from string) stopAnswer {
 	i, ok := l.registry.Get(o.Name)
 	if o.RequestID != "" {
 		i, ok = l.registry.ByRequestID(o.RequestID)
-		if o.TakeBack && ok && i.Gen != o.Gen {
+		if o.TakeBack && ok && i.Gen != o.Gen && i.Ordered != o.Gen+1 {
 			// It runs from another order (this server answered the
-			// taken-back one with it, or it came first): it stays.
+			// taken-back one with it, or it came first): it stays. What
+			// the order started stays taken back though this host
+			// restarted it since, one generation up.
 			ok = false
 		}
 		now := l.clock.Now()

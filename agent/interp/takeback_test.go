@@ -337,3 +337,45 @@ func TestAStaleHolderIsNotTheAnswer(t *testing.T) {
 		t.Fatalf("answer %+v: want a new placement at generation 2, not the stale holder", resp)
 	}
 }
+
+// TestATakeBackStopsWhatItsOrderStartedThoughRestarted: the order's
+// interpreter lost its supervisor and its host restarted it, one
+// generation up, before the asker's take-back of that order arrived. The
+// take-back still stops it: it is what the order started. Before, the
+// restart's generation no longer matched, the restarted copy stayed and,
+// of the same generation as the asker's next attempt elsewhere, won over
+// the answer by name (chaos seed 68).
+func TestATakeBackStopsWhatItsOrderStartedThoughRestarted(t *testing.T) {
+	l, procs := serverWithFakeSupervisors(t)
+	first := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 0, Restart: RestartOnFailure})
+	if first.Refusal != "" {
+		t.Fatalf("not started: %+v", first)
+	}
+	l.regMu.Lock()
+	rec, _ := l.registry.ByRequestID("r1")
+	l.regMu.Unlock()
+	procs.Kill(rec.SupervisorPID) // its supervisor dies: the host restarts it
+	clock := l.clock.(*state.FakeClock)
+	var again state.Interpreter
+	for i := 0; i < 100; i++ { // bounded: the restart's delay, then its launch
+		clock.Advance(time.Second)
+		time.Sleep(10 * time.Millisecond)
+		l.regMu.Lock()
+		r, ok := l.registry.ByRequestID("r1")
+		l.regMu.Unlock()
+		if ok && r.Name != rec.Name {
+			again = r
+			break
+		}
+	}
+	if again.Name == "" || again.Gen != 1 {
+		t.Fatalf("the host did not restart r1 one generation up: %+v", again)
+	}
+	if ans := l.stopByOrder(stopOrder{RequestID: "r1", Gen: 0, TakeBack: true}, "a1"); ans.Error != "" {
+		t.Fatalf("take-back: %s", ans.Error)
+	}
+	stops := procs.stops()
+	if len(stops) != 2 || stops[1] != again.SupervisorPID {
+		t.Fatalf("stopped %v, want the restarted copy's supervisor %d too", stops, again.SupervisorPID)
+	}
+}
