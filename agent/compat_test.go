@@ -65,6 +65,7 @@ func startAgentFull(t *testing.T, name, ip string, deps Deps, extraLog io.Writer
 	cfg := DefaultConfig()
 	cfg.NodeName = name
 	cfg.BindAddr = freeLoopbackAddr(t, ip)
+	picked := cfg.BindAddr // the test's own choice, if mutate changes it, is kept
 	cfg.RPCAddr = ip + ":0"
 	cfg.Profile = "local"
 	cfg.EncryptKey = testKey1
@@ -85,12 +86,24 @@ func startAgentFull(t *testing.T, name, ip string, deps Deps, extraLog io.Writer
 		t.Fatal(err)
 	}
 	deps.Logger, deps.Logs = logger, stream
-	a, err := New(cfg, deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
+	var a *Agent
+	for attempt := 1; ; attempt++ {
+		a, err = New(cfg, deps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = a.Start()
+		if err == nil {
+			break
+		}
+		// The free port found may be taken before the bind by another
+		// package's test running beside this one: take another.
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") || cfg.BindAddr != picked {
+			t.Fatal(err)
+		}
+		a.Shutdown()
+		cfg.BindAddr = freeLoopbackAddr(t, ip)
+		picked = cfg.BindAddr
 	}
 	t.Cleanup(func() {
 		a.Shutdown()
