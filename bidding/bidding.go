@@ -89,6 +89,7 @@ type wireBid struct {
 	KnownGen int    `msgpack:"kg,omitempty"`
 	Claimer  string `msgpack:"cb,omitempty"`
 	Servers  int    `msgpack:"sv,omitempty"`
+	Grant    uint8  `msgpack:"gr,omitempty"`
 }
 
 const wireVersion = 1
@@ -113,7 +114,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
 		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
 		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b), Claimer: b.Claimer,
-		Servers: b.Servers,
+		Servers: b.Servers, Grant: uint8(b.Grant),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode bid: %w", err)
@@ -137,7 +138,7 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 		Node: node, CPU: w.CPU, Mem: w.Mem, Running: w.Running, Pending: w.Pending, Capacity: w.Capacity,
 		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal, Kinds: w.Kinds,
 		Holds: w.Holds, HoldsGen: w.HoldsGen, Known: w.KnownGen > 0, KnownGen: max(w.KnownGen-1, 0), Claimer: w.Claimer,
-		Servers: w.Servers,
+		Servers: w.Servers, Grant: placement.Grant(w.Grant),
 	}, nil
 }
 

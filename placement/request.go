@@ -44,12 +44,27 @@ type Bid struct {
 	// Claimer is another asker that claimed the request in its own bid
 	// request lately: an election for it may be under way elsewhere.
 	Claimer string
+	// Grant answers an asker's claim of the request: Granted when this
+	// server holds the request for that asker (no other asker claimed it
+	// first within the last seconds), Denied when another holds it
+	// (Claimer names it), NoGrant from a server that grants nothing (an
+	// older agent, or a bid without a claim).
+	Grant Grant
 	// Servers is how many servers the bidder knows (alive and failed):
 	// an asker counts its majority against the most any bidder knows, not
 	// only its own view, which may have forgotten some (a restart, a lost
 	// disk: a fresh member never hears of those already failed).
 	Servers int
 }
+
+// Grant is a server's answer to an asker's claim of a request.
+type Grant uint8
+
+const (
+	NoGrant Grant = iota
+	Granted
+	Denied
+)
 
 // Request asks for one interpreter of Kind. ID names the request; it is the
 // idempotency key the server checks and the seed of the near-tie hash, so

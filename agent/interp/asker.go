@@ -94,7 +94,7 @@ func (l *Lifecycle) Spawn(ctx context.Context, req rpc.SpawnRequest) rpc.SpawnRe
 	if req.Key != "" {
 		return l.keyedSpawn(ctx, req, start)
 	}
-	return l.place(ctx, req, rid, 0, l.cfg.Node, "", false, false, start)
+	return l.place(ctx, req, rid, 0, l.cfg.Node, "", false, start)
 }
 
 func fail(resp rpc.SpawnResponse, code string, err error, start time.Time) rpc.SpawnResponse {
@@ -119,11 +119,10 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // started only when a strict majority of the servers this agent knows
 // answered the election: a view can list the other side alive for seconds
 // after a cut, but a server that answered is one this agent reaches, and
-// two sides cannot both reach a majority.
-//
-// With yield, an election that finds another asker's recent claim on the
-// request ends with codeDefer when that asker goes first.
-func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker, replaces string, quorum, yield bool, start time.Time) rpc.SpawnResponse {
+// two sides cannot both reach a majority. And it is started only when a
+// majority of them granted this agent the request (see claims): else the
+// election ends with codeDefer, for another agent elects it at the moment.
+func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string, gen int, asker, replaces string, quorum bool, start time.Time) rpc.SpawnResponse {
 	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid, Generation: gen}
 	preq, err := ParsePlaceRequest(req.Kind, req.Constraints, req.Policy)
 	if err != nil {
@@ -166,15 +165,22 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 				"partition, so it is refused; retry when the mesh heals, or ask an agent that reaches most servers",
 				l.cfg.Node, len(answered), total, by, heard), start)
 		}
-	}
-	if yield && !held {
-		// Another asker claimed this request in its election lately: its
-		// interpreter may be starting. The asker whose name sorts first
-		// goes ahead; the other waits for it, so that both answer with
-		// the same interpreter.
-		for _, b := range e.Result.Bids {
-			if b.Claimer != "" && b.Claimer != l.cfg.Node && b.Claimer < l.cfg.Node {
-				resp.Code, resp.Error = codeDefer, "defer to "+b.Claimer
+		if !held {
+			// Only the asker a majority of the servers granted the request
+			// to may place it anew: another elects it at this moment (its
+			// view names another coordinator, or it is the owner
+			// re-placing it). The other waits for it, and then answers
+			// with its interpreter.
+			granted, holder := 0, ""
+			for _, b := range e.Result.Bids {
+				if b.Grant != placement.Denied {
+					granted++
+				} else if holder == "" || b.Claimer < holder {
+					holder = b.Claimer
+				}
+			}
+			if 2*granted <= total {
+				resp.Code, resp.Error = codeDefer, fmt.Sprintf("%d of %d servers hold this request for %s", len(answered)-granted, total, holder)
 				return resp
 			}
 		}

@@ -239,8 +239,13 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 	// list a stale copy alive, a majority's bids cannot.
 	req.Wait = false // the asker waits in its own view
 	for try := 1; ; try++ {
-		resp := l.place(ctx, req, rid, NextGen(l.memory.genOf(rid)), asker, "", true, try < deferTries, start)
+		resp := l.place(ctx, req, rid, NextGen(l.memory.genOf(rid)), asker, "", true, start)
 		if resp.Code == codeDefer {
+			if try == deferTries {
+				return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnTimeout,
+					fmt.Errorf("another agent's election of --key %q went on for %s (%s): retry in a moment; "+
+						"`agent interpreters` shows its interpreter once it runs", req.Key, time.Duration(deferTries)*deferWait, resp.Error), start)
+			}
 			select {
 			case <-ctx.Done():
 				return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnTimeout,

@@ -241,7 +241,13 @@ func (l *Lifecycle) replace(o Orphan) (bool, int) {
 		"request", t.RequestID, "gen", o.NextGen, "why", why)
 	ctx, cancel := l.untilDone(40 * time.Second)
 	defer cancel()
-	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, o.Last.Name, true, false, time.Now())
+	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, o.Last.Name, true, time.Now())
+	if resp.Code == codeDefer {
+		// Another agent elects the request at this moment: not a failed
+		// attempt; the next look sees what it did.
+		l.logger.Info("not re-placing a lost interpreter yet: another agent elects its request", "request", t.RequestID, "why", resp.Error)
+		return false, o.NextGen
+	}
 	if resp.Code != "" {
 		l.meshMu.Lock()
 		spent := l.replacer.spent(t.RequestID, l.clock.Now())

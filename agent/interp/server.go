@@ -461,8 +461,13 @@ func orderConflict(o spawnOrder, explicitRestart string, i state.Interpreter) st
 // election and its spawn order.
 const claimKeep = 20 * time.Second
 
-// claims are the generations askers claimed lately, by request. Safe for
-// concurrent use.
+// claims are the generations askers claimed lately, by request, and which
+// asker holds each request: the first whose claim is still fresh. A
+// server grants a claim only to that asker, so of two askers electing the
+// same request at once (their views disagree on its coordinator, or an
+// owner re-places it while a keyed spawn runs) at most one gets a
+// majority's grants: majorities share a server, and a server grants one.
+// Safe for concurrent use.
 type claims struct {
 	mu   sync.Mutex
 	reqs map[string][]claim
@@ -471,13 +476,14 @@ type claims struct {
 type claim struct {
 	asker string
 	gen   int
-	at    time.Time
+	first time.Time // when this asker's claims began
+	at    time.Time // its latest
 }
 
 // record notes asker's claim of gen for rid (when it makes one) and
 // returns the highest generation another asker claimed within claimKeep,
-// and which asker.
-func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time) (int, string, bool) {
+// and which asker, and the asker that holds the request now.
+func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time) (best int, by string, found bool, holder string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.reqs == nil {
@@ -489,16 +495,27 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 			delete(c.reqs, r)
 		}
 	}
-	best, by, found := 0, "", false
 	for _, x := range c.reqs[rid] {
 		if x.asker != asker && (!found || x.gen > best || x.gen == best && x.asker < by) {
 			best, by, found = x.gen, x.asker, true
 		}
 	}
 	if claiming {
-		c.reqs[rid] = append(c.reqs[rid], claim{asker: asker, gen: gen, at: now})
+		k := slices.IndexFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker })
+		if k < 0 {
+			c.reqs[rid] = append(c.reqs[rid], claim{asker: asker, gen: gen, first: now, at: now})
+		} else {
+			x := &c.reqs[rid][k]
+			x.gen, x.at = max(x.gen, gen), now
+		}
 	}
-	return best, by, found
+	var first time.Time
+	for _, x := range c.reqs[rid] {
+		if holder == "" || x.first.Before(first) || x.first.Equal(first) && x.asker < holder {
+			holder, first = x.asker, x.first
+		}
+	}
+	return best, by, found, holder
 }
 
 // abandonGrace is how long a supervisor that missed its start has to
@@ -558,10 +575,17 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 		q := ServerQuorum(l.deps.Node.Members())
 		b.Servers = len(q.Alive) + len(q.Missing)
 	}
-	if gen, by, ok := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now()); ok {
+	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now())
+	if ok {
 		b.Claimer = by
 		if !b.Known || gen > b.KnownGen {
 			b.Known, b.KnownGen = true, gen
+		}
+	}
+	if req.Claim > 0 {
+		b.Grant = placement.Granted
+		if holder != asker {
+			b.Grant, b.Claimer = placement.Denied, holder
 		}
 	}
 	if b.Refusal == "" && l.deps.Draining != nil && l.deps.Draining() {

@@ -2,6 +2,7 @@ package interp
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -281,7 +282,7 @@ func TestAMajorityCountsTheServersABidderKnows(t *testing.T) {
 				{Node: "s2", OffersKind: true, Healthy: true, Servers: tc.servers}}
 			return Election{Result: bidding.Result{Bids: bids}}
 		})
-		resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", true, false, time.Now())
+		resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", true, time.Now())
 		if got := resp.Code == rpc.SpawnMinority; got != tc.refused {
 			t.Errorf("a bidder that knows %d servers: refused %v (%s %s), want %v", tc.servers, got, resp.Code, resp.Error, tc.refused)
 		}
@@ -332,7 +333,7 @@ func TestAStaleHolderIsNotTheAnswer(t *testing.T) {
 		}
 		return Election{Result: bidding.Result{Bids: bids}}
 	})
-	resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", true, false, time.Now())
+	resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", true, time.Now())
 	if resp.Existing || resp.Name == "demo-r1-aaaa" || resp.Generation != 2 {
 		t.Fatalf("answer %+v: want a new placement at generation 2, not the stale holder", resp)
 	}
@@ -377,5 +378,69 @@ func TestATakeBackStopsWhatItsOrderStartedThoughRestarted(t *testing.T) {
 	stops := procs.stops()
 	if len(stops) != 2 || stops[1] != again.SupervisorPID {
 		t.Fatalf("stopped %v, want the restarted copy's supervisor %d too", stops, again.SupervisorPID)
+	}
+}
+
+// TestAServerGrantsARequestToOneAskerAtATime: the first asker to claim a
+// request holds it at a server while its claims stay fresh; another asker
+// is denied and told who holds it, and holds it in turn once the first
+// one's claims are stale. Majorities share a server, so of two askers
+// electing one request at once at most one gets a majority's grants.
+func TestAServerGrantsARequestToOneAskerAtATime(t *testing.T) {
+	var c claims
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if _, _, _, h := c.record("r1", "h4", 3, true, t0); h != "h4" {
+		t.Fatalf("the first claim is held by %q, want h4", h)
+	}
+	if _, by, _, h := c.record("r1", "h1", 3, true, t0.Add(time.Second)); h != "h4" || by != "h4" {
+		t.Fatalf("a second asker's claim: holder %q, other %q; want h4 for both (a lower name takes nothing)", h, by)
+	}
+	if _, _, _, h := c.record("r1", "h4", 3, true, t0.Add(10*time.Second)); h != "h4" {
+		t.Fatalf("the holder's fresh claim: holder %q, want h4", h)
+	}
+	if _, _, _, h := c.record("r2", "h1", 0, true, t0.Add(10*time.Second)); h != "h1" {
+		t.Fatalf("another request is held by %q, want h1", h)
+	}
+	// h4 stops claiming; 20 s after its last claim, h1 (which claims on) holds it.
+	c.record("r1", "h1", 3, true, t0.Add(25*time.Second))
+	if _, _, _, h := c.record("r1", "h1", 3, true, t0.Add(31*time.Second)); h != "h1" {
+		t.Fatalf("after the holder's claims went stale: holder %q, want h1", h)
+	}
+}
+
+// TestAnElectionWithoutAMajoritysGrantDefers: an asker that most servers
+// deny (they hold the request for another asker, which elects it at this
+// moment) does not place it; it defers, naming the other. Before, two
+// coordinators whose views disagreed, or a coordinator and the owner
+// re-placing the request, could both place it, one generation each, and
+// the duplicate rule kept one by name, maybe not the later answer (chaos
+// seeds 86, 140, 168).
+func TestAnElectionWithoutAMajoritysGrantDefers(t *testing.T) {
+	for _, tc := range []struct {
+		grants []placement.Grant
+		defers bool
+	}{
+		{[]placement.Grant{placement.Granted, placement.Denied, placement.Denied}, true},
+		{[]placement.Grant{placement.Granted, placement.Granted, placement.Denied}, false},
+		{[]placement.Grant{placement.Granted, placement.NoGrant, placement.Denied}, false}, // an older server grants what it does not refuse
+	} {
+		l, _ := serverElecting(t, func(context.Context, placement.Request) Election {
+			var bids []placement.Bid
+			for i, g := range tc.grants {
+				b := placement.Bid{Node: fmt.Sprintf("s%d", i+1), OffersKind: true, Healthy: true, Servers: 3, Grant: g}
+				if g == placement.Denied {
+					b.Claimer = "h9"
+				}
+				bids = append(bids, b)
+			}
+			return Election{Result: bidding.Result{Bids: bids}}
+		})
+		resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", true, time.Now())
+		if got := resp.Code == codeDefer; got != tc.defers {
+			t.Errorf("grants %v: deferred %v (%s %s), want %v", tc.grants, got, resp.Code, resp.Error, tc.defers)
+		}
+		if tc.defers && !strings.Contains(resp.Error, "h9") {
+			t.Errorf("grants %v: %q does not name the asker that holds the request", tc.grants, resp.Error)
+		}
 	}
 }
