@@ -84,12 +84,26 @@ func (r *replacer) done(rid string, gen int, placed bool, now time.Time) {
 		return
 	}
 	s.busy = false
+	if gen == notNow {
+		// Another agent elected it at the moment, or too few servers
+		// answered: no attempt was made, so none is spent; look again soon.
+		s.tries.refund()
+		s.notBefore = now.Add(notNowWait)
+		return
+	}
 	if placed {
 		s.placedGen, s.placedAt = max(s.placedGen, gen), now
 		return
 	}
 	s.notBefore = now.Add(s.retryIn)
 }
+
+// notNow is the generation done is told when the attempt did not get to
+// place (see replace), and notNowWait how long the owner then waits.
+const (
+	notNow     = -1
+	notNowWait = 2 * time.Second
+)
 
 // spent says whether the request's attempts in the window are used up.
 func (r *replacer) spent(rid string, now time.Time) bool {

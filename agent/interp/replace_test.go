@@ -92,6 +92,31 @@ func TestReplacerBacksOffAfterFailures(t *testing.T) {
 	}
 }
 
+// TestReplacerSpendsNothingOnAnAttemptThatDidNotTry: an attempt that
+// another agent's election of the request, or a minority of answers, kept
+// from placing spends none of the request's tries, however often: the
+// owner looks again shortly. Before, such attempts used up the tries and
+// the owner went quiet with neither a re-placement nor a gave-up.
+func TestReplacerSpendsNothingOnAnAttemptThatDidNotTry(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	r := newReplacer(testReplaceBackoff, 30*time.Second)
+	o := []Orphan{orphanOf("r", 0)}
+	now := t0
+	for i := range 10 {
+		if got := dueRIDs(r, o, mine, now); len(got) != 1 {
+			t.Fatalf("look %d at +%s: %v", i+1, now.Sub(t0), got)
+		}
+		r.done("r", notNow, false, now)
+		if got := dueRIDs(r, o, mine, now.Add(notNowWait-time.Millisecond)); len(got) != 0 {
+			t.Fatalf("look %d again before %s: %v", i+1, notNowWait, got)
+		}
+		now = now.Add(notNowWait)
+	}
+	if r.spent("r", now) {
+		t.Fatal("ten attempts that did not try spent the request's tries")
+	}
+}
+
 // TestReplacerActsOnlyAsOwnerAndForgets: another server's orphan is left to
 // it, and a request that is no orphan any more is forgotten once its
 // attempts have left the window.

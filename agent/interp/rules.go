@@ -289,6 +289,14 @@ func (t *Tracker) Next(now time.Time) (time.Duration, bool) {
 	return delay, true
 }
 
+// refund takes back the latest attempt: it was not one (it did not get
+// to try).
+func (t *Tracker) refund() {
+	if len(t.tries) > 0 {
+		t.tries = t.tries[:len(t.tries)-1]
+	}
+}
+
 // canTry reports whether an attempt at now would be allowed, without
 // recording one.
 func (t *Tracker) canTry(now time.Time) bool { return t.inWindow(now) < t.b.Attempts }
