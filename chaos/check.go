@@ -524,7 +524,10 @@ func (c *checker) nothingLost() {
 	s := *c.final
 	for _, rid := range sortedKeys(c.latest) {
 		a := c.latest[rid]
-		if a.Restart != "on-failure" || c.stopped(rid, a.Name, a.Completed, s.At) != nil || c.endedBySignal(rid, a.Name, a.Completed, s.At) != nil {
+		// A stop or signal of the named interpreter while the spawn was
+		// still answering ends it as well as one after the answer: the
+		// interpreter ran, and the client (or another) ended it.
+		if a.Restart != "on-failure" || c.stopped(rid, a.Name, a.Invoked, s.At) != nil || c.endedBySignal(rid, a.Name, a.Invoked, s.At) != nil {
 			continue
 		}
 		if slices.ContainsFunc(s.Processes, func(p Process) bool { return p.RID == rid }) {

@@ -348,6 +348,13 @@ func TestCheckNothingLost(t *testing.T) {
 		},
 		{name: "stopped by its client", h: history(22, []Op{a, other, stopOp(3, "h3", "demo-a", 5, OK)}, crash, nil, quiet(40, c))},
 		{name: "ended by SIGTERM", h: history(22, []Op{a, other, signalOp(3, "h3", "demo-a", "SIGTERM", 5)}, crash, nil, quiet(40, c))},
+		{
+			// The signal ended it while its --wait spawn was still
+			// answering (chaos seed 16): the client ended it, nothing lost.
+			name: "ended by SIGTERM before its spawn answered",
+			h: history(22, []Op{func() Op { o := a; o.Invoked, o.Completed = sec(1), sec(6); return o }(), other,
+				signalOp(3, "h3", "demo-a", "SIGTERM", 5)}, crash, nil, quiet(40, c)),
+		},
 		{name: "no restart policy", h: history(22, []Op{spawned(1, "h1", "k-1", "demo-a", "h1", 0, 2), other}, crash, nil, quiet(40, c))},
 		{
 			name: "lost with its host",
