@@ -242,10 +242,11 @@ func (l *Lifecycle) replace(o Orphan) (bool, int) {
 	ctx, cancel := l.untilDone(40 * time.Second)
 	defer cancel()
 	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, o.Last.Name, true, time.Now())
-	if resp.Code == codeDefer || resp.Code == rpc.SpawnMinority {
-		// Another agent elects the request at this moment, or too few
-		// servers answered: not a failed attempt (it spends none of the
-		// re-placement's tries); a later look tries again.
+	if resp.Code == codeDefer {
+		// Another agent elects the request at this moment: not a failed
+		// attempt (it spends none of the re-placement's tries); a later
+		// look sees what that one did. (A minority of answers is a failed
+		// attempt: after the tries, the owner says it gave up.)
 		l.logger.Info("not re-placing a lost interpreter yet", "request", t.RequestID, "why", resp.Error)
 		return false, notNow
 	}

@@ -93,10 +93,8 @@ func TestReplacerBacksOffAfterFailures(t *testing.T) {
 }
 
 // TestReplacerSpendsNothingOnAnAttemptThatDidNotTry: an attempt that
-// another agent's election of the request, or a minority of answers, kept
-// from placing spends none of the request's tries, however often: the
-// owner looks again shortly. Before, such attempts used up the tries and
-// the owner went quiet with neither a re-placement nor a gave-up.
+// another agent's election of the request kept from placing spends none
+// of the request's tries, however often: the owner looks again shortly.
 func TestReplacerSpendsNothingOnAnAttemptThatDidNotTry(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	r := newReplacer(testReplaceBackoff, 30*time.Second)
