@@ -134,3 +134,37 @@ func TestInterpretersFailingTogetherAreNoSplit(t *testing.T) {
 		return h.renewals.Load() == 1
 	})
 }
+
+// A deaf node's tag changes are held, whoever makes them, and the newest
+// is gossiped once it hears the mesh again: each would otherwise revive it
+// everywhere until the others' probes failed it again.
+func TestADeafNodeHoldsItsTagChangesUntilItHearsAgain(t *testing.T) {
+	all := []string{"a", "b", "c", "d"}
+	c, nodes := startCutMesh(t, 0, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	d := nodes["d"]
+	c.cut(all[:3], []string{"d"})
+	waitLong(t, "d to find itself deaf", 20*time.Second, d.Deaf)
+	for i, v := range []string{"1", "2", "3"} {
+		tags := d.Tags()
+		tags["turn"] = v
+		if err := d.SetTags(tags); err != nil {
+			t.Fatalf("change %d while deaf: %v", i, err)
+		}
+		if got := d.Tags()["turn"]; got != "" {
+			t.Fatalf("change %d while deaf went out at once: d's own tags say turn=%q", i, got)
+		}
+	}
+	waitLong(t, "d failed everywhere", 30*time.Second, func() bool { return sees(nodes, all[:3], []string{"d"}, StatusFailed) })
+	c.heal()
+	waitLong(t, "every node to see d's newest change after the repair", 30*time.Second, func() bool {
+		for _, o := range all {
+			for _, m := range nodes[o].Members() {
+				if m.Name == "d" && (m.Status != StatusAlive || m.Tags["turn"] != "3") {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
