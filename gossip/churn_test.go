@@ -3,6 +3,7 @@ package gossip
 import (
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,4 +168,27 @@ func TestADeafNodeHoldsItsTagChangesUntilItHearsAgain(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// The series serf names after user events and queries are folded; every
+// other key passes as it is.
+func TestFoldKeepsSerfsPerNameSeriesBounded(t *testing.T) {
+	for _, tc := range []struct {
+		key  []string
+		want string
+		ok   bool
+	}{
+		{[]string{"serf", "events", "deploy-42"}, "", false},
+		{[]string{"serf", "events"}, "serf.events", true},
+		{[]string{"serf", "queries", "place"}, "serf.queries", true},
+		{[]string{"serf", "queries", "anything-a-user-names"}, "serf.queries", true},
+		{[]string{"serf", "queue", "Event"}, "serf.queue.Event", true},
+		{[]string{"serf", "member", "join"}, "serf.member.join", true},
+		{[]string{"memberlist", "msg", "alive"}, "memberlist.msg.alive", true},
+	} {
+		got, ok := fold(tc.key)
+		if ok != tc.ok || (ok && strings.Join(got, ".") != tc.want) {
+			t.Errorf("fold(%v) = %v, %v; want %q, %v", tc.key, got, ok, tc.want, tc.ok)
+		}
+	}
 }
