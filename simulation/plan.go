@@ -146,7 +146,7 @@ var scenarios = map[string]scenario{
 		build:    buildRestart,
 	},
 	ScenarioRolling: {
-		summary:  "a tenth of the nodes restart one after the other, 2 s apart, each down for the profile's detection time (a rolling upgrade); measures false failures and bytes against the steady state",
+		summary:  "a tenth of the nodes restart one after the other, 15 s apart, each down for the profile's detection time (a rolling upgrade); measures false failures and bytes against the steady state",
 		minNodes: 3,
 		build:    buildRolling,
 	},
