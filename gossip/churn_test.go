@@ -192,3 +192,21 @@ func TestFoldKeepsSerfsPerNameSeriesBounded(t *testing.T) {
 		}
 	}
 }
+
+// A node that still sees a few members failed after a heal of many (it
+// missed their revival) pings every interval: only stragglers do, and it
+// is what brings them in within a second or two.
+func TestAStragglerOfAHealPingsEveryInterval(t *testing.T) {
+	all := []string{"a", "b", "c", "d"}
+	_, nodes := startCutMesh(t, -1, all...)
+	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	now := time.Now()
+	h := healerFor(nodes["a"])
+	h.lastHeal, h.healSize = now.Add(-time.Second), 20 // a heal of 20 members back
+	h.failed["missed"] = failedMember{p: peer{name: "missed"}, since: now.Add(-time.Minute)}
+	for interval := range 5 {
+		if _, ok, _ := h.pick(now.Add(time.Duration(interval) * time.Second)); !ok {
+			t.Errorf("interval %d: a straggler of a heal of 20 did not ping its one failed member", interval)
+		}
+	}
+}

@@ -54,15 +54,16 @@ import (
 //
 // A node that missed some revivals of a heal is alone in seeing those
 // members failed; so for 30 s after a heal in its view (two or more failed
-// members back at once), the mesh pings its remaining failed members more
-// often: every interval, the healPingers nodes whose rendezvous hash with
-// the interval's number ranks highest among the members ping one failed
-// member each, wherever they are. A node that missed a revival has its turn
-// among them (healPingers in N an interval: every interval in a small
-// mesh, less often in a large one), and serf's reconnect and memberlist's
-// push/pull remain the backstop; every node pinging every interval was
-// O(N) pings an interval for 30 s after any two servers restarted
-// together while a third was down.
+// members back at once), it pings its remaining failed members more often.
+// A node whose failed members are few next to the heal it saw (at most a
+// healStragglerShare of the members that came back) has likely missed
+// their revival: it pings one every interval, as a straggler must, and
+// only stragglers do. Otherwise (a few members back while others stay
+// failed: two servers restarted while a third is down) its failed members
+// are failed for everyone, and every node pinging every interval was O(N)
+// pings an interval for 30 s: then the healPingers nodes whose rendezvous
+// hash with the interval's number ranks highest among the members ping,
+// one failed member each, and no one else.
 //
 // Members that left, were force-left or reaped are not failed, so they are
 // never pinged; a failed member is pinged until serf reaps it
@@ -93,6 +94,9 @@ const healMinAge = 10 * time.Second
 const (
 	healFollowUp = 30 * time.Second
 	healRevivals = 2
+	// healStragglerShare: a node following a heal of R members back
+	// pings every interval while it still sees at most R/10 failed.
+	healStragglerShare = 10
 )
 
 // HealStats counts the heal prober's work since the node started.
@@ -126,6 +130,7 @@ type healer struct {
 	lastSync    time.Time // the last push/pull with a member that came back
 	lastRenewal time.Time // the last renewal after a split
 	lastFollow  int64     // the last follow-up interval in which this node pinged
+	healSize    int       // members back at the rounds of the heal being followed up
 	// interps are the interpreter members alive here: the split rule
 	// counts servers only (split.go).
 	interps map[string]struct{}
@@ -277,9 +282,13 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 	// at most once per healFollowUp.
 	maySync := revived > 0 && (h.lastSync.IsZero() || now.Sub(h.lastSync) >= h.followUp)
 	if revived >= healRevivals {
-		h.lastHeal = now
+		if h.lastHeal.IsZero() || now.Sub(h.lastHeal) >= h.followUp {
+			h.healSize = 0
+		}
+		h.lastHeal, h.healSize = now, h.healSize+revived
 	}
 	failed := len(h.failed)
+	straggler := failed*healStragglerShare <= h.healSize
 	// Right after a heal a few nodes can miss a member's revival (its news
 	// ran out of retransmissions before reaching them). For a while after
 	// a heal the mesh pings more often, but still at most healPingers
@@ -290,7 +299,7 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 	// Read outside h.mu: memberlist calls serf's event delegate with its
 	// own lock held, and serf's event channel leads to observe.
 	var names []string
-	if maySync || (following && failed > 0) {
+	if maySync || (following && !straggler && failed > 0) {
 		names = h.memberNames()
 	}
 	var sync *peer
@@ -311,7 +320,10 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 	if failed == 0 {
 		return peer{}, false, sync
 	}
-	if following {
+	switch {
+	case following && straggler:
+		// It likely missed these revivals: a ping every interval.
+	case following:
 		// The interval's pingers, the same in every view that holds the
 		// same members; one ping per node an interval.
 		epoch := now.UnixNano() / int64(h.interval)
@@ -324,7 +336,7 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 		h.mu.Lock()
 		h.lastFollow = epoch
 		h.mu.Unlock()
-	} else {
+	default:
 		alive := h.n.serf.Memberlist().NumMembers()
 		if rand.Float64()*float64(max(alive, 1)) >= healPingers {
 			return peer{}, false, sync
