@@ -118,7 +118,8 @@ func buildChurn(p *Plan, names []string, rng *rand.Rand) {
 	// Crashed servers, and until when: no interpreter starts there.
 	downUntil := map[string]time.Duration{}
 	var crashed []string
-	for at := churnLead; at+down < churnLead+churnLength; at += churnCrashEvery {
+	for at := churnLead; at+down < churnLead+churnLength && len(crashed) < len(names)-1; at += churnCrashEvery {
+		// A server not crashed before: each crashes once at most.
 		var v string
 		for {
 			v = names[rng.Intn(len(names))]
