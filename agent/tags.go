@@ -93,6 +93,9 @@ func (a *Agent) observeLoad(l gossip.Load, now time.Time) {
 	// A node whose probes go unanswered is failed or about to be; a tag
 	// update would revive it everywhere until the mesh fails it again, a
 	// flap per update (issue 14). It publishes once it hears the mesh.
+	// gossip.Node.SetTags holds every other change while deaf (user tags,
+	// drain, the republish after a join: issue 31); load is held here as
+	// well, so that what is published stays what the mesh was told.
 	if a.node.Deaf() {
 		if !a.tags.deaf {
 			a.tags.deaf = true

@@ -3,6 +3,7 @@ package gossip
 import (
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,16 +38,43 @@ import (
 // stopped gossiping to them can need a second push/pull, which the next
 // answered ping makes.
 //
+// A member back from failed (a restart, or the far side of a heal) is
+// synced with by the few nodes whose rendezvous hash with it ranks highest
+// in their view (healSyncers of them), not by every node that sees it come
+// back: at 1,000 nodes that was 999 push/pulls of about 27 KB aimed at one
+// node within a second, and memberlist refuses more than 128 at once. A
+// few suffice for the mesh to agree: the member's own return is gossiped
+// by itself (its refutation) to every node; what gossip cannot carry is
+// the state of the side it comes from (members born or renewed there while
+// apart), and one push/pull hands one node all of it, which that node then
+// gossips as news, as memberlist does with whatever a merge changes. The
+// syncers are a few for redundancy against a lost exchange; every node
+// still syncs at most once per healFollowUp, so a heal of many members
+// costs at most one push/pull per node, as before.
+//
 // A node that missed some revivals of a heal is alone in seeing those
 // members failed; so for 30 s after a heal in its view (two or more failed
-// members back at once), a node pings one of its remaining failed members
-// every round, whatever the mesh's size.
+// members back at once), it pings its remaining failed members more often.
+// A node whose failed members are few next to the heal it saw (at most a
+// healStragglerShare of the members that came back) has likely missed
+// their revival: it pings one every interval, as a straggler must, and
+// only stragglers do. Otherwise (a few members back while others stay
+// failed: two servers restarted while a third is down) its failed members
+// are failed for everyone, and every node pinging every interval was O(N)
+// pings an interval for 30 s: then the healPingers nodes whose rendezvous
+// hash with the interval's number ranks highest among the members ping,
+// one failed member each, and no one else.
 //
 // Members that left, were force-left or reaped are not failed, so they are
 // never pinged; a failed member is pinged until serf reaps it
 // (ReconnectTimeout), at most healPingers times per interval by the whole
 // mesh.
 const healPingers = 3
+
+// HealSyncers is how many nodes push/pull with a member that comes back
+// from failed: those whose rendezvous hash with it ranks highest among the
+// members alive in their view.
+const HealSyncers = 3
 
 // healIntervalProbes is the default HealInterval in probe intervals: 1 s
 // with fast, 2 s with lan. With 3 pings a side per interval, the first
@@ -66,6 +94,9 @@ const healMinAge = 10 * time.Second
 const (
 	healFollowUp = 30 * time.Second
 	healRevivals = 2
+	// healStragglerShare: a node following a heal of R members back
+	// pings every interval while it still sees at most R/10 failed.
+	healStragglerShare = 10
 )
 
 // HealStats counts the heal prober's work since the node started.
@@ -98,12 +129,18 @@ type healer struct {
 	lastHeal    time.Time // several were: a heal, whose stragglers are followed up
 	lastSync    time.Time // the last push/pull with a member that came back
 	lastRenewal time.Time // the last renewal after a split
+	lastFollow  int64     // the last follow-up interval in which this node pinged
+	healSize    int       // members back at the rounds of the heal being followed up
+	// interps are the interpreter members alive here: the split rule
+	// counts servers only (split.go).
+	interps map[string]struct{}
 }
 
 // failedMember is a member failed in this node's view, and since when.
 type failedMember struct {
-	p     peer
-	since time.Time
+	p      peer
+	since  time.Time
+	interp bool // an interpreter member: the split rule does not count it
 }
 
 // peer is what the prober keeps of a member: enough to ping it and to
@@ -128,7 +165,7 @@ func (n *Node) startHeal(interval time.Duration) {
 		interval = healIntervalProbes * n.ml.ProbeInterval
 	}
 	n.heal = &healer{n: n, interval: interval, minAge: n.Dilate(healMinAge), followUp: n.Dilate(healFollowUp),
-		splitWindow: n.Dilate(splitWindow), failed: make(map[string]failedMember)}
+		splitWindow: n.Dilate(splitWindow), failed: make(map[string]failedMember), interps: make(map[string]struct{})}
 	n.wg.Add(1)
 	go n.heal.run()
 }
@@ -196,12 +233,19 @@ func (h *healer) observe(e serf.Event, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, m := range me.Members {
+		interp := m.Tags[TagRole] == string(RoleInterpreter)
 		switch me.Type {
 		case serf.EventMemberFailed:
+			delete(h.interps, m.Name)
 			if _, ok := h.failed[m.Name]; !ok {
-				h.failed[m.Name] = failedMember{p: peerOf(m), since: now}
+				h.failed[m.Name] = failedMember{p: peerOf(m), since: now, interp: interp}
 			}
 		case serf.EventMemberJoin, serf.EventMemberUpdate:
+			if interp {
+				h.interps[m.Name] = struct{}{}
+			} else {
+				delete(h.interps, m.Name)
+			}
 			f, ok := h.failed[m.Name]
 			if !ok {
 				continue
@@ -215,14 +259,16 @@ func (h *healer) observe(e serf.Event, now time.Time) {
 			}
 		case serf.EventMemberLeave, serf.EventMemberReap:
 			delete(h.failed, m.Name)
+			delete(h.interps, m.Name)
 		}
 	}
 }
 
 // pick notes revivals since the previous round and draws the member to
-// ping, if any. It copies nothing: at 1,000 members, half of them failed,
-// a slice of the candidates per round was a sixtieth of everything a
-// partition's run allocated.
+// ping, if any. It copies nothing while no member came back and no heal is
+// being followed up: at 1,000 members, half of them failed, a slice of the
+// candidates per round was a sixtieth of everything a partition's run
+// allocated.
 func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 	h.mu.Lock()
 	back := h.back
@@ -232,35 +278,77 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 		h.lastRevival = now
 	}
 	// A member back from failed may come from a side that lived on without
-	// us; at most once per healFollowUp, this node syncs with one of them.
-	var sync *peer
-	if revived > 0 && (h.lastSync.IsZero() || now.Sub(h.lastSync) >= h.followUp) {
-		sync, h.lastSync = &back[rand.N(len(back))], now
-	}
+	// us: this node syncs with one it ranks among the top HealSyncers for,
+	// at most once per healFollowUp.
+	maySync := revived > 0 && (h.lastSync.IsZero() || now.Sub(h.lastSync) >= h.followUp)
 	if revived >= healRevivals {
-		h.lastHeal = now
+		if h.lastHeal.IsZero() || now.Sub(h.lastHeal) >= h.followUp {
+			h.healSize = 0
+		}
+		h.lastHeal, h.healSize = now, h.healSize+revived
 	}
 	failed := len(h.failed)
+	straggler := failed*healStragglerShare <= h.healSize
 	// Right after a heal a few nodes can miss a member's revival (its news
-	// ran out of retransmissions before reaching them). Only they see it
-	// failed, so the mesh-wide rate does not apply to them: for a while
-	// after a heal, every node pings each round. One member coming back (a
-	// restart, a false failure refuted) is no heal and costs nothing more.
+	// ran out of retransmissions before reaching them). For a while after
+	// a heal the mesh pings more often, but still at most healPingers
+	// nodes an interval (see above). One member coming back (a restart, a
+	// false failure refuted) is no heal and costs nothing more.
 	following := !h.lastHeal.IsZero() && now.Sub(h.lastHeal) < h.followUp
 	h.mu.Unlock()
+	// Read outside h.mu: memberlist calls serf's event delegate with its
+	// own lock held, and serf's event channel leads to observe.
+	var names []string
+	if maySync || (following && !straggler && failed > 0) {
+		names = h.memberNames()
+	}
+	var sync *peer
+	if maySync {
+		self := h.n.Name()
+		for i := range back {
+			if rankedAmongTop(back[i].name, self, names, HealSyncers) {
+				sync = &back[i]
+				break
+			}
+		}
+		if sync != nil {
+			h.mu.Lock()
+			h.lastSync = now
+			h.mu.Unlock()
+		}
+	}
 	if failed == 0 {
 		return peer{}, false, sync
 	}
-	if !following {
-		// Counted outside h.mu: memberlist calls serf's event delegate with
-		// its own lock held, and serf's event channel leads to observe.
+	switch {
+	case following && straggler:
+		// It likely missed these revivals: a ping every interval.
+	case following:
+		// The interval's pingers, the same in every view that holds the
+		// same members; one ping per node an interval.
+		epoch := now.UnixNano() / int64(h.interval)
+		h.mu.Lock()
+		done := h.lastFollow == epoch
+		h.mu.Unlock()
+		if done || !rankedAmongTop(followKey(epoch), h.n.Name(), names, healPingers) {
+			return peer{}, false, sync
+		}
+		h.mu.Lock()
+		h.lastFollow = epoch
+		h.mu.Unlock()
+	default:
 		alive := h.n.serf.Memberlist().NumMembers()
 		if rand.Float64()*float64(max(alive, 1)) >= healPingers {
 			return peer{}, false, sync
 		}
 	}
-	// One of the members failed for minAge or longer, each as likely
-	// (reservoir sampling over the map).
+	target, ok := h.drawFailed(now)
+	return target, ok, sync
+}
+
+// drawFailed draws one of the members failed for minAge or longer, each as
+// likely (reservoir sampling over the map).
+func (h *healer) drawFailed(now time.Time) (peer, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var target peer
@@ -273,7 +361,21 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 			target = f.p
 		}
 	}
-	return target, seen > 0, sync
+	return target, seen > 0
+}
+
+// followKey is the rendezvous key of a follow-up interval.
+func followKey(epoch int64) string { return "heal-follow-up/" + strconv.FormatInt(epoch, 10) }
+
+// memberNames lists the members memberlist holds alive or suspect, this
+// node included.
+func (h *healer) memberNames() []string {
+	nodes := h.n.serf.Memberlist().Members()
+	names := make([]string, len(nodes))
+	for i, m := range nodes {
+		names[i] = m.Name
+	}
+	return names
 }
 
 // shouldJoin reports whether an answered ping is still worth a push/pull:

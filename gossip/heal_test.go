@@ -303,7 +303,7 @@ func cutOffC(t *testing.T, all []string) (*cutNet, map[string]*Node) {
 // learns the failed members as the node's own prober does, from the node's
 // member events, and starts from the members failed now.
 func healerFor(n *Node) *healer {
-	h := &healer{n: n, interval: time.Second, followUp: healFollowUp, failed: make(map[string]failedMember)}
+	h := &healer{n: n, interval: time.Second, followUp: healFollowUp, failed: make(map[string]failedMember), interps: make(map[string]struct{})}
 	types := map[EventType]serf.EventType{EventMemberJoin: serf.EventMemberJoin, EventMemberUpdate: serf.EventMemberUpdate,
 		EventMemberFailed: serf.EventMemberFailed, EventMemberLeave: serf.EventMemberLeave, EventMemberReap: serf.EventMemberReap}
 	n.Subscribe(func(e Event) {
@@ -512,12 +512,12 @@ func TestHealLeavesAFreshFailureToItsOwnRefutation(t *testing.T) {
 	}
 }
 
-// pick draws among the members failed for minAge or longer, each alike,
-// and never one failed more recently.
+// The prober draws among the members failed for minAge or longer, each
+// alike, and never one failed more recently.
 func TestTheProberPicksEachLongFailedMemberAlike(t *testing.T) {
 	now := time.Now()
 	h := &healer{interval: time.Second, minAge: 10 * time.Second, followUp: healFollowUp,
-		failed: make(map[string]failedMember), lastHeal: now} // following a heal: every round pings
+		failed: make(map[string]failedMember)}
 	for _, name := range []string{"a", "b", "c", "d"} {
 		h.failed[name] = failedMember{p: peer{name: name}, since: now.Add(-time.Minute)}
 	}
@@ -525,7 +525,7 @@ func TestTheProberPicksEachLongFailedMemberAlike(t *testing.T) {
 	const rounds = 4000
 	picked := map[string]int{}
 	for range rounds {
-		p, ok, _ := h.pick(now)
+		p, ok := h.drawFailed(now)
 		if !ok {
 			t.Fatal("the prober picked nobody with four members failed for a minute")
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"os"
@@ -158,6 +159,9 @@ type Node struct {
 	// see, and the virtual clock still moves the wait on (a mutex there
 	// stalled a simulated mesh for good).
 	tagLock chan struct{}
+	// heldTags is the newest tag change made while deaf, not yet gossiped
+	// (SetTags); tagLock guards it.
+	heldTags map[string]string
 
 	scale float64 // Config.TimeScale, at least 1
 }
@@ -463,13 +467,62 @@ func joinError(err error) error {
 
 // SetTags replaces the local node's tags and gossips the change; tags that
 // would not fit memberlist's metadata are refused before anything changes.
+//
+// While the node takes itself for deaf (Deaf) the change is kept, not
+// gossiped, and SetTags returns nil: every tag change is a new incarnation
+// that revives a deaf node everywhere until the others' probes fail it
+// again, a flap per change. The newest kept change is gossiped once the
+// node hears the mesh again. This holds for every caller (the agent's user
+// tags, drain, load, the republish after a join, a supervisor's restart
+// count); until then Tags reports what the mesh was last told.
 func (n *Node) SetTags(tags map[string]string) error {
 	if err := CheckTagSize(tags); err != nil {
 		return err
 	}
 	n.tagLock <- struct{}{}
 	defer func() { <-n.tagLock }()
+	if n.Deaf() {
+		if n.heldTags == nil {
+			n.logger.Warn("this node's probes go unanswered: its tag changes are held until it hears the mesh again",
+				"health_score", n.HealthScore())
+			n.wg.Add(1)
+			go n.publishHeldTags()
+		}
+		n.heldTags = maps.Clone(tags)
+		return nil
+	}
+	n.heldTags = nil
 	return n.serf.SetTags(tags)
+}
+
+// publishHeldTags gossips the tags SetTags held while the node was deaf,
+// once it hears the mesh again (checked every probe interval).
+func (n *Node) publishHeldTags() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-time.After(n.ml.ProbeInterval):
+		}
+		if n.Deaf() {
+			continue
+		}
+		n.tagLock <- struct{}{}
+		tags := n.heldTags
+		n.heldTags = nil
+		var err error
+		if tags != nil {
+			err = n.serf.SetTags(tags)
+		}
+		<-n.tagLock
+		if err != nil {
+			n.logger.Error("this node hears the mesh again, but its held tag change could not be gossiped", "err", err)
+		} else {
+			n.logger.Info("this node hears the mesh again: its held tag change is gossiped")
+		}
+		return
+	}
 }
 
 // Tags returns a copy of the local node's tags.

@@ -36,6 +36,15 @@ import (
 // and it would fail once more (Deaf). It renews once its probes are
 // answered again, if the failures are still recent.
 //
+// Only servers count (members that are not interpreters, foreign nodes
+// included), failed and alive alike. An interpreter's fate is its host's:
+// one host crash fails the host and every interpreter on it, which in a
+// small mesh, or one dense with interpreters, crossed the share and had
+// every node renew its incarnation for a single crash. A split cuts hosts,
+// and the servers alone show it: each side fails at least splitShare of
+// them. Interpreters also come and go all the time, each failure of theirs
+// counted against a total they barely move.
+//
 // What it cannot undo: a heal before the renewal has reached the node's
 // side (within a few gossip rounds of the renewal; the renewal comes within
 // a heal round of the failures, or once the node is no longer deaf).
@@ -54,19 +63,23 @@ func (h *healer) renewOnSplit(now time.Time) {
 		h.mu.Unlock()
 		return
 	}
-	recent := 0
+	recent, failed := 0, 0
 	for _, f := range h.failed {
+		if f.interp {
+			continue
+		}
+		failed++
 		if now.Sub(f.since) < h.splitWindow {
 			recent++
 		}
 	}
-	failed := len(h.failed)
+	interps := len(h.interps)
 	h.mu.Unlock()
 	if recent < splitMin {
 		return
 	}
 	// Counted outside h.mu, as in pick.
-	members := h.n.serf.Memberlist().NumMembers() + failed
+	members := max(h.n.serf.Memberlist().NumMembers()-interps, 1) + failed
 	if !isSplit(recent, members) || h.n.Deaf() {
 		return
 	}
@@ -79,8 +92,8 @@ func (h *healer) renewOnSplit(now time.Time) {
 	h.renewals.Add(1)
 }
 
-// isSplit reports whether recent failures among members (alive or failed,
-// this node included) look like a split.
+// isSplit reports whether recent failures among members (servers alive or
+// failed, this node included) look like a split.
 func isSplit(recent, members int) bool {
 	return recent >= splitMin && float64(recent) >= splitShare*float64(members)
 }

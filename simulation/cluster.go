@@ -93,13 +93,26 @@ type Cluster struct {
 	clk    clock // the network's
 	log    *slog.Logger
 
-	names   []string
-	index   map[string]int
-	hostID  []int // network host id of node i
-	eps     []*Endpoint
-	nodes   []*gossip.Node
-	cancels []func()
-	stops   []func()
+	names  []string
+	index  map[string]int
+	hostID []int               // network host id of node i
+	tags   []map[string]string // node i's tags, again after a restart
+
+	// nodesMu guards the nodes and endpoints, which a restart replaces
+	// (churn.go), and what the replaced ones counted.
+	nodesMu        sync.RWMutex
+	eps            []*Endpoint
+	nodes          []*gossip.Node
+	cancels        []func()
+	stops          []func()
+	retiredTraffic TrafficStats
+	retiredHeal    gossip.HealStats
+
+	// interps are the interpreter members of the churn scenario
+	// (churn.go), by name.
+	interpMu sync.Mutex
+	interps  map[string]*interpMember
+	interpWG sync.WaitGroup
 
 	views []*view
 	keys  []uint64 // per-node random key; a view's hash XORs its alive members' keys
@@ -309,6 +322,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 }
 
 func (c *Cluster) start(rng *rand.Rand) error {
+	c.tags = make([]map[string]string, len(c.names))
 	for i, name := range c.names {
 		ep, err := c.net.Attach(name, GossipPort)
 		if err != nil {
@@ -318,38 +332,50 @@ func (c *Cluster) start(rng *rand.Rand) error {
 		c.hostID[i] = ep.host.id
 
 		load := &gossip.Load{CPU: math.Round(500+400*rng.Float64()) / 10, Mem: math.Round(200+600*rng.Float64()) / 10}
-		tags := gossip.Tags{Role: gossip.RoleServer, Load: load, Capacity: 8}.Map()
-		node, err := gossip.Start(gossip.Config{
-			Name:      name,
-			Transport: ep,
-			Profile:   c.cfg.Profile,
-			Tags:      tags,
-			Logger:    slog.New(&suspicionLog{c: c, observer: i}),
-
-			HealInterval: c.cfg.HealInterval,
-			TimeScale:    c.clk.factor(),
-			Uncompressed: c.net.estimating(),
-		})
+		c.tags[i] = gossip.Tags{Role: gossip.RoleServer, Load: load, Capacity: 8}.Map()
+		node, cancel, stop, err := c.startNode(i, ep)
+		if node != nil {
+			c.nodes, c.cancels, c.stops = append(c.nodes, node), append(c.cancels, cancel), append(c.stops, stop)
+		}
 		if err != nil {
-			ep.Shutdown()
-			return fmt.Errorf("start %s: %w", name, err)
+			return err
 		}
-		c.nodes = append(c.nodes, node)
-		i := i
-		c.cancels = append(c.cancels, node.Subscribe(func(e gossip.Event) { c.event(i, e) }))
-		stop := func() {}
-		if c.cfg.Prepare != nil {
-			s, err := c.cfg.Prepare(name, node)
-			if err != nil {
-				return fmt.Errorf("prepare %s: %w", name, err)
-			}
-			if s != nil {
-				stop = s
-			}
-		}
-		c.stops = append(c.stops, stop)
 	}
 	return nil
+}
+
+// startNode starts node i's gossip on ep, subscribes the cluster to its
+// events and prepares it. On an error after the node started, it returns
+// the node too, for Stop to shut down.
+func (c *Cluster) startNode(i int, ep *Endpoint) (*gossip.Node, func(), func(), error) {
+	name := c.names[i]
+	node, err := gossip.Start(gossip.Config{
+		Name:      name,
+		Transport: ep,
+		Profile:   c.cfg.Profile,
+		Tags:      c.tags[i],
+		Logger:    slog.New(&suspicionLog{c: c, observer: i}),
+
+		HealInterval: c.cfg.HealInterval,
+		TimeScale:    c.clk.factor(),
+		Uncompressed: c.net.estimating(),
+	})
+	if err != nil {
+		ep.Shutdown()
+		return nil, nil, nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	cancel := node.Subscribe(func(e gossip.Event) { c.event(i, e) })
+	stop := func() {}
+	if c.cfg.Prepare != nil {
+		s, err := c.cfg.Prepare(name, node)
+		if err != nil {
+			return node, cancel, stop, fmt.Errorf("prepare %s: %w", name, err)
+		}
+		if s != nil {
+			stop = s
+		}
+	}
+	return node, cancel, stop, nil
 }
 
 // join has node i join a node started before it, chosen at random, so
@@ -841,6 +867,15 @@ func (c *Cluster) faultsChanged(at time.Time, f *faultState) {
 			c.expHash ^= c.keys[i]
 			changed = true
 		}
+		// A host back from a crash (Restart): its new node observes again
+		// and belongs in every full view.
+		if id >= 0 && !f.isCrashed(id) && !c.counted[i] {
+			c.counted[i] = true
+			c.live++
+			c.expCount++
+			c.expHash ^= c.keys[i]
+			changed = true
+		}
 	}
 	if !changed {
 		c.tallyMu.Unlock()
@@ -950,6 +985,8 @@ func (c *Cluster) Names() []string { return append([]string(nil), c.names...) }
 
 // Node returns a node by name, or nil.
 func (c *Cluster) Node(name string) *gossip.Node {
+	c.nodesMu.RLock()
+	defer c.nodesMu.RUnlock()
 	if i, ok := c.index[name]; ok && i < len(c.nodes) {
 		return c.nodes[i]
 	}
@@ -961,6 +998,8 @@ func (c *Cluster) Network() *Network { return c.net }
 
 // Endpoint is a node's gossip endpoint, with its traffic counters.
 func (c *Cluster) Endpoint(name string) *Endpoint {
+	c.nodesMu.RLock()
+	defer c.nodesMu.RUnlock()
 	if i, ok := c.index[name]; ok && i < len(c.eps) {
 		return c.eps[i]
 	}
@@ -995,10 +1034,24 @@ func (c *Cluster) fullView(i int) bool {
 
 // healStats sums the nodes' heal prober counters.
 func (c *Cluster) healStats() gossip.HealStats {
-	var s gossip.HealStats
+	c.nodesMu.RLock()
+	defer c.nodesMu.RUnlock()
+	s := c.retiredHeal
 	for _, n := range c.nodes {
 		h := n.HealStats()
-		s.Pings, s.Answers, s.Joins = s.Pings+h.Pings, s.Answers+h.Answers, s.Joins+h.Joins
+		s.Pings, s.Answers, s.Joins, s.Renewals = s.Pings+h.Pings, s.Answers+h.Answers, s.Joins+h.Joins, s.Renewals+h.Renewals
+	}
+	return s
+}
+
+// traffic sums what every node's endpoints sent and received, the
+// endpoints of nodes since restarted included.
+func (c *Cluster) traffic() TrafficStats {
+	c.nodesMu.RLock()
+	defer c.nodesMu.RUnlock()
+	s := c.retiredTraffic
+	for _, ep := range c.eps {
+		s = s.Add(ep.Stats())
 	}
 	return s
 }
@@ -1026,6 +1079,9 @@ func (c *Cluster) Stop() {
 			}
 			return nil
 		})
+		c.stopInterps()
+		c.nodesMu.RLock()
+		defer c.nodesMu.RUnlock()
 		for _, cancel := range c.cancels {
 			cancel()
 		}

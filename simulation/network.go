@@ -558,6 +558,10 @@ type TrafficStats struct {
 	// as memberlist would have put them on the wire compressed, when the
 	// network estimates compression (compress.go); else equal to them.
 	WireBytesSent, StreamWireBytes uint64
+	// PushPullsReceived counts the push/pull messages (a whole member
+	// list) other endpoints sent this one over streams; zero when
+	// memberlist compresses for real (the message type is hidden then).
+	PushPullsReceived uint64
 }
 
 // Add sums two counts.
@@ -567,12 +571,14 @@ func (s TrafficStats) Add(o TrafficStats) TrafficStats {
 		BytesSent: s.BytesSent + o.BytesSent, BytesReceived: s.BytesReceived + o.BytesReceived,
 		StreamBytesSent: s.StreamBytesSent + o.StreamBytesSent, Dropped: s.Dropped + o.Dropped,
 		WireBytesSent: s.WireBytesSent + o.WireBytesSent, StreamWireBytes: s.StreamWireBytes + o.StreamWireBytes,
+		PushPullsReceived: s.PushPullsReceived + o.PushPullsReceived,
 	}
 }
 
 type counters struct {
 	packetsSent, packetsRecv, bytesSent, bytesRecv, streamSent, dropped atomic.Uint64
 	wireSent, streamWire                                                atomic.Uint64
+	pushPullsRecv                                                       atomic.Uint64
 }
 
 // Endpoint is one port of one host: a memberlist NodeAwareTransport over
@@ -611,6 +617,7 @@ func (e *Endpoint) Stats() TrafficStats {
 		BytesSent: e.c.bytesSent.Load(), BytesReceived: e.c.bytesRecv.Load(),
 		StreamBytesSent: e.c.streamSent.Load(), Dropped: e.c.dropped.Load(),
 		WireBytesSent: e.c.wireSent.Load(), StreamWireBytes: e.c.streamWire.Load(),
+		PushPullsReceived: e.c.pushPullsRecv.Load(),
 	}
 }
 

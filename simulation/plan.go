@@ -140,6 +140,21 @@ var scenarios = map[string]scenario{
 		minNodes: 4,
 		build:    buildBurst,
 	},
+	ScenarioRestart: {
+		summary:  "one node crashes and comes back once failed everywhere; later three crash, two come back together, one stays down; measures what a returning node receives and the heal prober's pings",
+		minNodes: 5,
+		build:    buildRestart,
+	},
+	ScenarioRolling: {
+		summary:  "a tenth of the nodes restart one after the other, 15 s apart, each down for the profile's detection time (a rolling upgrade); measures false failures and bytes against the steady state",
+		minNodes: 3,
+		build:    buildRolling,
+	},
+	ScenarioChurn: {
+		summary:  "interpreter members join and leave (one a second per 100 nodes, each living 20 s) while a server crashes every 15 s with its interpreters and comes back",
+		minNodes: 3,
+		build:    buildChurn,
+	},
 	ScenarioPause: {
 		summary:  "one node is paused like SIGSTOP (its traffic held) for 1.5 lan detection times, then resumed",
 		minNodes: 3,

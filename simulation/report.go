@@ -121,6 +121,12 @@ type Report struct {
 	// heal, for the gossip.
 	Partition *PartitionRecord `json:"partition,omitempty"`
 
+	// Churn is what every run measures second by second: per node the
+	// most push/pulls and bytes received in one second, the heal prober's
+	// pings and the bytes sent each second; the restart, rolling and churn
+	// scenarios read their figures from it.
+	Churn *ChurnRecord `json:"churn,omitempty"`
+
 	// Placements are the bursts of the burst scenario: per side of the
 	// partition, how many elections decided, next to how many askers could
 	// have reached the baseline's central monitor (the old system places
@@ -131,6 +137,49 @@ type Report struct {
 	FalseFailureExamples []string      `json:"false_failure_examples,omitempty"`
 	Groups               []GroupRecord `json:"groups"`
 	Timeline             []Sample      `json:"timeline"`
+}
+
+// ChurnRecord is a run's traffic second by second (protocol seconds from
+// the start of the schedule). Bytes received are as the application read
+// them, uncompressed; bytes sent are on the wire (estimated when the
+// network estimates compression).
+type ChurnRecord struct {
+	// MostPushPulls is the node that received the most push/pull messages
+	// in one second, MostBytes the one that received the most bytes.
+	MostPushPulls NodePeak `json:"most_push_pulls"`
+	MostBytes     NodePeak `json:"most_bytes_received"`
+	// Returning is, per node that restarted, its busiest second since its
+	// latest restart: its own join's reply and what the mesh sent it.
+	Returning []NodePeak `json:"returning,omitempty"`
+	// HealPingsMostPerSAfterRestart is the most pings the whole mesh's
+	// heal prober sent in one second within 40 s of a restart of two or
+	// more nodes at once (the prober's follow-up lasts 30 s).
+	HealPingsMostPerSAfterRestart *int `json:"heal_pings_most_per_s_after_restart,omitempty"`
+	// BytesPerNodePerSSteady is the mean bytes a live node sent a second
+	// before the first fault; BytesPerNodePerSChurn from the first fault
+	// until a crash watch after the last.
+	BytesPerNodePerSSteady *float64 `json:"bytes_per_node_per_s_steady,omitempty"`
+	BytesPerNodePerSChurn  *float64 `json:"bytes_per_node_per_s_churn,omitempty"`
+	// Renewals counts the incarnations the nodes renewed on seeing a
+	// split (gossip/split.go) during the schedule.
+	Renewals uint64 `json:"renewals"`
+	// HealPingsPerS and BytesSentPerNodePerS are the series, one value a
+	// second.
+	HealPingsPerS        []int     `json:"heal_pings_per_s"`
+	BytesSentPerNodePerS []float64 `json:"bytes_sent_per_node_per_s"`
+	// PerNode is every node's busiest second.
+	PerNode []NodePeak `json:"per_node"`
+}
+
+// NodePeak is one node's busiest second: the most push/pull messages it
+// received in one protocol second and when, and the same for bytes.
+type NodePeak struct {
+	Name          string  `json:"name"`
+	RestartS      float64 `json:"restart_s,omitempty"` // Returning: when the node came back
+	PushPulls     uint64  `json:"push_pulls"`
+	PushPullsAtS  float64 `json:"push_pulls_at_s"`
+	BytesReceived uint64  `json:"bytes_received"`
+	BytesAtS      float64 `json:"bytes_at_s"`
 }
 
 // PartitionRecord is a partition and its heal as the gossip lived them.
@@ -273,6 +322,22 @@ func WriteText(w io.Writer, r *Report) error {
 			fmt.Sprintf("%.0f / %.0f / %.0f / %.0f", p.BytesBefore, p.BytesDuring, p.BytesHealing, p.BytesAfter), "-")
 		row("heal pings during / joins during / joins after",
 			fmt.Sprintf("%d / %d / %d", p.HealPingsDuring, p.HealJoinsDuring, p.HealJoinsAfter), "-")
+	}
+	if c := r.Churn; c != nil {
+		row("most push/pulls received in a second", fmt.Sprintf("%d (%s at %.0f s)", c.MostPushPulls.PushPulls, c.MostPushPulls.Name, c.MostPushPulls.PushPullsAtS), "-")
+		row("most bytes received in a second", fmt.Sprintf("%d (%s at %.0f s)", c.MostBytes.BytesReceived, c.MostBytes.Name, c.MostBytes.BytesAtS), "-")
+		for _, p := range c.Returning {
+			row("returning "+p.Name+" (back at "+fmt.Sprintf("%.0f s", p.RestartS)+"): push/pulls, bytes in its busiest second",
+				fmt.Sprintf("%d, %d", p.PushPulls, p.BytesReceived), "-")
+		}
+		if c.HealPingsMostPerSAfterRestart != nil {
+			row("heal pings a second, mesh-wide, after two came back", fmt.Sprintf("at most %d", *c.HealPingsMostPerSAfterRestart), "-")
+		}
+		if c.BytesPerNodePerSSteady != nil && c.BytesPerNodePerSChurn != nil {
+			row("bytes sent per node per s: steady / under churn",
+				fmt.Sprintf("%.0f / %.0f", *c.BytesPerNodePerSSteady, *c.BytesPerNodePerSChurn), "-")
+		}
+		row("incarnations renewed on a split", fmt.Sprint(c.Renewals), "-")
 	}
 	if g.Undetected > 0 || h.Undetected > 0 {
 		if r.Partition != nil && !slices.ContainsFunc(r.Faults, func(f FaultRecord) bool { return f.Kind == string(FaultCrash) }) {

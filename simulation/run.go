@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand"
 	"os"
 	"runtime/metrics"
 	"sort"
@@ -195,8 +196,14 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 
 	sampler := make(chan struct{})
 	lag := &timerLag{}
+	meter := newMeter(cluster, rec.t0)
+	renewals0 := cluster.healStats().Renewals
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		rec.meterLoop(sampler, meter)
+	}()
 	go func() {
 		defer wg.Done()
 		rec.sampleLoop(sampler, mem)
@@ -219,6 +226,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	defer tick.Stop()
 	var bursts sync.WaitGroup
 	defer bursts.Wait()
+	churnRNG := rand.New(rand.NewSource(cfg.Seed))
 	next := 0
 	for {
 		elapsed := clk.now().Sub(t0)
@@ -233,8 +241,20 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 				}(fmt.Sprintf("burst%d", next))
 				continue
 			}
+			if isChurnFault(f.Kind) {
+				if err := cluster.churnFault(f, churnRNG); err != nil {
+					return nil, fmt.Errorf("apply %s %v: %w", f.Kind, append(f.Nodes, f.To...), err)
+				}
+				if f.Kind == FaultRestart {
+					rec.applied(f, clk.now())
+				}
+				continue
+			}
 			if err := net.Apply(f); err != nil {
 				return nil, fmt.Errorf("apply %s: %w", f.Label, err)
+			}
+			if f.Kind == FaultCrash {
+				cluster.interpsCrashed(f.Nodes)
 			}
 			rec.applied(f, clk.now())
 		}
@@ -263,6 +283,8 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	mem.sample()
 
 	r := rec.report(end)
+	r.Churn = meter.record(plan)
+	r.Churn.Renewals = cluster.healStats().Renewals - renewals0
 	r.LengthS = round(end.Sub(t0).Seconds())
 	r.EndedEarly = end.Sub(t0) < plan.Length
 	r.Profile = cfg.Profile
@@ -461,6 +483,8 @@ type recorder struct {
 	monitor  int // host id of the monitor
 	history  []snapshot
 	crashAt  []time.Time // per node; zero while alive
+	downAt   []time.Time // per node, its latest crash; kept after a restart
+	upAt     []time.Time // per node, its latest restart
 	faults   []FaultRecord
 	healAt   time.Time
 	healed   time.Time // gossip: every live node has one full view again
@@ -536,7 +560,7 @@ type snapshot struct {
 
 func newRecorder(plan Plan, c *Cluster, b *baseline) *recorder {
 	return &recorder{plan: plan, cluster: c, base: b, n: len(c.names),
-		crashAt: make([]time.Time, len(c.names)), suspect: make([]time.Time, len(c.names)),
+		crashAt: make([]time.Time, len(c.names)), downAt: make([]time.Time, len(c.names)), upAt: make([]time.Time, len(c.names)), suspect: make([]time.Time, len(c.names)),
 		seen: make(map[int][]time.Time), bSeen: make(map[int]time.Time)}
 }
 
@@ -552,13 +576,7 @@ func (r *recorder) begin(t0 time.Time) {
 	r.bTraffic0 = r.base.stats()
 }
 
-func (r *recorder) gossipTraffic() TrafficStats {
-	var s TrafficStats
-	for _, ep := range r.cluster.eps {
-		s = s.Add(ep.Stats())
-	}
-	return s
-}
+func (r *recorder) gossipTraffic() TrafficStats { return r.cluster.traffic() }
 
 func (r *recorder) since(t time.Time) float64 { return t.Sub(r.t0).Seconds() }
 
@@ -598,8 +616,13 @@ func (r *recorder) faultsChanged(at time.Time, f *faultState) {
 	r.history = append(r.history, snapshot{at: at, f: f})
 	for i, id := range r.cluster.hostID {
 		if f.isCrashed(id) && r.crashAt[i].IsZero() {
-			r.crashAt[i] = at
+			r.crashAt[i], r.downAt[i] = at, at
 			r.seen[i] = make([]time.Time, r.n)
+		}
+		if !f.isCrashed(id) && !r.crashAt[i].IsZero() {
+			// Restarted: a failure of it from now on is false, once the
+			// crash is FaultGrace behind (separated).
+			r.crashAt[i], r.upAt[i] = time.Time{}, at
 		}
 	}
 }
@@ -790,6 +813,25 @@ func (r *recorder) baselineChanged(at time.Time, node int, failed bool) {
 	}
 }
 
+// meterLoop reads every node's traffic each protocol second until stop
+// closes.
+func (r *recorder) meterLoop(stop <-chan struct{}, m *meter) {
+	clk := r.cluster.clk
+	tick := time.NewTicker(clk.wall(time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			r.mu.Lock()
+			crashed := append([]time.Time(nil), r.crashAt...)
+			r.mu.Unlock()
+			m.tick(clk.proto(now), func(i int) bool { return crashed[i].IsZero() })
+		}
+	}
+}
+
 // sampleLoop records what every node sees, a few times a second (once a
 // second past 200 nodes), until stop closes.
 func (r *recorder) sampleLoop(stop <-chan struct{}, mem *memoryPeak) {
@@ -859,9 +901,9 @@ func (r *recorder) report(end time.Time) *Report {
 	// Detection: every (crashed node, live observer) pair.
 	var pairs, bPairs, firsts []float64
 	for target, seen := range r.seen {
-		crash := r.crashAt[target]
+		crash := r.downAt[target]
 		for obs, at := range seen {
-			if obs == target || !r.crashAt[obs].IsZero() {
+			if obs == target || !r.crashAt[obs].IsZero() || r.downAtTime(obs, crash) {
 				continue
 			}
 			if at.IsZero() {
@@ -925,6 +967,16 @@ func (r *recorder) report(end time.Time) *Report {
 	}
 	rep.Baseline.MaxViews = 1
 	return rep
+}
+
+// downAtTime reports whether node i was crashed at t (it may have been
+// restarted since); r.mu is held.
+func (r *recorder) downAtTime(i int, t time.Time) bool {
+	d := r.downAt[i]
+	if d.IsZero() || d.After(t) {
+		return false
+	}
+	return r.upAt[i].Before(d) || r.upAt[i].After(t)
 }
 
 // partitionDetection ranks, over the live nodes, the time from the split

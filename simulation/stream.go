@@ -173,6 +173,9 @@ func (p *pipe) write(b []byte) {
 	w := uint64(math.Round(p.net.est.stream(b)))
 	p.from.c.wireSent.Add(w)
 	p.from.c.streamWire.Add(w)
+	if len(b) > 0 && b[0] == mlPushPull {
+		p.to.c.pushPullsRecv.Add(1)
+	}
 	p.mu.Lock()
 	if arrival.Before(p.last) {
 		arrival = p.last
