@@ -482,8 +482,10 @@ type claim struct {
 
 // record notes asker's claim of gen for rid (when it makes one) and
 // returns the highest generation another asker claimed within claimKeep,
-// and which asker, and the asker that holds the request now.
-func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time) (best int, by string, found bool, holder string) {
+// and which asker, and the asker that holds the request now: the first
+// fresh claimer that alive says is alive (a claim does not outlive its
+// asker: a coordinator that failed must not keep the next one waiting).
+func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time, alive func(string) bool) (best int, by string, found bool, holder string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.reqs == nil {
@@ -511,6 +513,9 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 	}
 	var first time.Time
 	for _, x := range c.reqs[rid] {
+		if x.asker != asker && alive != nil && !alive(x.asker) {
+			continue
+		}
 		if holder == "" || x.first.Before(first) || x.first.Equal(first) && x.asker < holder {
 			holder, first = x.asker, x.first
 		}
@@ -575,7 +580,7 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 		q := ServerQuorum(l.deps.Node.Members())
 		b.Servers = len(q.Alive) + len(q.Missing)
 	}
-	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now())
+	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now(), l.aliveMember)
 	if ok {
 		b.Claimer = by
 		if !b.Known || gen > b.KnownGen {
@@ -598,6 +603,19 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 		b.Refusal = l.KindRefusal(req.Kind)
 	}
 	return b
+}
+
+// aliveMember reports whether name is alive in this agent's view.
+func (l *Lifecycle) aliveMember(name string) bool {
+	if l.deps.Node == nil {
+		return true
+	}
+	for _, m := range l.deps.Node.Members() {
+		if m.Name == name {
+			return m.Status == gossip.StatusAlive || m.Status == gossip.StatusLeaving
+		}
+	}
+	return false
 }
 
 // KnownGen is the highest generation of request rid this agent has seen,

@@ -389,21 +389,26 @@ func TestATakeBackStopsWhatItsOrderStartedThoughRestarted(t *testing.T) {
 func TestAServerGrantsARequestToOneAskerAtATime(t *testing.T) {
 	var c claims
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	if _, _, _, h := c.record("r1", "h4", 3, true, t0); h != "h4" {
+	if _, _, _, h := c.record("r1", "h4", 3, true, t0, nil); h != "h4" {
 		t.Fatalf("the first claim is held by %q, want h4", h)
 	}
-	if _, by, _, h := c.record("r1", "h1", 3, true, t0.Add(time.Second)); h != "h4" || by != "h4" {
+	if _, by, _, h := c.record("r1", "h1", 3, true, t0.Add(time.Second), nil); h != "h4" || by != "h4" {
 		t.Fatalf("a second asker's claim: holder %q, other %q; want h4 for both (a lower name takes nothing)", h, by)
 	}
-	if _, _, _, h := c.record("r1", "h4", 3, true, t0.Add(10*time.Second)); h != "h4" {
+	if _, _, _, h := c.record("r1", "h4", 3, true, t0.Add(10*time.Second), nil); h != "h4" {
 		t.Fatalf("the holder's fresh claim: holder %q, want h4", h)
 	}
-	if _, _, _, h := c.record("r2", "h1", 0, true, t0.Add(10*time.Second)); h != "h1" {
+	if _, _, _, h := c.record("r2", "h1", 0, true, t0.Add(10*time.Second), nil); h != "h1" {
 		t.Fatalf("another request is held by %q, want h1", h)
 	}
+	// The holder failed: its claim holds nothing, though fresh.
+	failed := func(name string) bool { return name != "h4" }
+	if _, _, _, h := c.record("r1", "h1", 3, true, t0.Add(12*time.Second), failed); h != "h1" {
+		t.Fatalf("the holder failed: holder %q, want h1", h)
+	}
 	// h4 stops claiming; 20 s after its last claim, h1 (which claims on) holds it.
-	c.record("r1", "h1", 3, true, t0.Add(25*time.Second))
-	if _, _, _, h := c.record("r1", "h1", 3, true, t0.Add(31*time.Second)); h != "h1" {
+	c.record("r1", "h1", 3, true, t0.Add(25*time.Second), nil)
+	if _, _, _, h := c.record("r1", "h1", 3, true, t0.Add(31*time.Second), nil); h != "h1" {
 		t.Fatalf("after the holder's claims went stale: holder %q, want h1", h)
 	}
 }
