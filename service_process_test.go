@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,40 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// notifySocket is systemd's end of the notify protocol for a process test:
-// a datagram socket whose messages arrive on the channel in order.
-func notifySocket(t *testing.T) (string, <-chan string) {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "notify")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs := make(chan string, 4096)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			select {
-			case msgs <- string(buf[:n]):
-			default:
-			}
-		}
-	}()
-	t.Cleanup(func() { conn.Close(); <-done; os.RemoveAll(dir) })
-	return path, msgs
-}
+	"github.com/meshagent/agent/internal/notifytest"
+)
 
 // awaitNotify returns the next message that is not a watchdog ping, and the
 // pings before it.
@@ -108,7 +76,7 @@ func TestServiceNotifyReloadAndStop(t *testing.T) {
 	svc := newTestAgent(t, 2)
 	conf := t.TempDir()
 	writeFile(t, filepath.Join(conf, "10-agent.json"), `{"tag": {"dc": "east"}, "log_level": "info"}`)
-	sock, msgs := notifySocket(t)
+	sock, msgs := notifytest.Socket(t)
 	started := time.Now()
 	cmd, _, exited := startService(t, svc, []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=400000"},
 		"--config-file", conf, "--join", seed.gossip)

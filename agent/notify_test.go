@@ -1,49 +1,15 @@
 package agent
 
 import (
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/meshagent/agent/internal/notifytest"
 	"github.com/meshagent/agent/state"
 )
-
-// fakeNotifySocket is systemd's end of the notify protocol: a datagram
-// socket whose messages the test reads in order.
-func fakeNotifySocket(t *testing.T) (string, <-chan string) {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "notify")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs := make(chan string, 1024)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			select {
-			case msgs <- string(buf[:n]):
-			default:
-			}
-		}
-	}()
-	t.Cleanup(func() { conn.Close(); <-done; os.RemoveAll(dir) })
-	return path, msgs
-}
 
 // nextNotify returns the next message that is not a watchdog ping, and
 // how many pings came before it.
@@ -70,7 +36,7 @@ func nextNotify(t *testing.T, msgs <-chan string, within time.Duration) (string,
 // the watchdog while its gossip answers, and says STOPPING=1 when it leaves.
 func TestNotifyReadyAfterJoinWatchdogAndStopping(t *testing.T) {
 	first := startAgent(t, "seed", "127.0.0.1", nil)
-	sock, msgs := fakeNotifySocket(t)
+	sock, msgs := notifytest.Socket(t)
 	n := NewNotifier(sock, 200*time.Millisecond)
 	a := startAgentWith(t, "notified", "127.0.0.2", Deps{Notifier: n}, func(c *Config) {
 		c.Join = []string{first.Node().Addr()}
@@ -107,7 +73,7 @@ func TestNotifyReadyAfterJoinWatchdogAndStopping(t *testing.T) {
 // ready once its first join has failed and it retries: systemd does not
 // wait for the mesh.
 func TestNotifyReadyAfterFirstJoinFails(t *testing.T) {
-	sock, msgs := fakeNotifySocket(t)
+	sock, msgs := notifytest.Socket(t)
 	dead := freeLoopbackAddr(t, "127.0.0.1") // nothing listens there
 	a := startAgentWith(t, "lonely", "127.0.0.1", Deps{Notifier: NewNotifier(sock, 0)}, func(c *Config) {
 		c.Join = []string{dead}
