@@ -1,6 +1,7 @@
 package interp
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -78,6 +79,7 @@ func (l *Lifecycle) stopSuperseded() {
 	for _, s := range todo {
 		l.logger.Warn("interpreter-duplicate: stopping this host's interpreter, superseded by a newer generation of its request",
 			"interpreter", s.rec.Name, "request", s.rec.RequestID, "gen", s.rec.Gen, "newer_gen", s.newer)
+		markSuperseded(s.rec.Spec, fmt.Sprintf("superseded by generation %d of request %s", s.newer, s.rec.RequestID))
 		l.procs.Terminate(s.rec.SupervisorPID)
 	}
 }

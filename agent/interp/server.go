@@ -1202,6 +1202,7 @@ func (l *Lifecycle) stopSupersededBy(o stopOrder, from string) stopAnswer {
 	}
 	l.logger.Warn("interpreter-duplicate: stopping this host's interpreter, superseded by a newer generation of its request",
 		"interpreter", i.Name, "request", i.RequestID, "gen", i.Gen, "newer_gen", o.Superseded, "told_by", from)
+	markSuperseded(i.Spec, fmt.Sprintf("superseded by generation %d of request %s (told by %s)", o.Superseded, i.RequestID, from))
 	if err := l.procs.Terminate(i.SupervisorPID); err != nil {
 		return stopAnswer{Error: fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)}
 	}

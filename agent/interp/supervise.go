@@ -237,6 +237,10 @@ func (s *supervisor) loop() loopEnd {
 		case sig := <-s.env.Stops():
 			s.logger.Info("stopping the interpreter", "signal", sig.String())
 			s.end.How = HowStopped
+			if why, ok := readSuperseded(s.spec); ok {
+				// Its server stopped it for a newer generation: a duplicate.
+				s.end.How, s.end.Reason = HowDuplicate, why
+			}
 			s.stopChild(s.spec.StopGrace)
 			s.enter(stateEnded)
 		case <-s.node.Lost():

@@ -190,6 +190,22 @@ type Exit struct {
 // exitFile is the exit record's name in an interpreter's directory.
 const exitFile = "exit.json"
 
+// supersededFile, in an interpreter's directory, says why its server is
+// about to stop it as superseded: the supervisor, told to stop, records a
+// duplicate's end with that reason instead of a plain stop.
+const supersededFile = "superseded"
+
+// markSuperseded writes the reason beside the spec at specPath.
+func markSuperseded(specPath, why string) {
+	durable.WriteFile(filepath.Join(filepath.Dir(specPath), supersededFile), []byte(why), 0o600)
+}
+
+// readSuperseded reads the reason its server left, if any.
+func readSuperseded(spec Spec) (string, bool) {
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(spec.OutputLog), supersededFile))
+	return string(data), err == nil
+}
+
 func writeExit(spec Spec, e Exit, waitErr error) {
 	e.Status, e.Code, e.At = describeExit(waitErr), exitCode(waitErr), time.Now().UTC()
 	data, _ := json.MarshalIndent(e, "", "  ")
