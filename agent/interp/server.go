@@ -483,8 +483,9 @@ type claim struct {
 // record notes asker's claim of gen for rid (when it makes one) and
 // returns the highest generation another asker claimed within claimKeep,
 // and which asker, and the asker that holds the request now: the first
-// fresh claimer that alive says is alive (a claim does not outlive its
-// asker: a coordinator that failed must not keep the next one waiting).
+// fresh claimer that alive does not say is gone (a claim does not outlive
+// its asker: a coordinator that failed must not keep the next one
+// waiting).
 func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time, alive func(string) bool) (best int, by string, found bool, holder string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -580,7 +581,7 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 		q := ServerQuorum(l.deps.Node.Members())
 		b.Servers = len(q.Alive) + len(q.Missing)
 	}
-	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now(), l.aliveMember)
+	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now(), l.notGone)
 	if ok {
 		b.Claimer = by
 		if !b.Known || gen > b.KnownGen {
@@ -605,17 +606,20 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 	return b
 }
 
-// aliveMember reports whether name is alive in this agent's view.
-func (l *Lifecycle) aliveMember(name string) bool {
+// notGone reports whether name is not known gone in this agent's view:
+// alive or leaving, or not listed at all (a view fresh from a restart does
+// not list every member yet, and a claim of one it has not heard of must
+// still hold).
+func (l *Lifecycle) notGone(name string) bool {
 	if l.deps.Node == nil {
 		return true
 	}
 	for _, m := range l.deps.Node.Members() {
 		if m.Name == name {
-			return m.Status == gossip.StatusAlive || m.Status == gossip.StatusLeaving
+			return m.Status != gossip.StatusFailed && m.Status != gossip.StatusLeft
 		}
 	}
-	return false
+	return true
 }
 
 // KnownGen is the highest generation of request rid this agent has seen,
