@@ -15,26 +15,6 @@ import (
 	"github.com/meshagent/agent/internal/notifytest"
 )
 
-// awaitNotify returns the next message that is not a watchdog ping, and the
-// pings before it.
-func awaitNotify(t *testing.T, msgs <-chan string, what string) (string, int) {
-	t.Helper()
-	timeout := time.After(20 * time.Second)
-	pings := 0
-	for {
-		select {
-		case m := <-msgs:
-			if m == "WATCHDOG=1" {
-				pings++
-				continue
-			}
-			return m, pings
-		case <-timeout:
-			t.Fatalf("no %s within 20 s (%d watchdog pings)", what, pings)
-		}
-	}
-}
-
 // startService runs `agent run` as systemd would under the packaged unit:
 // a notify socket, a watchdog, a config dir. The test stops it.
 func startService(t *testing.T, a *testAgent, env []string, args ...string) (*exec.Cmd, *lockedBuffer, <-chan error) {
@@ -80,7 +60,7 @@ func TestServiceNotifyReloadAndStop(t *testing.T) {
 	started := time.Now()
 	cmd, _, exited := startService(t, svc, []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=400000"},
 		"--config-file", conf, "--join", seed.gossip)
-	msg, _ := awaitNotify(t, msgs, "READY=1")
+	msg, _ := notifytest.Next(t, msgs, "READY=1", 20*time.Second)
 	ready := time.Since(started)
 	if msg != "READY=1\nSTATUS=joined the mesh" {
 		t.Fatalf("first message %q, want READY=1 once joined", msg)
@@ -104,10 +84,10 @@ func TestServiceNotifyReloadAndStop(t *testing.T) {
 
 	writeFile(t, filepath.Join(conf, "10-agent.json"), `{"tag": {"dc": "west"}, "log_level": "debug", "capacity": 4}`)
 	cmd.Process.Signal(syscall.SIGHUP)
-	if msg, _ = awaitNotify(t, msgs, "RELOADING=1"); !strings.HasPrefix(msg, "RELOADING=1") {
+	if msg, _ = notifytest.Next(t, msgs, "RELOADING=1", 20*time.Second); !strings.HasPrefix(msg, "RELOADING=1") {
 		t.Fatalf("after SIGHUP %q, want RELOADING=1", msg)
 	}
-	if msg, _ = awaitNotify(t, msgs, "READY=1 after the reload"); !strings.HasPrefix(msg, "READY=1") {
+	if msg, _ = notifytest.Next(t, msgs, "READY=1 after the reload", 20*time.Second); !strings.HasPrefix(msg, "READY=1") {
 		t.Fatalf("after RELOADING %q", msg)
 	}
 	waitFor(t, "the reloaded tag in the seed's view", 10*time.Second, func() bool {
@@ -134,7 +114,7 @@ func TestServiceNotifyReloadAndStop(t *testing.T) {
 
 	cmd.Process.Signal(syscall.SIGTERM)
 	for {
-		msg, _ = awaitNotify(t, msgs, "STOPPING=1")
+		msg, _ = notifytest.Next(t, msgs, "STOPPING=1", 20*time.Second)
 		if strings.HasPrefix(msg, "STOPPING=1") {
 			break
 		}

@@ -11,26 +11,6 @@ import (
 	"github.com/meshagent/agent/state"
 )
 
-// nextNotify returns the next message that is not a watchdog ping, and
-// how many pings came before it.
-func nextNotify(t *testing.T, msgs <-chan string, within time.Duration) (string, int) {
-	t.Helper()
-	timeout := time.After(within)
-	pings := 0
-	for {
-		select {
-		case m := <-msgs:
-			if m == "WATCHDOG=1" {
-				pings++
-				continue
-			}
-			return m, pings
-		case <-timeout:
-			t.Fatalf("no notify message within %s (%d watchdog pings)", within, pings)
-		}
-	}
-}
-
 // TestNotifyReadyAfterJoinWatchdogAndStopping: under a Type=notify unit
 // (a fake notify socket) the agent says READY=1 once it has joined, pings
 // the watchdog while its gossip answers, and says STOPPING=1 when it leaves.
@@ -41,7 +21,7 @@ func TestNotifyReadyAfterJoinWatchdogAndStopping(t *testing.T) {
 	a := startAgentWith(t, "notified", "127.0.0.2", Deps{Notifier: n}, func(c *Config) {
 		c.Join = []string{first.Node().Addr()}
 	})
-	msg, _ := nextNotify(t, msgs, 15*time.Second)
+	msg, _ := notifytest.Next(t, msgs, "READY=1", 15*time.Second)
 	if !strings.HasPrefix(msg, "READY=1\n") || !strings.Contains(msg, "STATUS=joined the mesh") {
 		t.Fatalf("first message %q, want READY=1 with STATUS=joined the mesh", msg)
 	}
@@ -63,7 +43,7 @@ func TestNotifyReadyAfterJoinWatchdogAndStopping(t *testing.T) {
 	if err := a.Leave(); err != nil {
 		t.Fatal(err)
 	}
-	msg, _ = nextNotify(t, msgs, 10*time.Second)
+	msg, _ = notifytest.Next(t, msgs, "STOPPING=1", 10*time.Second)
 	if !strings.HasPrefix(msg, "STOPPING=1") {
 		t.Fatalf("message on leave %q, want STOPPING=1", msg)
 	}
@@ -78,7 +58,7 @@ func TestNotifyReadyAfterFirstJoinFails(t *testing.T) {
 	a := startAgentWith(t, "lonely", "127.0.0.1", Deps{Notifier: NewNotifier(sock, 0)}, func(c *Config) {
 		c.Join = []string{dead}
 	})
-	msg, _ := nextNotify(t, msgs, 15*time.Second)
+	msg, _ := notifytest.Next(t, msgs, "READY=1", 15*time.Second)
 	if msg != "READY=1\nSTATUS=first join failed; retrying" {
 		t.Fatalf("message %q, want READY=1 saying the first join failed", msg)
 	}

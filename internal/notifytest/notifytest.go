@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // Socket listens on a fresh notify socket and returns its path (what
@@ -41,4 +42,25 @@ func Socket(t testing.TB) (string, <-chan string) {
 	}()
 	t.Cleanup(func() { conn.Close(); <-done; os.RemoveAll(dir) })
 	return path, msgs
+}
+
+// Next returns the next message that is not a watchdog ping, and how many
+// pings came before it; the test fails, naming what it waited for, when
+// none comes within the limit.
+func Next(t testing.TB, msgs <-chan string, what string, within time.Duration) (string, int) {
+	t.Helper()
+	timeout := time.After(within)
+	pings := 0
+	for {
+		select {
+		case m := <-msgs:
+			if m == "WATCHDOG=1" {
+				pings++
+				continue
+			}
+			return m, pings
+		case <-timeout:
+			t.Fatalf("no %s within %s (%d watchdog pings)", what, within, pings)
+		}
+	}
 }
