@@ -92,7 +92,10 @@ func TestImportRules(t *testing.T) {
 		},
 		"internal/durable": isStdlib,
 		"chaos":            isStdlib,
-		"agent/checks":     isStdlib, // the health checks: probes and their hysteresis, no mesh
+		"agent/checks": func(p string) bool { // the health checks: probes and their hysteresis, no mesh
+			return isStdlib(p) || p == module+"/internal/procgroup"
+		},
+		"internal/procgroup": isStdlib,
 		"cli": func(p string) bool {
 			return isStdlib(p) || p == "github.com/urfave/cli/v2" || p == module+"/agent" ||
 				p == module+"/agent/rpc" || p == module+"/gossip" || p == module+"/simulation" || p == module+"/chaos"

@@ -10,10 +10,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/meshagent/agent/gossip"
+
+	"github.com/meshagent/agent/internal/procgroup"
 )
 
 // EventHandler runs an operator's script on the events its filter names,
@@ -126,26 +127,19 @@ func (a *Agent) invokeHandler(h EventHandler, e gossip.Event, timeout time.Durat
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.Command("/bin/sh", "-c", h.Script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Env = append(os.Environ(), a.handlerEnv(e)...)
 	cmd.Stdin = bytes.NewReader(handlerInput(e))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		a.logger.Error("event handler did not start", "script", h.Script, "event", e.Type, "err", err)
-		return
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+	killed, err := procgroup.Run(ctx, cmd)
+	if killed {
 		a.logger.Error("event handler timed out and was killed", "script", h.Script, "event", e.Type,
 			"timeout", timeout)
+		return
+	}
+	if cmd.Process == nil {
+		a.logger.Error("event handler did not start", "script", h.Script, "event", e.Type, "err", err)
 		return
 	}
 	if err != nil {

@@ -12,8 +12,9 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/meshagent/agent/internal/procgroup"
 )
 
 // Clock is where the runner gets time from (state.Clock satisfies it).
@@ -284,21 +285,11 @@ func (p OSProber) Probe(ctx context.Context, d Definition) Result {
 
 func (p OSProber) script(ctx context.Context, d Definition) Result {
 	cmd := exec.Command(d.Args[0], d.Args[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Env = append(cmd.Environ(), p.Env...)
 	var out limitedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return Result{Status: Critical, Output: err.Error()}
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+	killed, err := procgroup.Run(ctx, cmd)
+	if killed {
 		return Result{Status: Critical, Output: "killed at the timeout: " + trim(out.String())}
 	}
 	var exit *exec.ExitError
