@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -113,6 +114,21 @@ func serverElecting(t *testing.T, elect func(context.Context, placement.Request)
 	t.Cleanup(func() { close(done); l.wg.Wait() })
 	l.deps.Node = node
 	return l, procs
+}
+
+// advanceUntil moves the lifecycle's fake clock a second at a time until
+// cond holds (a restart's delay passes, then its launch runs), at most 100
+// times; it reports whether cond came true.
+func advanceUntil(l *Lifecycle, cond func() bool) bool {
+	clock := l.clock.(*state.FakeClock)
+	for range 100 {
+		if cond() {
+			return true
+		}
+		clock.Advance(time.Second)
+		time.Sleep(10 * time.Millisecond) // the launch runs on the lifecycle's own goroutine
+	}
+	return cond()
 }
 
 // TestATakeBackStopsOnlyWhatItsOrderStarted: an asker that timed out on a
@@ -242,19 +258,13 @@ func TestARestartedServerDoesNotRestartASupersededInterpreter(t *testing.T) {
 			l.regMu.Lock()
 			_, waiting := l.restarting["r1"] // a restart waits out its first delay
 			l.regMu.Unlock()
-			started := false
-			if waiting {
-				clock := l.clock.(*state.FakeClock)
-				for i := 0; i < 100 && !started; i++ { // bounded: the restart's delay, then its launch
-					clock.Advance(time.Second)
-					time.Sleep(10 * time.Millisecond)
-					procs.mu.Lock()
-					for _, e := range procs.events {
-						started = started || e.RequestID == "r1" && (e.Type == EventStarted || e.Type == EventRestarted)
-					}
-					procs.mu.Unlock()
-				}
-			}
+			started := waiting && advanceUntil(l, func() bool {
+				procs.mu.Lock()
+				defer procs.mu.Unlock()
+				return slices.ContainsFunc(procs.events, func(e Event) bool {
+					return e.RequestID == "r1" && (e.Type == EventStarted || e.Type == EventRestarted)
+				})
+			})
 			if started != tc.restarted {
 				t.Fatalf("restarted %v, want %v (events %+v)", started, tc.restarted, procs.events)
 			}
@@ -356,19 +366,16 @@ func TestATakeBackStopsWhatItsOrderStartedThoughRestarted(t *testing.T) {
 	rec, _ := l.registry.ByRequestID("r1")
 	l.regMu.Unlock()
 	procs.Kill(rec.SupervisorPID) // its supervisor dies: the host restarts it
-	clock := l.clock.(*state.FakeClock)
 	var again state.Interpreter
-	for i := 0; i < 100; i++ { // bounded: the restart's delay, then its launch
-		clock.Advance(time.Second)
-		time.Sleep(10 * time.Millisecond)
+	advanceUntil(l, func() bool {
 		l.regMu.Lock()
+		defer l.regMu.Unlock()
 		r, ok := l.registry.ByRequestID("r1")
-		l.regMu.Unlock()
 		if ok && r.Name != rec.Name {
 			again = r
-			break
 		}
-	}
+		return again.Name != ""
+	})
 	if again.Name == "" || again.Gen != 1 {
 		t.Fatalf("the host did not restart r1 one generation up: %+v", again)
 	}
