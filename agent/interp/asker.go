@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -147,42 +146,21 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		resp.Generation = gen
 	}
 	if quorum {
-		known := ServerQuorum(l.deps.Node.Members())
-		answered := map[string]bool{}
-		for _, b := range e.Result.Bids {
-			answered[b.Node] = true
-		}
-		total, by := len(known.Alive)+len(known.Missing), l.cfg.Node
-		for _, b := range e.Result.Bids {
-			if b.Servers > total {
-				total, by = b.Servers, b.Node // a bidder knows servers this view forgot
-			}
-		}
-		if 2*len(answered) <= total {
-			heard := slices.Sorted(maps.Keys(answered))
+		v := l.tally(e.Result.Bids)
+		if !v.majority() {
 			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s heard from %d of the %d servers %s knows during the election "+
 				"(%v): starting an interpreter for this request here could start a second one on the other side of a "+
 				"partition, so it is refused; retry when the mesh heals, or ask an agent that reaches most servers",
-				l.cfg.Node, len(answered), total, by, heard), start)
+				l.cfg.Node, len(v.answered), v.total, v.by, v.answered), start)
 		}
-		if !held {
+		if !held && !v.granted() {
 			// Only the asker a majority of the servers granted the request
 			// to may place it anew: another elects it at this moment (its
 			// view names another coordinator, or it is the owner
 			// re-placing it). The other waits for it, and then answers
 			// with its interpreter.
-			granted, holder := 0, ""
-			for _, b := range e.Result.Bids {
-				if b.Grant != placement.Denied {
-					granted++
-				} else if holder == "" || b.Claimer < holder {
-					holder = b.Claimer
-				}
-			}
-			if 2*granted <= total {
-				resp.Code, resp.Error = codeDefer, fmt.Sprintf("%d of %d servers hold this request for %s", len(answered)-granted, total, holder)
-				return resp
-			}
+			resp.Code, resp.Error = codeDefer, v.deferral()
+			return resp
 		}
 	}
 	if e.Err != nil && !held {
@@ -323,6 +301,54 @@ func knownGen(bids []placement.Bid) (int, bool) {
 		}
 	}
 	return best, found
+}
+
+// votes is what an election's bids say of the asker's claim: which
+// servers answered, of how many (the most any bidder knows, or this
+// agent's own count, and who knows that many), how many granted the claim,
+// and the asker that the others hold the request for.
+type votes struct {
+	answered []string
+	total    int
+	by       string
+	grants   int
+	holder   string
+}
+
+// tally counts bids against the servers this agent knows, or the most any
+// bidder knows: a restart or a lost disk leaves a view that never heard of
+// the servers already failed.
+func (l *Lifecycle) tally(bids []placement.Bid) votes {
+	known := ServerQuorum(l.deps.Node.Members())
+	v := votes{total: len(known.Alive) + len(known.Missing), by: l.cfg.Node}
+	for _, b := range bids {
+		if !slices.Contains(v.answered, b.Node) {
+			v.answered = append(v.answered, b.Node)
+		}
+		if b.Servers > v.total {
+			v.total, v.by = b.Servers, b.Node // a bidder knows servers this view forgot
+		}
+		if b.Grant != placement.Denied {
+			v.grants++
+		} else if v.holder == "" || b.Claimer < v.holder {
+			v.holder = b.Claimer
+		}
+	}
+	slices.Sort(v.answered)
+	return v
+}
+
+// majority: a strict majority of the servers answered (two sides of a
+// partition cannot both have one).
+func (v votes) majority() bool { return 2*len(v.answered) > v.total }
+
+// granted: a strict majority of the servers granted the claim (two askers
+// cannot both have one: majorities share a server, and a server grants
+// one asker at a time).
+func (v votes) granted() bool { return 2*v.grants > v.total }
+
+func (v votes) deferral() string {
+	return fmt.Sprintf("%d of %d servers hold this request for %s", len(v.answered)-v.grants, v.total, v.holder)
 }
 
 // sentOrder is a spawn order sent to one server: the generation it carried.

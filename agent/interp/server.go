@@ -907,7 +907,10 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 		name := InterpreterName(rec.Kind, rec.RequestID)
 		// One generation up: the new start outranks the dead one's member,
 		// which the mesh may still list alive for a moment.
-		gen := NextGen(max(rec.Gen, l.memory.genOf(rec.RequestID)))
+		gen, ok := l.claimRestart(rec, NextGen(max(rec.Gen, l.memory.genOf(rec.RequestID))))
+		if !ok {
+			return
+		}
 		l.memory.placed(rec.RequestID, gen, l.clock.Now())
 		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: gen,
 			restart: true, ordered: rec.Ordered}
@@ -919,6 +922,75 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 		l.emit(Event{Type: EventRestarted, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, Gen: gen})
 		l.changed()
 	}()
+}
+
+// restartClaims bounds how often a host asks the servers for its restart
+// of a request, restartClaimEvery apart, before it leaves the request to
+// its owner's re-placement (which covers an interpreter that failed on a
+// live host that did not start it again).
+const (
+	restartClaims     = 5
+	restartClaimEvery = 2 * time.Second
+)
+
+// claimRestart asks the servers, as a keyed spawn's election does, for
+// the host's own restart of rec at generation gen, and returns the
+// generation to start (above any the servers saw) once a majority of them
+// granted it. A restart races the mesh: the request's owner may re-place
+// it at the same moment (it saw the interpreter fail), or a keyed spawn
+// may. Without the claim, both started the same generation and the
+// duplicate rule kept one by name, maybe not the one a client was given
+// (chaos seeds 111, 168, 200: the-answer-stands). It does not restart
+// when a server holds the request (another copy runs or starts), and it
+// asks again later when no majority answered or another asker holds the
+// request, while this host still runs nothing of it.
+func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
+	if l.deps.Elect == nil || l.deps.Node == nil {
+		return gen, true
+	}
+	preq, _ := ParsePlaceRequest(rec.Kind, nil, "")
+	preq.ID = rec.RequestID
+	for try := 1; ; try++ {
+		preq.Claim, preq.Gen = true, gen
+		ctx, cancel := l.untilDone(orderTimeout)
+		e := l.deps.Elect(ctx, preq)
+		cancel()
+		v := l.tally(e.Result.Bids)
+		holder, held := holderOf(e.Result.Bids)
+		why := ""
+		switch {
+		case held:
+			l.logger.Info("not restarting an interpreter: a server runs its request", "request", rec.RequestID,
+				"holder", holder.Holds, "on", holder.Node, "gen", holder.HoldsGen)
+			return 0, false
+		case !v.majority():
+			why = fmt.Sprintf("heard from %d of %d servers", len(v.answered), v.total)
+		case !v.granted():
+			why = v.deferral()
+		default:
+			if known, ok := knownGen(e.Result.Bids); ok && known >= gen {
+				gen = NextGen(known) // a server saw a placement this host never did
+			}
+			return gen, true
+		}
+		if try == restartClaims {
+			l.logger.Warn("not restarting an interpreter here: the servers did not grant it; its owner re-places it",
+				"request", rec.RequestID, "why", why)
+			return 0, false
+		}
+		select {
+		case <-l.deps.Done:
+			return 0, false
+		case <-l.clock.After(restartClaimEvery):
+		}
+		l.regMu.Lock()
+		_, running := l.registry.ByRequestID(rec.RequestID)
+		_, starting := l.inflight[rec.RequestID]
+		l.regMu.Unlock()
+		if running || starting {
+			return 0, false
+		}
+	}
 }
 
 // restartLostAtStart starts again the on-failure interpreters that died

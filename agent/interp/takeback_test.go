@@ -82,7 +82,14 @@ func (f *fakeSupervisors) stops() []int {
 // loopback and supervisors faked: what it starts and stops is what its
 // orders say.
 func serverWithFakeSupervisors(t *testing.T) (*Lifecycle, *fakeSupervisors) {
-	return serverElecting(t, func(context.Context, placement.Request) Election { return Election{} })
+	var l *Lifecycle
+	l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		// The mesh is this one server: its own bid is the election.
+		b := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)},
+			placement.Bid{Node: "s1", Healthy: true})
+		return Election{Result: bidding.Result{Bids: []placement.Bid{b}}}
+	})
+	return l, procs
 }
 
 // serverElecting is serverWithFakeSupervisors whose elections answer with
@@ -454,5 +461,83 @@ func TestAnElectionWithoutAMajoritysGrantDefers(t *testing.T) {
 		if tc.defers && !strings.Contains(resp.Error, "h9") {
 			t.Errorf("grants %v: %q does not name the asker that holds the request", tc.grants, resp.Error)
 		}
+	}
+}
+
+// TestAHostsRestartTakesTheRequestsGrant: a host whose supervisor died
+// restarts the request only when a majority of the servers grant it the
+// request, as a keyed spawn's election must, and above any generation
+// they saw. Before, the restart took no grant: the request's owner,
+// re-placing the interpreter it saw fail, and the host both started the
+// same generation, and the duplicate rule kept one by name, not always
+// the one the owner's answer named (chaos seeds 111, 168, 200:
+// the-answer-stands).
+func TestAHostsRestartTakesTheRequestsGrant(t *testing.T) {
+	bids := func(g placement.Grant, claimer, holds string, known int) []placement.Bid {
+		var bs []placement.Bid
+		for i := range 3 {
+			b := placement.Bid{Node: fmt.Sprintf("s%d", i+1), OffersKind: true, Healthy: true, Servers: 3, Grant: g, Claimer: claimer}
+			if known > 0 {
+				b.Known, b.KnownGen = true, known
+			}
+			if i == 1 && holds != "" {
+				b.Holds, b.HoldsGen = holds, known
+			}
+			bs = append(bs, b)
+		}
+		return bs
+	}
+	for _, tc := range []struct {
+		name    string
+		bids    []placement.Bid
+		restart bool
+		gen     int
+	}{
+		{"the servers hold the request for its owner", bids(placement.Denied, "s2", "", 0), false, 0},
+		{"another server runs the request", bids(placement.Granted, "", "demo-r1-bbbb", 1), false, 0},
+		{"the servers grant it", bids(placement.Granted, "", "", 0), true, 1},
+		{"the servers grant it and saw generation 4", bids(placement.Granted, "", "", 4), true, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var elections sync.Mutex
+			claimed := 0
+			l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+				elections.Lock()
+				defer elections.Unlock()
+				if req.Claim {
+					claimed++
+				}
+				return Election{Result: bidding.Result{Bids: tc.bids}}
+			})
+			first := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 0, Restart: RestartOnFailure})
+			if first.Refusal != "" {
+				t.Fatalf("not started: %+v", first)
+			}
+			l.regMu.Lock()
+			rec, _ := l.registry.ByRequestID("r1")
+			l.regMu.Unlock()
+			procs.Kill(rec.SupervisorPID)
+			var again state.Interpreter
+			restarted := advanceUntil(l, func() bool {
+				l.regMu.Lock()
+				defer l.regMu.Unlock()
+				again, _ = l.registry.ByRequestID("r1")
+				return again.Name != "" && again.Name != rec.Name
+			})
+			if restarted != tc.restart {
+				t.Fatalf("restarted %v (%+v), want %v", restarted, again, tc.restart)
+			}
+			if restarted && again.Gen != tc.gen {
+				t.Fatalf("restarted at generation %d, want %d", again.Gen, tc.gen)
+			}
+			elections.Lock()
+			defer elections.Unlock()
+			if claimed == 0 {
+				t.Fatal("the host restarted without claiming the request")
+			}
+			if !tc.restart && tc.bids[0].Grant == placement.Denied && claimed != restartClaims {
+				t.Fatalf("asked %d times, want %d before leaving it to the owner", claimed, restartClaims)
+			}
+		})
 	}
 }
