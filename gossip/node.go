@@ -272,9 +272,10 @@ func Start(cfg Config) (*Node, error) {
 		heal = n.Dilate(heal)
 	}
 	n.startHeal(heal) // before dispatch, which tells the prober serf's events
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.dispatch()
 	go n.watchLost()
+	go n.followUpJoin()
 	return n, nil
 }
 

@@ -260,9 +260,6 @@ func (w *world) play(ctx context.Context, plan chaos.Plan) {
 		}
 		if took := time.Since(began); took > time.Second {
 			w.logger.Warn("a chaos step held up the schedule", "step", fmt.Sprintf("%+v", st), "took", took)
-			if st.Fault != nil {
-				fmt.Fprintf(os.Stderr, "SLOW STEP %s took %v\n", st.Fault.Kind, took)
-			}
 		}
 	}
 	if d := plan.Duration - w.since(); d > 0 {
@@ -669,7 +666,7 @@ func (w *world) startAgent(host string, keepData bool) error {
 	// with its disk goes on from its Lamport clocks, one without starts
 	// them over.
 	node, err := gossip.Start(gossip.Config{Name: host, Transport: ep, Profile: w.cfg.Profile, Tags: tags,
-		Logger: slog.New(slog.DiscardHandler), Uncompressed: true, Reap: gossip.IsInterpreter, ReapAfter: chaosReap,
+		Logger: gossipLogger(logger), Uncompressed: true, Reap: gossip.IsInterpreter, ReapAfter: chaosReap,
 		SnapshotPath: filepath.Join(dir, "serf.snapshot")})
 	if err != nil {
 		ep.Shutdown()
@@ -711,7 +708,9 @@ func (w *world) startAgent(host string, keepData bool) error {
 		// Until one answers, as the agent's retry does (its backoff
 		// capped lower, for a run of minutes).
 		for wait := time.Second; ; wait = min(2*wait, 8*time.Second) {
-			if n, _ := node.Join(addrs, false); n > 0 {
+			n, err := node.Join(addrs, false)
+			logger.Debug("join", "reached", n, "of", len(addrs), "err", err)
+			if n > 0 {
 				a.joined.Store(true)
 				return
 			}
@@ -798,4 +797,15 @@ func settleS(h chaos.History) float64 {
 		return -1
 	}
 	return round(d.Seconds())
+}
+
+// ChaosGossipLogEnv, set to 1 beside ChaosLogEnv, adds each agent's serf
+// and memberlist log to it: what a member heard, refuted and gave up.
+const ChaosGossipLogEnv = "AGENT_CHAOS_LOG_GOSSIP"
+
+func gossipLogger(l *slog.Logger) *slog.Logger {
+	if os.Getenv(ChaosGossipLogEnv) == "1" {
+		return l.With("gossip", true)
+	}
+	return slog.New(slog.DiscardHandler)
 }

@@ -61,6 +61,7 @@ var failedBefore = []struct {
 	{17, time.Minute}, {18, time.Minute},
 	{72, 3 * time.Minute}, {87, 3 * time.Minute}, {125, 3 * time.Minute}, {137, 3 * time.Minute}, {140, 3 * time.Minute},
 	{161, 3 * time.Minute}, {168, 3 * time.Minute}, {170, 3 * time.Minute}, {196, 3 * time.Minute},
+	{111, 3 * time.Minute}, {200, 3 * time.Minute},
 }
 
 // TestChaosHoldsOverManySeeds: whole agents under seeded random faults and

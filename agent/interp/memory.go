@@ -178,11 +178,14 @@ func (m *memory) lostSince(rid string) (time.Time, bool) {
 }
 
 // stuckAfter is how long an on-failure interpreter may stay failed on a
-// host that is alive before the mesh re-places it: its host restarts it
-// within its backoff (at most 30 s after detection) when the host knows
-// it. A host that came back without its supervisors' record (or its data
-// dir) does not, and nobody else would.
-const stuckAfter = time.Minute
+// host that is alive before the mesh re-places it. Its host restarts it
+// when it knows it, mostly within seconds; a host that came back without
+// its supervisors' record (or its data dir) does not, and nobody else
+// would. Short enough that the re-placement's election and start fit in
+// T_settle (30 s) after the host's return. Should the host restart it at
+// the same moment, both ask the servers for the request (claimRestart),
+// and only one gets a majority's grant.
+const stuckAfter = 15 * time.Second
 
 // stuck lists the remembered orphans whose hosts are alive in members but
 // that stayed failed for stuckAfter: the mesh must re-place them.

@@ -144,6 +144,30 @@ func TestNothingLostWhenTheReapForgetsAnOrphan(t *testing.T) {
 	}
 }
 
+// TestNothingLostWhenAHostComesBackWithoutItsInterpreters: an on-failure
+// interpreter died with its host, and the host came back within seconds
+// without its data dir: it never learns of the interpreter (a fresh
+// member hears nothing of members already failed) and never restarts
+// it, and its host is alive, so the interpreter is no orphan of a failed
+// host. The mesh re-places it once it stayed failed for stuckAfter, soon
+// enough that the election and the start fit in T_settle (30 s). Before,
+// stuckAfter was a minute, and the request ran nowhere for that long
+// (chaos seeds 225 and 288: nothing-lost).
+func TestNothingLostWhenAHostComesBackWithoutItsInterpreters(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	m := newMemory()
+	lost := inst("demo-r-1", "r", 0, failed, "h5", failed)
+	m.observe([]Instance{lost}, t0)
+	back := []gossip.Member{{Name: "h1", Status: alive}, {Name: "h5", Status: alive}}
+	if os := m.stuck(back, t0.Add(5*time.Second)); len(os) != 0 {
+		t.Fatalf("5 s after the failure: %+v, want none yet (its host may restart it)", os)
+	}
+	os := m.stuck(back, t0.Add(20*time.Second))
+	if len(os) != 1 || os[0].Last.Name != lost.Name || os[0].NextGen != 1 {
+		t.Fatalf("20 s after the failure, its host alive: %+v, want %s to re-place at generation 1", os, lost.Name)
+	}
+}
+
 func ptr[T any](v T) *T { return &v }
 
 func TestRestartedByIsNoDuplicate(t *testing.T) {
