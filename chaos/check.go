@@ -530,7 +530,7 @@ func (c *checker) nothingLost() {
 		if a.Restart != "on-failure" || c.stopped(rid, a.Name, a.Invoked, s.At) != nil || c.endedBySignal(rid, a.Name, a.Invoked, s.At) != nil {
 			continue
 		}
-		if slices.ContainsFunc(s.Processes, func(p Process) bool { return p.RID == rid }) {
+		if slices.ContainsFunc(s.Processes, func(p Process) bool { return p.RID == rid }) || c.lostWithItsDisk(rid, a) {
 			continue
 		}
 		// Given up on, or stopped by its server (a drain's --stop: an
@@ -577,6 +577,42 @@ func (c *checker) nothingLost() {
 			Detail: fmt.Sprintf("rid %s asked --restart on-failure (op %d named %s on %s), but at the end no process runs for it "+
 				"and no agent reported %s", rid, a.ID, a.Name, a.Host, eventGaveUp)}, ls)
 	}
+}
+
+// lostWithItsDisk reports whether the request's only record went with
+// its host's disk: the host of the interpreter that a named crashed after
+// the answer and came back without its data dir, and no agent but that
+// host had listed an interpreter of the request before the crash. Like a
+// write acknowledged before it was replicated, nothing is left that could
+// start it again (README, "Interpreters under faults"). An interpreter
+// joins the mesh within a second of its start, and from then on every
+// agent that saw it keeps the request.
+func (c *checker) lostWithItsDisk(rid string, a Op) bool {
+	var crash time.Duration
+	found := false
+	for _, f := range c.h.Faults {
+		if !found && f.At >= a.Invoked && f.Kind == FaultCrashHost && len(f.Hosts) > 0 && f.Hosts[0] == a.Host {
+			crash, found = f.At, true
+			continue
+		}
+		if found && f.At >= crash && f.Kind == FaultRestartHost && len(f.Hosts) > 0 && f.Hosts[0] == a.Host {
+			if f.KeepData {
+				return false
+			}
+			for _, s := range c.h.Snapshots {
+				if s.At > crash {
+					break
+				}
+				for agent, ls := range s.Lists {
+					if agent != a.Host && slices.ContainsFunc(ls, func(l Listed) bool { return l.RID == rid }) {
+						return false
+					}
+				}
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // stopMeansStopped: StopGrace after a stop's OK answer, its process is

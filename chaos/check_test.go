@@ -357,13 +357,35 @@ func TestCheckNothingLost(t *testing.T) {
 		},
 		{name: "no restart policy", h: history(22, []Op{spawned(1, "h1", "k-1", "demo-a", "h1", 0, 2), other}, crash, nil, quiet(40, c))},
 		{
+			// Every agent had listed it before its host crashed: the mesh
+			// knew the request and had to start it again.
 			name: "lost with its host",
 			h: history(22, []Op{a, other, stopOp(3, "h3", "demo-c", 35, Fail)}, crash,
-				[]Event{event(11, "h2", "interpreter-exited", "demo-a", "k-1", "h1", 0)}, quiet(40, c)),
+				[]Event{event(11, "h2", "interpreter-exited", "demo-a", "k-1", "h1", 0)},
+				loud(5, proc("demo-a", "k-1", "h1", 0), c), quiet(40, c)),
 			want:    []string{NothingLost},
 			show:    []string{"op 1 spawn at h1 key=k-1 restart=on-failure", "no process for rid k-1 on any host", "fault crash-host h1", "fault restart-host h1", "interpreter-exited demo-a"},
 			notShow: []string{"h2 ", "demo-c", "op 3"},
 			detail:  []string{"rid k-1 asked --restart on-failure", "op 1 named demo-a on h1", "interpreter-gave-up"},
+		},
+		{
+			// Only its own host had listed it when the host crashed and came
+			// back without its data dir (chaos seed 402): the request's only
+			// record went with the disk.
+			name: "lost with its host's disk before another agent listed it",
+			h: history(22, []Op{a, other}, crash, nil,
+				func() Snapshot {
+					s := loud(5, proc("demo-a", "k-1", "h1", 0), c)
+					s.Lists["h2"], s.Lists["h3"] = []Listed{Listed(c)}, []Listed{Listed(c)}
+					return s
+				}(), quiet(40, c)),
+		},
+		{
+			name: "lost with its host, which came back with its data dir",
+			h: history(22, []Op{a, other}, []Fault{{Kind: FaultCrashHost, At: sec(10), Hosts: []string{"h1"}},
+				{Kind: FaultRestartHost, At: sec(20), Hosts: []string{"h1"}, KeepData: true}}, nil, quiet(40, c)),
+			want:   []string{NothingLost},
+			detail: []string{"rid k-1"},
 		},
 		{
 			name:   "SIGKILL is a failure: restarted or lost",

@@ -62,13 +62,16 @@ const chaosReap = time.Minute
 
 // ChaosResult is one run: its history and what the checker found in it.
 type ChaosResult struct {
-	Seed       int64             `json:"seed"`
-	Agents     int               `json:"agents"`
-	SimulatedS float64           `json:"simulated_s"`
-	Ops        int               `json:"ops"`
-	Faults     int               `json:"faults"`
-	Violations []chaos.Violation `json:"violations"`
-	History    chaos.History     `json:"history"`
+	Seed       int64   `json:"seed"`
+	Agents     int     `json:"agents"`
+	SimulatedS float64 `json:"simulated_s"`
+	Ops        int     `json:"ops"`
+	Faults     int     `json:"faults"`
+	// FaultKinds counts the faults by kind: what the run injected, kept
+	// when the history is not.
+	FaultKinds map[chaos.FaultKind]int `json:"fault_kinds"`
+	Violations []chaos.Violation       `json:"violations"`
+	History    chaos.History           `json:"history"`
 	// SettleS is how long after the last heal every agent listed exactly
 	// the processes that ran, one per request (-1: never within the run).
 	SettleS float64 `json:"settle_s"`
@@ -111,7 +114,10 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (*ChaosResult, error) {
 	w.play(ctx, plan)
 	h := w.history()
 	res := &ChaosResult{Seed: cfg.Seed, Agents: cfg.Agents, SimulatedS: round(h.End.Seconds()), Ops: len(h.Ops),
-		Faults: len(h.Faults), History: h, Violations: chaos.Check(h), SettleS: settleS(h)}
+		Faults: len(h.Faults), FaultKinds: map[chaos.FaultKind]int{}, History: h, Violations: chaos.Check(h), SettleS: settleS(h)}
+	for _, f := range h.Faults {
+		res.FaultKinds[f.Kind]++
+	}
 	return res, nil
 }
 

@@ -123,6 +123,9 @@ type Lifecycle struct {
 	// told are the stale copies on other hosts this owner told their
 	// host to stop, by name, and when.
 	told map[string]time.Time
+	// staleSince is when this agent first saw each stale copy still run
+	// on another host, by name (tellSuperseded's fallback).
+	staleSince map[string]time.Time
 	// restartsSeen is each of this host's interpreters' restart count, as
 	// last published.
 	restartsSeen map[string]int
@@ -175,6 +178,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		abandoned:    map[string]time.Time{},
 		superseded:   map[string]int{},
 		told:         map[string]time.Time{},
+		staleSince:   map[string]time.Time{},
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
 		restartsSeen: map[string]int{},

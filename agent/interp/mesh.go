@@ -84,11 +84,19 @@ func (l *Lifecycle) stopSuperseded() {
 	}
 }
 
+// tellFallback is how long after the owner the server next in rank tells
+// a host to stop a stale copy that still runs, and so on down the ranks.
+// The owner may not know the newer generation (it restarted without its
+// data dir while the newer one ran and ended: chaos seed 455,
+// the-answer-stands), and telling costs one small query.
+const tellFallback = 5 * time.Second
+
 // tellSuperseded has the owner of a request tell another host to stop
 // its copy of the request that this agent has seen superseded: that host
 // may not know (its agent restarted, or the newer generation lived and
-// ended while a partition hid it from that host). Once per copy, again
-// after a while if it still runs.
+// ended while a partition hid it from that host). Should the copy still
+// run tellFallback later, the next server in rank that knows tells, and
+// so on. Once per copy, again after a while if it still runs.
 func (l *Lifecycle) tellSuperseded(members []gossip.Member, view []Instance) {
 	alive := ServerQuorum(members).Alive
 	now := l.clock.Now()
@@ -100,12 +108,23 @@ func (l *Lifecycle) tellSuperseded(members []gossip.Member, view []Instance) {
 	}
 	var tell []Instance
 	var gens []int
+	stale := map[string]bool{}
 	for _, in := range view {
 		if in.Status != gossip.StatusAlive || in.HostStatus != gossip.StatusAlive || in.Host == l.cfg.Node {
 			continue
 		}
 		g := l.memory.genOf(in.Tags.RequestID)
-		if g <= in.Tags.Gen || OwnerRank(in.Tags.RequestID, l.cfg.Node, alive) != 0 {
+		if g <= in.Tags.Gen {
+			continue
+		}
+		stale[in.Name] = true
+		since, ok := l.staleSince[in.Name]
+		if !ok {
+			since = now
+			l.staleSince[in.Name] = now
+		}
+		rank := OwnerRank(in.Tags.RequestID, l.cfg.Node, alive)
+		if rank < 0 || now.Sub(since) < time.Duration(rank)*tellFallback {
 			continue
 		}
 		if _, done := l.told[in.Name]; done {
@@ -113,6 +132,11 @@ func (l *Lifecycle) tellSuperseded(members []gossip.Member, view []Instance) {
 		}
 		l.told[in.Name] = now
 		tell, gens = append(tell, in), append(gens, g)
+	}
+	for name := range l.staleSince {
+		if !stale[name] {
+			delete(l.staleSince, name)
+		}
 	}
 	l.meshMu.Unlock()
 	for k, in := range tell {

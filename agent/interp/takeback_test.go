@@ -541,3 +541,46 @@ func TestAHostsRestartTakesTheRequestsGrant(t *testing.T) {
 		})
 	}
 }
+
+// TestTheNextServerTellsWhenTheOwnerDoesNot: a stale copy runs on h4 (its
+// request was placed anew, generation 2, while a partition hid h4; that
+// one ended since). The request's owner restarted without its data dir
+// and knows nothing of generation 2, so it never tells h4. The next
+// server in rank, which knows, tells h4 tellFallback after it first saw
+// the copy still run, and not before. Before, only the owner told, and the
+// stale copy ran on, older than the latest answer (chaos seed 455:
+// the-answer-stands).
+func TestTheNextServerTellsWhenTheOwnerDoesNot(t *testing.T) {
+	l, _ := serverWithFakeSupervisors(t)
+	servers := []string{"h4", "s1", "s2"}
+	rid := ""
+	for i := 0; rid == ""; i++ {
+		if r := fmt.Sprintf("r%d", i); OwnerRank(r, "s1", servers) == 1 {
+			rid = r
+		}
+	}
+	members := []gossip.Member{
+		{Name: "s1", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
+		{Name: "s2", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
+		{Name: "h4", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
+	}
+	clock := l.clock.(*state.FakeClock)
+	l.memory.placed(rid, 2, clock.Now())
+	stale := Instance{Name: "demo-" + rid + "-abdc", Status: gossip.StatusAlive, Host: "h4", HostStatus: gossip.StatusAlive,
+		Tags: gossip.Tags{Role: gossip.RoleInterpreter, Kind: BuiltinKind, RequestID: rid, Host: "h4", Gen: 1}}
+	told := func() bool {
+		l.meshMu.Lock()
+		defer l.meshMu.Unlock()
+		_, ok := l.told[stale.Name]
+		return ok
+	}
+	l.tellSuperseded(members, []Instance{stale})
+	if told() {
+		t.Fatal("the second in rank told at once; the owner tells first")
+	}
+	clock.Advance(tellFallback)
+	l.tellSuperseded(members, []Instance{stale})
+	if !told() {
+		t.Fatalf("%s after it first saw the stale copy, the second in rank did not tell its host", tellFallback)
+	}
+}
