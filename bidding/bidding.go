@@ -56,12 +56,17 @@ type Request struct {
 	Kind        string   `msgpack:"k"`
 	Constraints []string `msgpack:"c,omitempty"` // key=regex, for the record; Elect enforces them
 	// Claim is the generation the asker means to place, plus one: zero
-	// (left out) when it claims none.
+	// (left out) when it claims none, -1 when it withdraws its claim.
 	Claim int `msgpack:"g,omitempty"`
 }
 
-// ClaimOf is the request's claim from a placement request.
+// ClaimOf is the request's claim from a placement request: -1 withdraws
+// the asker's claim (Release), which an older server, granting nothing,
+// takes for no claim at all.
 func ClaimOf(req placement.Request) int {
+	if req.Release {
+		return -1
+	}
 	if !req.Claim {
 		return 0
 	}

@@ -79,6 +79,11 @@ type Request struct {
 	// remembers it, and tells another asker of the same request.
 	Claim bool
 	Gen   int
+	// Release, with Claim unset, withdraws this asker's claim of the
+	// request: it did not get a majority's grants and defers, so that a
+	// rival may gather them (two askers whose claims split the servers
+	// evenly would otherwise keep each other out for as long as both ask).
+	Release bool
 }
 
 // Policy says which eligible server an election prefers.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
@@ -148,6 +149,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	if quorum {
 		v := l.tally(e.Result.Bids)
 		if !v.majority() {
+			l.releaseClaim(ctx, preq)
 			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s heard from %d of the %d servers %s knows during the election "+
 				"(%v): starting an interpreter for this request here could start a second one on the other side of a "+
 				"partition, so it is refused; retry when the mesh heals, or ask an agent that reaches most servers",
@@ -160,6 +162,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			// re-placing it). The other waits for it, and then answers
 			// with its interpreter.
 			resp.Code, resp.Error = codeDefer, v.deferral()
+			l.releaseClaim(ctx, preq)
 			return resp
 		}
 	}
@@ -301,6 +304,24 @@ func knownGen(bids []placement.Bid) (int, bool) {
 		}
 	}
 	return best, found
+}
+
+// releaseClaim withdraws this agent's claim of req at the servers: it will
+// not place the request now, and a rival that asks next may gather the
+// grants. Without it, two askers whose claims split the servers evenly
+// (each reached half of them first) kept each other out for as long as
+// both went on asking (chaos seed 31: an owner's re-placement and the
+// host's restart, every 2 s for a minute, nothing-lost).
+func (l *Lifecycle) releaseClaim(ctx context.Context, req placement.Request) {
+	req.Claim, req.Release = false, true
+	l.deps.Elect(ctx, req)
+}
+
+// retryJitter is d with a random spread of half of it either way: two
+// askers that deferred to each other at the same moment do not ask again
+// at the same moment.
+func retryJitter(d time.Duration) time.Duration {
+	return d/2 + mrand.N(d)
 }
 
 // votes is what an election's bids say of the asker's claim: which

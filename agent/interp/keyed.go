@@ -250,7 +250,7 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 			case <-ctx.Done():
 				return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnTimeout,
 					fmt.Errorf("waited for another agent's spawn of --key %q (%s): %w", req.Key, resp.Error, ctx.Err()), start)
-			case <-l.clock.After(deferWait):
+			case <-l.clock.After(retryJitter(deferWait)):
 				continue
 			}
 		}

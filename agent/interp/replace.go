@@ -88,7 +88,7 @@ func (r *replacer) done(rid string, gen int, placed bool, now time.Time) {
 		// Another agent elected it at the moment, or too few servers
 		// answered: no attempt was made, so none is spent; look again soon.
 		s.tries.refund()
-		s.notBefore = now.Add(notNowWait)
+		s.notBefore = now.Add(retryJitter(notNowWait))
 		return
 	}
 	if placed {
@@ -99,7 +99,8 @@ func (r *replacer) done(rid string, gen int, placed bool, now time.Time) {
 }
 
 // notNow is the generation done is told when the attempt did not get to
-// place (see replace), and notNowWait how long the owner then waits.
+// place (see replace), and notNowWait how long the owner then waits, give
+// or take half of it (retryJitter).
 const (
 	notNow     = -1
 	notNowWait = 2 * time.Second

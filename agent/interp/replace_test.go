@@ -105,10 +105,10 @@ func TestReplacerSpendsNothingOnAnAttemptThatDidNotTry(t *testing.T) {
 			t.Fatalf("look %d at +%s: %v", i+1, now.Sub(t0), got)
 		}
 		r.done("r", notNow, false, now)
-		if got := dueRIDs(r, o, mine, now.Add(notNowWait-time.Millisecond)); len(got) != 0 {
-			t.Fatalf("look %d again before %s: %v", i+1, notNowWait, got)
+		if got := dueRIDs(r, o, mine, now.Add(notNowWait/2-time.Millisecond)); len(got) != 0 {
+			t.Fatalf("look %d again before %s: %v", i+1, notNowWait/2, got)
 		}
-		now = now.Add(notNowWait)
+		now = now.Add(notNowWait * 3 / 2)
 	}
 	if r.spent("r", now) {
 		t.Fatal("ten attempts that did not try spent the request's tries")

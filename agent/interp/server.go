@@ -524,6 +524,16 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 	return best, by, found, holder
 }
 
+// release withdraws asker's claim of rid: it deferred to another.
+func (c *claims) release(rid, asker string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reqs[rid] = slices.DeleteFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker })
+	if len(c.reqs[rid]) == 0 {
+		delete(c.reqs, rid)
+	}
+}
+
 // abandonGrace is how long a supervisor that missed its start has to
 // stop before it is killed.
 const abandonGrace = 5 * time.Second
@@ -580,6 +590,9 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 	if req.Claim > 0 && l.deps.Node != nil {
 		q := ServerQuorum(l.deps.Node.Members())
 		b.Servers = len(q.Alive) + len(q.Missing)
+	}
+	if req.Claim < 0 {
+		l.claims.release(req.ID, asker)
 	}
 	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now(), l.notGone)
 	if ok {
@@ -973,6 +986,9 @@ func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
 			}
 			return gen, true
 		}
+		ctx, cancel = l.untilDone(orderTimeout)
+		l.releaseClaim(ctx, preq)
+		cancel()
 		if try == restartClaims {
 			l.logger.Warn("not restarting an interpreter here: the servers did not grant it; its owner re-places it",
 				"request", rec.RequestID, "why", why)
@@ -981,7 +997,7 @@ func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
 		select {
 		case <-l.deps.Done:
 			return 0, false
-		case <-l.clock.After(restartClaimEvery):
+		case <-l.clock.After(retryJitter(restartClaimEvery)):
 		}
 		l.regMu.Lock()
 		_, running := l.registry.ByRequestID(rec.RequestID)
@@ -1084,8 +1100,9 @@ func (l *Lifecycle) restartLost(view []Instance) {
 		_, running := l.registry.ByRequestID(t.RequestID)
 		_, starting := l.inflight[t.RequestID]
 		_, abandoned := l.abandoned[in.Name]
+		restarting := l.restarting[t.RequestID]
 		l.regMu.Unlock()
-		if running || starting || abandoned {
+		if running || starting || abandoned || restarting {
 			continue
 		}
 		l.logger.Warn("an on-failure interpreter of this host is failed and no supervisor here keeps it; starting it again",

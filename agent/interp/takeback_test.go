@@ -584,3 +584,58 @@ func TestTheNextServerTellsWhenTheOwnerDoesNot(t *testing.T) {
 		t.Fatalf("%s after it first saw the stale copy, the second in rank did not tell its host", tellFallback)
 	}
 }
+
+// TestAskersThatSplitTheServersDoNotKeepEachOtherOut: two askers claimed
+// one request at once and each reached half of six servers first, so
+// neither has a majority's grants. Each withdraws its claim as it defers
+// (a bid request whose claim is -1), and whichever asks again first then
+// holds the request at every server. Before, both kept their claims fresh
+// by asking again every few seconds, and the split held for a minute
+// (chaos seed 31: an owner's re-placement against the host's restart,
+// nothing-lost).
+func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
+	l, _ := serverWithFakeSupervisors(t)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	servers := make([]claims, 6)
+	grants := func(asker string, at time.Time) int {
+		n := 0
+		for i := range servers {
+			if _, _, _, h := servers[i].record("r1", asker, 3, true, at, nil); h == asker {
+				n++
+			}
+		}
+		return n
+	}
+	for i := range servers {
+		first, second := "h4", "h5"
+		if i >= 3 {
+			first, second = second, first
+		}
+		servers[i].record("r1", first, 3, true, t0, nil)
+		servers[i].record("r1", second, 3, true, t0.Add(time.Millisecond), nil)
+	}
+	if a, b := grants("h4", t0.Add(time.Second)), grants("h5", t0.Add(time.Second)); a != 3 || b != 3 {
+		t.Fatalf("grants h4 %d, h5 %d; want the split 3 and 3", a, b)
+	}
+	for i := range servers {
+		servers[i].release("r1", "h4")
+		servers[i].release("r1", "h5")
+	}
+	if n := grants("h5", t0.Add(2*time.Second)); n != 6 {
+		t.Fatalf("after both withdrew, the first to ask again holds %d of 6 servers, want all", n)
+	}
+	if n := grants("h4", t0.Add(2*time.Second+time.Millisecond)); n != 0 {
+		t.Fatalf("the other holds %d servers, want none", n)
+	}
+
+	// On the wire: a bid request whose claim is -1 withdraws the asker's
+	// claim at that server.
+	l.Bid("h4", bidding.Request{ID: "r2", Kind: BuiltinKind, Claim: 1}, placement.Bid{Node: "s1"})
+	if b := l.Bid("h5", bidding.Request{ID: "r2", Kind: BuiltinKind, Claim: 1}, placement.Bid{Node: "s1"}); b.Grant != placement.Denied {
+		t.Fatalf("h5's claim while h4 holds r2: grant %v, want denied", b.Grant)
+	}
+	l.Bid("h4", bidding.Request{ID: "r2", Kind: BuiltinKind, Claim: -1}, placement.Bid{Node: "s1"})
+	if b := l.Bid("h5", bidding.Request{ID: "r2", Kind: BuiltinKind, Claim: 1}, placement.Bid{Node: "s1"}); b.Grant != placement.Granted {
+		t.Fatalf("h5's claim once h4 withdrew: grant %v, want granted", b.Grant)
+	}
+}
