@@ -528,9 +528,10 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 func (c *claims) release(rid, asker string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.reqs[rid] = slices.DeleteFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker })
-	if len(c.reqs[rid]) == 0 {
-		delete(c.reqs, rid)
+	if cs, ok := c.reqs[rid]; ok {
+		if c.reqs[rid] = slices.DeleteFunc(cs, func(x claim) bool { return x.asker == asker }); len(c.reqs[rid]) == 0 {
+			delete(c.reqs, rid)
+		}
 	}
 }
 

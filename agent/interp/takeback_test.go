@@ -596,6 +596,8 @@ func TestTheNextServerTellsWhenTheOwnerDoesNot(t *testing.T) {
 func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
 	l, _ := serverWithFakeSupervisors(t)
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var fresh claims
+	fresh.release("r1", "h4") // a server that never saw a claim: nothing to withdraw
 	servers := make([]claims, 6)
 	grants := func(asker string, at time.Time) int {
 		n := 0
