@@ -93,6 +93,9 @@ type wireBid struct {
 	// (left out) when it saw none, so that older agents read no field.
 	KnownGen int    `msgpack:"kg,omitempty"`
 	Claimer  string `msgpack:"cb,omitempty"`
+	// ClaimGen is the highest generation another asker claimed, plus one
+	// (zero: none).
+	ClaimGen int `msgpack:"cl,omitempty"`
 	Servers  int    `msgpack:"sv,omitempty"`
 	Grant    uint8  `msgpack:"gr,omitempty"`
 }
@@ -118,7 +121,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 	data, err := msgpack.Marshal(wireBid{
 		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
 		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
-		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b), Claimer: b.Claimer,
+		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b), Claimer: b.Claimer, ClaimGen: claimGen(b),
 		Servers: b.Servers, Grant: uint8(b.Grant),
 	})
 	if err != nil {
@@ -143,8 +146,16 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 		Node: node, CPU: w.CPU, Mem: w.Mem, Running: w.Running, Pending: w.Pending, Capacity: w.Capacity,
 		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal, Kinds: w.Kinds,
 		Holds: w.Holds, HoldsGen: w.HoldsGen, Known: w.KnownGen > 0, KnownGen: max(w.KnownGen-1, 0), Claimer: w.Claimer,
+		Claimed: w.ClaimGen > 0, ClaimGen: max(w.ClaimGen-1, 0),
 		Servers: w.Servers, Grant: placement.Grant(w.Grant),
 	}, nil
+}
+
+func claimGen(b placement.Bid) int {
+	if !b.Claimed {
+		return 0
+	}
+	return b.ClaimGen + 1
 }
 
 func knownGen(b placement.Bid) int {

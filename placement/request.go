@@ -43,7 +43,13 @@ type Bid struct {
 	KnownGen int
 	// Claimer is another asker that claimed the request in its own bid
 	// request lately: an election for it may be under way elsewhere.
-	Claimer string
+	// Claimed says one did, and ClaimGen is the highest generation such a
+	// claim named: an intent, not a placement (the claimer may have
+	// deferred), so a new placement goes above it but nothing counts it
+	// as placed.
+	Claimer  string
+	Claimed  bool
+	ClaimGen int
 	// Grant answers an asker's claim of the request: Granted when this
 	// server holds the request for that asker (no other asker claimed it
 	// first within the last seconds), Denied when another holds it

@@ -129,7 +129,12 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		return fail(resp, rpc.SpawnBadRequest, err, start)
 	}
 	preq.ID = rid
-	preq.Claim, preq.Gen = quorum, gen
+	// Every placement claims the request, though only one with quorum
+	// needs a majority's grants: while an unkeyed spawn tries server after
+	// server, the owner must not re-place the copy of a server that timed
+	// out at the generation the spawn's next attempt takes (chaos seed
+	// 139, the-answer-stands); its claim makes the owner defer.
+	preq.Claim, preq.Gen = true, gen
 
 	e := l.deps.Elect(ctx, preq)
 	resp.DecisionMS = ms(e.Elapsed)
@@ -142,8 +147,8 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			"gen", holder.HoldsGen, "newest_gen", known)
 		held = false
 	}
-	if known, ok := knownGen(e.Result.Bids); ok && !held {
-		gen = max(gen, NextGen(known)) // a server saw a placement this agent never did
+	if above, ok := aboveGen(e.Result.Bids); ok && !held {
+		gen = max(gen, NextGen(above)) // a server saw a placement (or a claim) this agent never did
 		resp.Generation = gen
 	}
 	if quorum {
@@ -370,6 +375,19 @@ func (v votes) granted() bool { return 2*v.grants > v.total }
 
 func (v votes) deferral() string {
 	return fmt.Sprintf("%d of %d servers hold this request for %s", len(v.answered)-v.grants, v.total, v.holder)
+}
+
+// aboveGen is the generation a new placement must exceed: the highest any
+// bid says its server saw placed, or saw another asker claim (that asker
+// may place it yet, should its claim outlast this one's grant).
+func aboveGen(bids []placement.Bid) (int, bool) {
+	best, found := knownGen(bids)
+	for _, b := range bids {
+		if b.Claimed && (!found || b.ClaimGen > best) {
+			best, found = b.ClaimGen, true
+		}
+	}
+	return best, found
 }
 
 // sentOrder is a spawn order sent to one server: the generation it carried.

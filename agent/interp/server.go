@@ -597,10 +597,7 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 	}
 	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now(), l.notGone)
 	if ok {
-		b.Claimer = by
-		if !b.Known || gen > b.KnownGen {
-			b.Known, b.KnownGen = true, gen
-		}
+		b.Claimer, b.Claimed, b.ClaimGen = by, true, gen
 	}
 	if req.Claim > 0 {
 		b.Grant = placement.Granted
@@ -982,8 +979,8 @@ func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
 		case !v.granted():
 			why = v.deferral()
 		default:
-			if known, ok := knownGen(e.Result.Bids); ok && known >= gen {
-				gen = NextGen(known) // a server saw a placement this host never did
+			if above, ok := aboveGen(e.Result.Bids); ok && above >= gen {
+				gen = NextGen(above) // a server saw a placement (or a claim) this host never did
 			}
 			return gen, true
 		}

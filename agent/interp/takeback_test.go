@@ -641,3 +641,60 @@ func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
 		t.Fatalf("h5's claim once h4 withdrew: grant %v, want granted", b.Grant)
 	}
 }
+
+// TestAClaimIsNoPlacement: another asker's claim shows in a bid as a
+// claim, not as a generation placed. A placement still goes above it, but
+// a server back from a restart does not take it for a newer placement of
+// an interpreter it lost, records nothing of it, and so stops nothing for
+// it. Before, a bid folded claims into the generation it had seen placed,
+// and a restarted server told the live copy of a request to stop,
+// superseded by a generation an asker had only claimed and never placed
+// (chaos seeds 143 and 111, nothing-lost).
+func TestAClaimIsNoPlacement(t *testing.T) {
+	l, _ := serverWithFakeSupervisors(t)
+	l.Bid("h9", bidding.Request{ID: "r1", Kind: BuiltinKind, Claim: 5 + 1}, placement.Bid{Node: "s1"})
+	b := l.Bid("h1", bidding.Request{ID: "r1", Kind: BuiltinKind}, placement.Bid{Node: "s1"})
+	if b.Known || !b.Claimed || b.ClaimGen != 5 || b.Claimer != "h9" {
+		t.Fatalf("bid after h9 claimed generation 5: known %v (gen %d), claimed %v (gen %d by %q); want a claim only",
+			b.Known, b.KnownGen, b.Claimed, b.ClaimGen, b.Claimer)
+	}
+	if g, ok := aboveGen([]placement.Bid{b}); !ok || g != 5 {
+		t.Fatalf("a new placement goes above %d (%v), want above the claimed 5", g, ok)
+	}
+
+	l2, procs := serverElecting(t, func(context.Context, placement.Request) Election {
+		return Election{Result: bidding.Result{Bids: []placement.Bid{{Node: "s1", Claimed: true, ClaimGen: 3, Claimer: "h9"}}}}
+	})
+	l2.lostAtStart = []state.Interpreter{{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 2}}
+	l2.restartLostAtStart(l2.deps.Node.Members(), nil)
+	l2.regMu.Lock()
+	_, restarting := l2.restarting["r1"]
+	l2.regMu.Unlock()
+	if !restarting {
+		t.Fatalf("a server back from a restart took a claim of generation 3 for a placement and did not restart r1 (events %+v)", procs.events)
+	}
+	if g := l2.memory.genOf("r1"); g == 3 {
+		t.Fatal("the restarted server recorded the claimed generation 3 as placed")
+	}
+}
+
+// TestAnUnkeyedSpawnClaimsItsRequest: every placement claims its request,
+// an unkeyed one too (it needs no grant to go ahead), so that an owner
+// re-placing the copy of a server the spawn timed out on defers to it
+// while the spawn tries its next server at the next generation.
+func TestAnUnkeyedSpawnClaimsItsRequest(t *testing.T) {
+	var mu sync.Mutex
+	var claims []bool
+	l, _ := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		mu.Lock()
+		claims = append(claims, req.Claim)
+		mu.Unlock()
+		return Election{Result: bidding.Result{Bids: []placement.Bid{{Node: "s1", OffersKind: true, Healthy: true, Grant: placement.Denied, Claimer: "h9"}}}}
+	})
+	l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", false, time.Now())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(claims) == 0 || !claims[0] {
+		t.Fatalf("the unkeyed spawn's election claimed %v, want a claim", claims)
+	}
+}
