@@ -95,9 +95,9 @@ type wireBid struct {
 	Claimer  string `msgpack:"cb,omitempty"`
 	// ClaimGen is the highest generation another asker claimed, plus one
 	// (zero: none).
-	ClaimGen int `msgpack:"cl,omitempty"`
-	Servers  int    `msgpack:"sv,omitempty"`
-	Grant    uint8  `msgpack:"gr,omitempty"`
+	ClaimGen int   `msgpack:"cl,omitempty"`
+	Servers  int   `msgpack:"sv,omitempty"`
+	Grant    uint8 `msgpack:"gr,omitempty"`
 }
 
 const wireVersion = 1
