@@ -12,6 +12,12 @@ client's key, signs it again with the kernel's key and passes it on (and
 the other way back). Pointing it at another kernel (``point``) is all a
 failover needs; the clients' ZeroMQ sockets reconnect by themselves.
 
+After each ``point`` the relay holds the client's requests back until
+the kernel's iopub reaches it (it asks the kernel for kernel_info until
+a message comes on iopub): a subscription takes a moment to reach a
+publisher, and a cell's output published before would be lost, leaving
+the cell running for ever in the Notebook.
+
 A ``shutdown_request`` with ``restart: true`` is not passed on: a restart
 through the mesh is the provisioner's (the kernel is restarted in place
 by its supervisor, or started elsewhere), and a kernel that exited on its
@@ -27,6 +33,9 @@ import json
 import logging
 import os
 import threading
+import time
+import uuid
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 
 import zmq
@@ -35,6 +44,14 @@ DELIM = b"<IDS|MSG>"
 
 # The channels a relay carries; hb is passed as it is (no signature).
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+
+# The relay's own kernel_info requests, by their msg_id's prefix: their
+# replies are not passed to the clients.
+PROBE = b"mesh-relay-probe-"
+# How often a probe is sent until iopub answers; how many client requests
+# wait meanwhile (older ones are dropped beyond).
+PROBE_EVERY = 0.2
+MAX_HELD = 1000
 
 
 class Relay:
@@ -104,6 +121,8 @@ class Relay:
         ready.set()
         up: Dict[str, zmq.Socket] = {}
         kernel_key = b""
+        held: List = []  # (channel, frames) from clients while iopub is not flowing yet
+        probing, next_probe = False, 0.0
         routing_id = os.urandom(16)  # one id for shell and stdin: the kernel answers input requests by it
         poller = zmq.Poller()
         poller.register(cmd, zmq.POLLIN)
@@ -112,7 +131,10 @@ class Relay:
         by_socket = {s: ("local", ch) for ch, s in self._local.items()}
         try:
             while True:
-                for sock, _ in poller.poll():
+                if probing and time.monotonic() >= next_probe:
+                    up["shell"].send_multipart(_probe(kernel_key))
+                    next_probe = time.monotonic() + PROBE_EVERY
+                for sock, _ in poller.poll(PROBE_EVERY * 1000 if probing else None):
                     if sock is cmd:
                         c = cmd.recv_json()
                         if "close" in c:
@@ -129,20 +151,36 @@ class Relay:
                         for ch, s in up.items():
                             poller.register(s, zmq.POLLIN)
                             by_socket[s] = ("up", ch)
+                        probing, next_probe = True, 0.0
                         cmd.send_json(True)
                         continue
                     side, ch = by_socket[sock]
                     frames = sock.recv_multipart(copy=True)
                     if side == "local":
-                        if ch == "iopub" or ch not in up:
-                            continue  # nowhere to go yet: the client retries
+                        if ch == "iopub":
+                            continue
+                        if ch != "hb" and (probing or ch not in up):
+                            held.append((ch, frames))
+                            del held[:-MAX_HELD]
+                            continue
+                        if ch not in up:
+                            continue
                         out = frames if ch == "hb" else self._resign(frames, self.client_key, kernel_key, ch)
                         if out is not None:
                             up[ch].send_multipart(out)
-                    else:
-                        out = frames if ch == "hb" else self._resign(frames, kernel_key, self.client_key, None)
-                        if out is not None:
-                            self._local[ch].send_multipart(out)
+                        continue
+                    if ch == "iopub" and probing:
+                        probing = False  # iopub flows: what the clients sent meanwhile goes now
+                        for hch, hframes in held:
+                            out = self._resign(hframes, self.client_key, kernel_key, hch)
+                            if out is not None:
+                                up[hch].send_multipart(out)
+                        held = []
+                    if ch == "shell" and _is_probe_reply(frames):
+                        continue
+                    out = frames if ch == "hb" else self._resign(frames, kernel_key, self.client_key, None)
+                    if out is not None:
+                        self._local[ch].send_multipart(out)
         finally:
             for s in list(up.values()) + list(self._local.values()):
                 s.close(0)
@@ -186,6 +224,22 @@ class Relay:
                 pass
         self.passed += 1
         return frames[:i + 1] + [_sign(to_key, parts) if to_key else b""] + frames[i + 2:]
+
+
+def _is_probe_reply(frames: List[bytes]) -> bool:
+    """Whether a message's parent header is one of the relay's probes."""
+    try:
+        return PROBE in frames[frames.index(DELIM) + 3]
+    except (ValueError, IndexError):
+        return False
+
+
+def _probe(key: bytes) -> List[bytes]:
+    """A kernel_info_request of the relay's own, signed for the kernel."""
+    header = {"msg_id": (PROBE + uuid.uuid4().hex.encode()).decode(), "session": "mesh-relay", "username": "mesh-relay",
+              "date": datetime.now(timezone.utc).isoformat(), "msg_type": "kernel_info_request", "version": "5.3"}
+    parts = [json.dumps(header).encode(), b"{}", b"{}", b"{}"]
+    return [DELIM, _sign(key, parts) if key else b""] + parts
 
 
 def _sign(key: bytes, parts: List[bytes]) -> bytes:
