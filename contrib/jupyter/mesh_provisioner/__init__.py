@@ -92,8 +92,10 @@ class MeshProvisioner(KernelProvisionerBase):
     # Set from a restart's shutdown until the next launch: the old kernel
     # counts as gone, the next launch restarts it.
     _restarting: bool = False
-    # The relay the client talks to, made at the first launch.
+    # The relay the client talks to, made at the first launch, and the
+    # kernel's own connection it points at.
     _relay: Any = None
+    _kernel_conn: Optional[Dict[str, Any]] = None
 
     # -- jupyter_client's interface -------------------------------------
 
@@ -126,7 +128,7 @@ class MeshProvisioner(KernelProvisionerBase):
             key = getattr(getattr(self.parent, "session", None), "key", b"") or secrets.token_hex(32).encode()
             self._relay = Relay(key, log=self.log)
         self._relay.point(conn)
-        self._restarting = False
+        self._kernel_conn, self._restarting = conn, False
         info: KernelConnectionInfo = {
             "ip": self._relay.ip,
             "transport": "tcp",
@@ -152,6 +154,9 @@ class MeshProvisioner(KernelProvisionerBase):
             pass
         if code == 0 and answer.get("restarted"):
             self.pid, self._exit_code, self._restarting = answer.get("pid"), None, False
+            # Same ports and key; pointing the relay again holds the
+            # clients' requests until the new process publishes on iopub.
+            self._relay.point(self._kernel_conn)
             self.log.info("mesh-provisioner: kernel %s restarted in place as %s on %s (pid %s)", self.kernel_id,
                           self.name, self.node, self.pid)
             return True
