@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,6 +160,7 @@ type flowStep struct {
 	Error   string  `json:"error"`
 	P50     float64 `json:"p50"`
 	What    string  `json:"what"`
+	PID     int     `json:"pid"`
 	// SameClient: the step used the client made before the restart.
 	SameClient bool `json:"same_client"`
 }
@@ -371,4 +374,87 @@ func TestJupyterBadKernelspecs(t *testing.T) {
 	if k, s := j.kernelProcesses(t); k != 0 || s != 0 {
 		t.Fatalf("%d kernel processes and %d supervisors after refused starts", k, s)
 	}
+}
+
+// TestJupyterCrashTimes (opt-in: JUPYTER_BENCH=N) times a crash to the
+// next cell's answer in the same client, N times each: a mesh kernel's
+// host crashes (every process on it killed; the host is booted again
+// after), and a local kernel's process is killed with SIGKILL. The
+// client calls restart_kernel(now=True) once is_alive() is false, as
+// Jupyter's restarter does.
+func TestJupyterCrashTimes(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("JUPYTER_BENCH"))
+	if n <= 0 {
+		t.Skip("set JUPYTER_BENCH=10 to time crashes")
+	}
+	j := newJupyterBed(t)
+	h1 := j.b.Hosts[0]
+	for _, kernel := range []string{"mesh-python3", "python3"} {
+		var dead, back []time.Duration
+		for range n {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			cmd := j.client(ctx, h1, "crash", kernel)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			stdin, _ := cmd.StdinPipe()
+			out, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			r := bufio.NewReader(out)
+			up := readStep(t, r)
+			var victim *testbed.Host
+			if kernel == "python3" {
+				if err := syscall.Kill(up.PID, syscall.SIGKILL); err != nil {
+					t.Fatalf("kill -9 of the local kernel %d: %v", up.PID, err)
+				}
+			} else {
+				for _, h := range j.b.Hosts {
+					if h.Name == up.Node {
+						victim = h
+					}
+				}
+				if victim == nil || victim == h1 {
+					t.Fatalf("the kernel runs on %q", up.Node)
+				}
+				if err := victim.Crash(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fmt.Fprintln(stdin, "crashed")
+			d, b := readStep(t, r), readStep(t, r)
+			stdin.Close()
+			io.Copy(io.Discard, r)
+			if err := cmd.Wait(); err != nil || d.Step != "dead" || b.Step != "recovered" {
+				t.Fatalf("kernel_flow.py crash %s: %v %+v %+v\n%s", kernel, err, d, b, stderr.String())
+			}
+			cancel()
+			dead, back = append(dead, seconds(d.Seconds)), append(back, seconds(b.Seconds))
+			if victim != nil {
+				if err := j.b.Restart(victim); err != nil {
+					t.Fatal(err)
+				}
+				waitView(t, j.b, "the crashed host back on every host", 60*time.Second, j.b.Hosts, func(v testbed.View) bool {
+					return v.All(j.b.Hosts, j.b.Hosts, "alive")
+				})
+			}
+		}
+		measure(t, "jupyter "+kernel, fmt.Sprintf("crash to is_alive() false, p50 of %d", n), median(dead))
+		measure(t, "jupyter "+kernel, fmt.Sprintf("crash to the next cell's answer, p50 of %d", n), median(back))
+		t.Logf("%s: crash to next cell, all: %v", kernel, back)
+	}
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -28,7 +28,7 @@ def say(**kw):
 
 def where(km):
     p = km.provisioner
-    return {"name": getattr(p, "name", None), "node": getattr(p, "node", None), "ip": km.ip}
+    return {"name": getattr(p, "name", None), "node": getattr(p, "node", None), "ip": km.ip, "pid": getattr(p, "pid", None)}
 
 
 def start(kernel):
