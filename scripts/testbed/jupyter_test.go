@@ -331,10 +331,13 @@ func TestJupyterStartTimes(t *testing.T) {
 	j := newJupyterBed(t)
 	for _, kernel := range []string{"mesh-python3", "python3"} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(3*n)*time.Minute)
-		out, err := j.client(ctx, j.b.Hosts[0], "bench", kernel, strconv.Itoa(n)).Output()
+		cmd := j.client(ctx, j.b.Hosts[0], "bench", kernel, strconv.Itoa(n))
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
 		cancel()
 		if err != nil {
-			t.Fatalf("bench %s: %v", kernel, err)
+			t.Fatalf("bench %s: %v\n%s", kernel, err, stderr.String())
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 			t.Logf("kernel_flow.py: %s", line)
