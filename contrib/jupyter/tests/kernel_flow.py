@@ -161,6 +161,12 @@ def bench(kernel, n):
     times = [restart(km, kc) for _ in range(n)]
     say(step="bench", what="restart", kernel=kernel, n=n, p50=round(statistics.median(times), 3),
         all=[round(t, 3) for t in times])
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+    # A fresh kernel for the interrupts: a local kernel's client may miss
+    # the iopub messages of the first request after a restart (its
+    # subscription is still on its way), which interrupt_sleep waits for.
+    km, kc, _ = start(kernel)
     times = [interrupt_sleep(km, kc) for _ in range(n)]
     say(step="bench", what="interrupt", kernel=kernel, n=n, p50=round(statistics.median(times), 3),
         all=[round(t, 3) for t in times])
