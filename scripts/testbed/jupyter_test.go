@@ -405,6 +405,11 @@ func TestJupyterCrashTimes(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := bufio.NewReader(out)
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("kernel_flow.py crash %s, stderr:\n%s", kernel, stderr.String())
+				}
+			})
 			up := readStep(t, r)
 			var victim *testbed.Host
 			if kernel == "python3" {

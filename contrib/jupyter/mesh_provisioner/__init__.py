@@ -89,6 +89,8 @@ class MeshProvisioner(KernelProvisionerBase):
     node: Optional[str] = None
     pid: Optional[int] = None
     _exit_code: Optional[int] = None
+    # The kernel's member failed or its server is gone (not a plain exit).
+    _lost: bool = False
     # Set from a restart's shutdown until the next launch: the old kernel
     # counts as gone, the next launch restarts it.
     _restarting: bool = False
@@ -121,6 +123,8 @@ class MeshProvisioner(KernelProvisionerBase):
         if self._restarting and self.name is not None and self._exit_code is None:
             if await self._restart_in_place():
                 return self.connection_info
+        if self._lost and self.node:
+            await self._wait_server_gone()
         conn = await self._spawn()
         if self._relay is None:
             from .relay import Relay  # pyzmq: only where a kernel starts
@@ -170,6 +174,26 @@ class MeshProvisioner(KernelProvisionerBase):
             await self._agent(["stop", self.name], timeout=_CALL_TIMEOUT)
         return False
 
+    async def _wait_server_gone(self, limit: float = 15.0) -> None:
+        """After the kernel's member failed, waits (at most limit) until
+        its server is not alive in this agent's view either: a keyed spawn
+        asks the key's coordinator among the alive servers, and the
+        crashed server must not be it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while loop.time() < deadline:
+            code, out, err = await self._agent(["members", "--name", f"^{re.escape(self.node)}$", "--format", "json"],
+                                               timeout=_CALL_TIMEOUT)
+            try:
+                members = json.loads(out).get("members") or [] if code in (0, 2) and out.strip() else None
+            except ValueError:
+                members = None
+            if members is not None and all(m.get("status") != "alive" for m in members):
+                return
+            await asyncio.sleep(0.2)
+        self.log.warning("mesh-provisioner: server %s still alive in this agent's view %.0fs after kernel %s failed",
+                         self.node, limit, self.kernel_id)
+
     async def _spawn(self) -> Dict[str, Any]:
         """Starts the kernel on the server the mesh elects; returns its
         own connection (ports and key on that server)."""
@@ -202,7 +226,7 @@ class MeshProvisioner(KernelProvisionerBase):
                 "its servers must configure it with \"connection\": \"jupyter\""
             )
         self.name, self.node, self.pid = answer["name"], answer["node"], answer.get("pid")
-        self._exit_code = None
+        self._exit_code, self._lost = None, False
         return conn
 
     async def poll(self) -> Optional[int]:
@@ -234,6 +258,7 @@ class MeshProvisioner(KernelProvisionerBase):
             if status in ("alive", "leaving") and host not in ("failed", "left"):
                 return None
             self._exit_code = _exit_code(status, host, row.get("ended", ""))
+            self._lost = status == "failed" or host in ("failed", "left")
             return self._exit_code
         self._exit_code = 0  # reaped: it ended a while ago
         return self._exit_code

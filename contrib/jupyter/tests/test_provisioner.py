@@ -59,6 +59,7 @@ class FakeAgent:
         self.answers = {"spawn": {"stdout": json.dumps(SPAWNED)},
                         "interpreters": {"stdout": json.dumps(row())},
                         "signal": {"stdout": "delivered\n"}, "stop": {"stdout": "stopped\n"},
+                        "members": {"code": 2, "stdout": json.dumps({"members": []})},
                         "restart": {"stdout": json.dumps({"name": SPAWNED["name"], "host": "h2", "restarted": True,
                                                           "pid": 4712})}}
         self.save()
@@ -177,7 +178,11 @@ class ProvisionerTest(FakeAgentCase):
         again = self.restart(p, dead=True)
         self.assertEqual(again, info)  # same ports, same key for the client
         verbs = [c[0] for c in self.fake.calls()[n:]]
-        self.assertEqual(verbs, ["spawn"])  # no signal to a dead host, no restart in place
+        # No signal to a dead host, no restart in place; the spawn once
+        # the failed server is not alive in the agent's view (the fake's
+        # members list is empty), so it cannot coordinate the key.
+        self.assertEqual(verbs, ["members", "spawn"])
+        self.assertEqual(self.fake.calls()[n][:3], ["members", "--name", "^h2$"])
         self.assertEqual((p.name, p.node), (moved["name"], "h3"))
         self.assertIsNone(run(p.poll()))
 
