@@ -152,3 +152,74 @@ func TestSignalThroughTheMesh(t *testing.T) {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestRestartInPlace: agent restart, asked on node1, restarts a kernel
+// on node2 in place: the same interpreter (name, host, member), a new
+// process, the old one gone, and the connection file (ports and key)
+// unchanged, so a client connected to it reaches the new process. A
+// restart of an interpreter that ended says so, and `agent signal`
+// cannot send the restart word.
+func TestRestartInPlace(t *testing.T) {
+	a1, a2 := kernelCluster(t, `{"kernel": {"command": ["sh", "-c", "cat \"$0\" >/dev/null && exec sleep 300", "{connection_file}"],
+		"connection": "jupyter"}}`)
+	s, errOut, code := spawnVia(t, a1, "--kind", "kernel", "--key", "nb-restart", "--wait")
+	if code != 0 || s.Node != a2.name {
+		t.Fatalf("spawn: exit %d on %q %s", code, s.Node, errOut)
+	}
+	file := filepath.Join(a2.dataDir, "interpreters", s.Name, "kernel", "connection.json")
+	before, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, "restart", s.Name, "--rpc-addr", a1.rpc, "--format", "json")
+	var r struct {
+		Name, Host string
+		Restarted  bool
+		PID        int
+	}
+	json.Unmarshal([]byte(out), &r)
+	if code != 0 || !r.Restarted || r.Name != s.Name || r.Host != a2.name || r.PID == 0 || r.PID == s.PID {
+		t.Fatalf("restart: exit %d %s %s (the first process was %d)", code, out, errOut, s.PID)
+	}
+	if processRuns(s.PID) {
+		t.Errorf("the first process %d still runs after the restart", s.PID)
+	}
+	if !processRuns(r.PID) {
+		t.Errorf("the new process %d does not run", r.PID)
+	}
+	after, _ := os.ReadFile(file)
+	if string(after) != string(before) {
+		t.Errorf("the connection file changed:\n%s\n%s", before, after)
+	}
+	if n := len(supervisorsUnder(a2.dataDir)); n != 1 {
+		t.Errorf("%d supervisors after the restart, want the same one", n)
+	}
+	waitFor(t, "node1 to list the new process of the same interpreter", 10*time.Second, func() bool {
+		i := interpretersOf(t, a1)[s.Name]
+		return i.Status == "alive" && i.PID == r.PID
+	})
+	if _, errOut, code := runCLI(t, "signal", s.Name, "RESTART", "--rpc-addr", a1.rpc); code == 0 || !strings.Contains(errOut, "not allowed") {
+		t.Errorf("agent signal RESTART: exit %d %s", code, errOut)
+	}
+
+	if _, errOut, code := runCLI(t, "stop", s.Name, "--rpc-addr", a1.rpc); code != 0 {
+		t.Fatalf("stop: %s", errOut)
+	}
+	waitFor(t, "the stopped interpreter to leave", 10*time.Second, func() bool { return interpretersOf(t, a1)[s.Name].Status == "left" })
+	_, errOut, code = runCLI(t, "restart", s.Name, "--rpc-addr", a1.rpc)
+	if code != 1 || !strings.Contains(errOut, "not restarted") || !strings.Contains(errOut, "left") {
+		t.Fatalf("restart after the end: exit %d %s", code, errOut)
+	}
+	waitFor(t, "no supervisor left", 10*time.Second, func() bool { return len(supervisorsUnder(a2.dataDir)) == 0 })
+}
+
+// processRuns says whether pid is a process that has not ended (a zombie
+// has).
+func processRuns(pid int) bool {
+	data, err := os.ReadFile(filepath.Join("/proc", itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	return len(fields) > 0 && fields[0] != "Z"
+}

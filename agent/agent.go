@@ -339,6 +339,7 @@ func (a *Agent) start() error {
 	a.rpc.Register(rpc.CommandStopInterpreter, a.handleStopInterpreter)
 	a.rpc.Register(rpc.CommandDrain, a.handleDrain)
 	a.rpc.Register(rpc.CommandSignalInterpreter, a.handleSignalInterpreter)
+	a.rpc.Register(rpc.CommandRestartInterpreter, a.handleRestartInterpreter)
 	a.rpc.Register(rpc.CommandChecks, a.handleChecks)
 	a.rpc.Register(rpc.CommandReload, a.handleReload)
 	a.interps.Start(node)

@@ -127,6 +127,7 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			interpretersCommand(),
 			stopCommand(),
 			signalCommand(),
+			restartCommand(),
 			drainCommand(),
 			checksCommand(),
 			reloadCommand(),

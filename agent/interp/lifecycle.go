@@ -204,6 +204,7 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 		node.HandleQuery(queryStop, l.handleStopOrder)
 		node.HandleQuery(queryExit, l.handleExitOrder)
 		node.HandleQuery(querySignal, l.handleSignalOrder)
+		node.HandleQuery(queryRestart, l.handleRestartOrder)
 		node.HandleQuery(querySpawnKey, l.handleKeyedOrder)
 		l.wg.Add(1)
 		go func() { defer l.wg.Done(); l.watchSupervisors() }()

@@ -90,19 +90,27 @@ type supervisor struct {
 
 	mu      sync.Mutex
 	current Child // what signals reach: nil between a failure and its restart
+
+	// restarts carries the control socket's restart-in-place requests to
+	// the loop; done is closed when the loop has ended.
+	restarts chan chan ControlAnswer
+	done     chan struct{}
 }
 
 // Supervise runs the interpreter spec describes in env until it ends, and
 // returns its exit code. See RunSupervisor for what a supervisor does.
 func Supervise(spec Spec, env SupervisorEnv, out io.Writer, logger *slog.Logger) int {
 	s := &supervisor{spec: spec, env: env, out: out, logger: logger.With("interpreter", spec.Name),
-		end: Exit{Name: spec.Name, RequestID: spec.RequestID, Restarts: spec.Restarts}, tracker: NewTracker(spec.backoff())}
+		end: Exit{Name: spec.Name, RequestID: spec.RequestID, Restarts: spec.Restarts}, tracker: NewTracker(spec.backoff()),
+		restarts: make(chan chan ControlAnswer), done: make(chan struct{})}
 	if code, ok := s.start(); !ok {
 		return code
 	}
 	defer s.ctl.Close()
 	defer s.node.Shutdown()
-	switch s.loop() {
+	end := s.loop()
+	close(s.done)
+	switch end {
 	case endKilled:
 		return 137 // killed on the spot: no record, no leave
 	case endLost:
@@ -234,6 +242,8 @@ func (s *supervisor) loop() loopEnd {
 			s.childExited(waitErr)
 		case <-s.restartAt:
 			s.restart()
+		case reply := <-s.restarts:
+			reply <- s.restartInPlace()
 		case sig := <-s.env.Stops():
 			s.logger.Info("stopping the interpreter", "signal", sig.String())
 			s.end.How = HowStopped
@@ -377,8 +387,12 @@ func (s *supervisor) setCurrent(c Child) {
 	s.mu.Unlock()
 }
 
-// deliver passes an allowlisted signal to the interpreter running now.
+// deliver passes an allowlisted signal to the interpreter running now,
+// or hands a restart-in-place request to the loop.
 func (s *supervisor) deliver(sig string) ControlAnswer {
+	if sig == ControlRestart {
+		return s.requestRestart()
+	}
 	s.mu.Lock()
 	c := s.current
 	s.mu.Unlock()

@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -157,6 +159,10 @@ type flowStep struct {
 	Alive   bool    `json:"alive"`
 	Error   string  `json:"error"`
 	P50     float64 `json:"p50"`
+	What    string  `json:"what"`
+	PID     int     `json:"pid"`
+	// SameClient: the step used the client made before the restart.
+	SameClient bool `json:"same_client"`
 }
 
 func readStep(t *testing.T, r *bufio.Reader) flowStep {
@@ -228,9 +234,12 @@ func TestJupyterKernelOnTheMesh(t *testing.T) {
 	if intr.Step != "interrupted" || intr.Ename != "KeyboardInterrupt" {
 		t.Fatalf("interrupt: %+v", intr)
 	}
+	// In place: the same interpreter on the same server, reached by the
+	// same client.
 	restarted := readStep(t, r)
-	if restarted.Step != "restarted" || restarted.Name == restarted.Before || restarted.Name == "" {
-		t.Fatalf("restart: %+v", restarted)
+	if restarted.Step != "restarted" || restarted.Name != restarted.Before || restarted.Name == "" ||
+		restarted.Node != ready.Node || !restarted.SameClient {
+		t.Fatalf("restart: %+v, want the same interpreter %s on %s", restarted, ready.Name, ready.Node)
 	}
 	down := readStep(t, r)
 	if down.Step != "shutdown" || down.Alive {
@@ -298,6 +307,13 @@ func TestJupyterKernelOnTheMesh(t *testing.T) {
 	if dead.Seconds > 20 {
 		t.Errorf("is_alive() stayed true %.1fs after the host crashed", dead.Seconds)
 	}
+	// restart_kernel(now=True), as Jupyter's restarter does: a new kernel
+	// on a live server, and the same client runs the next cell there.
+	back := readStep(t, r)
+	if back.Step != "recovered" || back.Node == victim.Name || back.Node == "" || back.Name == up.Name {
+		t.Fatalf("after the crash: %+v (the kernel was %s on %s)", back, up.Name, victim.Name)
+	}
+	measure(t, "jupyter host crash", "crash to the next cell's answer, same client", time.Duration(back.Seconds*float64(time.Second)))
 	stdin.Close()
 	if err := crash.Wait(); err != nil {
 		t.Fatalf("kernel_flow.py crash: %v\n%s", err, stderr.String())
@@ -314,29 +330,20 @@ func TestJupyterStartTimes(t *testing.T) {
 	}
 	j := newJupyterBed(t)
 	for _, kernel := range []string{"mesh-python3", "python3"} {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n)*time.Minute)
-		out, err := j.client(ctx, j.b.Hosts[0], "bench", kernel, strconv.Itoa(n)).Output()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(3*n)*time.Minute)
+		cmd := j.client(ctx, j.b.Hosts[0], "bench", kernel, strconv.Itoa(n))
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
 		cancel()
 		if err != nil {
-			t.Fatalf("bench %s: %v", kernel, err)
-		}
-		var s flowStep
-		json.Unmarshal(out, &s)
-		t.Logf("kernel_flow.py: %s", strings.TrimSpace(string(out)))
-		measure(t, "jupyter "+kernel, fmt.Sprintf("start to ready, p50 of %d", n), time.Duration(s.P50*float64(time.Second)))
-
-		// The whole flow, for the interrupt latency (median of five).
-		ctx, cancel = context.WithTimeout(context.Background(), 4*time.Minute)
-		out, err = j.client(ctx, j.b.Hosts[0], "flow", kernel).Output()
-		cancel()
-		if err != nil {
-			t.Fatalf("flow %s: %v", kernel, err)
+			t.Fatalf("bench %s: %v\n%s", kernel, err, stderr.String())
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 			t.Logf("kernel_flow.py: %s", line)
 			var s flowStep
-			if json.Unmarshal([]byte(line), &s) == nil && s.Step == "interrupted" {
-				measure(t, "jupyter "+kernel, "interrupt to KeyboardInterrupt, p50 of 5", time.Duration(s.Seconds*float64(time.Second)))
+			if json.Unmarshal([]byte(line), &s) == nil && s.Step == "bench" {
+				measure(t, "jupyter "+kernel, fmt.Sprintf("%s to ready, p50 of %d", s.What, n), time.Duration(s.P50*float64(time.Second)))
 			}
 		}
 	}
@@ -370,4 +377,92 @@ func TestJupyterBadKernelspecs(t *testing.T) {
 	if k, s := j.kernelProcesses(t); k != 0 || s != 0 {
 		t.Fatalf("%d kernel processes and %d supervisors after refused starts", k, s)
 	}
+}
+
+// TestJupyterCrashTimes (opt-in: JUPYTER_BENCH=N) times a crash to the
+// next cell's answer in the same client, N times each: a mesh kernel's
+// host crashes (every process on it killed; the host is booted again
+// after), and a local kernel's process is killed with SIGKILL. The
+// client calls restart_kernel(now=True) once is_alive() is false, as
+// Jupyter's restarter does.
+func TestJupyterCrashTimes(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("JUPYTER_BENCH"))
+	if n <= 0 {
+		t.Skip("set JUPYTER_BENCH=10 to time crashes")
+	}
+	j := newJupyterBed(t)
+	h1 := j.b.Hosts[0]
+	for _, kernel := range []string{"mesh-python3", "python3"} {
+		var dead, back []time.Duration
+		for range n {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			cmd := j.client(ctx, h1, "crash", kernel)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			stdin, _ := cmd.StdinPipe()
+			out, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			r := bufio.NewReader(out)
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("kernel_flow.py crash %s, stderr:\n%s", kernel, stderr.String())
+				}
+			})
+			up := readStep(t, r)
+			var victim *testbed.Host
+			if kernel == "python3" {
+				if err := syscall.Kill(up.PID, syscall.SIGKILL); err != nil {
+					t.Fatalf("kill -9 of the local kernel %d: %v", up.PID, err)
+				}
+			} else {
+				for _, h := range j.b.Hosts {
+					if h.Name == up.Node {
+						victim = h
+					}
+				}
+				if victim == nil || victim == h1 {
+					t.Fatalf("the kernel runs on %q", up.Node)
+				}
+				if err := victim.Crash(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fmt.Fprintln(stdin, "crashed")
+			d, b := readStep(t, r), readStep(t, r)
+			stdin.Close()
+			io.Copy(io.Discard, r)
+			if err := cmd.Wait(); err != nil || d.Step != "dead" || b.Step != "recovered" {
+				t.Fatalf("kernel_flow.py crash %s: %v %+v %+v\n%s", kernel, err, d, b, stderr.String())
+			}
+			cancel()
+			dead, back = append(dead, seconds(d.Seconds)), append(back, seconds(b.Seconds))
+			if victim != nil {
+				if err := j.b.Restart(victim); err != nil {
+					t.Fatal(err)
+				}
+				waitView(t, j.b, "the crashed host back on every host", 60*time.Second, j.b.Hosts, func(v testbed.View) bool {
+					return v.All(j.b.Hosts, j.b.Hosts, "alive")
+				})
+			}
+		}
+		measure(t, "jupyter "+kernel, fmt.Sprintf("crash to is_alive() false, p50 of %d", n), median(dead))
+		measure(t, "jupyter "+kernel, fmt.Sprintf("crash to the next cell's answer, p50 of %d", n), median(back))
+		t.Logf("%s: crash to next cell, all: %v", kernel, back)
+	}
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

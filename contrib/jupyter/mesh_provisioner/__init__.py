@@ -8,10 +8,20 @@ the ``agent`` binary the way a user's shell does:
   the mesh elects a server by load, the server starts the kernel and writes
   its connection file there, and the spawn answer carries the connection
   (ip, the five ports, the HMAC key) back to this agent only;
+- the client is given five loopback ports of a relay in this process
+  (relay.py) and a key of its own: they stay the same for the kernel's
+  whole life, wherever the kernel runs;
+- restart: ``agent restart NAME`` (in place: same server, same ports, same
+  key, no election) while the kernel's member is alive; otherwise a new
+  ``agent spawn`` with the same key, and the relay points at it;
 - poll: the kernel's membership in the mesh (the failure detector replaces
   Jupyter's heartbeat as the liveness source);
 - interrupt, terminate, kill: ``agent signal NAME SIGINT|SIGTERM|SIGKILL``;
 - cleanup: ``agent stop NAME``.
+
+Jupyter's restarter is the one that restarts a dead kernel (it is what
+shows "Kernel Restarting" in the Notebook); the mesh's own on-failure
+policy is never asked for, so the two never start a kernel twice.
 
 The agent binary is found on PATH unless the kernelspec's provisioner
 config names one ("agent"); AGENT_RPC_ADDR and AGENT_RPC_TOKEN (or
@@ -24,6 +34,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 from typing import Any, Dict, List, Optional
@@ -33,13 +44,21 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Float, List as TList, Unicode
 
 __all__ = ["MeshProvisioner", "MeshError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The signals the mesh delivers, by number (agent signal's allowlist).
 _SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
 
 # How long one agent command other than spawn may take.
 _CALL_TIMEOUT = 30.0
+
+# The restart policies a kernelspec may name. Either way the kernel is
+# spawned with the mesh's policy "no": Jupyter's restarter restarts it.
+_RESTART_POLICIES = ("no", "on-failure")
+
+# An agent command that failed because no agent answered, not because of
+# the kernel.
+_AGENT_DOWN = re.compile(r"connection refused|no agent|cannot reach|dial tcp|connect: ", re.I)
 
 
 class MeshError(RuntimeError):
@@ -51,14 +70,16 @@ class MeshProvisioner(KernelProvisionerBase):
 
     Its config (the kernelspec's ``metadata.kernel_provisioner.config``):
     ``kind`` (the servers' interpreter kind, default ``ipykernel``),
-    ``restart`` (``no`` or ``on-failure``, the mesh's restart policy),
+    ``restart`` (``no`` or ``on-failure``: both mean that Jupyter's
+    restarter restarts a dead kernel, in place when its server lives,
+    elsewhere when it failed; the mesh's own policy is always ``no``),
     ``constraints`` (``k=regex`` server tag constraints), ``agent`` (path of
     the agent binary; default: ``agent`` on PATH), ``wait_timeout``
     (seconds the spawn may wait for the kernel to be alive).
     """
 
     kind = Unicode("ipykernel", help="the interpreter kind the servers offer").tag(config=True)
-    restart = Unicode("no", help="the mesh's restart policy: no or on-failure").tag(config=True)
+    restart = Unicode("no", help="no or on-failure; Jupyter's restarter restarts the kernel either way").tag(config=True)
     constraints = TList(Unicode(), default_value=[], help="server tag constraints, k=regex").tag(config=True)
     agent = Unicode("", help="path of the agent binary; empty: agent on PATH").tag(config=True)
     wait_timeout = Float(60.0, help="seconds a spawn waits for the kernel to be alive").tag(config=True)
@@ -68,6 +89,15 @@ class MeshProvisioner(KernelProvisionerBase):
     node: Optional[str] = None
     pid: Optional[int] = None
     _exit_code: Optional[int] = None
+    # The kernel's member failed or its server is gone (not a plain exit).
+    _lost: bool = False
+    # Set from a restart's shutdown until the next launch: the old kernel
+    # counts as gone, the next launch restarts it.
+    _restarting: bool = False
+    # The relay the client talks to, made at the first launch, and the
+    # kernel's own connection it points at.
+    _relay: Any = None
+    _kernel_conn: Optional[Dict[str, Any]] = None
 
     # -- jupyter_client's interface -------------------------------------
 
@@ -77,10 +107,11 @@ class MeshProvisioner(KernelProvisionerBase):
 
     async def pre_launch(self, **kwargs: Any) -> Dict[str, Any]:
         self._agent_binary()  # fail early, with a message Jupyter shows
-        if self.restart not in ("no", "on-failure"):
+        if self.restart not in _RESTART_POLICIES:
             raise MeshError(
                 f"mesh-provisioner: restart policy {self.restart!r} in kernelspec "
-                f"{self._spec_name()!r} is not known: use \"no\" or \"on-failure\""
+                f"{self._spec_name()!r} is not known: use \"no\" or \"on-failure\" (Jupyter's restarter "
+                "restarts a dead kernel with either), in metadata.kernel_provisioner.config.restart"
             )
         kwargs = await super().pre_launch(**kwargs)
         # The server runs its own configured command; the kernelspec's argv
@@ -89,8 +120,85 @@ class MeshProvisioner(KernelProvisionerBase):
         return kwargs
 
     async def launch_kernel(self, cmd: List[str], **kwargs: Any) -> KernelConnectionInfo:
+        if self._restarting and self.name is not None and self._exit_code is None:
+            if await self._restart_in_place():
+                return self.connection_info
+        if self._lost and self.node:
+            await self._wait_server_gone()
+        conn = await self._spawn()
+        if self._relay is None:
+            from .relay import Relay  # pyzmq: only where a kernel starts
+
+            key = getattr(getattr(self.parent, "session", None), "key", b"") or secrets.token_hex(32).encode()
+            self._relay = Relay(key, log=self.log)
+        self._relay.point(conn)
+        self._kernel_conn, self._restarting = conn, False
+        info: KernelConnectionInfo = {
+            "ip": self._relay.ip,
+            "transport": "tcp",
+            **{f"{ch}_port": self._relay.ports[ch] for ch in ("shell", "iopub", "stdin", "control", "hb")},
+            "key": self._relay.client_key,
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": self._spec_name(),
+        }
+        self.connection_info = info
+        self.log.info("mesh-provisioner: kernel %s runs as %s on %s (%s:%s), reached on %s:%s", self.kernel_id,
+                      self.name, self.node, conn["ip"], conn["shell_port"], info["ip"], info["shell_port"])
+        return info
+
+    async def _restart_in_place(self) -> bool:
+        """Restarts the kernel where it runs, with its ports and key; False
+        when it cannot be (its member or host is gone): then it is started
+        anew."""
+        code, out, err = await self._agent(["restart", self.name, "--format", "json"], timeout=_CALL_TIMEOUT)
+        answer: Dict[str, Any] = {}
+        try:
+            answer = json.loads(out) if out.strip() else {}
+        except ValueError:
+            pass
+        if code == 0 and answer.get("restarted"):
+            self.pid, self._exit_code, self._restarting = answer.get("pid"), None, False
+            # Same ports and key; pointing the relay again holds the
+            # clients' requests until the new process publishes on iopub.
+            self._relay.point(self._kernel_conn)
+            self.log.info("mesh-provisioner: kernel %s restarted in place as %s on %s (pid %s)", self.kernel_id,
+                          self.name, self.node, self.pid)
+            return True
+        why = answer.get("reason") or err.strip() or out.strip() or f"exit code {code}"
+        if not answer and _AGENT_DOWN.search(why):
+            raise self._agent_down("restart", why, "restart the kernel again")
+        self.log.warning("mesh-provisioner: kernel %s (%s on %s) cannot restart in place (%s): starting it anew",
+                         self.kernel_id, self.name, self.node, why)
+        if self._exit_code is None and await self._poll_mesh() is None:
+            # Alive but not restartable: stop it so its key is free.
+            await self._agent(["stop", self.name], timeout=_CALL_TIMEOUT)
+        return False
+
+    async def _wait_server_gone(self, limit: float = 15.0) -> None:
+        """After the kernel's member failed, waits (at most limit) until
+        its server is not alive in this agent's view either: a keyed spawn
+        asks the key's coordinator among the alive servers, and the
+        crashed server must not be it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while loop.time() < deadline:
+            code, out, err = await self._agent(["members", "--name", f"^{re.escape(self.node)}$", "--format", "json"],
+                                               timeout=_CALL_TIMEOUT)
+            try:
+                members = json.loads(out).get("members") or [] if code in (0, 2) and out.strip() else None
+            except ValueError:
+                members = None
+            if members is not None and all(m.get("status") != "alive" for m in members):
+                return
+            await asyncio.sleep(0.2)
+        self.log.warning("mesh-provisioner: server %s still alive in this agent's view %.0fs after kernel %s failed",
+                         self.node, limit, self.kernel_id)
+
+    async def _spawn(self) -> Dict[str, Any]:
+        """Starts the kernel on the server the mesh elects; returns its
+        own connection (ports and key on that server)."""
         args = ["spawn", "--kind", self.kind, "--key", self.kernel_id, "--wait", "--format", "json",
-                "--wait-timeout", f"{int(self.wait_timeout)}s", "--restart", self.restart]
+                "--wait-timeout", f"{int(self.wait_timeout)}s", "--restart", "no"]
         for c in self.constraints:
             args += ["--constraint", c]
         code, out, err = await self._agent(args, timeout=self.wait_timeout + 60)
@@ -118,31 +226,21 @@ class MeshProvisioner(KernelProvisionerBase):
                 "its servers must configure it with \"connection\": \"jupyter\""
             )
         self.name, self.node, self.pid = answer["name"], answer["node"], answer.get("pid")
-        self._exit_code = None
-        info: KernelConnectionInfo = {
-            "ip": conn["ip"],
-            "transport": conn.get("transport", "tcp"),
-            "shell_port": conn["shell_port"],
-            "iopub_port": conn["iopub_port"],
-            "stdin_port": conn["stdin_port"],
-            "control_port": conn["control_port"],
-            "hb_port": conn["hb_port"],
-            "key": conn["key"].encode(),
-            "signature_scheme": conn.get("signature_scheme", "hmac-sha256"),
-            "kernel_name": self._spec_name(),
-        }
-        self.connection_info = info
-        self.log.info("mesh-provisioner: kernel %s runs as %s on %s (%s:%s)", self.kernel_id, self.name,
-                      self.node, info["ip"], info["shell_port"])
-        return info
+        self._exit_code, self._lost = None, False
+        return conn
 
     async def poll(self) -> Optional[int]:
         """None while the kernel's member is alive (and its host too), else
         its exit code as far as the mesh tells."""
+        if self._restarting:
+            return 0  # the old kernel is gone as far as Jupyter is concerned
         if self._exit_code is not None:
             return self._exit_code
         if self.name is None:
             return 0
+        return await self._poll_mesh()
+
+    async def _poll_mesh(self) -> Optional[int]:
         code, out, err = await self._agent(["interpreters", "--all", "--format", "json"], timeout=_CALL_TIMEOUT)
         if code != 0:
             # The local agent does not answer: that says nothing about the
@@ -160,6 +258,7 @@ class MeshProvisioner(KernelProvisionerBase):
             if status in ("alive", "leaving") and host not in ("failed", "left"):
                 return None
             self._exit_code = _exit_code(status, host, row.get("ended", ""))
+            self._lost = status == "failed" or host in ("failed", "left")
             return self._exit_code
         self._exit_code = 0  # reaped: it ended a while ago
         return self._exit_code
@@ -176,30 +275,47 @@ class MeshProvisioner(KernelProvisionerBase):
         if name is None:
             allowed = ", ".join(_SIGNALS.values())
             raise MeshError(f"mesh-provisioner: signal {signum} cannot be sent through the mesh: use {allowed}")
-        if self.name is None:
+        if self.name is None or self._restarting:
             return
         code, out, err = await self._agent(["signal", self.name, name], timeout=_CALL_TIMEOUT)
+        if code != 0 and _AGENT_DOWN.search(err):
+            raise self._agent_down(f"send {name} to", err.strip(), "try again")
         if code != 0:
             if await self.poll() is not None:
                 return  # it ended already: nothing to signal
             raise MeshError(f"mesh-provisioner: {name} to kernel {self.kernel_id} ({self.name}): {err.strip()}")
 
     async def kill(self, restart: bool = False) -> None:
+        if restart:  # the next launch replaces the process; a kill would end its supervisor
+            self._restarting = True
+            return
         await self.send_signal(signal.SIGKILL)
 
     async def terminate(self, restart: bool = False) -> None:
+        if restart:
+            self._restarting = True
+            return
         await self.send_signal(signal.SIGTERM)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """A restart's shutdown request is held back by the relay; the
+        kernel is restarted by the next launch instead."""
+        if restart:
+            self._restarting = True
 
     async def cleanup(self, restart: bool = False) -> None:
         """Stops the interpreter (its supervisor leaves the mesh), so no
         process is left behind and the kernel id can be spawned again."""
-        if self.name is None:
-            return
-        if self._exit_code is None or await self.poll() is None:
+        if restart:
+            return  # the next launch restarts it and keeps the relay
+        if self.name is not None and (self._exit_code is None or await self.poll() is None):
             code, out, err = await self._agent(["stop", self.name], timeout=_CALL_TIMEOUT)
             if code != 0 and "no interpreter named" not in err:
                 self.log.warning("mesh-provisioner: stopping %s: %s", self.name, err.strip())
         self.name, self.node, self.pid = None, None, None
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
 
     async def get_provisioner_info(self) -> Dict[str, Any]:
         info = await super().get_provisioner_info()
@@ -213,6 +329,13 @@ class MeshProvisioner(KernelProvisionerBase):
         self.pid = provisioner_info.get("mesh_pid")
 
     # -- the agent ----------------------------------------------------------
+
+    def _agent_down(self, what: str, why: str, then: str) -> MeshError:
+        return MeshError(
+            f"mesh-provisioner: cannot {what} kernel {self.kernel_id} ({self.name} on {self.node}): the local agent "
+            f"at {os.environ.get('AGENT_RPC_ADDR', '127.0.0.1:7373')} does not answer ({why}): start it "
+            f"(systemctl start agent) and {then}"
+        )
 
     def _spec_name(self) -> str:
         name = getattr(self.kernel_spec, "name", "") or getattr(self.parent, "kernel_name", "")

@@ -3,8 +3,11 @@ jupyter_client.KernelManager. Used by the test bed's end-to-end test and
 to take the numbers in the README.
 
     kernel_flow.py flow KERNEL    start, execute, interrupt, restart, shut down
-    kernel_flow.py crash KERNEL   start, then after a line on stdin time is_alive() to false
-    kernel_flow.py bench KERNEL N start to ready N times (each shut down after)
+    kernel_flow.py crash KERNEL   start, then after a line on stdin (the host crashed) time
+                                  is_alive() to false, restart_kernel(now=True) and the next
+                                  cell in the same client
+    kernel_flow.py bench KERNEL N start to ready N times (each shut down after), then N
+                                  restarts and N interrupts of one kernel; p50 of each
     kernel_flow.py refused KERNEL start_kernel() must fail; prints Jupyter's error
 
 Each step prints one JSON line on stdout; a failure exits non-zero with the
@@ -25,7 +28,7 @@ def say(**kw):
 
 def where(km):
     p = km.provisioner
-    return {"name": getattr(p, "name", None), "node": getattr(p, "node", None), "ip": km.ip}
+    return {"name": getattr(p, "name", None), "node": getattr(p, "node", None), "ip": km.ip, "pid": getattr(p, "pid", None)}
 
 
 def start(kernel):
@@ -99,16 +102,13 @@ def flow(kernel):
         sys.exit(f"after the interrupt: {content} {out!r}")
 
     before = where(km)
-    t0 = time.monotonic()
-    km.restart_kernel()
-    kc.stop_channels()
-    kc = km.client()  # a restarted mesh kernel has new ports and a new key
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    content, out = run(kc, "print(6 * 7)")
-    if out.strip() != "42":
-        sys.exit(f"after the restart: {content} {out!r}")
-    say(step="restarted", seconds=round(time.monotonic() - t0, 3), before=before["name"], **where(km))
+    pid = run(kc, "import os; print(os.getpid())")[1].strip()
+    took = restart(km, kc)
+    # The same client, as with a local kernel: no km.client() again.
+    content, out = run(kc, "import os; print(6 * 7, os.getpid())")
+    if not out.startswith("42 ") or out.split()[1] == pid:
+        sys.exit(f"after the restart: {content} {out!r} (the kernel's process was {pid})")
+    say(step="restarted", seconds=round(took, 3), before=before["name"], same_client=True, **where(km))
 
     name = where(km)["name"]
     kc.stop_channels()
@@ -116,10 +116,20 @@ def flow(kernel):
     say(step="shutdown", name=name, alive=km.is_alive())
 
 
+def restart(km, kc):
+    """km.restart_kernel() until the same client has the kernel's answer
+    to kernel_info: the seconds it took."""
+    t0 = time.monotonic()
+    km.restart_kernel()
+    kc.wait_for_ready(timeout=60)
+    return time.monotonic() - t0
+
+
 def crash(kernel):
     km, kc, ready = start(kernel)
-    content, out = run(kc, "print('up')")
+    content, out = run(kc, "x = 'kept?'; print('up')")
     say(step="ready", seconds=round(ready, 3), **where(km))
+    before = where(km)
     sys.stdin.readline()  # the host has crashed
     t0 = time.monotonic()
     while km.is_alive():
@@ -127,6 +137,13 @@ def crash(kernel):
             sys.exit("is_alive() still true 60 s after the crash")
         time.sleep(0.05)
     say(step="dead", seconds=round(time.monotonic() - t0, 3))
+    # What Jupyter's restarter does for a dead kernel; then the next cell,
+    # in the same client.
+    km.restart_kernel(now=True)
+    content, out = run(kc, "print('x' in dir())", timeout=60)
+    if content["status"] != "ok" or out.strip() != "False":
+        sys.exit(f"the next cell after the crash: {content} {out!r}")
+    say(step="recovered", seconds=round(time.monotonic() - t0, 3), before=before["name"], **where(km))
     kc.stop_channels()
     km.shutdown_kernel(now=True)
 
@@ -138,8 +155,23 @@ def bench(kernel, n):
         times.append(ready)
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-    times.sort()
-    say(step="bench", kernel=kernel, n=n, p50=round(statistics.median(times), 3), all=[round(t, 3) for t in times])
+    say(step="bench", what="start", kernel=kernel, n=n, p50=round(statistics.median(times), 3),
+        all=[round(t, 3) for t in times])
+    km, kc, _ = start(kernel)
+    times = [restart(km, kc) for _ in range(n)]
+    say(step="bench", what="restart", kernel=kernel, n=n, p50=round(statistics.median(times), 3),
+        all=[round(t, 3) for t in times])
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+    # A fresh kernel for the interrupts: a local kernel's client may miss
+    # the iopub messages of the first request after a restart (its
+    # subscription is still on its way), which interrupt_sleep waits for.
+    km, kc, _ = start(kernel)
+    times = [interrupt_sleep(km, kc) for _ in range(n)]
+    say(step="bench", what="interrupt", kernel=kernel, n=n, p50=round(statistics.median(times), 3),
+        all=[round(t, 3) for t in times])
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
 
 
 def refused(kernel):

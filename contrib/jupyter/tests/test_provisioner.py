@@ -42,7 +42,8 @@ def tearDownModule():
 SPAWNED = {
     "name": "ipykernel-k0123456789abcdef-00aa", "node": "h2", "pid": 4711, "endpoint": "10.231.0.2:40001",
     "existing": False, "kind": "ipykernel", "request_id": "k0123456789abcdef",
-    "connection": {"ip": "10.231.0.2", "transport": "tcp", "shell_port": 40001, "iopub_port": 40002,
+    # Loopback: the relay connects to it (nothing listens there).
+    "connection": {"ip": "127.0.0.1", "transport": "tcp", "shell_port": 40001, "iopub_port": 40002,
                    "stdin_port": 40003, "control_port": 40004, "hb_port": 40005, "key": "ab" * 32,
                    "signature_scheme": "hmac-sha256", "kernel_name": "ipykernel"},
 }
@@ -57,7 +58,10 @@ class FakeAgent:
         self.dir = tempfile.TemporaryDirectory()
         self.answers = {"spawn": {"stdout": json.dumps(SPAWNED)},
                         "interpreters": {"stdout": json.dumps(row())},
-                        "signal": {"stdout": "delivered\n"}, "stop": {"stdout": "stopped\n"}}
+                        "signal": {"stdout": "delivered\n"}, "stop": {"stdout": "stopped\n"},
+                        "members": {"code": 2, "stdout": json.dumps({"members": []})},
+                        "restart": {"stdout": json.dumps({"name": SPAWNED["name"], "host": "h2", "restarted": True,
+                                                          "pid": 4712})}}
         self.save()
 
     def save(self):
@@ -107,25 +111,109 @@ class FakeAgentCase(unittest.TestCase):
 
     def launch(self, p):
         kw = run(p.pre_launch())
-        return run(p.launch_kernel(kw.pop("cmd"), **kw))
+        info = run(p.launch_kernel(kw.pop("cmd"), **kw))
+        self.addCleanup(lambda: p._relay and p._relay.close())
+        return info
+
+    def restart(self, p, dead=False):
+        """What KernelManager.restart_kernel asks of a provisioner (now=dead,
+        as the restarter does for a dead kernel); the new connection."""
+        if dead:
+            run(p.kill(restart=True))
+        else:
+            run(p.shutdown_requested(restart=True))
+        self.assertEqual(run(p.poll()), 0 if not dead else run(p.poll()))
+        run(p.cleanup(restart=True))
+        return self.launch(p)
 
 
 class ProvisionerTest(FakeAgentCase):
 
     def test_launch_spawns_with_the_kernel_id_as_key(self):
+        # on-failure is Jupyter's restarter's job: the mesh is asked for "no".
         p = self.provisioner(restart="on-failure", constraints=["dc=east"])
         info = self.launch(p)
         spawn = self.fake.calls()[-1]
         self.assertEqual(spawn[0], "spawn")
-        for flag, value in [("--kind", "ipykernel"), ("--key", "kid-1"), ("--restart", "on-failure"),
+        for flag, value in [("--kind", "ipykernel"), ("--key", "kid-1"), ("--restart", "no"),
                             ("--constraint", "dc=east"), ("--format", "json")]:
             self.assertEqual(spawn[spawn.index(flag) + 1], value, spawn)
         self.assertIn("--wait", spawn)
-        self.assertEqual(info["key"], b"ab" * 32)
-        self.assertEqual((info["ip"], info["shell_port"], info["hb_port"]), ("10.231.0.2", 40001, 40005))
+        # The client gets the relay's loopback ports and a key of its own,
+        # never the kernel's.
+        self.assertEqual(info["ip"], "127.0.0.1")
+        self.assertEqual(info["shell_port"], p._relay.ports["shell"])
+        self.assertEqual(len({info[f"{c}_port"] for c in ("shell", "iopub", "stdin", "control", "hb")}), 5)
+        self.assertNotIn(40001, [info[f"{c}_port"] for c in ("shell", "iopub", "stdin", "control", "hb")])
+        self.assertNotEqual(info["key"], b"ab" * 32)
+        self.assertGreaterEqual(len(info["key"]), 32)
         self.assertEqual(info["kernel_name"], "mesh-python3")
         self.assertTrue(p.has_process)
         self.assertEqual((p.name, p.node), (SPAWNED["name"], "h2"))
+
+    def test_restart_is_in_place_and_keeps_the_connection(self):
+        p = self.provisioner()
+        info = self.launch(p)
+        relay = p._relay
+        n = len(self.fake.calls())
+        again = self.restart(p)
+        self.assertEqual(again, info)
+        self.assertIs(p._relay, relay)
+        calls = self.fake.calls()[n:]
+        self.assertEqual(calls, [["restart", SPAWNED["name"], "--format", "json"]])  # no stop, no spawn
+        self.assertEqual((p.name, p.pid), (SPAWNED["name"], 4712))
+        self.assertIsNone(run(p.poll()))
+
+    def test_restart_after_a_host_failure_starts_anew_behind_the_same_ports(self):
+        p = self.provisioner()
+        info = self.launch(p)
+        self.fake.answer("interpreters", stdout=json.dumps(row("failed", "failed", "host failed")))
+        self.assertEqual(run(p.poll()), 1)
+        moved = dict(SPAWNED, name="ipykernel-k0123456789abcdef-00bb", node="h3",
+                     connection=dict(SPAWNED["connection"], shell_port=41001, key="cd" * 32))
+        self.fake.answer("spawn", stdout=json.dumps(moved))
+        self.fake.answer("interpreters", stdout=json.dumps({"interpreters": [{"name": moved["name"], "status": "alive",
+                                                                               "host_status": "alive"}]}))
+        n = len(self.fake.calls())
+        again = self.restart(p, dead=True)
+        self.assertEqual(again, info)  # same ports, same key for the client
+        verbs = [c[0] for c in self.fake.calls()[n:]]
+        # No signal to a dead host, no restart in place; the spawn once
+        # the failed server is not alive in the agent's view (the fake's
+        # members list is empty), so it cannot coordinate the key.
+        self.assertEqual(verbs, ["members", "spawn"])
+        self.assertEqual(self.fake.calls()[n][:3], ["members", "--name", "^h2$"])
+        self.assertEqual((p.name, p.node), (moved["name"], "h3"))
+        self.assertIsNone(run(p.poll()))
+
+    def test_a_kernel_that_cannot_restart_in_place_is_stopped_and_started_anew(self):
+        p = self.provisioner()
+        self.launch(p)
+        self.fake.answer("restart", code=1, stdout=json.dumps({"name": SPAWNED["name"], "restarted": False,
+                                                              "reason": "its supervisor is busy"}))
+        n = len(self.fake.calls())
+        self.restart(p)
+        verbs = [c[0] for c in self.fake.calls()[n:]]
+        self.assertEqual(verbs, ["restart", "interpreters", "stop", "spawn"])
+
+    def test_a_restart_while_the_agent_is_down_says_so(self):
+        p = self.provisioner()
+        self.launch(p)
+        self.fake.answer("restart", code=1, stderr="Error: no agent answers at 127.0.0.1:7373: is `agent run` started?")
+        n = len(self.fake.calls())
+        with self.assertRaisesRegex(Exception, r"cannot restart kernel kid-1 .*the local agent at 127.0.0.1:7373 "
+                                               r"does not answer .*start it .* and restart the kernel again"):
+            self.restart(p)
+        self.assertEqual([c[0] for c in self.fake.calls()[n:]], ["restart"])
+
+    def test_kill_for_a_restart_sends_no_signal(self):
+        p = self.provisioner()
+        self.launch(p)
+        n = len(self.fake.calls())
+        run(p.kill(restart=True))
+        run(p.terminate(restart=True))
+        run(p.send_signal(signal.SIGINT))
+        self.assertEqual(self.fake.calls()[n:], [])
 
     def test_poll_answers_from_membership(self):
         p = self.provisioner()
@@ -179,7 +267,7 @@ class ProvisionerTest(FakeAgentCase):
         info = run(p.get_provisioner_info())
         q = self.provisioner()
         run(q.load_provisioner_info(info))
-        self.assertEqual((q.name, q.node, q.connection_info["shell_port"]), (SPAWNED["name"], "h2", 40001))
+        self.assertEqual((q.name, q.node, q.connection_info), (SPAWNED["name"], "h2", p.connection_info))
 
     def test_existing_kernel_without_a_connection(self):
         p = self.provisioner()
@@ -213,6 +301,25 @@ class JupyterVisibleErrorsTest(FakeAgentCase):
             km.start_kernel()
         self.assertIn('no server offers kind "nope"; kinds offered: demo, ipykernel', str(e.exception))
         self.assertIn("kernelspec 'mesh-test'", str(e.exception))
+
+    def test_unknown_restart_policy(self):
+        self.write_spec(restart="always")
+        km = KernelManager(kernel_name="mesh-test")
+        with self.assertRaisesRegex(Exception, r"restart policy 'always' in kernelspec 'mesh-test' is not known: "
+                                               r"use \"no\" or \"on-failure\""):
+            km.start_kernel()
+        self.assertEqual(self.fake.calls(), [])
+
+    def test_restart_while_the_agent_is_down(self):
+        self.write_spec()
+        km = KernelManager(kernel_name="mesh-test")
+        km.start_kernel()
+        self.addCleanup(lambda: km.provisioner and km.provisioner._relay and km.provisioner._relay.close())
+        self.fake.answer("restart", code=1, stderr="Error: no agent answers at 127.0.0.1:7373: is `agent run` started?")
+        self.fake.answer("signal", code=1, stderr="Error: no agent answers at 127.0.0.1:7373: is `agent run` started?")
+        self.fake.answer("interpreters", code=1, stderr="Error: no agent answers at 127.0.0.1:7373")
+        with self.assertRaisesRegex(Exception, "the local agent at 127.0.0.1:7373 does not answer"):
+            km.restart_kernel(now=True)
 
     def test_missing_agent_on_path(self):
         self.write_spec()
