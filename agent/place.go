@@ -54,7 +54,7 @@ func (a *Agent) elect(ctx context.Context, req placement.Request, timeout time.D
 	var e interp.Election
 	a.logger.Debug("asking the servers for bids", "kind", req.Kind, "request", req.ID, "timeout", timeout)
 	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Constraints: constraints,
-		Claim: bidding.ClaimOf(req)}, timeout)
+		Claim: bidding.ClaimOf(req), Attempt: req.Attempt}, timeout)
 	if e.Err == nil {
 		if ledger != nil {
 			a.ledgerMu.Lock()

@@ -58,6 +58,9 @@ type Request struct {
 	// Claim is the generation the asker means to place, plus one: zero
 	// (left out) when it claims none, -1 when it withdraws its claim.
 	Claim int `msgpack:"g,omitempty"`
+	// Attempt names the claim, or the claim a release (Claim -1)
+	// withdraws: placement.Request.Attempt.
+	Attempt uint64 `msgpack:"at,omitempty"`
 }
 
 // ClaimOf is the request's claim from a placement request: -1 withdraws

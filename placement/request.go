@@ -90,6 +90,11 @@ type Request struct {
 	// rival may gather them (two askers whose claims split the servers
 	// evenly would otherwise keep each other out for as long as both ask).
 	Release bool
+	// Attempt names this claim (or the claim a Release withdraws): a
+	// server withdraws only a claim no newer than the release's, so a
+	// release that gossip delivers after the asker's next claim leaves
+	// that claim in place.
+	Attempt uint64
 }
 
 // Policy says which eligible server an election prefers.

@@ -768,7 +768,7 @@ func (w *world) recordEvent(host string, e interp.Event) {
 func (a *simAgent) elect(ctx context.Context, req placement.Request) interp.Election {
 	start := time.Now()
 	var e interp.Election
-	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)}, 0)
+	e.Result, e.Err = bidding.Collect(ctx, a.node, bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req), Attempt: req.Attempt}, 0)
 	if e.Err == nil {
 		a.ledgerMu.Lock()
 		e.Decision, e.Err = placement.Elect(req, e.Result.Bids, a.ledger, time.Now())

@@ -134,7 +134,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	// server, the owner must not re-place the copy of a server that timed
 	// out at the generation the spawn's next attempt takes (chaos seed
 	// 139, the-answer-stands); its claim makes the owner defer.
-	preq.Claim, preq.Gen = true, gen
+	preq.Claim, preq.Gen, preq.Attempt = true, gen, l.nextAttempt()
 
 	e := l.deps.Elect(ctx, preq)
 	resp.DecisionMS = ms(e.Elapsed)
@@ -309,6 +309,18 @@ func knownGen(bids []placement.Bid) (int, bool) {
 		}
 	}
 	return best, found
+}
+
+// nextAttempt names a new claim: increasing across the agent's restarts
+// (its clock's nanoseconds, or one above the last).
+func (l *Lifecycle) nextAttempt() uint64 {
+	for {
+		last := l.attempt.Load()
+		next := max(last+1, uint64(l.clock.Now().UnixNano()))
+		if l.attempt.CompareAndSwap(last, next) {
+			return next
+		}
+	}
 }
 
 // releaseClaim withdraws this agent's claim of req at the servers: it will

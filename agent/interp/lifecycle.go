@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshagent/agent/bidding"
@@ -132,9 +133,10 @@ type Lifecycle struct {
 
 	signals recentSignals // signal orders answered lately, by order id
 
-	memory *memory  // requests' generations and orphans beyond the reap
-	keys   keyLocks // this coordinator's keyed spawns, one at a time per key
-	claims claims   // generations askers claimed in their bids lately
+	memory  *memory       // requests' generations and orphans beyond the reap
+	keys    keyLocks      // this coordinator's keyed spawns, one at a time per key
+	claims  claims        // generations askers claimed in their bids lately
+	attempt atomic.Uint64 // the last claim this agent made (nextAttempt)
 
 	wg sync.WaitGroup
 }

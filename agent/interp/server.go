@@ -474,10 +474,11 @@ type claims struct {
 }
 
 type claim struct {
-	asker string
-	gen   int
-	first time.Time // when this asker's claims began
-	at    time.Time // its latest
+	asker   string
+	attempt uint64 // the newest attempt the asker claimed it in
+	gen     int
+	first   time.Time // when this asker's claims began
+	at      time.Time // its latest
 }
 
 // record notes asker's claim of gen for rid (when it makes one) and
@@ -524,12 +525,23 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 	return best, by, found, holder
 }
 
-// release withdraws asker's claim of rid: it deferred to another.
-func (c *claims) release(rid, asker string) {
+// mark notes that asker's claim of rid was made in attempt.
+func (c *claims) mark(rid, asker string, attempt uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if k := slices.IndexFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker }); k >= 0 {
+		c.reqs[rid][k].attempt = max(c.reqs[rid][k].attempt, attempt)
+	}
+}
+
+// release withdraws asker's claim of rid made in attempt or before: it
+// deferred to another. A claim of a later attempt stays: gossip can
+// deliver a release after the claim that followed it.
+func (c *claims) release(rid, asker string, attempt uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cs, ok := c.reqs[rid]; ok {
-		if c.reqs[rid] = slices.DeleteFunc(cs, func(x claim) bool { return x.asker == asker }); len(c.reqs[rid]) == 0 {
+		if c.reqs[rid] = slices.DeleteFunc(cs, func(x claim) bool { return x.asker == asker && x.attempt <= attempt }); len(c.reqs[rid]) == 0 {
 			delete(c.reqs, rid)
 		}
 	}
@@ -593,9 +605,12 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 		b.Servers = len(q.Alive) + len(q.Missing)
 	}
 	if req.Claim < 0 {
-		l.claims.release(req.ID, asker)
+		l.claims.release(req.ID, asker, req.Attempt)
 	}
 	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now(), l.notGone)
+	if req.Claim > 0 {
+		l.claims.mark(req.ID, asker, req.Attempt)
+	}
 	if ok {
 		b.Claimer, b.Claimed, b.ClaimGen = by, true, gen
 	}
@@ -962,7 +977,7 @@ func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
 	preq, _ := ParsePlaceRequest(rec.Kind, nil, "")
 	preq.ID = rec.RequestID
 	for try := 1; ; try++ {
-		preq.Claim, preq.Gen = true, gen
+		preq.Claim, preq.Gen, preq.Attempt = true, gen, l.nextAttempt()
 		ctx, cancel := l.untilDone(orderTimeout)
 		e := l.deps.Elect(ctx, preq)
 		cancel()

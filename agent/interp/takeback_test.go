@@ -597,7 +597,7 @@ func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
 	l, _ := serverWithFakeSupervisors(t)
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var fresh claims
-	fresh.release("r1", "h4") // a server that never saw a claim: nothing to withdraw
+	fresh.release("r1", "h4", 1) // a server that never saw a claim: nothing to withdraw
 	servers := make([]claims, 6)
 	grants := func(asker string, at time.Time) int {
 		n := 0
@@ -620,14 +620,27 @@ func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
 		t.Fatalf("grants h4 %d, h5 %d; want the split 3 and 3", a, b)
 	}
 	for i := range servers {
-		servers[i].release("r1", "h4")
-		servers[i].release("r1", "h5")
+		servers[i].release("r1", "h4", 0)
+		servers[i].release("r1", "h5", 0)
 	}
 	if n := grants("h5", t0.Add(2*time.Second)); n != 6 {
 		t.Fatalf("after both withdrew, the first to ask again holds %d of 6 servers, want all", n)
 	}
 	if n := grants("h4", t0.Add(2*time.Second+time.Millisecond)); n != 0 {
 		t.Fatalf("the other holds %d servers, want none", n)
+	}
+
+	// A release that gossip delivers after the asker's next claim leaves
+	// that claim in place: it withdraws only the attempt it names, or an
+	// older one. Else the server would grant another asker the request
+	// that the first one, granted a moment before, is placing (chaos seed
+	// 85, 1-minute runs: two coordinators placed one key, the-answer-stands).
+	var late claims
+	late.record("r3", "h4", 1, true, t0, nil)
+	late.mark("r3", "h4", 2)
+	late.release("r3", "h4", 1)
+	if _, _, _, h := late.record("r3", "h5", 1, true, t0.Add(time.Second), nil); h != "h4" {
+		t.Fatalf("after a late release of attempt 1, r3 is held by %q, want h4 (its attempt 2 stands)", h)
 	}
 
 	// On the wire: a bid request whose claim is -1 withdraws the asker's
