@@ -41,6 +41,10 @@ type keyedOrder struct {
 	Policy      string   `msgpack:"p,omitempty"`
 	Restart     string   `msgpack:"rp,omitempty"`
 	Asker       string   `msgpack:"f"`
+	// ID names this order: askOne sends an order again when the first
+	// send is not acknowledged, and the coordinator must decide it once.
+	// Empty from an older agent.
+	ID string `msgpack:"i,omitempty"`
 }
 
 func (o keyedOrder) request() rpc.SpawnRequest {
@@ -152,7 +156,7 @@ func (l *Lifecycle) decideKeyed(ctx context.Context, req rpc.SpawnRequest, start
 		return l.coordinate(ctx, req, l.cfg.Node, start)
 	}
 	order := keyedOrder{Key: req.Key, Kind: req.Kind, Args: req.Args, Constraints: req.Constraints, Policy: req.Policy,
-		Restart: req.Restart, Asker: l.cfg.Node}
+		Restart: req.Restart, Asker: l.cfg.Node, ID: NewRequestID()}
 	payload, _ := msgpack.Marshal(order)
 	raw, err := l.askOne(ctx, coord, querySpawnKey, payload, coordinatorTimeout)
 	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}
@@ -193,18 +197,31 @@ func (l *Lifecycle) handleKeyedOrder(q *gossip.Query) {
 	if err := msgpack.Unmarshal(q.Payload, &o); err != nil || o.Key == "" {
 		a.Code, a.Error = rpc.SpawnBadRequest, fmt.Sprintf("cannot decode the keyed spawn order: %v", err)
 	} else {
-		ctx, cancel := l.untilDone(coordinatorTimeout - time.Second)
-		r := l.coordinate(ctx, o.request(), o.Asker, start)
-		cancel()
-		a = keyedAnswer{Name: r.Name, Node: r.Node, Kind: r.Kind, PID: r.PID, Endpoint: r.Endpoint, Existing: r.Existing,
-			Gen: r.Generation, Code: r.Code, Error: r.Error, Attempts: r.Attempts, DecisionMS: r.DecisionMS}
-		if r.Connection != nil {
-			a.Conn = toConnAnswer(r.Connection)
-		}
+		a = l.decideKeyedOrder(o, start)
 	}
 	if err := q.Respond(encodeKeyedAnswer(a)); err != nil {
 		l.logger.Warn("answer not sent", "query", q.Name, "to", q.From, "err", err)
 	}
+}
+
+// decideKeyedOrder decides a keyed order as its key's coordinator, once
+// per order: a re-sent order waits for the first one's answer. Before, a
+// coordinator that got an order twice under loss decided it twice; the
+// asker took the first answer (a failure, say), and the second run
+// started an interpreter no answer named (chaos seed 52,
+// the-answer-stands).
+func (l *Lifecycle) decideKeyedOrder(o keyedOrder, start time.Time) keyedAnswer {
+	return l.keyedOrders.once(o.ID, l.clock.Now(), func() keyedAnswer {
+		ctx, cancel := l.untilDone(coordinatorTimeout - time.Second)
+		defer cancel()
+		r := l.coordinate(ctx, o.request(), o.Asker, start)
+		a := keyedAnswer{Name: r.Name, Node: r.Node, Kind: r.Kind, PID: r.PID, Endpoint: r.Endpoint, Existing: r.Existing,
+			Gen: r.Generation, Code: r.Code, Error: r.Error, Attempts: r.Attempts, DecisionMS: r.DecisionMS}
+		if r.Connection != nil {
+			a.Conn = toConnAnswer(r.Connection)
+		}
+		return a
+	})
 }
 
 // coordinate decides one keyed spawn, one at a time per key: the key's

@@ -131,7 +131,8 @@ type Lifecycle struct {
 	// last published.
 	restartsSeen map[string]int
 
-	signals recentSignals // signal orders answered lately, by order id
+	signals     recentSignals             // signal orders answered lately, by order id
+	keyedOrders recentOrders[keyedAnswer] // keyed spawn orders decided lately, by order id
 
 	memory  *memory       // requests' generations and orphans beyond the reap
 	keys    keyLocks      // this coordinator's keyed spawns, one at a time per key

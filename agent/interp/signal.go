@@ -44,29 +44,39 @@ type signalOrder struct {
 	Signal string `msgpack:"s"`
 }
 
-// recentSignals remembers the answers to the signal orders of the last
-// minute, so that a re-sent order is answered again, not delivered again.
-// Safe for concurrent use.
-type recentSignals struct {
+// recentOrders remembers the answers to the orders of the last minute
+// (or keep) by order id, so that a re-sent order (askOne sends an order
+// again when its first send is not acknowledged) is answered again, not
+// carried out again. Safe for concurrent use.
+type recentOrders[T any] struct {
 	mu      sync.Mutex
-	answers map[string]recentSignal
+	keep    time.Duration // zero: a minute
+	answers map[string]recentOrder[T]
 }
 
-type recentSignal struct {
+type recentOrder[T any] struct {
 	at   time.Time
 	done chan struct{} // closed once ans is set
-	ans  signalAnswer
+	ans  T
 }
+
+// recentSignals are the signal (and restart) orders answered lately.
+type recentSignals = recentOrders[signalAnswer]
 
 // once runs deliver for the first order with id and returns its answer;
 // a later order with the same id waits for and returns the same answer.
-func (r *recentSignals) once(id string, now time.Time, deliver func() signalAnswer) signalAnswer {
+// An empty id is never remembered.
+func (r *recentOrders[T]) once(id string, now time.Time, deliver func() T) T {
 	r.mu.Lock()
 	if r.answers == nil {
-		r.answers = map[string]recentSignal{}
+		r.answers = map[string]recentOrder[T]{}
+	}
+	keep := r.keep
+	if keep == 0 {
+		keep = time.Minute
 	}
 	for k, v := range r.answers {
-		if now.Sub(v.at) > time.Minute {
+		if now.Sub(v.at) > keep {
 			delete(r.answers, k)
 		}
 	}
@@ -78,7 +88,11 @@ func (r *recentSignals) once(id string, now time.Time, deliver func() signalAnsw
 		r.mu.Unlock()
 		return ans
 	}
-	entry := recentSignal{at: now, done: make(chan struct{})}
+	if id == "" {
+		r.mu.Unlock()
+		return deliver()
+	}
+	entry := recentOrder[T]{at: now, done: make(chan struct{})}
 	r.answers[id] = entry
 	r.mu.Unlock()
 	ans := deliver()

@@ -711,3 +711,35 @@ func TestAnUnkeyedSpawnClaimsItsRequest(t *testing.T) {
 		t.Fatalf("the unkeyed spawn's election claimed %v, want a claim", claims)
 	}
 }
+
+// TestAKeyedOrderSentTwiceIsDecidedOnce: askOne sends an order again when
+// its first send is not acknowledged, so under loss a coordinator can get
+// one keyed order twice. It decides it once: the second copy gets the
+// first one's answer and starts no election. Before, it decided it twice;
+// the asker took the first answer (a failure), and the second run started
+// an interpreter no answer named (chaos seed 52, the-answer-stands).
+func TestAKeyedOrderSentTwiceIsDecidedOnce(t *testing.T) {
+	var mu sync.Mutex
+	elections := 0
+	l, _ := serverElecting(t, func(context.Context, placement.Request) Election {
+		mu.Lock()
+		defer mu.Unlock()
+		elections++
+		return Election{Result: bidding.Result{Bids: []placement.Bid{{Node: "s1", OffersKind: true, Healthy: true}}}}
+	})
+	o := keyedOrder{Key: "k-1", Kind: BuiltinKind, Asker: "h3", ID: "order-1"}
+	first := l.decideKeyedOrder(o, time.Now())
+	mu.Lock()
+	once := elections
+	mu.Unlock()
+	again := l.decideKeyedOrder(o, time.Now())
+	mu.Lock()
+	defer mu.Unlock()
+	if elections != once || again.Name != first.Name || again.Code != first.Code || again.Gen != first.Gen {
+		t.Fatalf("the re-sent order: %d elections after the first copy's %d; answers %+v and %+v, want the first's again",
+			elections, once, first, again)
+	}
+	if once == 0 {
+		t.Fatal("the first copy started no election")
+	}
+}
