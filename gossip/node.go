@@ -272,7 +272,7 @@ func Start(cfg Config) (*Node, error) {
 		heal = n.Dilate(heal)
 	}
 	n.startHeal(heal) // before dispatch, which tells the prober serf's events
-	n.wg.Add(3)
+	n.wg.Add(2)
 	go n.dispatch()
 	go n.watchLost()
 	go n.followUpJoin()

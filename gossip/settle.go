@@ -29,9 +29,12 @@ const joinPoll = 250 * time.Millisecond
 // followUpJoin runs the exchanges of joinFollowUps, counted from the
 // moment this node first sees another member alive: at most
 // len(joinFollowUps) push/pulls per start, each with a random member, so
-// a mesh restarting at once spreads them over every node.
+// a mesh restarting at once spreads them over every node. None once the
+// node leaves: a push/pull then would announce it again. It is not one of
+// the goroutines Shutdown waits for: an exchange under way when the node
+// stops ends within memberlist's TCP timeout, and a leave must not wait
+// for it.
 func (n *Node) followUpJoin() {
-	defer n.wg.Done()
 	for n.serf.Memberlist().NumMembers() < 2 {
 		select {
 		case <-n.done:
@@ -47,6 +50,9 @@ func (n *Node) followUpJoin() {
 		case <-time.After(n.Dilate(at - waited)):
 		}
 		waited = at
+		if n.serf.State() != serf.SerfAlive {
+			return // leaving, left or shut down
+		}
 		self := n.serf.LocalMember().Name
 		var alive []serf.Member
 		for _, m := range n.serf.Members() {
