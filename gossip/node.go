@@ -248,6 +248,10 @@ func Start(cfg Config) (*Node, error) {
 	sc.MemberlistConfig = ml
 	sc.Logger = stdLogger
 	sc.SnapshotPath = cfg.SnapshotPath
+	restarted := false // from serf's snapshot: this node was a member before
+	if fi, err := os.Stat(cfg.SnapshotPath); cfg.SnapshotPath != "" && err == nil && fi.Size() > 0 {
+		restarted = true
+	}
 	sc.RejoinAfterLeave = cfg.RejoinAfterLeave
 	sc.KeyringFile = cfg.KeyringFile
 	if cfg.Reap != nil && cfg.ReapAfter > 0 {
@@ -275,7 +279,9 @@ func Start(cfg Config) (*Node, error) {
 	n.wg.Add(2)
 	go n.dispatch()
 	go n.watchLost()
-	go n.followUpJoin()
+	if restarted {
+		go n.followUpJoin()
+	}
 	return n, nil
 }
 

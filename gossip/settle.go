@@ -21,6 +21,13 @@ import (
 // push/pull (up to a minute; chaos seed 373, nothing-unlisted). A few
 // exchanges in the first seconds bring it the news while it is fresh:
 // it refutes, and the mesh takes it back.
+//
+// Only a node that starts from serf's snapshot (it was a member before)
+// makes them. A push/pull with a member that is leaving at that moment
+// can turn its leave into a failure in this node's view (serf takes the
+// member's own status time from the exchange, and the leave intent that
+// follows is no newer): a price worth paying only where the exchange is
+// needed. A fresh node's join brings it everything.
 var joinFollowUps = []time.Duration{time.Second, 3 * time.Second, 7 * time.Second, 15 * time.Second}
 
 // joinPoll is how often a node that has no peer yet looks for one.

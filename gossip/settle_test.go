@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -17,9 +18,11 @@ import (
 // follow-up, a second after its join, brings it the news; it refutes,
 // and a and i take it back.
 func TestARestartedNodeTheMeshHoldsLeftRejoinsWithinSeconds(t *testing.T) {
+	dir := t.TempDir() // serf's snapshots: a and b start again from theirs, as an agent with its data dir does
 	start := func(name string, port int, tags map[string]string) *Node {
 		t.Helper()
-		n, err := Start(Config{Name: name, BindAddr: "127.0.0.1", BindPort: port, Profile: "lan", Tags: tags, HealInterval: -1})
+		n, err := Start(Config{Name: name, BindAddr: "127.0.0.1", BindPort: port, Profile: "lan", Tags: tags, HealInterval: -1,
+			SnapshotPath: filepath.Join(dir, name+".snapshot")})
 		if err != nil {
 			t.Fatalf("start %s: %v", name, err)
 		}
