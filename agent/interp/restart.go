@@ -84,14 +84,9 @@ func (l *Lifecycle) Restart(ctx context.Context, req rpc.RestartRequest) (rpc.Re
 	if err := hostUnreachable(in, "restart"); err != nil {
 		return resp, err
 	}
-	order, _ := msgpack.Marshal(restartOrder{ID: NewRequestID(), Name: req.Name})
-	raw, err := l.askOne(ctx, in.Host, queryRestart, order, orderTimeout)
+	ans, err := l.askSupervisor(ctx, in, "restart", queryRestart, restartOrder{ID: NewRequestID(), Name: req.Name})
 	if err != nil {
-		return resp, fmt.Errorf("restart %s: its server %w", req.Name, err)
-	}
-	var ans signalAnswer
-	if err := msgpack.Unmarshal(raw, &ans); err != nil {
-		return resp, fmt.Errorf("restart %s: %s answered garbage: %w", req.Name, in.Host, err)
+		return resp, err
 	}
 	resp.Restarted, resp.PID, resp.Reason = ans.Delivered, ans.PID, ans.Reason
 	return resp, nil

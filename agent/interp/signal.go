@@ -129,17 +129,27 @@ func (l *Lifecycle) Signal(ctx context.Context, req rpc.SignalRequest) (rpc.Sign
 	if err := hostUnreachable(in, "signal"); err != nil {
 		return resp, err
 	}
-	order, _ := msgpack.Marshal(signalOrder{ID: NewRequestID(), Name: req.Name, Signal: sig})
-	raw, err := l.askOne(ctx, in.Host, querySignal, order, orderTimeout)
+	ans, err := l.askSupervisor(ctx, in, "signal", querySignal, signalOrder{ID: NewRequestID(), Name: req.Name, Signal: sig})
 	if err != nil {
-		return resp, fmt.Errorf("signal %s: its server %w", req.Name, err)
-	}
-	var ans signalAnswer
-	if err := msgpack.Unmarshal(raw, &ans); err != nil {
-		return resp, fmt.Errorf("signal %s: %s answered garbage: %w", req.Name, in.Host, err)
+		return resp, err
 	}
 	resp.Delivered, resp.PID, resp.Reason = ans.Delivered, ans.PID, ans.Reason
 	return resp, nil
+}
+
+// askSupervisor sends order (what: "signal", "restart") to the server
+// of interpreter in, for its supervisor, and returns the answer.
+func (l *Lifecycle) askSupervisor(ctx context.Context, in Instance, what, query string, order any) (signalAnswer, error) {
+	payload, _ := msgpack.Marshal(order)
+	raw, err := l.askOne(ctx, in.Host, query, payload, orderTimeout)
+	if err != nil {
+		return signalAnswer{}, fmt.Errorf("%s %s: its server %w", what, in.Name, err)
+	}
+	var ans signalAnswer
+	if err := msgpack.Unmarshal(raw, &ans); err != nil {
+		return signalAnswer{}, fmt.Errorf("%s %s: %s answered garbage: %w", what, in.Name, in.Host, err)
+	}
+	return ans, nil
 }
 
 // handleSignalOrder answers the signal query: pass the signal to the
