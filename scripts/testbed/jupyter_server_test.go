@@ -21,7 +21,7 @@ import (
 // (contrib/jupyter/tests/server_flow.py, as a web client does): start,
 // a cell, interrupt, restart and a cell on the same websocket, kill -9 of
 // everything on the kernel's host and a cell on the same websocket,
-// DELETE.
+// DELETE; then idle culling.
 
 // serverToken is the test server's token; the API asks for it.
 const serverToken = "mesh-test-token"
@@ -208,5 +208,52 @@ func TestJupyterServerAPIThroughTheMesh(t *testing.T) {
 	measure(t, "jupyter_server", "DELETE answered to no process left", time.Since(gone))
 	if ks := meshKernels(t, h1); len(ks) != 0 {
 		t.Fatalf("kernels still listed alive in the mesh after DELETE: %v", ks)
+	}
+}
+
+// TestJupyterServerCullsIdleKernels: with cull_idle_timeout=10 and
+// cull_interval=2, a kernel left idle with no websocket is culled by the
+// server after 10 s (not before) and nothing of it is left on any host:
+// no kernel process, no supervisor, no mesh listing.
+func TestJupyterServerCullsIdleKernels(t *testing.T) {
+	j := newJupyterBed(t)
+	h1 := j.b.Hosts[0]
+	const timeout = 10
+	j.startJupyterServer(t, h1, fmt.Sprintf("--MappingKernelManager.cull_idle_timeout=%d", timeout),
+		"--MappingKernelManager.cull_interval=2")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := j.serverFlow(ctx, h1, "cull")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	r := bufio.NewReader(out)
+	readServerStep(t, r, "idle")
+	if _, host := onlyKernel(t, h1); host == h1.Name {
+		t.Fatalf("the kernel runs on the server's own host %s", host)
+	}
+	culled := readServerStep(t, r, "culled")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("server_flow.py cull: %v\n%s", err, stderr.String())
+	}
+	measure(t, "jupyter_server", fmt.Sprintf("last activity to culled (timeout %ds, interval 2s)", timeout), seconds(culled.Seconds))
+	if culled.Seconds < timeout {
+		t.Errorf("culled %.1fs after its last activity, before the %ds timeout", culled.Seconds, timeout)
+	}
+	gone := time.Now()
+	waitFor(t, "no kernel process and no supervisor on any host after the cull", 15*time.Second, func() bool {
+		k, s := j.kernelProcesses(t)
+		return k == 0 && s == 0
+	})
+	measure(t, "jupyter_server", "culled to no process left", time.Since(gone))
+	if ks := meshKernels(t, h1); len(ks) != 0 {
+		t.Fatalf("kernels still listed alive in the mesh after the cull: %v", ks)
 	}
 }
