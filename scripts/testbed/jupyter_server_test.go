@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 // (contrib/jupyter/tests/server_flow.py, as a web client does): start,
 // a cell, interrupt, restart and a cell on the same websocket, kill -9 of
 // everything on the kernel's host and a cell on the same websocket,
-// DELETE; then idle culling.
+// DELETE; then idle culling; then a kill -9 of the server itself.
 
 // serverToken is the test server's token; the API asks for it.
 const serverToken = "mesh-test-token"
@@ -107,6 +108,24 @@ func readServerStep(t *testing.T, r *bufio.Reader, want string) serverStep {
 	return s
 }
 
+// guards counts the provisioner's guard processes (mesh_provisioner/guard.py) on every host.
+func (j *jupyterBed) guards(t *testing.T) int {
+	t.Helper()
+	n := 0
+	for _, h := range j.b.Hosts {
+		procs, err := h.Processes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range procs {
+			if strings.Contains(strings.Join(args, " "), "mesh_provisioner/guard.py") {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 func (j *jupyterBed) hostNamed(t *testing.T, name string) *testbed.Host {
 	t.Helper()
 	for _, h := range j.b.Hosts {
@@ -125,11 +144,11 @@ func (j *jupyterBed) hostNamed(t *testing.T, name string) *testbed.Host {
 // runs on the same websocket; after kill -9 of everything on the kernel's
 // host the server's restarter starts it elsewhere and the next cell runs
 // on the same websocket; DELETE leaves no kernel, supervisor or listing
-// anywhere.
+// anywhere, and the server's stop leaves no guard.
 func TestJupyterServerAPIThroughTheMesh(t *testing.T) {
 	j := newJupyterBed(t)
 	h1 := j.b.Hosts[0]
-	j.startJupyterServer(t, h1)
+	server := j.startJupyterServer(t, h1)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cmd := j.serverFlow(ctx, h1, "flow")
@@ -209,6 +228,10 @@ func TestJupyterServerAPIThroughTheMesh(t *testing.T) {
 	if ks := meshKernels(t, h1); len(ks) != 0 {
 		t.Fatalf("kernels still listed alive in the mesh after DELETE: %v", ks)
 	}
+	server.stop(t)
+	if n := j.guards(t); n != 0 {
+		t.Fatalf("%d guard processes left after the server stopped", n)
+	}
 }
 
 // TestJupyterServerCullsIdleKernels: with cull_idle_timeout=10 and
@@ -255,5 +278,64 @@ func TestJupyterServerCullsIdleKernels(t *testing.T) {
 	measure(t, "jupyter_server", "culled to no process left", time.Since(gone))
 	if ks := meshKernels(t, h1); len(ks) != 0 {
 		t.Fatalf("kernels still listed alive in the mesh after the cull: %v", ks)
+	}
+}
+
+// TestJupyterServerKilledStopsItsKernels: kill -9 of the jupyter_server
+// process with a kernel running on h3. Its guard (one process per Jupyter
+// process, reading a pipe only the server writes) sees the pipe end and
+// stops the kernel through the mesh: no kernel process, supervisor or
+// guard is left on any host, and the server started again lists no kernel.
+func TestJupyterServerKilledStopsItsKernels(t *testing.T) {
+	j := newJupyterBed(t)
+	h1 := j.b.Hosts[0]
+	server := j.startJupyterServer(t, h1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := j.serverFlow(ctx, h1, "start").Output()
+	if err != nil {
+		t.Fatalf("server_flow.py start: %v %s", err, out)
+	}
+	started := readServerStep(t, bufio.NewReader(strings.NewReader(string(out))), "executed")
+	kernel, host := onlyKernel(t, h1)
+	if host == h1.Name {
+		t.Fatalf("the kernel runs on the server's own host %s", host)
+	}
+	if n := j.guards(t); n != 1 {
+		t.Fatalf("%d guard processes with a kernel running, want 1", n)
+	}
+
+	killed := time.Now()
+	if err := server.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "no kernel process, supervisor or guard on any host after kill -9 of the server", 30*time.Second, func() bool {
+		k, s := j.kernelProcesses(t)
+		return k == 0 && s == 0 && j.guards(t) == 0
+	})
+	measure(t, "jupyter_server kill -9", "server killed to no process left", time.Since(killed))
+	select {
+	case <-server.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the killed server's process was not reaped within 30 s")
+	}
+	if want := fmt.Sprintf("stopped kernel %s (%s)", started.Name, kernel); !strings.Contains(server.log.String(), want) {
+		t.Errorf("the server's log does not say %q", want)
+	}
+	if ks := meshKernels(t, h1); len(ks) != 0 {
+		t.Fatalf("kernels still listed alive in the mesh after the server's kill -9: %v", ks)
+	}
+
+	// Started again, the server lists nothing and starts nothing.
+	j.startJupyterServer(t, h1)
+	out, err = j.serverFlow(ctx, h1, "list").Output()
+	if err != nil {
+		t.Fatalf("server_flow.py list: %v %s", err, out)
+	}
+	if l := readServerStep(t, bufio.NewReader(strings.NewReader(string(out))), "listed"); l.Status != 200 || len(l.Kernels) != 0 {
+		t.Fatalf("the restarted server lists %+v, want 200 and no kernel", l)
+	}
+	if k, s := j.kernelProcesses(t); k != 0 || s != 0 {
+		t.Fatalf("%d kernel processes and %d supervisors after the server's restart", k, s)
 	}
 }
