@@ -22,7 +22,8 @@ import (
 // (contrib/jupyter/tests/server_flow.py, as a web client does): start,
 // a cell, interrupt, restart and a cell on the same websocket, kill -9 of
 // everything on the kernel's host and a cell on the same websocket,
-// DELETE; then idle culling; then a kill -9 of the server itself.
+// DELETE. Then, under jupyter_server and the classic Notebook 6.4 alike
+// (the same API), idle culling and a kill -9 of the server itself.
 
 // serverToken is the test server's token; the API asks for it.
 const serverToken = "mesh-test-token"
@@ -234,7 +235,27 @@ func TestJupyterServerAPIThroughTheMesh(t *testing.T) {
 	}
 }
 
-// TestJupyterServerCullsIdleKernels: with cull_idle_timeout=10 and
+// jupyterServerKind is a Jupyter server the provisioner is tested under,
+// started in h's namespace on 127.0.0.1:serverPort with serverToken.
+type jupyterServerKind struct {
+	name  string
+	start func(t *testing.T, j *jupyterBed, h *testbed.Host, extra ...string) *notebookServer
+}
+
+var jupyterServerKinds = []jupyterServerKind{
+	{"jupyter_server", func(t *testing.T, j *jupyterBed, h *testbed.Host, extra ...string) *notebookServer {
+		return j.startJupyterServer(t, h, extra...)
+	}},
+	{"notebook6", func(t *testing.T, j *jupyterBed, h *testbed.Host, extra ...string) *notebookServer {
+		if why := notebookAvailable(j.python); why != "" {
+			t.Fatal(why) // .ci/run installs it
+		}
+		return j.startNotebook(t, h, serverPort, append([]string{"--NotebookApp.token=" + serverToken}, extra...)...)
+	}},
+}
+
+// TestJupyterServerCullsIdleKernels: under jupyter_server 1.23 and the
+// classic Notebook 6.4 in turn, with cull_idle_timeout=10 and
 // cull_interval=2, a kernel left idle with no websocket is culled by the
 // server after 10 s (not before) and nothing of it is left on any host:
 // no kernel process, no supervisor, no mesh listing.
@@ -242,100 +263,109 @@ func TestJupyterServerCullsIdleKernels(t *testing.T) {
 	j := newJupyterBed(t)
 	h1 := j.b.Hosts[0]
 	const timeout = 10
-	j.startJupyterServer(t, h1, fmt.Sprintf("--MappingKernelManager.cull_idle_timeout=%d", timeout),
-		"--MappingKernelManager.cull_interval=2")
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := j.serverFlow(ctx, h1, "cull")
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	r := bufio.NewReader(out)
-	readServerStep(t, r, "idle")
-	if _, host := onlyKernel(t, h1); host == h1.Name {
-		t.Fatalf("the kernel runs on the server's own host %s", host)
-	}
-	culled := readServerStep(t, r, "culled")
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("server_flow.py cull: %v\n%s", err, stderr.String())
-	}
-	measure(t, "jupyter_server", fmt.Sprintf("last activity to culled (timeout %ds, interval 2s)", timeout), seconds(culled.Seconds))
-	if culled.Seconds < timeout {
-		t.Errorf("culled %.1fs after its last activity, before the %ds timeout", culled.Seconds, timeout)
-	}
-	gone := time.Now()
-	waitFor(t, "no kernel process and no supervisor on any host after the cull", 15*time.Second, func() bool {
-		k, s := j.kernelProcesses(t)
-		return k == 0 && s == 0
-	})
-	measure(t, "jupyter_server", "culled to no process left", time.Since(gone))
-	if ks := meshKernels(t, h1); len(ks) != 0 {
-		t.Fatalf("kernels still listed alive in the mesh after the cull: %v", ks)
+	for _, kind := range jupyterServerKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			kind.start(t, j, h1, fmt.Sprintf("--MappingKernelManager.cull_idle_timeout=%d", timeout),
+				"--MappingKernelManager.cull_interval=2")
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			cmd := j.serverFlow(ctx, h1, "cull")
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			r := bufio.NewReader(out)
+			readServerStep(t, r, "idle")
+			if _, host := onlyKernel(t, h1); host == h1.Name {
+				t.Fatalf("the kernel runs on the server's own host %s", host)
+			}
+			culled := readServerStep(t, r, "culled")
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("server_flow.py cull: %v\n%s", err, stderr.String())
+			}
+			measure(t, kind.name, fmt.Sprintf("last activity to culled (timeout %ds, interval 2s)", timeout), seconds(culled.Seconds))
+			if culled.Seconds < timeout {
+				t.Errorf("culled %.1fs after its last activity, before the %ds timeout", culled.Seconds, timeout)
+			}
+			gone := time.Now()
+			waitFor(t, "no kernel process and no supervisor on any host after the cull", 15*time.Second, func() bool {
+				k, s := j.kernelProcesses(t)
+				return k == 0 && s == 0
+			})
+			measure(t, kind.name, "culled to no process left", time.Since(gone))
+			if ks := meshKernels(t, h1); len(ks) != 0 {
+				t.Fatalf("kernels still listed alive in the mesh after the cull: %v", ks)
+			}
+		})
 	}
 }
 
-// TestJupyterServerKilledStopsItsKernels: kill -9 of the jupyter_server
-// process with a kernel running on h3. Its guard (one process per Jupyter
-// process, reading a pipe only the server writes) sees the pipe end and
-// stops the kernel through the mesh: no kernel process, supervisor or
-// guard is left on any host, and the server started again lists no kernel.
+// TestJupyterServerKilledStopsItsKernels: under jupyter_server 1.23 and
+// the classic Notebook 6.4 in turn, kill -9 of the server process with a
+// kernel running on h3. Its guard (one process per Jupyter process,
+// reading a pipe only the server writes) sees the pipe end and stops the
+// kernel through the mesh: no kernel process, supervisor or guard is left
+// on any host, and the server started again lists no kernel.
 func TestJupyterServerKilledStopsItsKernels(t *testing.T) {
 	j := newJupyterBed(t)
 	h1 := j.b.Hosts[0]
-	server := j.startJupyterServer(t, h1)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := j.serverFlow(ctx, h1, "start").Output()
-	if err != nil {
-		t.Fatalf("server_flow.py start: %v %s", err, out)
-	}
-	started := readServerStep(t, bufio.NewReader(strings.NewReader(string(out))), "executed")
-	kernel, host := onlyKernel(t, h1)
-	if host == h1.Name {
-		t.Fatalf("the kernel runs on the server's own host %s", host)
-	}
-	if n := j.guards(t); n != 1 {
-		t.Fatalf("%d guard processes with a kernel running, want 1", n)
-	}
+	for _, kind := range jupyterServerKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			server := kind.start(t, j, h1)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			out, err := j.serverFlow(ctx, h1, "start").Output()
+			if err != nil {
+				t.Fatalf("server_flow.py start: %v %s", err, out)
+			}
+			started := readServerStep(t, bufio.NewReader(strings.NewReader(string(out))), "executed")
+			kernel, host := onlyKernel(t, h1)
+			if host == h1.Name {
+				t.Fatalf("the kernel runs on the server's own host %s", host)
+			}
+			if n := j.guards(t); n != 1 {
+				t.Fatalf("%d guard processes with a kernel running, want 1", n)
+			}
 
-	killed := time.Now()
-	if err := server.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "no kernel process, supervisor or guard on any host after kill -9 of the server", 30*time.Second, func() bool {
-		k, s := j.kernelProcesses(t)
-		return k == 0 && s == 0 && j.guards(t) == 0
-	})
-	measure(t, "jupyter_server kill -9", "server killed to no process left", time.Since(killed))
-	select {
-	case <-server.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the killed server's process was not reaped within 30 s")
-	}
-	if want := fmt.Sprintf("stopped kernel %s (%s)", started.Name, kernel); !strings.Contains(server.log.String(), want) {
-		t.Errorf("the server's log does not say %q", want)
-	}
-	if ks := meshKernels(t, h1); len(ks) != 0 {
-		t.Fatalf("kernels still listed alive in the mesh after the server's kill -9: %v", ks)
-	}
+			killed := time.Now()
+			if err := server.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "no kernel process, supervisor or guard on any host after kill -9 of the server", 30*time.Second, func() bool {
+				k, s := j.kernelProcesses(t)
+				return k == 0 && s == 0 && j.guards(t) == 0
+			})
+			measure(t, kind.name+" kill -9", "server killed to no process left", time.Since(killed))
+			select {
+			case <-server.done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the killed server's process was not reaped within 30 s")
+			}
+			if want := fmt.Sprintf("stopped kernel %s (%s)", started.Name, kernel); !strings.Contains(server.log.String(), want) {
+				t.Errorf("the server's log does not say %q", want)
+			}
+			if ks := meshKernels(t, h1); len(ks) != 0 {
+				t.Fatalf("kernels still listed alive in the mesh after the server's kill -9: %v", ks)
+			}
 
-	// Started again, the server lists nothing and starts nothing.
-	j.startJupyterServer(t, h1)
-	out, err = j.serverFlow(ctx, h1, "list").Output()
-	if err != nil {
-		t.Fatalf("server_flow.py list: %v %s", err, out)
-	}
-	if l := readServerStep(t, bufio.NewReader(strings.NewReader(string(out))), "listed"); l.Status != 200 || len(l.Kernels) != 0 {
-		t.Fatalf("the restarted server lists %+v, want 200 and no kernel", l)
-	}
-	if k, s := j.kernelProcesses(t); k != 0 || s != 0 {
-		t.Fatalf("%d kernel processes and %d supervisors after the server's restart", k, s)
+			// Started again, the server lists nothing and starts nothing.
+			kind.start(t, j, h1)
+			out, err = j.serverFlow(ctx, h1, "list").Output()
+			if err != nil {
+				t.Fatalf("server_flow.py list: %v %s", err, out)
+			}
+			if l := readServerStep(t, bufio.NewReader(strings.NewReader(string(out))), "listed"); l.Status != 200 || len(l.Kernels) != 0 {
+				t.Fatalf("the restarted server lists %+v, want 200 and no kernel", l)
+			}
+			if k, s := j.kernelProcesses(t); k != 0 || s != 0 {
+				t.Fatalf("%d kernel processes and %d supervisors after the server's restart", k, s)
+			}
+		})
 	}
 }
