@@ -3,7 +3,7 @@
 # the Python that Debian's jupyter_client uses, or removes them (--uninstall).
 #
 # It touches exactly three paths (printed as it goes):
-#   $SITE_DIR/mesh_provisioner/                       the provisioner module (and its relay)
+#   $SITE_DIR/mesh_provisioner/                       the provisioner module (its relay and guard)
 #   $SITE_DIR/mesh_provisioner-VERSION.dist-info/     its entry point (jupyter_client.kernel_provisioners)
 #   $KERNELS_DIR/mesh-python3/                        the kernelspec
 # SITE_DIR defaults to the first site-packages of $PYTHON (/usr/bin/python3:
@@ -33,7 +33,7 @@ if ! "$PYTHON" -c 'import jupyter_client, sys; sys.exit(int(jupyter_client.versi
   exit 1
 fi
 mkdir -p "$module" "$distinfo" "$spec"
-cp "$here/mesh_provisioner/__init__.py" "$here/mesh_provisioner/relay.py" "$module/"
+cp "$here/mesh_provisioner/__init__.py" "$here/mesh_provisioner/relay.py" "$here/mesh_provisioner/guard.py" "$module/"
 echo "installed $module"
 cat > "$distinfo/METADATA" <<META
 Metadata-Version: 2.1

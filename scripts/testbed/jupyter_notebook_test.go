@@ -68,10 +68,21 @@ func (j *jupyterBed) startNotebook(t *testing.T, h *testbed.Host, port int, extr
 	if err := os.WriteFile(filepath.Join(dir, "mesh.ipynb"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"netns", "exec", h.NS, j.python, "-m", "notebook", "--no-browser", "--allow-root",
+	token := "--NotebookApp.token=" // none, unless extra names one (a setting may be given once)
+	for _, e := range extra {
+		if strings.HasPrefix(e, token) {
+			token = e
+		}
+	}
+	args := []string{"netns", "exec", h.NS, j.python, "-m", "notebook", "--no-browser", "--allow-root",
 		"--ip=127.0.0.1", fmt.Sprintf("--port=%d", port), "--port-retries=0", "--notebook-dir=" + dir,
-		"--NotebookApp.token=", "--NotebookApp.password=", "--NotebookApp.open_browser=False",
-		"--MappingKernelManager.default_kernel_name=mesh-python3"}, extra...)
+		token, "--NotebookApp.password=", "--NotebookApp.open_browser=False",
+		"--MappingKernelManager.default_kernel_name=mesh-python3"}
+	for _, e := range extra {
+		if e != token {
+			args = append(args, e)
+		}
+	}
 	s := &notebookServer{cmd: exec.Command("ip", args...), log: &syncBuffer{}, done: make(chan struct{}), dir: dir}
 	s.cmd.Env = j.env
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log

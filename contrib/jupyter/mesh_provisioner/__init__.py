@@ -17,7 +17,11 @@ the ``agent`` binary the way a user's shell does:
 - poll: the kernel's membership in the mesh (the failure detector replaces
   Jupyter's heartbeat as the liveness source);
 - interrupt, terminate, kill: ``agent signal NAME SIGINT|SIGTERM|SIGKILL``;
-- cleanup: ``agent stop NAME``.
+- cleanup: ``agent stop NAME``;
+- a Jupyter process killed with its kernels running: its guard (guard.py,
+  one process per Jupyter process, reading a pipe only Jupyter writes)
+  sees the pipe's end and runs ``agent stop NAME`` for each kernel never
+  shut down, so none runs on unlisted.
 
 Jupyter's restarter is the one that restarts a dead kernel (it is what
 shows "Kernel Restarting" in the Notebook); the mesh's own on-failure
@@ -37,6 +41,9 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
+import threading
 from typing import Any, Dict, List, Optional
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -59,6 +66,45 @@ _RESTART_POLICIES = ("no", "on-failure")
 # An agent command that failed because no agent answered, not because of
 # the kernel.
 _AGENT_DOWN = re.compile(r"connection refused|no agent|cannot reach|dial tcp|connect: ", re.I)
+
+
+class _Guard:
+    """This Jupyter process's guard (guard.py): told which kernels run,
+    it stops them if the process dies without shutting them down. Started
+    at the first kernel; safe to call from any thread."""
+
+    _lock = threading.Lock()
+    _pipe: Optional[int] = None
+    _owner: Optional[int] = None  # the pid that started it: a forked child starts its own
+
+    @classmethod
+    def tell(cls, agent: str, line: str, log: Any) -> None:
+        with cls._lock:
+            try:
+                if cls._pipe is not None and cls._owner != os.getpid():
+                    # A forked child: its copy of the parent's pipe would keep
+                    # the parent's guard from seeing the parent die.
+                    os.close(cls._pipe)
+                    cls._pipe = None
+                if cls._pipe is None:
+                    r, w = os.pipe()  # w is not inherited: no other child holds the pipe open
+                    try:
+                        subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                       "guard.py"), agent],
+                                         stdin=r, stdout=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+                    except OSError:
+                        os.close(w)
+                        raise
+                    finally:
+                        os.close(r)
+                    cls._pipe, cls._owner = w, os.getpid()
+                os.write(cls._pipe, (line + "\n").encode())
+            except OSError as e:
+                if cls._pipe is not None:  # the guard died: the next kernel starts another
+                    os.close(cls._pipe)
+                    cls._pipe = None
+                log.warning("mesh-provisioner: the guard that stops this process's kernels if it dies is not "
+                            "running (%s): a kill -9 of this process would leave them running: %s", e, line)
 
 
 class MeshError(RuntimeError):
@@ -133,6 +179,7 @@ class MeshProvisioner(KernelProvisionerBase):
             self._relay = Relay(key, log=self.log)
         self._relay.point(conn)
         self._kernel_conn, self._restarting = conn, False
+        _Guard.tell(self._agent_binary(), f"up {self.kernel_id} {self.name}", self.log)
         info: KernelConnectionInfo = {
             "ip": self._relay.ip,
             "transport": "tcp",
@@ -312,6 +359,8 @@ class MeshProvisioner(KernelProvisionerBase):
             code, out, err = await self._agent(["stop", self.name], timeout=_CALL_TIMEOUT)
             if code != 0 and "no interpreter named" not in err:
                 self.log.warning("mesh-provisioner: stopping %s: %s", self.name, err.strip())
+        if self.name is not None:
+            _Guard.tell(self._agent_binary(), f"down {self.kernel_id}", self.log)
         self.name, self.node, self.pid = None, None, None
         if self._relay is not None:
             self._relay.close()

@@ -103,6 +103,13 @@ class FakeAgentCase(unittest.TestCase):
         os.environ["FAKE_AGENT_DIR"] = self.fake.dir.name
         os.environ["AGENT_RPC_ADDR"] = "127.0.0.1:7373"
         self.MeshProvisioner = MeshProvisioner
+        # The guard's pipe and process are I/O: the lines it would be told
+        # are kept here (GuardTest runs guard.py itself).
+        import mesh_provisioner
+        self.guard_lines = []
+        tell = mesh_provisioner._Guard.__dict__["tell"]
+        mesh_provisioner._Guard.tell = classmethod(lambda cls, agent, line, log: self.guard_lines.append(line))
+        self.addCleanup(setattr, mesh_provisioner._Guard, "tell", tell)
 
     def provisioner(self, **config):
         s = spec(**config)
@@ -261,6 +268,20 @@ class ProvisionerTest(FakeAgentCase):
         self.assertEqual(self.fake.calls()[-1], ["stop", SPAWNED["name"]])
         self.assertFalse(p.has_process)
 
+    def test_the_guard_is_told_each_kernel_up_and_down(self):
+        p = self.provisioner()
+        self.launch(p)
+        self.assertEqual(self.guard_lines, [f"up kid-1 {SPAWNED['name']}"])
+        # Moved after a host failure: the guard now knows the new name.
+        self.fake.answer("interpreters", stdout=json.dumps(row("failed", "failed", "host failed")))
+        run(p.poll())
+        moved = dict(SPAWNED, name="ipykernel-k0123456789abcdef-00bb", node="h3")
+        self.fake.answer("spawn", stdout=json.dumps(moved))
+        self.restart(p, dead=True)
+        self.assertEqual(self.guard_lines[-1], f"up kid-1 {moved['name']}")
+        run(p.cleanup(restart=False))
+        self.assertEqual(self.guard_lines[-1], "down kid-1")
+
     def test_provisioner_info_round_trip(self):
         p = self.provisioner()
         self.launch(p)
@@ -276,6 +297,30 @@ class ProvisionerTest(FakeAgentCase):
         self.fake.answer("spawn", stdout=json.dumps(answer))
         with self.assertRaisesRegex(Exception, "already runs as .* on h2, started by another agent"):
             self.launch(p)
+
+
+class GuardTest(unittest.TestCase):
+    """guard.py, run as the provisioner runs it, with the fake agent:
+    when its pipe ends it stops the kernels never told down, only those."""
+
+    def guard(self, lines):
+        fake = FakeAgent()
+        self.addCleanup(fake.dir.cleanup)
+        env = dict(os.environ, FAKE_AGENT_DIR=fake.dir.name)
+        guard = os.path.join(SITE, "mesh_provisioner", "guard.py")
+        res = subprocess.run([sys.executable, guard, os.path.join(FAKEBIN, "agent")], input="".join(l + "\n" for l in lines),
+                             capture_output=True, text=True, env=env, timeout=60)
+        return res, fake.calls()
+
+    def test_the_pipe_ends_with_kernels_up(self):
+        res, calls = self.guard(["up k1 ipykernel-a", "up k2 ipykernel-b", "up k1 ipykernel-c", "down k2"])
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual(calls, [["stop", "ipykernel-c"]])
+        self.assertIn("stopped kernel k1 (ipykernel-c)", res.stderr)
+
+    def test_the_pipe_ends_with_every_kernel_down(self):
+        res, calls = self.guard(["up k1 ipykernel-a", "down k1"])
+        self.assertEqual((res.returncode, calls), (0, []))
 
 
 class JupyterVisibleErrorsTest(FakeAgentCase):
