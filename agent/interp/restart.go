@@ -84,7 +84,7 @@ func (l *Lifecycle) Restart(ctx context.Context, req rpc.RestartRequest) (rpc.Re
 	if err := hostUnreachable(in, "restart"); err != nil {
 		return resp, err
 	}
-	ans, err := l.askSupervisor(ctx, in, "restart", queryRestart, restartOrder{ID: NewRequestID(), Name: req.Name})
+	ans, err := l.askServerOf(ctx, in, "restart", queryRestart, restartOrder{ID: NewRequestID(), Name: req.Name})
 	if err != nil {
 		return resp, err
 	}
@@ -101,23 +101,9 @@ func (l *Lifecycle) handleRestartOrder(q *gossip.Query) {
 	if err := msgpack.Unmarshal(q.Payload, &o); err != nil {
 		ans.Reason = "cannot decode the restart order: " + err.Error()
 	} else {
-		l.regMu.Lock()
-		i, ok := l.registry.Get(o.Name)
-		l.regMu.Unlock()
-		if !ok {
-			ans.Reason = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
-		} else {
-			ans = l.signals.once("restart-"+o.ID, l.clock.Now(), func() signalAnswer {
-				spec, err := LoadSpec(i.Spec)
-				if err != nil {
-					return signalAnswer{Reason: "its supervisor cannot be reached: " + err.Error()}
-				}
-				a := l.procs.SignalInterpreter(spec, ControlRestart)
-				return signalAnswer{Delivered: a.Delivered, PID: a.PID, Reason: a.Reason}
-			})
-			l.logger.Info("restart in place", "interpreter", o.Name, "asker", q.From, "restarted", ans.Delivered,
-				"pid", ans.PID, "reason", ans.Reason)
-		}
+		ans = l.tellSupervisor(o.Name, "restart-"+o.ID, ControlRestart)
+		l.logger.Info("restart in place", "interpreter", o.Name, "asker", q.From, "restarted", ans.Delivered,
+			"pid", ans.PID, "reason", ans.Reason)
 	}
 	respond(q, ans, l.logger)
 }

@@ -129,7 +129,7 @@ func (l *Lifecycle) Signal(ctx context.Context, req rpc.SignalRequest) (rpc.Sign
 	if err := hostUnreachable(in, "signal"); err != nil {
 		return resp, err
 	}
-	ans, err := l.askSupervisor(ctx, in, "signal", querySignal, signalOrder{ID: NewRequestID(), Name: req.Name, Signal: sig})
+	ans, err := l.askServerOf(ctx, in, "signal", querySignal, signalOrder{ID: NewRequestID(), Name: req.Name, Signal: sig})
 	if err != nil {
 		return resp, err
 	}
@@ -137,9 +137,9 @@ func (l *Lifecycle) Signal(ctx context.Context, req rpc.SignalRequest) (rpc.Sign
 	return resp, nil
 }
 
-// askSupervisor sends order (what: "signal", "restart") to the server
-// of interpreter in, for its supervisor, and returns the answer.
-func (l *Lifecycle) askSupervisor(ctx context.Context, in Instance, what, query string, order any) (signalAnswer, error) {
+// askServerOf sends order (what: "signal", "restart") to the server of
+// interpreter in, for its supervisor, and returns the answer.
+func (l *Lifecycle) askServerOf(ctx context.Context, in Instance, what, query string, order any) (signalAnswer, error) {
 	payload, _ := msgpack.Marshal(order)
 	raw, err := l.askOne(ctx, in.Host, query, payload, orderTimeout)
 	if err != nil {
@@ -162,25 +162,31 @@ func (l *Lifecycle) handleSignalOrder(q *gossip.Query) {
 	} else if sig, _, err := rpc.ParseSignal(o.Signal); err != nil {
 		ans.Reason = err.Error()
 	} else {
-		l.regMu.Lock()
-		i, ok := l.registry.Get(o.Name)
-		l.regMu.Unlock()
-		if !ok {
-			ans.Reason = fmt.Sprintf("no interpreter %s runs on %s", o.Name, l.cfg.Node)
-		} else {
-			ans = l.signals.once(o.ID, l.clock.Now(), func() signalAnswer {
-				spec, err := LoadSpec(i.Spec)
-				if err != nil {
-					return signalAnswer{Reason: "its supervisor cannot be reached: " + err.Error()}
-				}
-				a := l.procs.SignalInterpreter(spec, sig)
-				return signalAnswer{Delivered: a.Delivered, PID: a.PID, Reason: a.Reason}
-			})
-			l.logger.Info("signal for interpreter", "interpreter", o.Name, "signal", sig, "asker", q.From,
-				"delivered", ans.Delivered, "pid", ans.PID, "reason", ans.Reason)
-		}
+		ans = l.tellSupervisor(o.Name, o.ID, sig)
+		l.logger.Info("signal for interpreter", "interpreter", o.Name, "signal", sig, "asker", q.From,
+			"delivered", ans.Delivered, "pid", ans.PID, "reason", ans.Reason)
 	}
 	respond(q, ans, l.logger)
+}
+
+// tellSupervisor passes word (a signal name, or ControlRestart) to the
+// supervisor of this host's interpreter called name, once per order id: a
+// re-sent order gets the first answer.
+func (l *Lifecycle) tellSupervisor(name, id, word string) signalAnswer {
+	l.regMu.Lock()
+	i, ok := l.registry.Get(name)
+	l.regMu.Unlock()
+	if !ok {
+		return signalAnswer{Reason: fmt.Sprintf("no interpreter %s runs on %s", name, l.cfg.Node)}
+	}
+	return l.signals.once(id, l.clock.Now(), func() signalAnswer {
+		spec, err := LoadSpec(i.Spec)
+		if err != nil {
+			return signalAnswer{Reason: "its supervisor cannot be reached: " + err.Error()}
+		}
+		a := l.procs.SignalInterpreter(spec, word)
+		return signalAnswer{Delivered: a.Delivered, PID: a.PID, Reason: a.Reason}
+	})
 }
 
 // askSupervisor sends one signal name over a supervisor's control socket
