@@ -65,12 +65,24 @@ def ready(kc, timeout=60):
                 raise TimeoutError("no kernel_info reply through the relay")
 
 
-def execute(kc, code, stdin=None, timeout=30):
-    """Runs code; returns (reply content, stdout text)."""
-    out = []
-    reply = kc.execute_interactive(code, timeout=timeout, allow_stdin=stdin is not None,
-                                   stdin_hook=(lambda m: kc.input(stdin)) if stdin else None,
-                                   output_hook=lambda m: out.append(m["content"].get("text", "")))
+def execute(kc, code, stdin=None, timeout=90, relay=None):
+    """Runs code; returns (reply content, stdout text). The timeout is a
+    bound for a loaded machine (CI runs this beside the test bed), not a
+    speed claim; on a timeout the error says how far the cell got."""
+    out, asked = [], []
+
+    def answer(m):
+        asked.append(m)
+        kc.input(stdin)
+
+    try:
+        reply = kc.execute_interactive(code, timeout=timeout, allow_stdin=stdin is not None,
+                                       stdin_hook=answer if stdin else None,
+                                       output_hook=lambda m: out.append(m["content"].get("text", "")))
+    except TimeoutError as e:
+        raise AssertionError(f"no reply to {code!r} within {timeout} s: output so far {''.join(out)!r}, "
+                             f"input requests that reached the client {len(asked)}, "
+                             f"relay {relay.counters() if relay else 'not asked'}") from e
     return reply["content"], "".join(out)
 
 
@@ -101,11 +113,11 @@ class RelayTest(unittest.TestCase):
         self.relay.point(first.conn)
         kc = self.client()
         ready(kc)
-        content, out = execute(kc, "import os; print(os.getpid())")
+        content, out = execute(kc, relay=self.relay, code="import os; print(os.getpid())")
         self.assertEqual((content["status"], out.strip()), ("ok", str(first.proc.pid)))
         # stdin reaches the client through the relay: the kernel routes its
         # input request by the shell identity the relay gave it.
-        content, out = execute(kc, "print(input('name? ') * 2)", stdin="ab")
+        content, out = execute(kc, relay=self.relay, code="print(input('name? ') * 2)", stdin="ab")
         self.assertEqual((content["status"], out.strip()), ("ok", "abab"))
         # The heartbeat passes too, as it is.
         hb = zmq.Context.instance().socket(zmq.REQ)
@@ -123,7 +135,7 @@ class RelayTest(unittest.TestCase):
         first.stop()
         self.relay.point(second.conn)
         ready(kc)
-        content, out = execute(kc, "import os; print(os.getpid())")
+        content, out = execute(kc, relay=self.relay, code="import os; print(os.getpid())")
         self.assertEqual((content["status"], out.strip()), ("ok", str(second.proc.pid)))
 
     def test_a_message_with_a_bad_signature_is_dropped(self):
@@ -151,7 +163,7 @@ class RelayTest(unittest.TestCase):
         kc = self.client()
         ready(kc)
         kc.shutdown(restart=True)
-        content, out = execute(kc, "print('still here')")
+        content, out = execute(kc, relay=self.relay, code="print('still here')")
         self.assertEqual(out.strip(), "still here")
         self.assertIsNone(k.proc.poll())
         kc.shutdown(restart=False)
