@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
 	"slices"
 	"sort"
@@ -153,6 +154,15 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	}
 	if quorum {
 		v := l.tally(e.Result.Bids)
+		if l.logger.Enabled(ctx, slog.LevelDebug) {
+			var known []string
+			for _, b := range e.Result.Bids {
+				known = append(known, fmt.Sprintf("%s:known=%t/%d,holds=%s/%d,claimed=%t/%d,grant=%v", b.Node, b.Known, b.KnownGen,
+					b.Holds, b.HoldsGen, b.Claimed, b.ClaimGen, b.Grant))
+			}
+			l.logger.Debug("election", "request", rid, "gen", gen, "asker", asker, "answered", v.answered, "of", v.total,
+				"grants", v.grants, "bids", known)
+		}
 		if !v.majority() {
 			l.releaseClaim(ctx, preq)
 			return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s heard from %d of the %d servers %s knows during the election "+
@@ -358,7 +368,7 @@ type votes struct {
 // the servers already failed.
 func (l *Lifecycle) tally(bids []placement.Bid) votes {
 	known := ServerQuorum(l.deps.Node.Members())
-	v := votes{total: len(known.Alive) + len(known.Missing), by: l.cfg.Node}
+	v := votes{total: l.memory.serversKnown(known), by: l.cfg.Node}
 	for _, b := range bids {
 		if !slices.Contains(v.answered, b.Node) {
 			v.answered = append(v.answered, b.Node)

@@ -137,6 +137,7 @@ type Lifecycle struct {
 	memory  *memory       // requests' generations and orphans beyond the reap
 	keys    keyLocks      // this coordinator's keyed spawns, one at a time per key
 	claims  claims        // generations askers claimed in their bids lately
+	journal *journal      // keeps memory and claims across restarts (a server's, once loaded)
 	attempt atomic.Uint64 // the last claim this agent made (nextAttempt)
 
 	wg sync.WaitGroup

@@ -38,6 +38,13 @@ const NoGen = -1
 type memory struct {
 	mu   sync.Mutex
 	reqs map[string]*remembered
+	// j keeps the memory across restarts, on a server (journal.go);
+	// written is what it holds of each request.
+	j       *journal
+	written map[string]writtenReq
+	// servers are the servers this agent has listed, and when it last
+	// did: a majority is counted against them too (see serversKnown).
+	servers map[string]time.Time
 }
 
 type remembered struct {
@@ -50,7 +57,9 @@ type remembered struct {
 	failedAt time.Time
 }
 
-func newMemory() *memory { return &memory{reqs: map[string]*remembered{}} }
+func newMemory() *memory {
+	return &memory{reqs: map[string]*remembered{}, written: map[string]writtenReq{}, servers: map[string]time.Time{}}
+}
 
 // observe takes in a view at now: every request's highest generation, and
 // the on-failure interpreters that failed with no live copy of their
@@ -98,6 +107,7 @@ func (m *memory) observe(view []Instance, now time.Time) {
 	for rid, r := range m.reqs {
 		if r.orphan == nil && now.Sub(r.seen) > genKeep {
 			delete(m.reqs, rid)
+			m.persistLocked(rid)
 		}
 	}
 	for len(m.reqs) > maxRemembered {
@@ -108,6 +118,10 @@ func (m *memory) observe(view []Instance, now time.Time) {
 			}
 		}
 		delete(m.reqs, oldest)
+		m.persistLocked(oldest)
+	}
+	for _, in := range view {
+		m.persistLocked(in.Tags.RequestID)
 	}
 }
 
@@ -132,6 +146,7 @@ func (m *memory) placed(rid string, gen int, now time.Time) {
 		m.reqs[rid] = r
 	}
 	r.gen, r.seen = max(r.gen, gen), now
+	m.persistLocked(rid)
 }
 
 // withOrphans returns view plus the remembered orphans the view no longer
@@ -219,4 +234,55 @@ func NextGen(known int) int {
 		return 0
 	}
 	return known + 1
+}
+
+// observeServers takes in the servers members lists at now. A server is
+// remembered until it leaves (gracefully, or forced out), or goes unlisted
+// for genKeep: a view fresh from a restart lists only the servers it has
+// reached again, and must not count a majority of those alone.
+func (m *memory) observeServers(members []gossip.Member, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, mb := range members {
+		if mb.Tags[gossip.TagRole] != string(gossip.RoleServer) {
+			continue
+		}
+		_, known := m.servers[mb.Name]
+		switch {
+		case mb.Status == gossip.StatusLeft:
+			if known {
+				delete(m.servers, mb.Name)
+				m.j.add(journalRec{K: "l", R: mb.Name})
+			}
+		default:
+			if !known {
+				m.j.add(journalRec{K: "s", R: mb.Name})
+			}
+			m.servers[mb.Name] = now
+		}
+	}
+	for name, seen := range m.servers {
+		if now.Sub(seen) > genKeep {
+			delete(m.servers, name)
+			m.j.add(journalRec{K: "l", R: name})
+		}
+	}
+}
+
+// serversKnown is how many servers there are to count a majority of: the
+// view's (q), and those this agent remembers and q does not list. Before,
+// two servers that restarted during a partition (one without its data
+// dir) listed only each other, saw two of two, and placed a key that the
+// other side ran at the same generation (chaos seed 867,
+// the-answer-stands).
+func (m *memory) serversKnown(q Quorum) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := len(q.Alive) + len(q.Missing)
+	for name := range m.servers {
+		if !slices.Contains(q.Alive, name) && !slices.Contains(q.Missing, name) {
+			n++
+		}
+	}
+	return n
 }

@@ -140,6 +140,11 @@ func (l *Lifecycle) registryPath() string { return filepath.Join(l.cfg.Dir, "int
 // loadRegistry reads the registry and keeps the interpreters whose
 // supervisor still runs: after a restart the agent re-adopts them.
 func (l *Lifecycle) loadRegistry() error {
+	j, err := openJournal(l.cfg.Dir, l.memory, &l.claims, l.clock.Now(), l.logger)
+	if err != nil {
+		return fmt.Errorf("requests journal: %w: move %s aside to start knowing no request", err, filepath.Join(l.cfg.Dir, journalName))
+	}
+	l.journal = j
 	data, err := os.ReadFile(l.registryPath())
 	if errors.Is(err, os.ErrNotExist) {
 		l.registry = state.NewRegistry()
@@ -471,6 +476,7 @@ const claimKeep = 20 * time.Second
 type claims struct {
 	mu   sync.Mutex
 	reqs map[string][]claim
+	j    *journal // keeps the claims across a restart, on a server (journal.go)
 }
 
 type claim struct {
@@ -508,10 +514,12 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 		k := slices.IndexFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker })
 		if k < 0 {
 			c.reqs[rid] = append(c.reqs[rid], claim{asker: asker, gen: gen, first: now, at: now})
+			k = len(c.reqs[rid]) - 1
 		} else {
 			x := &c.reqs[rid][k]
 			x.gen, x.at = max(x.gen, gen), now
 		}
+		c.j.add(claimRec(rid, c.reqs[rid][k]))
 	}
 	var first time.Time
 	for _, x := range c.reqs[rid] {
@@ -531,6 +539,7 @@ func (c *claims) mark(rid, asker string, attempt uint64) {
 	defer c.mu.Unlock()
 	if k := slices.IndexFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker }); k >= 0 {
 		c.reqs[rid][k].attempt = max(c.reqs[rid][k].attempt, attempt)
+		c.j.add(claimRec(rid, c.reqs[rid][k]))
 	}
 }
 
@@ -544,6 +553,7 @@ func (c *claims) release(rid, asker string, attempt uint64) {
 		if c.reqs[rid] = slices.DeleteFunc(cs, func(x claim) bool { return x.asker == asker && x.attempt <= attempt }); len(c.reqs[rid]) == 0 {
 			delete(c.reqs, rid)
 		}
+		c.j.add(journalRec{K: "u", R: rid, A: asker, N: attempt})
 	}
 }
 
@@ -601,8 +611,7 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 		b.Known, b.KnownGen = true, gen
 	}
 	if req.Claim > 0 && l.deps.Node != nil {
-		q := ServerQuorum(l.deps.Node.Members())
-		b.Servers = len(q.Alive) + len(q.Missing)
+		b.Servers = l.memory.serversKnown(ServerQuorum(l.deps.Node.Members()))
 	}
 	if req.Claim < 0 {
 		l.claims.release(req.ID, asker, req.Attempt)

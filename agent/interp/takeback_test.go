@@ -743,3 +743,59 @@ func TestAKeyedOrderSentTwiceIsDecidedOnce(t *testing.T) {
 		t.Fatal("the first copy started no election")
 	}
 }
+
+// TestTheNextServerReplacesWhenTheOwnerDoesNot: an on-failure interpreter
+// failed with its host. The request's owner restarted after that and
+// never heard of it, so it does not re-place it. The next server in rank
+// does, ownerFallback after it first saw the request lost, and not
+// before. Before, the next in rank waited 30 s, the one after it 60 s, and
+// with those restarting too the request ran nowhere past T_settle (chaos
+// seed 896: nothing-lost).
+func TestTheNextServerReplacesWhenTheOwnerDoesNot(t *testing.T) {
+	var mu sync.Mutex
+	elections := 0
+	l, _ := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		mu.Lock()
+		defer mu.Unlock()
+		if req.Claim {
+			elections++ // not the withdrawal of its claim that follows
+		}
+		return Election{Err: bidding.ErrNoServers}
+	})
+	servers := []string{"h2", "s1", "s2"}
+	rid := ""
+	for i := 0; rid == ""; i++ {
+		if r := fmt.Sprintf("r%d", i); OwnerRank(r, "s1", servers) == 1 {
+			rid = r
+		}
+	}
+	members := []gossip.Member{
+		{Name: "s1", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
+		{Name: "s2", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
+		{Name: "h2", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
+		{Name: "h1", Status: gossip.StatusFailed, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
+	}
+	lost := Instance{Name: "demo-" + rid + "-3829", Status: gossip.StatusFailed, Host: "h1", HostStatus: gossip.StatusFailed,
+		Tags: gossip.Tags{Role: gossip.RoleInterpreter, Kind: BuiltinKind, RequestID: rid, Host: "h1", Restart: RestartOnFailure}}
+	clock := l.clock.(*state.FakeClock)
+	tried := func() int {
+		l.wg.Wait() // an attempt runs on its own goroutine; it fails at once here
+		mu.Lock()
+		defer mu.Unlock()
+		return elections
+	}
+	look := func() {
+		view := []Instance{lost}
+		l.memory.observe(view, clock.Now())
+		l.replaceOrphans(members, l.memory.withOrphans(view, members))
+	}
+	look()
+	if n := tried(); n != 0 {
+		t.Fatalf("the second in rank re-placed at once (%d elections); the owner acts first", n)
+	}
+	clock.Advance(5 * time.Second) // ownerFallback; the test states the bound, so that a longer one fails it
+	look()
+	if n := tried(); n != 1 {
+		t.Fatalf("5 s after it first saw the request lost, the second in rank held %d elections for it, want 1", n)
+	}
+}
