@@ -96,3 +96,16 @@ func TestREADMEExitCodesAreTheTable(t *testing.T) {
 		}
 	}
 }
+
+// TestAnOwnerLeaseTooShortIsRefused: a negative --owner-lease, or one
+// shorter than the mesh takes to rule out a false failure, is an error
+// naming the value and what to give, before anything is dialled.
+func TestAnOwnerLeaseTooShortIsRefused(t *testing.T) {
+	for _, lease := range []string{"-5s", "2s"} {
+		var stderr bytes.Buffer
+		code := Run([]string{"agent", "spawn", "--kind", "demo", "--owner-lease", lease, "--rpc-addr", "127.0.0.1:1"}, io.Discard, &stderr)
+		if code != ExitError || !strings.Contains(stderr.String(), "--owner-lease "+lease) || !strings.Contains(stderr.String(), "at least 10s") {
+			t.Errorf("--owner-lease %s: code %d, stderr %q", lease, code, stderr.String())
+		}
+	}
+}

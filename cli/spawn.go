@@ -25,6 +25,10 @@ var spawnExitCodes = map[string]int{
 	rpc.SpawnConflict:    ExitConflict,
 }
 
+// minOwnerLease is the shortest --owner-lease: below it, a lease would
+// stop interpreters for a failure the mesh has not yet ruled out.
+const minOwnerLease = 10 * time.Second
+
 func spawnCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:      "spawn",
@@ -40,6 +44,8 @@ func spawnCommand() *ucli.Command {
 			&ucli.StringSliceFlag{Name: "constraint", Usage: "server tag k must match regex (anchored), k=regex; repeatable"},
 			&ucli.StringFlag{Name: "policy", Usage: "spread (default) or binpack"},
 			&ucli.StringFlag{Name: "restart", Usage: "restart policy: no or on-failure", DefaultText: "the kind's, else no"},
+			&ucli.DurationFlag{Name: "owner-lease", Usage: "stop the interpreter once this agent (its owner) has been failed or left " +
+				"this long, e.g. 2m (a client whose host died leaves nothing running)", DefaultText: "none: it runs until stopped"},
 		),
 		Action: spawn,
 	}
@@ -59,6 +65,10 @@ func spawn(c *ucli.Context) error {
 	if d := c.Duration("wait-timeout"); d <= 0 {
 		return fmt.Errorf("--wait-timeout %s must be positive: write it like 30s or 2m", d)
 	}
+	if d := c.Duration("owner-lease"); d < 0 || d > 0 && d < minOwnerLease {
+		return fmt.Errorf("--owner-lease %s: give at least %s (longer than the mesh takes to see a host failed), like 2m; "+
+			"leave it out for none", d, minOwnerLease)
+	}
 	cl, err := dial(c)
 	if err != nil {
 		return err
@@ -66,7 +76,7 @@ func spawn(c *ucli.Context) error {
 	defer cl.Close()
 	resp, err := cl.Spawn(rpc.SpawnRequest{Kind: c.String("kind"), Key: c.String("key"), Constraints: c.StringSlice("constraint"),
 		Policy: c.String("policy"), Args: c.Args().Slice(), Wait: c.Bool("wait"), Timeout: c.Duration("wait-timeout"),
-		Restart: c.String("restart")})
+		Restart: c.String("restart"), OwnerLease: c.Duration("owner-lease")})
 	if err != nil {
 		return fmt.Errorf("spawn: %w", err)
 	}

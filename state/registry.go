@@ -31,6 +31,10 @@ type Interpreter struct {
 	// (which take newer generations): what a take-back of that order
 	// stops. Zero when unknown.
 	Ordered int `json:"ordered,omitempty"`
+	// Owner is the agent that asked for it, and OwnerLease how long that
+	// agent may be gone before its server stops it; zero: no lease.
+	Owner      string        `json:"owner,omitempty"`
+	OwnerLease time.Duration `json:"owner_lease,omitempty"`
 }
 
 // ErrDuplicate is returned when a name or request id is already registered.

@@ -193,7 +193,8 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		return fail(resp, code, e.Err, start)
 	}
 
-	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces})
+	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
+		Lease: req.OwnerLease})
 	timeouts := 0
 	var timedOut []sentOrder // the servers that did not answer, and the generation each was sent
 	ranked := e.Decision.Ranked
@@ -210,7 +211,8 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			// attempt outranks whatever that one started.
 			gen++
 			resp.Generation = gen
-			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces})
+			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
+				Lease: req.OwnerLease})
 		}
 		l.deps.Reserve(rid, cand.Bid)
 		var ans spawnAnswer // one per server: an answer never carries over to the next

@@ -41,6 +41,8 @@ type keyedOrder struct {
 	Policy      string   `msgpack:"p,omitempty"`
 	Restart     string   `msgpack:"rp,omitempty"`
 	Asker       string   `msgpack:"f"`
+	// Lease is the request's OwnerLease, Asker its owner.
+	Lease time.Duration `msgpack:"ol,omitempty"`
 	// ID names this order: askOne sends an order again when the first
 	// send is not acknowledged, and the coordinator must decide it once.
 	// Empty from an older agent.
@@ -48,7 +50,8 @@ type keyedOrder struct {
 }
 
 func (o keyedOrder) request() rpc.SpawnRequest {
-	return rpc.SpawnRequest{Key: o.Key, Kind: o.Kind, Args: o.Args, Constraints: o.Constraints, Policy: o.Policy, Restart: o.Restart}
+	return rpc.SpawnRequest{Key: o.Key, Kind: o.Kind, Args: o.Args, Constraints: o.Constraints, Policy: o.Policy, Restart: o.Restart,
+		OwnerLease: o.Lease}
 }
 
 // keyedAnswer is the coordinator's answer: a spawn response, short.
@@ -156,7 +159,7 @@ func (l *Lifecycle) decideKeyed(ctx context.Context, req rpc.SpawnRequest, start
 		return l.coordinate(ctx, req, l.cfg.Node, start)
 	}
 	order := keyedOrder{Key: req.Key, Kind: req.Kind, Args: req.Args, Constraints: req.Constraints, Policy: req.Policy,
-		Restart: req.Restart, Asker: l.cfg.Node, ID: NewRequestID()}
+		Restart: req.Restart, Asker: l.cfg.Node, ID: NewRequestID(), Lease: req.OwnerLease}
 	payload, _ := msgpack.Marshal(order)
 	raw, err := l.askOne(ctx, coord, querySpawnKey, payload, coordinatorTimeout)
 	resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}

@@ -130,6 +130,11 @@ type Lifecycle struct {
 	// restartsSeen is each of this host's interpreters' restart count, as
 	// last published.
 	restartsSeen map[string]int
+	// ownerGone is when this server first saw each leased interpreter's
+	// owner gone, and stopWhy the reason it stopped one for its lease
+	// (leases.go); meshMu guards both.
+	ownerGone map[string]time.Time
+	stopWhy   map[string]string
 
 	signals     recentSignals             // signal orders answered lately, by order id
 	keyedOrders recentOrders[keyedAnswer] // keyed spawn orders decided lately, by order id
@@ -186,6 +191,8 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		replacer:     newReplacer(replaceBackoff, replaceGrace),
 		duplicates:   map[string]string{},
 		restartsSeen: map[string]int{},
+		ownerGone:    map[string]time.Time{},
+		stopWhy:      map[string]string{},
 	}, nil
 }
 

@@ -57,6 +57,7 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 		l.reportDuplicates(view)
 		if l.cfg.Server {
 			l.stopSuperseded()
+			l.stopOwnerless(members)
 			l.tellSuperseded(members, view)
 			l.replaceOrphans(members, l.memory.withOrphans(view, members))
 			l.restartLost(view)

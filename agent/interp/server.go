@@ -55,11 +55,15 @@ type spawnOrder struct {
 	// Replaces names the lost interpreter an owner re-places with this
 	// order; the server that starts it reports interpreter-replaced.
 	Replaces string `msgpack:"rl,omitempty"`
+	// Lease is the request's OwnerLease: the server stops the interpreter
+	// once Asker has been gone that long (leases.go).
+	Lease time.Duration `msgpack:"ol,omitempty"`
 	// restart marks a host's own restart of a request, and ordered is
 	// the registry's Ordered of the start it repeats. Neither is sent: an
 	// order from an asker starts a lineage of its own.
-	restart bool `msgpack:"-"`
-	ordered int  `msgpack:"-"`
+	restart bool   `msgpack:"-"`
+	ordered int    `msgpack:"-"`
+	owner   string `msgpack:"-"` // with restart: the lease's owner, kept`
 }
 
 // spawnAnswer is the server's reply: where the interpreter runs, or why not.
@@ -755,8 +759,11 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 	rec := state.Interpreter{Name: name, Kind: kind.Name, RequestID: o.RequestID, SupervisorPID: s.PID, PID: childPID,
 		Endpoint: endpoint, Spec: filepath.Join(dir, "spec.json"), Started: l.clock.Now().UTC(),
 		Restart: o.Restart, Args: o.Args, Gen: o.Gen, Restarts: restarts, Ordered: o.Gen + 1}
+	if o.Lease > 0 {
+		rec.Owner, rec.OwnerLease = o.Asker, o.Lease
+	}
 	if o.restart {
-		rec.Ordered = o.ordered
+		rec.Ordered, rec.Owner, rec.OwnerLease = o.ordered, o.owner, o.Lease
 	}
 	l.regMu.Lock()
 	err = l.registry.Add(rec)
@@ -862,6 +869,12 @@ func (l *Lifecycle) supervisorGone(name string) {
 			ev.Type, ev.Reason = EventDuplicate, fmt.Sprintf("superseded by generation %d of its request", newer)
 		case exit.How == HowStopped:
 			ev.Type = EventStopped
+			l.meshMu.Lock()
+			if why, ok := l.stopWhy[name]; ok {
+				ev.Reason = why // this server stopped it, for its owner's lease
+				delete(l.stopWhy, name)
+			}
+			l.meshMu.Unlock()
 		case exit.How == HowDuplicate:
 			// Its host says so even if it never saw both alive at once.
 			ev.Type = EventDuplicate
@@ -948,7 +961,7 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 		}
 		l.memory.placed(rec.RequestID, gen, l.clock.Now())
 		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: gen,
-			restart: true, ordered: rec.Ordered}
+			restart: true, ordered: rec.Ordered, owner: rec.Owner, Lease: rec.OwnerLease}
 		if _, err := l.launch(kind, name, o, rec.Restarts+1); err != nil {
 			l.logger.Error("interpreter not restarted after its supervisor failed", "request", rec.RequestID, "err", err)
 			return

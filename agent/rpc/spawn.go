@@ -21,6 +21,11 @@ type SpawnRequest struct {
 	// Restart is the restart policy, "no" or "on-failure"; empty: the
 	// kind's own (default "no").
 	Restart string
+	// OwnerLease, when positive, has the interpreter's server stop it once
+	// the agent that asked for it has been failed or left for that long
+	// (its client's host died, say: a Jupyter kernel whose notebook server
+	// went with its host). Zero: it runs until stopped.
+	OwnerLease time.Duration
 }
 
 // Spawn failure codes, for scripts and exit codes.

@@ -121,7 +121,11 @@ class MeshProvisioner(KernelProvisionerBase):
     elsewhere when it failed; the mesh's own policy is always ``no``),
     ``constraints`` (``k=regex`` server tag constraints), ``agent`` (path of
     the agent binary; default: ``agent`` on PATH), ``wait_timeout``
-    (seconds the spawn may wait for the kernel to be alive).
+    (seconds the spawn may wait for the kernel to be alive),
+    ``owner_lease`` (seconds: the kernel's server stops it once this
+    host's agent has been failed or left that long, so that a Jupyter
+    server whose whole host died, guard and all, leaves no kernel running;
+    0 turns it off; at least 10).
     """
 
     kind = Unicode("ipykernel", help="the interpreter kind the servers offer").tag(config=True)
@@ -129,6 +133,8 @@ class MeshProvisioner(KernelProvisionerBase):
     constraints = TList(Unicode(), default_value=[], help="server tag constraints, k=regex").tag(config=True)
     agent = Unicode("", help="path of the agent binary; empty: agent on PATH").tag(config=True)
     wait_timeout = Float(60.0, help="seconds a spawn waits for the kernel to be alive").tag(config=True)
+    owner_lease = Float(120.0, help="seconds this host's agent may be gone before the kernel's server stops it; "
+                                    "0: never").tag(config=True)
 
     # The interpreter this provisioner started, once launched.
     name: Optional[str] = None
@@ -158,6 +164,12 @@ class MeshProvisioner(KernelProvisionerBase):
                 f"mesh-provisioner: restart policy {self.restart!r} in kernelspec "
                 f"{self._spec_name()!r} is not known: use \"no\" or \"on-failure\" (Jupyter's restarter "
                 "restarts a dead kernel with either), in metadata.kernel_provisioner.config.restart"
+            )
+        if self.owner_lease < 0 or 0 < self.owner_lease < 10:
+            raise MeshError(
+                f"mesh-provisioner: owner_lease {self.owner_lease:g} in kernelspec {self._spec_name()!r} is too short: "
+                "give at least 10 (seconds; longer than the mesh takes to see a host failed), or 0 for none, "
+                "in metadata.kernel_provisioner.config.owner_lease"
             )
         kwargs = await super().pre_launch(**kwargs)
         # The server runs its own configured command; the kernelspec's argv
@@ -246,6 +258,8 @@ class MeshProvisioner(KernelProvisionerBase):
         own connection (ports and key on that server)."""
         args = ["spawn", "--kind", self.kind, "--key", self.kernel_id, "--wait", "--format", "json",
                 "--wait-timeout", f"{int(self.wait_timeout)}s", "--restart", "no"]
+        if self.owner_lease > 0:
+            args += ["--owner-lease", f"{int(self.owner_lease)}s"]
         for c in self.constraints:
             args += ["--constraint", c]
         code, out, err = await self._agent(args, timeout=self.wait_timeout + 60)

@@ -142,8 +142,11 @@ class ProvisionerTest(FakeAgentCase):
         info = self.launch(p)
         spawn = self.fake.calls()[-1]
         self.assertEqual(spawn[0], "spawn")
+        # A Jupyter server whose whole host dies (its guard with it)
+        # leaves no kernel: the kernel's server stops it once this host's
+        # agent has been gone for the lease.
         for flag, value in [("--kind", "ipykernel"), ("--key", "kid-1"), ("--restart", "no"),
-                            ("--constraint", "dc=east"), ("--format", "json")]:
+                            ("--constraint", "dc=east"), ("--format", "json"), ("--owner-lease", "120s")]:
             self.assertEqual(spawn[spawn.index(flag) + 1], value, spawn)
         self.assertIn("--wait", spawn)
         # The client gets the relay's loopback ports and a key of its own,
@@ -352,6 +355,13 @@ class JupyterVisibleErrorsTest(FakeAgentCase):
         km = KernelManager(kernel_name="mesh-test")
         with self.assertRaisesRegex(Exception, r"restart policy 'always' in kernelspec 'mesh-test' is not known: "
                                                r"use \"no\" or \"on-failure\""):
+            km.start_kernel()
+        self.assertEqual(self.fake.calls(), [])
+
+    def test_an_owner_lease_too_short(self):
+        self.write_spec(owner_lease=3)
+        km = KernelManager(kernel_name="mesh-test")
+        with self.assertRaisesRegex(Exception, r"owner_lease 3 in kernelspec 'mesh-test' is too short: give at least 10"):
             km.start_kernel()
         self.assertEqual(self.fake.calls(), [])
 
