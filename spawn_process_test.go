@@ -408,3 +408,47 @@ func TestInterpreterFindsItsServerAgain(t *testing.T) {
 		}
 	}
 }
+
+// TestAnOwnerLeaseStopsTheInterpreterOfAGoneClient: an interpreter spawned
+// with --owner-lease 10s through node3, on another server, stops once
+// node3 has been failed for 10 s, and not before; one spawned through
+// node3 without a lease runs on. (A Jupyter server whose whole host died
+// leaves its kernels this way: issue 30.) Processes are counted, not
+// lists: the leased interpreter's pid must be gone.
+func TestAnOwnerLeaseStopsTheInterpreterOfAGoneClient(t *testing.T) {
+	agents := spawnCluster(t)
+	a, c := agents[0], agents[2]
+	elsewhere := func(args ...string) spawnJSON {
+		for range 12 {
+			s, errOut, code := spawnVia(t, c, append([]string{"--kind", "demo", "--wait"}, args...)...)
+			if code != 0 {
+				t.Fatalf("spawn %v: %s", args, errOut)
+			}
+			if s.Node != c.name {
+				return s
+			}
+		}
+		t.Fatalf("twelve spawns through %s all landed on it", c.name)
+		return spawnJSON{}
+	}
+	leased := elsewhere("--owner-lease", "10s")
+	plain := elsewhere()
+	alive := func(pid int) bool { return syscall.Kill(pid, 0) == nil }
+	if !alive(leased.PID) || !alive(plain.PID) {
+		t.Fatalf("interpreters not running: leased pid %d, plain pid %d", leased.PID, plain.PID)
+	}
+
+	killed := time.Now()
+	c.kill9(t)
+	waitFor(t, "the leased interpreter's process to end", 60*time.Second, func() bool { return !alive(leased.PID) })
+	if after := time.Since(killed); after < 10*time.Second {
+		t.Fatalf("the leased interpreter stopped %.1f s after its owner's kill, inside its 10 s lease", after.Seconds())
+	}
+	if !alive(plain.PID) {
+		t.Fatalf("the interpreter without a lease (pid %d) stopped with its owner", plain.PID)
+	}
+	waitFor(t, a.name+" to list the leased interpreter ended", 15*time.Second, func() bool {
+		st := interpretersOf(t, a)[leased.Name].Status
+		return st == "left" || st == ""
+	})
+}
