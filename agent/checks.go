@@ -11,10 +11,6 @@ import (
 	"github.com/meshagent/agent/gossip"
 )
 
-// maxCheckTag bounds the hc tag's value: the critical checks' names, the
-// rest counted, within the 512-byte budget of all tags.
-const maxCheckTag = 64
-
 // healthChecks is the server's check runner, swapped whole by a reload.
 // Guarded by Agent.checksMu.
 type healthChecks struct {
@@ -78,7 +74,7 @@ func withCheckTag(user map[string]string, critical []string) map[string]string {
 	if base == nil {
 		base = map[string]string{}
 	}
-	if v := checks.TagValue(critical, maxCheckTag); v != "" {
+	if v := checks.TagValue(critical, checks.MaxTag); v != "" {
 		base[gossip.TagChecks] = v
 	}
 	return base
