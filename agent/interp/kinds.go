@@ -43,6 +43,9 @@ type Kind struct {
 	// connection.go.
 	Ports      []string
 	Connection string
+	// Checks are the kind's health checks, run on each interpreter by
+	// its supervisor (kindchecks.go).
+	Checks []KindCheck
 }
 
 // BuiltinKind is the interpreter kind every server offers: a tiny echo
@@ -60,6 +63,7 @@ type kindFile struct {
 	Restart     string            `json:"restart"`
 	Ports       []string          `json:"ports"`
 	Connection  string            `json:"connection"`
+	Checks      []json.RawMessage `json:"checks"`
 }
 
 // LoadKinds reads an --interpreters file: a JSON object from kind name to
@@ -89,7 +93,7 @@ func LoadKinds(path string) (map[string]Kind, error) {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&kf); err != nil {
-			return nil, fmt.Errorf("interpreters file %s: kind %q: %s (keys are command, env, dir, max, args_pattern, user, restart, ports, connection)", path, name, jsonProblem(err))
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %s (keys are command, env, dir, max, args_pattern, user, restart, ports, connection, checks)", path, name, jsonProblem(err))
 		}
 		if len(kf.Command) == 0 || kf.Command[0] == "" {
 			return nil, fmt.Errorf(`interpreters file %s: kind %q has no command: give the program and its arguments, e.g. "command": ["python3", "-m", "kernel", "--port", "{port}"]`, path, name)
@@ -106,6 +110,9 @@ func LoadKinds(path string) (map[string]Kind, error) {
 			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
 		}
 		if err := k.checkPaths(); err != nil {
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
+		}
+		if k.Checks, err = parseKindChecks(k, kf.Checks); err != nil {
 			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
 		}
 		if kf.ArgsPattern != "" {
@@ -140,7 +147,7 @@ func jsonProblem(err error) string {
 	if errors.As(err, &te) {
 		want := map[string]string{"command": "a list of strings", "env": "an object of strings", "dir": "a string",
 			"max": "a whole number", "args_pattern": "a string", "user": "a string", "restart": "a string",
-			"ports": "a list of strings", "connection": "a string"}[te.Field]
+			"ports": "a list of strings", "connection": "a string", "checks": "a list of check objects"}[te.Field]
 		if want == "" {
 			want = "another type"
 		}

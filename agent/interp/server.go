@@ -735,6 +735,7 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 		}
 		spec.Argv, spec.Env = kind.expand(spec.Argv, spec.Env, ports, connFile)
 	}
+	spec.Checks = kind.checksFor(spec)
 	s, childPID, err := l.startSupervisor(dir, spec)
 	if err != nil {
 		var died *diedError
