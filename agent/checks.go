@@ -132,11 +132,17 @@ func (a *Agent) handleChecks(body rpc.Body) (any, error) {
 		}
 	}
 	resp := rpc.ChecksResponse{Node: a.cfg.NodeName}
-	for _, v := range a.checkViews() {
-		resp.Checks = append(resp.Checks, rpc.CheckView{Name: v.Name, Type: string(v.Type), Status: string(v.Status),
-			Output: v.Output, Since: v.Since, Checked: v.Checked})
+	for _, v := range a.allCheckViews() {
+		resp.Checks = append(resp.Checks, rpc.CheckView{Interpreter: v.Interpreter, Name: v.Name, Type: string(v.Type),
+			Status: string(v.Status), Output: v.Output, Since: v.Since, Checked: v.Checked})
 	}
 	return resp, nil
+}
+
+// allCheckViews are this server's checks, then its interpreters' kind
+// checks (Interpreter set), as their supervisors last wrote them.
+func (a *Agent) allCheckViews() []checks.View {
+	return append(a.checkViews(), a.interps.KindCheckViews()...)
 }
 
 func checkNames(defs []checks.Definition) []string {
@@ -147,8 +153,8 @@ func checkNames(defs []checks.Definition) []string {
 	return names
 }
 
-// httpChecks is GET /v1/checks: this server's checks, as agent checks
-// --format json lists them.
+// httpChecks is GET /v1/checks: this server's checks and its
+// interpreters' kind checks, as agent checks --format json lists them.
 func (a *Agent) httpChecks(w http.ResponseWriter, r *http.Request) {
-	writeJSONResponse(w, map[string]any{"node": a.cfg.NodeName, "checks": a.checkViews()})
+	writeJSONResponse(w, map[string]any{"node": a.cfg.NodeName, "checks": a.allCheckViews()})
 }

@@ -44,8 +44,10 @@ func checksCommand() *ucli.Command {
 		Name:      "checks",
 		Usage:     "list a server's health checks, or report a ttl check's status",
 		ArgsUsage: "[pass|warn|fail NAME [NOTE]]",
-		Description: "Without arguments, lists the checks of the server at --rpc-addr with their status and last output.\n" +
-			"A server with a critical check takes no new interpreters (its bids say unhealthy: NAME).\n" +
+		Description: "Without arguments, lists the checks of the server at --rpc-addr with their status and last output,\n" +
+			"then the kind checks of the interpreters it runs (INTERPRETER/CHECK).\n" +
+			"A server with a critical check takes no new interpreters (its bids say unhealthy: NAME);\n" +
+			"an interpreter whose kind check turns critical is restarted in place under the on-failure policy.\n" +
 			"pass, warn and fail set a ttl check's status, which holds for its ttl.",
 		Flags: append(rpcFlags(), formatFlag()),
 		Before: func(c *ucli.Context) error {
@@ -69,8 +71,12 @@ func checksCommand() *ucli.Command {
 			if format == "json" {
 				list := make([]map[string]any, 0, len(resp.Checks))
 				for _, v := range resp.Checks {
-					list = append(list, map[string]any{"name": v.Name, "type": v.Type, "status": v.Status, "output": v.Output,
-						"since": rfc3339OrNil(v.Since), "checked": rfc3339OrNil(v.Checked)})
+					item := map[string]any{"name": v.Name, "type": v.Type, "status": v.Status, "output": v.Output,
+						"since": rfc3339OrNil(v.Since), "checked": rfc3339OrNil(v.Checked)}
+					if v.Interpreter != "" {
+						item["interpreter"] = v.Interpreter
+					}
+					list = append(list, item)
 				}
 				return writeJSON(c.App.Writer, map[string]any{"node": resp.Node, "checks": list})
 			}
@@ -80,7 +86,11 @@ func checksCommand() *ucli.Command {
 			}
 			for _, v := range resp.Checks {
 				since := time.Since(v.Since).Round(time.Second)
-				fmt.Fprintf(c.App.Writer, "%-20s %-6s %-8s for %-8s %s\n", v.Name, v.Type, v.Status, since, oneLine(v.Output))
+				name := v.Name
+				if v.Interpreter != "" {
+					name = v.Interpreter + "/" + v.Name // a kind check of an interpreter here
+				}
+				fmt.Fprintf(c.App.Writer, "%-20s %-6s %-8s for %-8s %s\n", name, v.Type, v.Status, since, oneLine(v.Output))
 			}
 			return nil
 		}),
