@@ -290,3 +290,28 @@ func (k *Kind) setUser(name string) error {
 	k.User, k.UID, k.GID = name, uint32(uid), uint32(gid)
 	return nil
 }
+
+// kinds are the kinds this server offers now: Config.Kinds, or what the
+// last SetKinds gave. Safe for concurrent use; the map is never changed.
+func (l *Lifecycle) kinds() map[string]Kind {
+	if k := l.kindSet.Load(); k != nil {
+		return *k
+	}
+	return l.cfg.Kinds
+}
+
+// SetKinds replaces the kinds this server offers (a reload of the
+// interpreters file), plus the built-in demo. New spawns and bids use them
+// at once, and so does the restart of an interpreter whose supervisor
+// died (a new launch; a kind that is gone is not started again). Running
+// interpreters keep the spec they started with: their command, ports and
+// checks, through in-place and on-failure restarts alike. Safe for
+// concurrent use.
+func (l *Lifecycle) SetKinds(kinds map[string]Kind) {
+	next := make(map[string]Kind, len(kinds)+1)
+	for n, k := range kinds {
+		next[n] = k
+	}
+	next[BuiltinKind] = Demo(l.cfg.Self)
+	l.kindSet.Store(&next)
+}
