@@ -57,6 +57,27 @@ func answers(endpoint string) bool {
 	return err == nil && strings.TrimSpace(got) == "are you there"
 }
 
+// hang stops pid (SIGSTOP) and waits until every thread of it is stopped:
+// until then a thread may still answer.
+func hang(t testing.TB, pid int) time.Time {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	waitFor(t, fmt.Sprintf("pid %d to stop", pid), 5*time.Second, func() bool {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		for _, task := range tasks {
+			stat, err := os.ReadFile(task)
+			if err == nil && !strings.Contains(string(stat), ") T ") {
+				return false
+			}
+		}
+		return len(tasks) > 0
+	})
+	return at
+}
+
 // kindCheckViews lists the kind checks agent checks shows for interpreter.
 func kindCheckViews(t testing.TB, a *testAgent, interpreter string) []map[string]any {
 	t.Helper()
@@ -118,10 +139,7 @@ func TestHungInterpreterRestartedOnceByItsCheck(t *testing.T) {
 	a := checkedServer(t, checkedKindsFile(t, "200ms", "200ms", 3))
 
 	s := spawnChecked(t, a, "echo")
-	if err := syscall.Kill(s.PID, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	hung := time.Now()
+	hung := hang(t, s.PID)
 	waitFor(t, "the hung interpreter to be restarted", 30*time.Second, func() bool {
 		m := membersOf(t, a)[s.Name]
 		return m.Tags["rc"] == "1" && m.Tags["pid"] != fmt.Sprint(s.PID) && answers(s.Endpoint)
@@ -150,9 +168,7 @@ func TestHungInterpreterRestartedOnceByItsCheck(t *testing.T) {
 	}
 
 	r := spawnChecked(t, a, "echo-report")
-	if err := syscall.Kill(r.PID, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	hang(t, r.PID)
 	waitFor(t, "the policy-no interpreter's check to go critical", 30*time.Second, func() bool {
 		st, _ := checkStatus(t, a, r.Name)
 		return st == "critical" && membersOf(t, a)[r.Name].Tags["hc"] == "alive"
@@ -174,7 +190,8 @@ func TestHungInterpreterRestartedOnceByItsCheck(t *testing.T) {
 
 // BenchmarkHungKernelRestart measures "hung kernel to restarted": the
 // child of a fresh on-failure interpreter is stopped (SIGSTOP) and the
-// time runs until its endpoint answers again from the restarted process.
+// time runs from the SIGSTOP until its endpoint answers again, which only
+// the restarted process can do (hang waits until the old one is stopped).
 // The check: tcp send/expect every 1 s, timeout 1 s, critical after 3
 // failures. Each iteration spawns its own interpreter (the on-failure
 // policy allows 5 restarts in 10 minutes per interpreter). Run with
@@ -186,10 +203,7 @@ func BenchmarkHungKernelRestart(b *testing.B) {
 		b.StopTimer()
 		s := spawnChecked(b, a, "echo")
 		b.StartTimer()
-		if err := syscall.Kill(s.PID, syscall.SIGSTOP); err != nil {
-			b.Fatal(err)
-		}
-		hung := time.Now()
+		hung := hang(b, s.PID) // the time runs from the SIGSTOP
 		for !answers(s.Endpoint) {
 			if time.Since(hung) > time.Minute {
 				b.Fatalf("round %d: not restarted within a minute", i+1)

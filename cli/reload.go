@@ -15,8 +15,9 @@ func reloadCommand() *ucli.Command {
 		Name:  "reload",
 		Usage: "make the agent re-read its config files, as SIGHUP does",
 		Description: "The agent at --rpc-addr layers its config files, environment and flags again. The log level, tags,\n" +
-			"event handlers, checks and rate limits change at once; any other setting that changed (bind, data dir,\n" +
-			"key, …) is listed as taking effect at the next start. A bad file changes nothing: the error says why.",
+			"event handlers, checks, rate limits and interpreter kinds (the --interpreters file, read again) change at\n" +
+			"once; new spawns use the new kinds, running interpreters keep theirs. Any other setting that changed (bind,\n" +
+			"data dir, key, …) is listed as taking effect at the next start. A bad file changes nothing: the error says why.",
 		Flags: append(rpcFlags(), formatFlag()),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
 			resp, err := cl.Reload()
