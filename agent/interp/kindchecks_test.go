@@ -3,6 +3,7 @@ package interp
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshagent/agent/agent/checks"
+	"github.com/meshagent/agent/gossip"
 	"github.com/meshagent/agent/state"
 )
 
@@ -164,4 +166,24 @@ func TestKindCheckThatNeverPassedRestartsNothing(t *testing.T) {
 	if got := runEpisodes(t, []checks.Status{F, F, F, F, F, F}); len(got) != 0 {
 		t.Fatalf("episodes began after results %v, want none", got)
 	}
+}
+
+// TestWorstCaseInterpreterTagsWithChecksFit: an interpreter's tags with
+// the longest values they take, a restart policy, counts and the hc tag at
+// its longest stay under memberlist's cap, leaving room for its extra
+// arguments (which share what is left).
+func TestWorstCaseInterpreterTagsWithChecksFit(t *testing.T) {
+	var names []string
+	for i := range 20 {
+		names = append(names, fmt.Sprintf("%s%02d", strings.Repeat("c", checks.MaxName-2), i))
+	}
+	worst := gossip.Tags{Role: gossip.RoleInterpreter, Kind: strings.Repeat("k", 32), Host: strings.Repeat("h", 64),
+		RequestID: strings.Repeat("r", 36), Endpoint: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", PID: 4194304,
+		Restart: RestartOnFailure, Restarts: 9999, Gen: 9999, End: "gave up (signal: segmentation fault)",
+		Critical: checks.TagValue(names, checks.MaxTag)}
+	size := gossip.EncodedTagSize(worst.Map())
+	if size > gossip.MaxTagBytes-128 {
+		t.Fatalf("worst-case interpreter tags with hc encode to %d bytes: less than 128 of %d left for its arguments", size, gossip.MaxTagBytes)
+	}
+	t.Logf("worst-case interpreter tags with hc: %d of %d bytes", size, gossip.MaxTagBytes)
 }
