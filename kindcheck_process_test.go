@@ -224,3 +224,23 @@ func BenchmarkHungKernelRestart(b *testing.B) {
 	b.ReportMetric(slices.Max(took), "max_ms")
 	b.ReportMetric(slices.Min(took), "min_ms")
 }
+
+// TestRunRefusesBadKindChecksNamingThem: agent run stops before it starts
+// anything when a kind's check has an unknown type, a zero interval or a
+// script that does not exist, and says which kind and which check.
+func TestRunRefusesBadKindChecksNamingThem(t *testing.T) {
+	for _, tc := range []struct{ check, want string }{
+		{`{"name":"alive","type":"smoke","interval":"5s"}`, `kind "kernel": bad check "alive": type "smoke" is not known`},
+		{`{"name":"alive","type":"tcp","interval":"0s"}`, `kind "kernel": bad check "alive": interval "0s" is not a positive duration`},
+		{`{"name":"ready","type":"script","args":["/nonexistent/check-kernel","{addr}"],"interval":"10s"}`,
+			`kind "kernel": bad check "ready": script /nonexistent/check-kernel: no such file or directory`},
+	} {
+		kinds := filepath.Join(t.TempDir(), "interpreters.json")
+		writeFile(t, kinds, fmt.Sprintf(`{"kernel": {"command": [%q, "echo-server", "--addr", "{addr}"], "checks": [%s]}}`, agentBin, tc.check))
+		_, stderr, code := runCLI(t, "run", "--node", "bad", "--bind", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0",
+			"--http-addr", "", "--data-dir", t.TempDir(), "--interpreters", kinds)
+		if code != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("agent run with kind check %s: exit %d, %s; want exit 1 saying %q", tc.check, code, stderr, tc.want)
+		}
+	}
+}
