@@ -68,10 +68,11 @@ type kindFile struct {
 
 // LoadKinds reads an --interpreters file: a JSON object from kind name to
 // {"command": [...], "env": {...}, "dir": "...", "max": N, "args_pattern": "regex",
-// "user": "name", "restart": "no|on-failure"}. Unknown keys, an empty
-// command, a program or directory that does not exist, or a bad pattern are
-// errors that name the kind, the path and the fix: a kind that cannot start
-// is never offered. The built-in kind demo cannot be redefined.
+// "user": "name", "restart": "no|on-failure", "ports": [...], "connection": "jupyter",
+// "checks": [...]}. Unknown keys, an empty command, a program or directory
+// that does not exist, a bad pattern or a bad check are errors that name the
+// kind, the path (or the check) and the fix: a kind that cannot start is
+// never offered. The built-in kind demo cannot be redefined.
 func LoadKinds(path string) (map[string]Kind, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
