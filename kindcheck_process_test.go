@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -176,6 +178,15 @@ func TestHungInterpreterRestartedOnceByItsCheck(t *testing.T) {
 	out, _, _ := runCLI(t, "members", "--rpc-addr", a.rpc, "--name", r.Name)
 	if !strings.Contains(out, "interpreter (unhealthy: alive)") {
 		t.Fatalf("agent members does not show the hung interpreter unhealthy:\n%s", out)
+	}
+	resp, err := http.Get("http://" + a.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "\nagent_interpreter_checks_critical 1\n") {
+		t.Fatalf("/metrics does not count the critical kind check:\n%s", metrics)
 	}
 	_, at := checkStatus(t, a, r.Name)
 	waitFor(t, "five more results of the critical check", 30*time.Second, func() bool {
