@@ -255,3 +255,34 @@ func TestRunRefusesBadKindChecksNamingThem(t *testing.T) {
 		}
 	}
 }
+
+// TestScriptKindCheckGetsTheConnectionFile: a script check of a kind with
+// a Jupyter connection is given the interpreter's connection file, as an
+// argument ({connection_file}) and in AGENT_INTERPRETER_CONNECTION_FILE,
+// and passes once it finds the kernel's ports in it.
+func TestScriptKindCheckGetsTheConnectionFile(t *testing.T) {
+	script := `grep -q '"hb_port"' "$0" && test "$0" = "$AGENT_INTERPRETER_CONNECTION_FILE"`
+	kinds, err := json.Marshal(map[string]any{"conn": map[string]any{
+		"command": []string{agentBin, "echo-server", "--addr", "{addr}"}, "connection": "jupyter",
+		"checks": []map[string]any{{"name": "conn", "type": "script", "args": []string{"/bin/sh", "-c", script, "{connection_file}"},
+			"interval": "200ms"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "interpreters.json")
+	writeFile(t, path, string(kinds))
+	a := checkedServer(t, path)
+	s, errOut, code := spawnVia(t, a, "--kind", "conn", "--wait")
+	if code != 0 {
+		t.Fatalf("spawn conn: %s", errOut)
+	}
+	var views []map[string]any
+	waitFor(t, "the script check to pass", 15*time.Second, func() bool {
+		views = kindCheckViews(t, a, s.Name)
+		return len(views) == 1 && views[0]["status"] == "passing"
+	})
+	if views[0]["name"] != "conn" || views[0]["type"] != "script" {
+		t.Fatalf("kind check %v", views[0])
+	}
+}
