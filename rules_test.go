@@ -88,7 +88,8 @@ func TestImportRules(t *testing.T) {
 		},
 		"agent/interp": func(p string) bool {
 			return isStdlib(p) || p == "github.com/vmihailenco/msgpack/v5" || p == module+"/gossip" || p == module+"/placement" ||
-				p == module+"/state" || p == module+"/bidding" || p == module+"/agent/rpc" || p == module+"/internal/durable"
+				p == module+"/state" || p == module+"/bidding" || p == module+"/agent/rpc" || p == module+"/internal/durable" ||
+				p == module+"/agent/checks"
 		},
 		"internal/durable": isStdlib,
 		"chaos":            isStdlib,

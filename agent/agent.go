@@ -57,7 +57,7 @@ type Agent struct {
 	// and updates its reloadable settings. Guarded by reloadMu.
 	given    Config
 	reloadMu sync.Mutex
-	kindsSum [32]byte // the interpreters file's content at start
+	kindsSum [32]byte // the interpreters file's content as last applied; guarded by reloadMu
 	logger   *slog.Logger
 	logs     *LogStream
 	clock    state.Clock
@@ -157,7 +157,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	kindsSum, err := kindsChecksum(cfg.InterpretersFile)
+	kinds, kindsSum, err := readKinds(cfg.InterpretersFile)
 	if err != nil {
 		return nil, err
 	}
@@ -180,12 +180,6 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this binary, which runs interpreter supervisors: %w", err)
-	}
-	kinds := map[string]interp.Kind{}
-	if cfg.InterpretersFile != "" {
-		if kinds, err = interp.LoadKinds(cfg.InterpretersFile); err != nil {
-			return nil, err
-		}
 	}
 	kinds[interp.BuiltinKind] = interp.Demo(self)
 	ledger, err := placement.NewLedger(reservationTTL, 4096)

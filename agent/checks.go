@@ -11,10 +11,6 @@ import (
 	"github.com/meshagent/agent/gossip"
 )
 
-// maxCheckTag bounds the hc tag's value: the critical checks' names, the
-// rest counted, within the 512-byte budget of all tags.
-const maxCheckTag = 64
-
 // healthChecks is the server's check runner, swapped whole by a reload.
 // Guarded by Agent.checksMu.
 type healthChecks struct {
@@ -78,7 +74,7 @@ func withCheckTag(user map[string]string, critical []string) map[string]string {
 	if base == nil {
 		base = map[string]string{}
 	}
-	if v := checks.TagValue(critical, maxCheckTag); v != "" {
+	if v := checks.TagValue(critical, checks.MaxTag); v != "" {
 		base[gossip.TagChecks] = v
 	}
 	return base
@@ -136,11 +132,17 @@ func (a *Agent) handleChecks(body rpc.Body) (any, error) {
 		}
 	}
 	resp := rpc.ChecksResponse{Node: a.cfg.NodeName}
-	for _, v := range a.checkViews() {
-		resp.Checks = append(resp.Checks, rpc.CheckView{Name: v.Name, Type: string(v.Type), Status: string(v.Status),
-			Output: v.Output, Since: v.Since, Checked: v.Checked})
+	for _, v := range a.allCheckViews() {
+		resp.Checks = append(resp.Checks, rpc.CheckView{Interpreter: v.Interpreter, Name: v.Name, Type: string(v.Type),
+			Status: string(v.Status), Output: v.Output, Since: v.Since, Checked: v.Checked})
 	}
 	return resp, nil
+}
+
+// allCheckViews are this server's checks, then its interpreters' kind
+// checks (Interpreter set), as their supervisors last wrote them.
+func (a *Agent) allCheckViews() []checks.View {
+	return append(a.checkViews(), a.interps.KindCheckViews()...)
 }
 
 func checkNames(defs []checks.Definition) []string {
@@ -151,8 +153,8 @@ func checkNames(defs []checks.Definition) []string {
 	return names
 }
 
-// httpChecks is GET /v1/checks: this server's checks, as agent checks
-// --format json lists them.
+// httpChecks is GET /v1/checks: this server's checks and its
+// interpreters' kind checks, as agent checks --format json lists them.
 func (a *Agent) httpChecks(w http.ResponseWriter, r *http.Request) {
-	writeJSONResponse(w, map[string]any{"node": a.cfg.NodeName, "checks": a.checkViews()})
+	writeJSONResponse(w, map[string]any{"node": a.cfg.NodeName, "checks": a.allCheckViews()})
 }

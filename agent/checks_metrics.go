@@ -10,12 +10,16 @@ import (
 // agent_check_status{check,status} is 1 for each check's current status
 // (and 0 for the others, so that a dashboard can graph any of them),
 // agent_checks_critical counts the critical ones, and
-// agent_check_changes_total counts status changes.
+// agent_check_changes_total counts status changes;
+// agent_interpreter_checks_critical counts the critical kind checks of
+// the interpreters here (one series: per-interpreter series would grow
+// with every spawn).
 type checkCollector struct {
 	a        *Agent
 	status   *prometheus.Desc
 	critical *prometheus.Desc
 	changes  *prometheus.Desc
+	interp   *prometheus.Desc
 }
 
 func newCheckCollector(a *Agent) *checkCollector {
@@ -25,6 +29,8 @@ func newCheckCollector(a *Agent) *checkCollector {
 		critical: prometheus.NewDesc("agent_checks_critical", "Health checks of this server that are critical; "+
 			"while any is, the server takes no new interpreters.", nil, nil),
 		changes: prometheus.NewDesc("agent_check_changes_total", "Status changes of this server's health checks.", nil, nil),
+		interp: prometheus.NewDesc("agent_interpreter_checks_critical", "Kind checks of the interpreters on this server "+
+			"that are critical.", nil, nil),
 	}
 }
 
@@ -32,6 +38,7 @@ func (c *checkCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.status
 	ch <- c.critical
 	ch <- c.changes
+	ch <- c.interp
 }
 
 func (c *checkCollector) Collect(ch chan<- prometheus.Metric) {
@@ -50,6 +57,13 @@ func (c *checkCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.critical, prometheus.GaugeValue, float64(critical))
 	ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(c.a.checkChanges.Load()))
+	critical = 0
+	for _, v := range c.a.interps.KindCheckViews() {
+		if v.Status == checks.Critical {
+			critical++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.interp, prometheus.GaugeValue, float64(critical))
 }
 
 // registerCheckMetrics adds the checks' series to the agent's registry.

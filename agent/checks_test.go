@@ -118,8 +118,8 @@ func TestWorstCaseServerTagsWithChecksFit(t *testing.T) {
 		names = append(names, fmt.Sprintf("check-%02d-%s", i, strings.Repeat("y", 20)))
 	}
 	extra = withCheckTag(extra, names)
-	if v := extra[gossip.TagChecks]; len(v) > maxCheckTag || !strings.Contains(v, "+") {
-		t.Fatalf("hc=%q: want at most %d bytes, counting the names that do not fit", v, maxCheckTag)
+	if v := extra[gossip.TagChecks]; len(v) > checks.MaxTag || !strings.Contains(v, "+") {
+		t.Fatalf("hc=%q: want at most %d bytes, counting the names that do not fit", v, checks.MaxTag)
 	}
 	tags := gossip.Tags{Role: gossip.RoleServer, Load: &gossip.Load{CPU: 100, Mem: 100},
 		Interpreters: 99999, Capacity: 99999, Draining: true, Extra: extra}.Map()

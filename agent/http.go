@@ -37,7 +37,7 @@ type MemberJSON struct {
 	Interpreters *int              `json:"interpreters,omitempty"`
 	Capacity     int               `json:"capacity,omitempty"`  // servers: the most they accept; 0 no limit
 	Draining     bool              `json:"draining,omitempty"`  // servers: taking no new interpreters
-	Unhealthy    string            `json:"unhealthy,omitempty"` // servers: their critical health checks (hc)
+	Unhealthy    string            `json:"unhealthy,omitempty"` // servers and interpreters: their critical checks (hc)
 	Host         string            `json:"host,omitempty"`      // interpreters: their server
 	Kind         string            `json:"kind,omitempty"`      // interpreters
 	Endpoint     string            `json:"endpoint,omitempty"`
@@ -59,8 +59,8 @@ func MemberView(name string, addr net.IP, port uint16, status string, tags map[s
 		v.Interpreters = &ni
 		v.Capacity = t.Capacity
 		v.Draining = t.Draining
-		v.Unhealthy = t.Critical
 	}
+	v.Unhealthy = t.Critical
 	return v
 }
 

@@ -22,7 +22,7 @@ import (
 // that changed is reported as taking effect at the next start.
 var reloadable = map[string]bool{
 	"log-level": true, "tag": true, "event-handler": true, "event-handler-timeout": true,
-	"place-rate-limit": true, "spawn-rate-limit": true, "check": true,
+	"place-rate-limit": true, "spawn-rate-limit": true, "check": true, "interpreters": true,
 }
 
 // ErrReload wraps every reason a reload changed nothing.
@@ -30,8 +30,10 @@ var ErrReload = errors.New("config not reloaded; the running config stays")
 
 // Reload re-reads the configuration (Deps.LoadConfig: the files, the
 // environment and the flags the agent was started with) and applies what
-// can change while it runs: the log level, tags, event handlers, checks
-// and rate limits. Settings that need a restart (bind, data dir, key, …)
+// can change while it runs: the log level, tags, event handlers, checks,
+// rate limits and the interpreter kinds (the file is read again even when
+// its name did not change; see interp.Lifecycle.SetKinds for what the new
+// kinds apply to). Settings that need a restart (bind, data dir, key, …)
 // are listed, not applied. A bad file changes nothing: everything is
 // checked before anything is applied. SIGHUP and the reload RPC command
 // call it; reloads run one at a time.
@@ -82,10 +84,11 @@ func (a *Agent) applyConfig(next Config) (rpc.ReloadResponse, error) {
 	if err != nil {
 		return resp, err
 	}
-	kindsSum, err := kindsChecksum(next.InterpretersFile)
+	kinds, kindsSum, err := readKinds(next.InterpretersFile)
 	if err != nil {
 		return resp, err
 	}
+	kindsChanged := next.InterpretersFile != a.given.InterpretersFile || kindsSum != a.kindsSum
 
 	var applied []string
 	for _, o := range options {
@@ -104,9 +107,12 @@ func (a *Agent) applyConfig(next Config) (rpc.ReloadResponse, error) {
 			resp.Restart = append(resp.Restart, what+": takes effect at the next start")
 		}
 	}
-	if next.InterpretersFile == a.given.InterpretersFile && kindsSum != a.kindsSum {
-		resp.Restart = append(resp.Restart, "--interpreters "+orNone([]string{next.InterpretersFile})+
-			": the file changed; the kinds are read at the next start")
+	if kindsChanged {
+		if next.InterpretersFile == a.given.InterpretersFile {
+			resp.Applied = append(resp.Applied, "--interpreters "+next.InterpretersFile+": the file changed")
+		}
+		resp.Applied = append(resp.Applied, "kinds "+strings.Join(interp.Names(kinds), ", ")+
+			" for new spawns (running interpreters keep the kind they started with)")
 	}
 	if slices.Contains(applied, "log-level") && !a.logs.SetLevel(level) {
 		return resp, fmt.Errorf("--log-level: this agent's logger was not made to change its level: restart it")
@@ -136,12 +142,17 @@ func (a *Agent) applyConfig(next Config) (rpc.ReloadResponse, error) {
 	if slices.Contains(applied, "check") {
 		a.reloadChecks(defs)
 	}
+	if kindsChanged {
+		a.interps.SetKinds(kinds)
+		a.kindsSum = kindsSum
+	}
 
 	a.given.LogLevel = next.LogLevel
 	a.given.Tags = maps.Clone(next.Tags)
 	a.given.EventHandlers, a.given.EventHandlerTimeout = next.EventHandlers, next.EventHandlerTimeout
 	a.given.PlaceRate, a.given.SpawnRate = next.PlaceRate, next.SpawnRate
 	a.given.Checks = next.Checks
+	a.given.InterpretersFile = next.InterpretersFile
 	return resp, nil
 }
 
@@ -200,20 +211,22 @@ func (a *Agent) reloadChecks(defs []checks.Definition) {
 	a.publishChecks(critical)
 }
 
-// kindsChecksum identifies the interpreters file's content, after checking
-// that it loads; no file is the zero sum.
-func kindsChecksum(path string) ([32]byte, error) {
+// readKinds loads the interpreters file (without the built-in demo) and
+// identifies its content, so that a reload applies the kinds only when
+// the file changed; no file is no kinds and the zero sum.
+func readKinds(path string) (map[string]interp.Kind, [32]byte, error) {
 	if path == "" {
-		return [32]byte{}, nil
-	}
-	if _, err := interp.LoadKinds(path); err != nil {
-		return [32]byte{}, err
+		return map[string]interp.Kind{}, [32]byte{}, nil
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("interpreters file: %w", err)
+		return nil, [32]byte{}, fmt.Errorf("interpreters file: %w", err)
 	}
-	return sha256.Sum256(bytes.TrimSpace(data)), nil
+	kinds, err := interp.LoadKinds(path)
+	if err != nil {
+		return nil, [32]byte{}, err
+	}
+	return kinds, sha256.Sum256(bytes.TrimSpace(data)), nil
 }
 
 // allowPlace and allowSpawn take a token from the current limiters, which

@@ -130,31 +130,65 @@ func TestReloadOfABadFileChangesNothing(t *testing.T) {
 	}
 }
 
-// TestReloadReportsChangedKindsAsNeedingARestart: a changed interpreters
-// file is checked and reported, not applied (the lifecycle reads its kinds
-// at start); a broken one refuses the reload.
-func TestReloadReportsChangedKindsAsNeedingARestart(t *testing.T) {
+// TestReloadAppliesChangedKinds: a changed interpreters file (same name
+// or a new one) is applied by a reload: the kinds offered change at once.
+// A broken file, or a kind with a bad check, refuses the reload, names the
+// kind, and leaves the kinds offered as they were.
+func TestReloadAppliesChangedKinds(t *testing.T) {
 	dir := t.TempDir()
 	kinds := filepath.Join(t.TempDir(), "kinds.json")
-	if err := os.WriteFile(kinds, []byte(`{"shell": {"command": ["/bin/sh"]}}`), 0o600); err != nil {
-		t.Fatal(err)
+	write := func(path, body string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write(kinds, `{"shell": {"command": ["/bin/sh"]}}`)
 	a := reloadableAgent(t, dir, `{"log_level": "debug", "interpreters": "`+kinds+`"}`)
+	offered := func() []string { return a.interps.Kinds() }
+	if got := offered(); !slices.Equal(got, []string{"demo", "shell"}) {
+		t.Fatalf("kinds at start %v", got)
+	}
 	resp, err := a.Reload()
 	if err != nil || len(resp.Restart) != 0 || len(resp.Applied) != 0 {
 		t.Fatalf("reload of an unchanged config: %+v %v", resp, err)
 	}
-	if err := os.WriteFile(kinds, []byte(`{"shell": {"command": ["/bin/sh"], "max": 2}}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+
+	write(kinds, `{"shell": {"command": ["/bin/sh"], "max": 2}, "py": {"command": ["/bin/sh"],
+		"checks": [{"name": "alive", "type": "tcp", "interval": "5s"}]}}`)
 	resp, err = a.Reload()
-	if err != nil || len(resp.Restart) != 1 || !strings.Contains(resp.Restart[0], "--interpreters "+kinds+": the file changed") {
+	if err != nil || len(resp.Restart) != 0 || !slices.ContainsFunc(resp.Applied, func(s string) bool {
+		return strings.Contains(s, "--interpreters "+kinds+": the file changed")
+	}) {
 		t.Fatalf("reload after the kinds changed: %+v %v", resp, err)
 	}
-	if err := os.WriteFile(kinds, []byte(`{"shell": {"command": []}}`), 0o600); err != nil {
-		t.Fatal(err)
+	if got := offered(); !slices.Equal(got, []string{"demo", "py", "shell"}) {
+		t.Fatalf("kinds after the reload %v, want demo, py, shell", got)
 	}
-	if _, err = a.Reload(); err == nil || !strings.Contains(err.Error(), `kind "shell" has no command`) {
-		t.Fatalf("reload with a broken kinds file: %v", err)
+
+	for _, tc := range []struct{ body, want string }{
+		{`{"shell": {"command": []}}`, `kind "shell" has no command`},
+		{`{"gpu": {"command": ["/bin/sh"], "checks": [{"name": "alive", "type": "tcp", "interval": "0s"}]}}`,
+			`kind "gpu": bad check "alive": interval "0s" is not a positive duration`},
+		{`{"gpu": {"command": ["/no/such/kernel"]}}`, `kind "gpu": program "/no/such/kernel" does not exist`},
+	} {
+		write(kinds, tc.body)
+		if _, err = a.Reload(); err == nil || !errors.Is(err, ErrReload) || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("reload with a broken kinds file: %v, want %q", err, tc.want)
+		}
+		if got := offered(); !slices.Equal(got, []string{"demo", "py", "shell"}) {
+			t.Fatalf("kinds after a refused reload %v: something was applied", got)
+		}
+	}
+
+	// Another file named in the config replaces the kinds too.
+	other := filepath.Join(t.TempDir(), "other.json")
+	write(other, `{"r": {"command": ["/bin/sh"]}}`)
+	writeConfig(t, dir, `{"log_level": "debug", "interpreters": "`+other+`"}`)
+	if resp, err = a.Reload(); err != nil || !slices.Contains(resp.Applied, "--interpreters") {
+		t.Fatalf("reload with another kinds file: %+v %v", resp, err)
+	}
+	if got := offered(); !slices.Equal(got, []string{"demo", "r"}) {
+		t.Fatalf("kinds from the other file %v, want demo, r", got)
 	}
 }

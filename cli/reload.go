@@ -15,8 +15,9 @@ func reloadCommand() *ucli.Command {
 		Name:  "reload",
 		Usage: "make the agent re-read its config files, as SIGHUP does",
 		Description: "The agent at --rpc-addr layers its config files, environment and flags again. The log level, tags,\n" +
-			"event handlers, checks and rate limits change at once; any other setting that changed (bind, data dir,\n" +
-			"key, …) is listed as taking effect at the next start. A bad file changes nothing: the error says why.",
+			"event handlers, checks, rate limits and interpreter kinds (the --interpreters file, read again) change at\n" +
+			"once; new spawns use the new kinds, running interpreters keep theirs. Any other setting that changed (bind,\n" +
+			"data dir, key, …) is listed as taking effect at the next start. A bad file changes nothing: the error says why.",
 		Flags: append(rpcFlags(), formatFlag()),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
 			resp, err := cl.Reload()
@@ -44,8 +45,10 @@ func checksCommand() *ucli.Command {
 		Name:      "checks",
 		Usage:     "list a server's health checks, or report a ttl check's status",
 		ArgsUsage: "[pass|warn|fail NAME [NOTE]]",
-		Description: "Without arguments, lists the checks of the server at --rpc-addr with their status and last output.\n" +
-			"A server with a critical check takes no new interpreters (its bids say unhealthy: NAME).\n" +
+		Description: "Without arguments, lists the checks of the server at --rpc-addr with their status and last output,\n" +
+			"then the kind checks of the interpreters it runs (INTERPRETER/CHECK).\n" +
+			"A server with a critical check takes no new interpreters (its bids say unhealthy: NAME);\n" +
+			"an interpreter whose kind check turns critical is restarted in place under the on-failure policy.\n" +
 			"pass, warn and fail set a ttl check's status, which holds for its ttl.",
 		Flags: append(rpcFlags(), formatFlag()),
 		Before: func(c *ucli.Context) error {
@@ -69,8 +72,12 @@ func checksCommand() *ucli.Command {
 			if format == "json" {
 				list := make([]map[string]any, 0, len(resp.Checks))
 				for _, v := range resp.Checks {
-					list = append(list, map[string]any{"name": v.Name, "type": v.Type, "status": v.Status, "output": v.Output,
-						"since": rfc3339OrNil(v.Since), "checked": rfc3339OrNil(v.Checked)})
+					item := map[string]any{"name": v.Name, "type": v.Type, "status": v.Status, "output": v.Output,
+						"since": rfc3339OrNil(v.Since), "checked": rfc3339OrNil(v.Checked)}
+					if v.Interpreter != "" {
+						item["interpreter"] = v.Interpreter
+					}
+					list = append(list, item)
 				}
 				return writeJSON(c.App.Writer, map[string]any{"node": resp.Node, "checks": list})
 			}
@@ -80,7 +87,11 @@ func checksCommand() *ucli.Command {
 			}
 			for _, v := range resp.Checks {
 				since := time.Since(v.Since).Round(time.Second)
-				fmt.Fprintf(c.App.Writer, "%-20s %-6s %-8s for %-8s %s\n", v.Name, v.Type, v.Status, since, oneLine(v.Output))
+				name := v.Name
+				if v.Interpreter != "" {
+					name = v.Interpreter + "/" + v.Name // a kind check of an interpreter here
+				}
+				fmt.Fprintf(c.App.Writer, "%-20s %-6s %-8s for %-8s %s\n", name, v.Type, v.Status, since, oneLine(v.Output))
 			}
 			return nil
 		}),

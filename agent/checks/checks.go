@@ -54,6 +54,12 @@ type Definition struct {
 	Args []string `json:"args,omitempty"`
 	HTTP string   `json:"http,omitempty"`
 	TCP  string   `json:"tcp,omitempty"`
+	// Send and Expect make a tcp check talk: it writes Send once
+	// connected and passes only when Expect arrives before the timeout.
+	// A bare connect passes as long as the kernel accepts for the
+	// program, even one that is stopped or hung.
+	Send   string `json:"send,omitempty"`
+	Expect string `json:"expect,omitempty"`
 	// FailuresBeforeCritical failed results in a row make it critical;
 	// SuccessesBeforePassing passing results in a row make it passing
 	// again. Both at least 1 (the default).
@@ -63,6 +69,10 @@ type Definition struct {
 
 // MaxName is the longest check name: names travel in a tag.
 const MaxName = 32
+
+// MaxTag bounds the hc tag's value (TagValue's max): the critical checks'
+// names, the rest counted, well within the 512 bytes of all tags.
+const MaxTag = 64
 
 // DefaultTimeout bounds a probe whose definition gives no timeout.
 const DefaultTimeout = 10 * time.Second
@@ -177,6 +187,12 @@ func Parse(raw string) (Definition, error) {
 		if _, port, err := net.SplitHostPort(d.TCP); err != nil || port == "" || port == "0" {
 			return Definition{}, bad("tcp %q is not host:port: write it like 127.0.0.1:5432", d.TCP)
 		}
+	}
+	if d.Type != TCP && (d.Send != "" || d.Expect != "") {
+		return Definition{}, bad("send and expect belong to a tcp check, not a %s one: remove them", d.Type)
+	}
+	if len(d.Expect) > MaxOutput {
+		return Definition{}, bad("expect is longer than %d bytes: expect a shorter answer", MaxOutput)
 	}
 	return d, nil
 }

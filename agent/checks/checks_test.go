@@ -34,6 +34,7 @@ func TestParseRefusesBadInputNamingTheCheck(t *testing.T) {
 		{`{"type":"ttl","ttl":"5s"}`, `has no name`},
 		{`{"name":"db","type":"tcp","tcp":"127.0.0.1:5432","interval":"5s","retries":3}`, `unknown field "retries"`},
 		{`{"name":"db","type":"tcp","tcp":"127.0.0.1:5432","interval":"5s","failures_before_critical":-1}`, `"db": failures_before_critical`},
+		{`{"name":"web","type":"http","http":"http://x/","interval":"5s","expect":"ok"}`, `"web": send and expect belong to a tcp check`},
 	} {
 		_, err := Parse(tc.raw)
 		if err == nil || !errors.Is(err, ErrBadCheck) || !strings.Contains(err.Error(), tc.want) {

@@ -1,6 +1,7 @@
 package checks
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -31,12 +32,14 @@ type Prober interface {
 
 // View is one check as RPC and HTTP show it.
 type View struct {
-	Name    string    `json:"name"`
-	Type    Type      `json:"type"`
-	Status  Status    `json:"status"`
-	Output  string    `json:"output"`
-	Since   time.Time `json:"since"`
-	Checked time.Time `json:"checked,omitzero"`
+	// Interpreter is set on an interpreter's kind check: whose it is.
+	Interpreter string    `json:"interpreter,omitempty"`
+	Name        string    `json:"name"`
+	Type        Type      `json:"type"`
+	Status      Status    `json:"status"`
+	Output      string    `json:"output"`
+	Since       time.Time `json:"since"`
+	Checked     time.Time `json:"checked,omitzero"`
 }
 
 // Runner probes every check on its interval and keeps their states. Start
@@ -44,9 +47,10 @@ type View struct {
 // lock, with the critical checks' names whenever any status changes. Safe
 // for concurrent use.
 type Runner struct {
-	clock   Clock
-	prober  Prober
-	changed func(critical []string)
+	clock    Clock
+	prober   Prober
+	changed  func(critical []string)
+	observed func() // see OnResult
 
 	mu     sync.Mutex
 	defs   []Definition
@@ -91,6 +95,11 @@ func (r *Runner) Carry(prev *Runner) {
 		}
 	}
 }
+
+// OnResult makes f be called after every result is applied, changed or
+// not, outside the runner's lock (for one who keeps the views somewhere).
+// Call it before Start.
+func (r *Runner) OnResult(f func()) { r.observed = f }
 
 // Start runs every check's loop.
 func (r *Runner) Start() {
@@ -247,6 +256,9 @@ func (r *Runner) observe(d Definition, res Result) {
 	if changed && r.changed != nil {
 		r.changed(critical)
 	}
+	if r.observed != nil {
+		r.observed()
+	}
 }
 
 func trim(s string) string {
@@ -272,13 +284,7 @@ func (p OSProber) Probe(ctx context.Context, d Definition) Result {
 	case HTTP:
 		return httpProbe(ctx, d)
 	case TCP:
-		var dialer net.Dialer
-		c, err := dialer.DialContext(ctx, "tcp", d.TCP)
-		if err != nil {
-			return Result{Status: Critical, Output: err.Error()}
-		}
-		c.Close()
-		return Result{Status: Passing, Output: "connected to " + d.TCP}
+		return tcpProbe(ctx, d)
 	}
 	return Result{Status: Critical, Output: fmt.Sprintf("type %q cannot be probed", d.Type)}
 }
@@ -300,6 +306,48 @@ func (p OSProber) script(ctx context.Context, d Definition) Result {
 		return Result{Status: Warning, Output: trim(out.String())}
 	}
 	return Result{Status: Critical, Output: trim(fmt.Sprintf("%v: %s", err, out.String()))}
+}
+
+// tcpProbe connects and, with Send or Expect, talks: a hung program
+// behind a listening socket still gets its connections accepted by the
+// kernel, but never answers.
+func tcpProbe(ctx context.Context, d Definition) Result {
+	var dialer net.Dialer
+	c, err := dialer.DialContext(ctx, "tcp", d.TCP)
+	if err != nil {
+		return Result{Status: Critical, Output: err.Error()}
+	}
+	defer c.Close()
+	if d.Send == "" && d.Expect == "" {
+		return Result{Status: Passing, Output: "connected to " + d.TCP}
+	}
+	// The runner ends a probe by cancelling ctx: close the connection then.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if d.Send != "" {
+		if _, err := io.WriteString(c, d.Send); err != nil {
+			return Result{Status: Critical, Output: fmt.Sprintf("send to %s: %v", d.TCP, err)}
+		}
+	}
+	if d.Expect == "" {
+		return Result{Status: Passing, Output: "connected to " + d.TCP + " and sent"}
+	}
+	var got []byte
+	buf := make([]byte, 512)
+	for !bytes.Contains(got, []byte(d.Expect)) {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if len(got) > MaxOutput {
+			got = got[len(got)-MaxOutput:]
+		}
+		if err != nil && !bytes.Contains(got, []byte(d.Expect)) {
+			if ctx.Err() != nil {
+				err = errors.New("no answer before the timeout")
+			}
+			return Result{Status: Critical, Output: trim(fmt.Sprintf("%s did not answer %q: %v; got %q", d.TCP, d.Expect, err, got))}
+		}
+	}
+	return Result{Status: Passing, Output: fmt.Sprintf("%s answered %q", d.TCP, d.Expect)}
 }
 
 func httpProbe(ctx context.Context, d Definition) Result {

@@ -163,3 +163,50 @@ func TestOSProber(t *testing.T) {
 		t.Errorf("a hung script: %+v", got)
 	}
 }
+
+// TestTCPSendExpectFindsAHungServer: a tcp check with send and expect
+// passes on a server that answers and goes critical at its deadline on
+// one whose socket accepts (as the kernel does for a stopped program) but
+// that never answers; a bare connect passes on both.
+func TestTCPSendExpectFindsAHungServer(t *testing.T) {
+	answering, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer answering.Close()
+	go func() {
+		for {
+			c, err := answering.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64)
+				n, _ := c.Read(buf)
+				c.Write(buf[:n])
+			}()
+		}
+	}()
+	hung, err := net.Listen("tcp", "127.0.0.1:0") // never accepted from: the backlog answers the connect
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	for _, tc := range []struct {
+		addr, send, expect string
+		want               Status
+	}{
+		{answering.Addr().String(), "ping\n", "ping", Passing},
+		{hung.Addr().String(), "", "", Passing},
+		{hung.Addr().String(), "ping\n", "ping", Critical},
+		{answering.Addr().String(), "ping\n", "pong", Critical},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		got := OSProber{}.Probe(ctx, Definition{Type: TCP, TCP: tc.addr, Send: tc.send, Expect: tc.expect})
+		cancel()
+		if got.Status != tc.want {
+			t.Errorf("tcp %s send %q expect %q: %s (%q), want %s", tc.addr, tc.send, tc.expect, got.Status, got.Output, tc.want)
+		}
+	}
+}

@@ -43,6 +43,9 @@ type Kind struct {
 	// connection.go.
 	Ports      []string
 	Connection string
+	// Checks are the kind's health checks, run on each interpreter by
+	// its supervisor (kindchecks.go).
+	Checks []KindCheck
 }
 
 // BuiltinKind is the interpreter kind every server offers: a tiny echo
@@ -60,14 +63,16 @@ type kindFile struct {
 	Restart     string            `json:"restart"`
 	Ports       []string          `json:"ports"`
 	Connection  string            `json:"connection"`
+	Checks      []json.RawMessage `json:"checks"`
 }
 
 // LoadKinds reads an --interpreters file: a JSON object from kind name to
 // {"command": [...], "env": {...}, "dir": "...", "max": N, "args_pattern": "regex",
-// "user": "name", "restart": "no|on-failure"}. Unknown keys, an empty
-// command, a program or directory that does not exist, or a bad pattern are
-// errors that name the kind, the path and the fix: a kind that cannot start
-// is never offered. The built-in kind demo cannot be redefined.
+// "user": "name", "restart": "no|on-failure", "ports": [...], "connection": "jupyter",
+// "checks": [...]}. Unknown keys, an empty command, a program or directory
+// that does not exist, a bad pattern or a bad check are errors that name the
+// kind, the path (or the check) and the fix: a kind that cannot start is
+// never offered. The built-in kind demo cannot be redefined.
 func LoadKinds(path string) (map[string]Kind, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -89,7 +94,7 @@ func LoadKinds(path string) (map[string]Kind, error) {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&kf); err != nil {
-			return nil, fmt.Errorf("interpreters file %s: kind %q: %s (keys are command, env, dir, max, args_pattern, user, restart, ports, connection)", path, name, jsonProblem(err))
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %s (keys are command, env, dir, max, args_pattern, user, restart, ports, connection, checks)", path, name, jsonProblem(err))
 		}
 		if len(kf.Command) == 0 || kf.Command[0] == "" {
 			return nil, fmt.Errorf(`interpreters file %s: kind %q has no command: give the program and its arguments, e.g. "command": ["python3", "-m", "kernel", "--port", "{port}"]`, path, name)
@@ -106,6 +111,9 @@ func LoadKinds(path string) (map[string]Kind, error) {
 			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
 		}
 		if err := k.checkPaths(); err != nil {
+			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
+		}
+		if k.Checks, err = parseKindChecks(k, kf.Checks); err != nil {
 			return nil, fmt.Errorf("interpreters file %s: kind %q: %w", path, name, err)
 		}
 		if kf.ArgsPattern != "" {
@@ -140,7 +148,7 @@ func jsonProblem(err error) string {
 	if errors.As(err, &te) {
 		want := map[string]string{"command": "a list of strings", "env": "an object of strings", "dir": "a string",
 			"max": "a whole number", "args_pattern": "a string", "user": "a string", "restart": "a string",
-			"ports": "a list of strings", "connection": "a string"}[te.Field]
+			"ports": "a list of strings", "connection": "a string", "checks": "a list of check objects"}[te.Field]
 		if want == "" {
 			want = "another type"
 		}
@@ -282,4 +290,29 @@ func (k *Kind) setUser(name string) error {
 	}
 	k.User, k.UID, k.GID = name, uint32(uid), uint32(gid)
 	return nil
+}
+
+// kinds are the kinds this server offers now: Config.Kinds, or what the
+// last SetKinds gave. Safe for concurrent use; the map is never changed.
+func (l *Lifecycle) kinds() map[string]Kind {
+	if k := l.kindSet.Load(); k != nil {
+		return *k
+	}
+	return l.cfg.Kinds
+}
+
+// SetKinds replaces the kinds this server offers (a reload of the
+// interpreters file), plus the built-in demo. New spawns and bids use them
+// at once, and so does the restart of an interpreter whose supervisor
+// died (a new launch; a kind that is gone is not started again). Running
+// interpreters keep the spec they started with: their command, ports and
+// checks, through in-place and on-failure restarts alike. Safe for
+// concurrent use.
+func (l *Lifecycle) SetKinds(kinds map[string]Kind) {
+	next := make(map[string]Kind, len(kinds)+1)
+	for n, k := range kinds {
+		next[n] = k
+	}
+	next[BuiltinKind] = Demo(l.cfg.Self)
+	l.kindSet.Store(&next)
 }

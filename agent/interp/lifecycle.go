@@ -146,6 +146,8 @@ type Lifecycle struct {
 	attempt atomic.Uint64 // the last claim this agent made (nextAttempt)
 
 	wg sync.WaitGroup
+
+	kindSet atomic.Pointer[map[string]Kind] // the kinds as a reload set them; nil: cfg.Kinds (kinds.go)
 }
 
 // starting is a start under way on this server.

@@ -231,13 +231,13 @@ func (l *Lifecycle) Starting() int {
 }
 
 // Kinds lists the kinds this server offers, sorted.
-func (l *Lifecycle) Kinds() []string { return Names(l.cfg.Kinds) }
+func (l *Lifecycle) Kinds() []string { return Names(l.kinds()) }
 
 // KindRefusal says why this server would refuse a new interpreter of kind
 // (not offered, or at the kind's max), or "" when it would not. Safe for
 // concurrent use.
 func (l *Lifecycle) KindRefusal(kind string) string {
-	k, ok := l.cfg.Kinds[kind]
+	k, ok := l.kinds()[kind]
 	if !ok {
 		return ""
 	}
@@ -297,9 +297,9 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	}
 	explicitRestart := o.Restart
 	refusal := ""
-	kind, ok := l.cfg.Kinds[o.Kind]
+	kind, ok := l.kinds()[o.Kind]
 	if !ok {
-		refusal = fmt.Sprintf("kind %q is not offered here (offered: %s)", o.Kind, strings.Join(Names(l.cfg.Kinds), ", "))
+		refusal = fmt.Sprintf("kind %q is not offered here (offered: %s)", o.Kind, strings.Join(Names(l.kinds()), ", "))
 	} else if err := kind.CheckArgs(o.Args); err != nil {
 		refusal = err.Error()
 	} else if _, err := ParseRestart(o.Restart); err != nil {
@@ -748,6 +748,7 @@ func (l *Lifecycle) launch(kind Kind, name string, o spawnOrder, restarts int) (
 		}
 		spec.Argv, spec.Env = kind.expand(spec.Argv, spec.Env, ports, connFile)
 	}
+	spec.Checks = kind.checksFor(spec)
 	s, childPID, err := l.startSupervisor(dir, spec)
 	if err != nil {
 		var died *diedError
@@ -941,7 +942,7 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 			delete(l.restarting, rec.RequestID)
 			l.regMu.Unlock()
 		}()
-		kind, ok := l.cfg.Kinds[rec.Kind]
+		kind, ok := l.kinds()[rec.Kind]
 		if !ok {
 			return
 		}

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshagent/agent/agent/checks"
 	"github.com/meshagent/agent/gossip"
 )
 
@@ -87,6 +88,7 @@ type supervisor struct {
 	ctl       io.Closer // the signal server
 	tracker   *Tracker
 	restartAt <-chan time.Time
+	checks    *supervisorChecks // the kind's checks; nil: none
 
 	mu      sync.Mutex
 	current Child // what signals reach: nil between a failure and its restart
@@ -103,12 +105,20 @@ func Supervise(spec Spec, env SupervisorEnv, out io.Writer, logger *slog.Logger)
 	s := &supervisor{spec: spec, env: env, out: out, logger: logger.With("interpreter", spec.Name),
 		end: Exit{Name: spec.Name, RequestID: spec.RequestID, Restarts: spec.Restarts}, tracker: NewTracker(spec.backoff()),
 		restarts: make(chan chan ControlAnswer), done: make(chan struct{})}
+	var err error
+	if s.checks, err = newSupervisorChecks(spec, wallClock{}, checks.OSProber{Env: identityEnv(spec)}); err != nil {
+		env.Ready(Readiness{Error: err.Error()})
+		s.logger.Error("the interpreter's checks cannot run", "err", err)
+		return 1
+	}
 	if code, ok := s.start(); !ok {
 		return code
 	}
 	defer s.ctl.Close()
 	defer s.node.Shutdown()
+	s.startChecks()
 	end := s.loop()
+	s.stopChecks()
 	close(s.done)
 	switch end {
 	case endKilled:
@@ -158,6 +168,9 @@ func (s *supervisor) start() (int, bool) {
 		Endpoint: s.spec.Endpoint, PID: child.PID(), Gen: s.spec.Gen, Restarts: s.spec.Restarts}
 	if s.spec.Restart == RestartOnFailure {
 		s.tags.Restart, s.tags.Args = s.spec.Restart, s.spec.Args
+	}
+	if s.checks != nil {
+		s.tags.Critical = checks.TagValue(s.checks.runner.Critical(), checks.MaxTag)
 	}
 	fail := func(err error, what string) (int, bool) {
 		s.stopChild(0)
@@ -244,6 +257,8 @@ func (s *supervisor) loop() loopEnd {
 			s.restart()
 		case reply := <-s.restarts:
 			reply <- s.restartInPlace()
+		case critical := <-s.checkChanges():
+			s.checksChanged(critical)
 		case sig := <-s.env.Stops():
 			s.logger.Info("stopping the interpreter", "signal", sig.String())
 			s.end.How = HowStopped
@@ -358,6 +373,7 @@ func (s *supervisor) stopChild(grace time.Duration) {
 		return // not running
 	}
 	s.child.Signal(syscall.SIGTERM)
+	s.child.Signal(syscall.SIGCONT) // a stopped (hung) one takes its SIGTERM now, not at the kill
 	if grace <= 0 {
 		grace = 10 * time.Second
 	}

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -61,6 +62,9 @@ type Spec struct {
 	// when the kind has one.
 	Asker          string `json:"asker,omitempty"`
 	ConnectionFile string `json:"connection_file,omitempty"`
+	// Checks are the kind's checks, rendered for this interpreter (see
+	// kindchecks.go).
+	Checks []json.RawMessage `json:"checks,omitempty"`
 }
 
 // Readiness is what a supervisor reports to the server that launched it
@@ -97,6 +101,19 @@ func childEnv(k Kind, name, addr, port string) []string {
 		"AGENT_INTERPRETER_ADDR="+addr,
 		"AGENT_INTERPRETER_PORT="+port,
 	)
+}
+
+// identityEnv is the interpreter's identity from its environment
+// (AGENT_INTERPRETER_NAME, _ADDR, _PORT, _CONNECTION_FILE, …), which its
+// check scripts get too.
+func identityEnv(s Spec) []string {
+	var out []string
+	for _, e := range s.Env {
+		if strings.HasPrefix(e, "AGENT_INTERPRETER_") {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (s Spec) backoff() Backoff {

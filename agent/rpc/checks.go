@@ -17,12 +17,14 @@ type ChecksRequest struct {
 
 // CheckView is one check and where it stands.
 type CheckView struct {
-	Name    string
-	Type    string
-	Status  string // passing, warning, critical
-	Output  string
-	Since   time.Time // when it entered Status
-	Checked time.Time // its last result; zero: not run yet
+	// Interpreter is set on an interpreter's kind check: whose it is.
+	Interpreter string `msgpack:",omitempty"`
+	Name        string
+	Type        string
+	Status      string // passing, warning, critical
+	Output      string
+	Since       time.Time // when it entered Status
+	Checked     time.Time // its last result; zero: not run yet
 }
 
 // ChecksResponse lists the node's checks in their config order.
