@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -65,13 +67,18 @@ func runChaosChild(ctx context.Context, cfg ChaosConfig, name string, args ...st
 
 // ChaosLogEnv names a file that a chaos run's child writes its agents'
 // and supervisors' logs to, at debug level, in virtual time: how to see
-// what each one did in a seed that failed. Unset, the logs are discarded.
+// what each one did in a seed that failed. A %d in it is the seed, for a
+// run of many seeds (AGENT_CHAOS_LOG=/tmp/chaos-%d.log). Unset, the logs
+// are discarded.
 const ChaosLogEnv = "AGENT_CHAOS_LOG"
 
-func chaosLogFromEnv() (*slog.Logger, func(), error) {
+func chaosLogFromEnv(seed int64) (*slog.Logger, func(), error) {
 	path := os.Getenv(ChaosLogEnv)
 	if path == "" {
 		return nil, func() {}, nil
+	}
+	if strings.Contains(path, "%d") {
+		path = strings.ReplaceAll(path, "%d", strconv.FormatInt(seed, 10))
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -84,7 +91,7 @@ func chaosLogFromEnv() (*slog.Logger, func(), error) {
 func runChaosJob(t *testing.T, job virtualJob) {
 	j := job.Chaos
 	var writeErr error
-	logger, closeLog, err := chaosLogFromEnv()
+	logger, closeLog, err := chaosLogFromEnv(j.Seed)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -194,7 +194,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	}
 
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
-		Lease: req.OwnerLease})
+		Lease: req.OwnerLease, ID: NewRequestID()})
 	timeouts := 0
 	var timedOut []sentOrder // the servers that did not answer, and the generation each was sent
 	ranked := e.Decision.Ranked
@@ -212,7 +212,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			gen++
 			resp.Generation = gen
 			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
-				Lease: req.OwnerLease})
+				Lease: req.OwnerLease, ID: NewRequestID()})
 		}
 		l.deps.Reserve(rid, cand.Bid)
 		var ans spawnAnswer // one per server: an answer never carries over to the next

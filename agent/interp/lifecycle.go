@@ -138,6 +138,7 @@ type Lifecycle struct {
 
 	signals     recentSignals             // signal orders answered lately, by order id
 	keyedOrders recentOrders[keyedAnswer] // keyed spawn orders decided lately, by order id
+	spawnOrders recentOrders[spawnAnswer] // spawn orders carried out lately, by order id
 
 	memory  *memory       // requests' generations and orphans beyond the reap
 	keys    keyLocks      // this coordinator's keyed spawns, one at a time per key

@@ -58,6 +58,10 @@ type spawnOrder struct {
 	// Lease is the request's OwnerLease: the server stops the interpreter
 	// once Asker has been gone that long (leases.go).
 	Lease time.Duration `msgpack:"ol,omitempty"`
+	// ID names this order: askOne sends it again when the first send is
+	// not acknowledged within a second, and the server must carry it out
+	// once. Empty from an older agent.
+	ID string `msgpack:"i,omitempty"`
 	// restart marks a host's own restart of a request, and ordered is
 	// the registry's Ordered of the start it repeats. Neither is sent: an
 	// order from an asker starts a lineage of its own.
@@ -274,9 +278,20 @@ func (l *Lifecycle) handleSpawnOrder(q *gossip.Query) {
 		ans.Refusal = fmt.Sprintf("rate limited: %s sent more than its share of spawn orders (--spawn-rate-limit)", q.From)
 		l.logger.Warn("spawn order refused: rate limit", "asker", q.From)
 	default:
-		ans = l.startInterpreter(o)
+		ans = l.decideSpawnOrder(o)
 	}
 	respond(q, ans, l.logger)
+}
+
+// decideSpawnOrder carries out a spawn order once: the same order again
+// (askOne sends it again when the first send is not acknowledged in a
+// second) gets the first one's answer. Before, an asker paused right
+// after it sent an order sent it again on its return; the interpreter the
+// first one started had ended meanwhile, and the second started another
+// of the same generation that no answer named (chaos seed 24191,
+// the-answer-stands).
+func (l *Lifecycle) decideSpawnOrder(o spawnOrder) spawnAnswer {
+	return l.spawnOrders.once(o.ID, l.clock.Now(), func() spawnAnswer { return l.startInterpreter(o) })
 }
 
 func respond(q *gossip.Query, ans any, logger interface{ Warn(string, ...any) }) {
@@ -498,6 +513,16 @@ type claim struct {
 // its asker: a coordinator that failed must not keep the next one
 // waiting).
 func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time, alive func(string) bool) (best int, by string, found bool, holder string) {
+	return c.recordAt(rid, asker, gen, claiming, 0, now, alive)
+}
+
+// recordAt is record of a claim made in attempt (0: none named), noted
+// under the same lock: a withdrawal of the asker's earlier attempt, handled
+// between the two, would otherwise delete the claim just granted, and the
+// next asker would be granted the request and told of no claim (chaos seed
+// 21306 under a flapping split: two placements at generation 1,
+// the-answer-stands).
+func (c *claims) recordAt(rid, asker string, gen int, claiming bool, attempt uint64, now time.Time, alive func(string) bool) (best int, by string, found bool, holder string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.reqs == nil {
@@ -523,6 +548,7 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 			x := &c.reqs[rid][k]
 			x.gen, x.at = max(x.gen, gen), now
 		}
+		c.reqs[rid][k].attempt = max(c.reqs[rid][k].attempt, attempt)
 		c.j.add(claimRec(rid, c.reqs[rid][k]))
 	}
 	var first time.Time
@@ -535,16 +561,6 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time
 		}
 	}
 	return best, by, found, holder
-}
-
-// mark notes that asker's claim of rid was made in attempt.
-func (c *claims) mark(rid, asker string, attempt uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if k := slices.IndexFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker }); k >= 0 {
-		c.reqs[rid][k].attempt = max(c.reqs[rid][k].attempt, attempt)
-		c.j.add(claimRec(rid, c.reqs[rid][k]))
-	}
 }
 
 // release withdraws asker's claim of rid made in attempt or before: it
@@ -620,10 +636,7 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 	if req.Claim < 0 {
 		l.claims.release(req.ID, asker, req.Attempt)
 	}
-	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, l.clock.Now(), l.notGone)
-	if req.Claim > 0 {
-		l.claims.mark(req.ID, asker, req.Attempt)
-	}
+	gen, by, ok, holder := l.claims.recordAt(req.ID, asker, req.Claim-1, req.Claim > 0, req.Attempt, l.clock.Now(), l.notGone)
 	if ok {
 		b.Claimer, b.Claimed, b.ClaimGen = by, true, gen
 	}
