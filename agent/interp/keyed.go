@@ -136,11 +136,33 @@ func (k *keyLocks) lock(ctx context.Context, rid string) (func(), error) {
 // keyedSpawn is a keyed spawn: decided on the key's coordinator (this
 // agent, when its view names it), then, with Wait, waited for here.
 func (l *Lifecycle) keyedSpawn(ctx context.Context, req rpc.SpawnRequest, start time.Time) rpc.SpawnResponse {
-	resp := l.decideKeyed(ctx, req, start)
-	if resp.Code != "" || !req.Wait {
-		return resp
+	for try := 1; ; try++ {
+		resp := l.decideKeyed(ctx, req, start)
+		if resp.Code != "" || !req.Wait {
+			return resp
+		}
+		resp = l.waitAnswer(ctx, resp, req.Timeout, start)
+		if resp.Code != "" || try == staleAnswerTries || !l.supersededAnswer(resp) {
+			return resp
+		}
+		l.logger.Info("the interpreter a keyed spawn waited for was superseded meanwhile; asking again", "request", resp.RequestID,
+			"name", resp.Name, "gen", resp.Generation, "newest_gen", l.memory.genOf(resp.RequestID))
 	}
-	return l.waitAnswer(ctx, resp, req.Timeout, start)
+}
+
+// staleAnswerTries bounds how often a keyed spawn with --wait asks again
+// because the interpreter it waited for was superseded meanwhile.
+const staleAnswerTries = 3
+
+// supersededAnswer reports whether this agent's view, read now, shows a
+// newer generation of the answer's request than the answer's own: the
+// answer was decided before another spawn of the key placed anew (under a
+// partition that hid the first from the other side), and is no longer the
+// request's interpreter. Before, the client was told of the stale one,
+// last, after its wait (chaos seed 30936, the-answer-stands).
+func (l *Lifecycle) supersededAnswer(resp rpc.SpawnResponse) bool {
+	l.memory.observe(Instances(l.deps.Node.Members()), l.clock.Now())
+	return l.memory.genOf(resp.RequestID) > resp.Generation
 }
 
 // decideKeyed has the key's coordinator decide a keyed spawn: this agent,

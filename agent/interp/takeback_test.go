@@ -840,3 +840,27 @@ func TestASpawnOrderDeliveredTwiceStartsOnce(t *testing.T) {
 		t.Errorf("%d supervisors launched for one order delivered twice, want 1", launched)
 	}
 }
+
+// TestAWaitedAnswerThatWasSupersededIsNotGiven: a keyed spawn with --wait
+// waited for generation 1 of its request while, on the other side of a
+// flapping split, another spawn of the key placed generation 2. Once its
+// interpreter is up, the asker checks its view before it answers: an
+// answer older than a generation the view shows is asked again, so the
+// client is told of the request's interpreter, not of the stale one that
+// is stopping (chaos seed 30936: the answer that came last named it,
+// the-answer-stands).
+func TestAWaitedAnswerThatWasSupersededIsNotGiven(t *testing.T) {
+	l, _ := serverWithFakeSupervisors(t)
+	clock := l.clock.(*state.FakeClock)
+	answer := rpc.SpawnResponse{RequestID: "r1", Name: "demo-r1-a139", Generation: 1}
+	if l.supersededAnswer(answer) {
+		t.Fatal("an answer of the newest generation known was taken for superseded")
+	}
+	l.memory.placed("r1", 2, clock.Now()) // as the view shows generation 2 alive
+	if !l.supersededAnswer(answer) {
+		t.Fatal("an answer of generation 1, with generation 2 known, was not taken for superseded")
+	}
+	if l.supersededAnswer(rpc.SpawnResponse{RequestID: "r1", Name: "demo-r1-f624", Generation: 2}) {
+		t.Fatal("the answer of generation 2 was taken for superseded")
+	}
+}
