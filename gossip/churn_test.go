@@ -235,7 +235,8 @@ func TestFollowUpPingsStayBoundedWhenMembersDiedForGood(t *testing.T) {
 	for _, name := range all {
 		h := healerFor(nodes[name])
 		h.lastHeal, h.returned = now.Add(-time.Second), fakePeers("back", 50) // a heal of 50 back
-		for _, p := range fakePeers("dead", 5) {                              // five died for good: none answers
+		// Five died for good: none answers.
+		for _, p := range fakePeers("dead", 5) {
 			h.failed[p.name] = failedMember{p: p, since: now.Add(-time.Minute)}
 		}
 		healers[name] = h
