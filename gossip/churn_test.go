@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"testing"
@@ -52,7 +53,7 @@ func indexOf(names []string, s string) int {
 func TestOnlyTheTopRankedNodesSyncWithAMemberThatComesBack(t *testing.T) {
 	all := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
 	_, nodes := startCutMesh(t, -1, all...)
-	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	waitLong(t, "every node alive everywhere", 30*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
 	now := time.Now()
 	syncs := 0
 	for _, name := range all {
@@ -79,7 +80,7 @@ func TestOnlyTheTopRankedNodesSyncWithAMemberThatComesBack(t *testing.T) {
 func TestAfterAHealAtMostHealPingersPingAnInterval(t *testing.T) {
 	all := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
 	_, nodes := startCutMesh(t, -1, all...)
-	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	waitLong(t, "every node alive everywhere", 30*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
 	now := time.Now()
 	healers := map[string]*healer{}
 	for _, name := range all {
@@ -111,7 +112,7 @@ func TestAfterAHealAtMostHealPingersPingAnInterval(t *testing.T) {
 func TestInterpretersFailingTogetherAreNoSplit(t *testing.T) {
 	all := []string{"a", "b", "c", "d", "e"}
 	_, nodes := startCutMesh(t, -1, all...)
-	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	waitLong(t, "every node alive everywhere", 30*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
 	h := healerFor(nodes["a"])
 	h.splitWindow = splitWindow
 	now := time.Now()
@@ -142,7 +143,7 @@ func TestInterpretersFailingTogetherAreNoSplit(t *testing.T) {
 func TestADeafNodeHoldsItsTagChangesUntilItHearsAgain(t *testing.T) {
 	all := []string{"a", "b", "c", "d"}
 	c, nodes := startCutMesh(t, 0, all...)
-	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	waitLong(t, "every node alive everywhere", 30*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
 	d := nodes["d"]
 	c.cut(all[:3], []string{"d"})
 	waitLong(t, "d to find itself deaf", 20*time.Second, d.Deaf)
@@ -194,19 +195,133 @@ func TestFoldKeepsSerfsPerNameSeriesBounded(t *testing.T) {
 }
 
 // A node that still sees a few members failed after a heal of many (it
-// missed their revival) pings every interval: only stragglers do, and it
-// is what brings them in within a second or two.
+// missed their revival) pings every interval while they answer: only
+// stragglers do, and it is what brings them in within a second or two.
 func TestAStragglerOfAHealPingsEveryInterval(t *testing.T) {
 	all := []string{"a", "b", "c", "d"}
 	_, nodes := startCutMesh(t, -1, all...)
-	waitFor(t, "every node alive everywhere", func() bool { return sees(nodes, all, all, StatusAlive) })
+	waitLong(t, "every node alive everywhere", 30*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
 	now := time.Now()
 	h := healerFor(nodes["a"])
-	h.lastHeal, h.healSize = now.Add(-time.Second), 20 // a heal of 20 members back
+	h.lastHeal, h.returned = now.Add(-time.Second), fakePeers("back", 20) // a heal of 20 members back
 	h.failed["missed"] = failedMember{p: peer{name: "missed"}, since: now.Add(-time.Minute)}
 	for interval := range 5 {
-		if _, ok, _ := h.pick(now.Add(time.Duration(interval) * time.Second)); !ok {
-			t.Errorf("interval %d: a straggler of a heal of 20 did not ping its one failed member", interval)
+		target, ok, _ := h.pick(now.Add(time.Duration(interval) * time.Second))
+		if !ok {
+			t.Fatalf("interval %d: a straggler of a heal of 20 did not ping its one failed member", interval)
 		}
+		h.answered(target.name) // it answers; the join is the round's
+	}
+}
+
+func fakePeers(prefix string, n int) []peer {
+	ps := make([]peer, n)
+	for i := range ps {
+		ps[i] = peer{name: fmt.Sprintf("%s-%d", prefix, i), addr: net.IPv4(127, 0, 0, 1), port: uint16(1 + i)}
+	}
+	return ps
+}
+
+// Where members also died for good during a split, every node holds them
+// failed after the heal and takes itself for a straggler: each wastes at
+// most healStragglerMisses pings on them, and after that the mesh pings
+// from at most healPingers nodes an interval.
+func TestFollowUpPingsStayBoundedWhenMembersDiedForGood(t *testing.T) {
+	all := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+	_, nodes := startCutMesh(t, -1, all...)
+	waitLong(t, "every node alive everywhere", 30*time.Second, func() bool { return sees(nodes, all, all, StatusAlive) })
+	now := time.Now()
+	healers := map[string]*healer{}
+	for _, name := range all {
+		h := healerFor(nodes[name])
+		h.lastHeal, h.returned = now.Add(-time.Second), fakePeers("back", 50) // a heal of 50 back
+		// Five died for good: none answers.
+		for _, p := range fakePeers("dead", 5) {
+			h.failed[p.name] = failedMember{p: p, since: now.Add(-time.Minute)}
+		}
+		healers[name] = h
+	}
+	perNode := map[string]int{}
+	for interval := range 20 {
+		at := now.Add(time.Duration(interval) * time.Second)
+		pingers := 0
+		for _, name := range all {
+			if _, ok, _ := healers[name].pick(at); ok {
+				pingers++
+				perNode[name]++
+			}
+		}
+		if interval >= healStragglerMisses && pingers > healPingers {
+			t.Errorf("interval %d: %d nodes pinged, want at most %d (healPingers) once the stragglers' misses are spent", interval, pingers, healPingers)
+		}
+		if interval < healStragglerMisses && pingers != len(all) {
+			t.Errorf("interval %d: %d nodes pinged as stragglers, want all %d", interval, pingers, len(all))
+		}
+	}
+	total := 0
+	for _, n := range perNode {
+		total += n
+	}
+	// Each node's misses, then the rotation: 20 - misses intervals of at
+	// most healPingers pings.
+	if limit := len(all)*healStragglerMisses + (20-healStragglerMisses)*healPingers; total > limit {
+		t.Errorf("%d pings in 20 intervals, want at most %d", total, limit)
+	}
+}
+
+// A heal of many is synced with by every node (each returning member gets
+// HealSyncers push/pulls and a few more), a lone return by HealSyncers and
+// two back together in a large mesh by HealSyncers each: whatever N, a
+// returning member receives a small constant of push/pulls.
+func TestEveryNodeSyncsInAHealOfManyAndNoMemberIsHerded(t *testing.T) {
+	const n = 1000
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("node-%d", i)
+	}
+	peers := make([]peer, n)
+	for i, name := range names {
+		peers[i] = peer{name: name}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	draw := func(k int) int { return rng.IntN(k) }
+
+	// count runs rounds in which the members of sideB come back to the
+	// nodes of sideA, perRound at a time (gossip brings them over
+	// several rounds), each node syncing at most once.
+	count := func(sideA, sideB []peer, perRound int) (synced int, most int) {
+		got := map[string]int{}
+		done := map[string]bool{}
+		for start := 0; start < len(sideB); start += perRound {
+			end := min(start+perRound, len(sideB))
+			back, returned := sideB[start:end], sideB[:end]
+			for _, self := range sideA {
+				if done[self.name] {
+					continue
+				}
+				if p := chooseSync(self.name, back, returned, names, draw); p != nil {
+					done[self.name] = true
+					got[p.name]++
+				}
+			}
+		}
+		for _, c := range got {
+			most = max(most, c)
+		}
+		return len(done), most
+	}
+
+	// A 60/40 heal, the far side's returns arriving 10 a round.
+	if synced, most := count(peers[:600], peers[600:], 10); synced != 600 || most > HealSyncers+2*healSyncShare {
+		t.Errorf("heal of 400 at 600 nodes: %d nodes synced (want 600), the busiest member received %d push/pulls (want at most %d)",
+			synced, most, HealSyncers+2*healSyncShare)
+	}
+	// One member back: its top HealSyncers sync, no one else.
+	if synced, most := count(peers[:999], peers[999:], 1); synced != HealSyncers || most != HealSyncers {
+		t.Errorf("one member back: %d nodes synced, the member received %d, want %d", synced, most, HealSyncers)
+	}
+	// Two back together are a heal, but a small one: the top syncers only.
+	if synced, most := count(peers[:998], peers[998:], 2); synced > 2*HealSyncers || most != HealSyncers {
+		t.Errorf("two members back: %d nodes synced (want at most %d), the busiest received %d (want %d)", synced, 2*HealSyncers, most, HealSyncers)
 	}
 }

@@ -40,30 +40,43 @@ import (
 //
 // A member back from failed (a restart, or the far side of a heal) is
 // synced with by the few nodes whose rendezvous hash with it ranks highest
-// in their view (healSyncers of them), not by every node that sees it come
+// in their view (HealSyncers of them), not by every node that sees it come
 // back: at 1,000 nodes that was 999 push/pulls of about 27 KB aimed at one
-// node within a second, and memberlist refuses more than 128 at once. A
-// few suffice for the mesh to agree: the member's own return is gossiped
-// by itself (its refutation) to every node; what gossip cannot carry is
-// the state of the side it comes from (members born or renewed there while
-// apart), and one push/pull hands one node all of it, which that node then
-// gossips as news, as memberlist does with whatever a merge changes. The
-// syncers are a few for redundancy against a lost exchange; every node
-// still syncs at most once per healFollowUp, so a heal of many members
-// costs at most one push/pull per node, as before.
+// node within a second, and memberlist refuses more than 128 at once. For
+// one member back, a few suffice: its return is gossiped by itself (its
+// refutation) to every node, and what gossip cannot carry, the state of
+// the side it comes from (members born or renewed there while apart), one
+// push/pull hands to a node, which gossips it on as news.
+//
+// A heal of many is another matter: each returning member is news that
+// every node must hear, and a hundred returns at once outgrow the gossip
+// (its packets carry a few each), so the nodes that no push/pull reached
+// learnt the last of them seconds late: at 200 nodes, a 30 s partition
+// took 5.0 s until every node agreed, against 1.9 s when every node synced
+// (six seeds each). So once the heal a node follows has brought back at
+// least a 1/healSyncShare of the members it holds, a node that is no top
+// syncer syncs with one of the heal's returned members drawn at random.
+// Each returning member then receives HealSyncers push/pulls plus, in
+// expectation, fewer than healSyncShare more, whatever N; and every node
+// syncs at most once per healFollowUp, so a heal costs at most one
+// push/pull per node, as it did before the syncers.
 //
 // A node that missed some revivals of a heal is alone in seeing those
 // members failed; so for 30 s after a heal in its view (two or more failed
-// members back at once), it pings its remaining failed members more often.
-// A node whose failed members are few next to the heal it saw (at most a
-// healStragglerShare of the members that came back) has likely missed
-// their revival: it pings one every interval, as a straggler must, and
-// only stragglers do. Otherwise (a few members back while others stay
-// failed: two servers restarted while a third is down) its failed members
-// are failed for everyone, and every node pinging every interval was O(N)
-// pings an interval for 30 s: then the healPingers nodes whose rendezvous
-// hash with the interval's number ranks highest among the members ping,
-// one failed member each, and no one else.
+// members back at once), the mesh pings its remaining failed members more
+// often. A node whose failed members are few next to the heal it saw (at
+// most a healStragglerShare of the members that came back) has likely
+// missed their revival: it pings one every interval, each once, until it
+// has pinged every one or healStragglerMisses pings went unanswered (an
+// answer makes it join). So where members also died for good during the
+// split, and every node holds them failed, each node wastes at most
+// healStragglerMisses pings on them in a heal. Otherwise (a few members
+// back while others stay failed: two servers restarted while a third is
+// down), and once a straggler is done, its failed members are failed for
+// everyone, and every node pinging every interval was O(N) pings an
+// interval for 30 s: then the healPingers nodes whose rendezvous hash with
+// the interval's number ranks highest among the members ping, one failed
+// member each, and no one else.
 //
 // Members that left, were force-left or reaped are not failed, so they are
 // never pinged; a failed member is pinged until serf reaps it
@@ -94,9 +107,16 @@ const healMinAge = 10 * time.Second
 const (
 	healFollowUp = 30 * time.Second
 	healRevivals = 2
+	// healSyncShare: once a heal has brought back at least a quarter of
+	// the members a node holds, it syncs with one of them even if it is
+	// no top syncer (see the comment at the top).
+	healSyncShare = 4
 	// healStragglerShare: a node following a heal of R members back
 	// pings every interval while it still sees at most R/10 failed.
 	healStragglerShare = 10
+	// healStragglerMisses: a straggler's pings that went unanswered in a
+	// heal, after which it pings only in the follow-up's rotation.
+	healStragglerMisses = 3
 )
 
 // HealStats counts the heal prober's work since the node started.
@@ -130,7 +150,13 @@ type healer struct {
 	lastSync    time.Time // the last push/pull with a member that came back
 	lastRenewal time.Time // the last renewal after a split
 	lastFollow  int64     // the last follow-up interval in which this node pinged
-	healSize    int       // members back at the rounds of the heal being followed up
+	// returned are the members back at the rounds of the heal being
+	// followed up: a node that has not synced picks among them.
+	returned []peer
+	// strayPinged are the members this node pinged as a straggler of the
+	// heal being followed up; strayMisses, how many of them did not answer.
+	strayPinged map[string]struct{}
+	strayMisses int
 	// interps are the interpreter members alive here: the split rule
 	// counts servers only (split.go).
 	interps map[string]struct{}
@@ -210,6 +236,7 @@ func (h *healer) round(now time.Time) {
 		return
 	}
 	h.answers.Add(1)
+	h.answered(target.name)
 	if !h.shouldJoin(target.name, time.Now()) {
 		return
 	}
@@ -278,40 +305,33 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 		h.lastRevival = now
 	}
 	// A member back from failed may come from a side that lived on without
-	// us: this node syncs with one it ranks among the top HealSyncers for,
-	// at most once per healFollowUp.
+	// us: this node syncs with one, at most once per healFollowUp.
 	maySync := revived > 0 && (h.lastSync.IsZero() || now.Sub(h.lastSync) >= h.followUp)
 	if revived >= healRevivals {
 		if h.lastHeal.IsZero() || now.Sub(h.lastHeal) >= h.followUp {
-			h.healSize = 0
+			h.returned, h.strayPinged, h.strayMisses = h.returned[:0], nil, 0
 		}
-		h.lastHeal, h.healSize = now, h.healSize+revived
+		h.lastHeal = now
 	}
-	failed := len(h.failed)
-	straggler := failed*healStragglerShare <= h.healSize
-	// Right after a heal a few nodes can miss a member's revival (its news
-	// ran out of retransmissions before reaching them). For a while after
-	// a heal the mesh pings more often, but still at most healPingers
-	// nodes an interval (see above). One member coming back (a restart, a
-	// false failure refuted) is no heal and costs nothing more.
 	following := !h.lastHeal.IsZero() && now.Sub(h.lastHeal) < h.followUp
+	if following {
+		h.returned = append(h.returned, back...)
+	} else {
+		h.returned = nil
+	}
+	// Only pick changes returned, and it replaces elements only at a
+	// later round: this round may read them unlocked.
+	returned := h.returned
+	failed := len(h.failed)
+	straggler := following && failed*healStragglerShare <= len(returned) && h.strayMisses < healStragglerMisses
 	h.mu.Unlock()
 	// Read outside h.mu: memberlist calls serf's event delegate with its
 	// own lock held, and serf's event channel leads to observe.
 	var names []string
-	if maySync || (following && !straggler && failed > 0) {
-		names = h.memberNames()
-	}
 	var sync *peer
 	if maySync {
-		self := h.n.Name()
-		for i := range back {
-			if rankedAmongTop(back[i].name, self, names, HealSyncers) {
-				sync = &back[i]
-				break
-			}
-		}
-		if sync != nil {
+		names = h.memberNames()
+		if sync = chooseSync(h.n.Name(), back, returned, names, rand.N[int]); sync != nil {
 			h.mu.Lock()
 			h.lastSync = now
 			h.mu.Unlock()
@@ -320,12 +340,21 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 	if failed == 0 {
 		return peer{}, false, sync
 	}
+	if straggler {
+		// It likely missed these revivals: a ping every interval, each
+		// member once, until healStragglerMisses go unanswered; then, or
+		// once each was pinged, the follow-up's rotation.
+		if target, ok := h.drawStray(now); ok {
+			return target, true, sync
+		}
+	}
 	switch {
-	case following && straggler:
-		// It likely missed these revivals: a ping every interval.
 	case following:
 		// The interval's pingers, the same in every view that holds the
-		// same members; one ping per node an interval.
+		// same members: one ping per node an interval.
+		if names == nil {
+			names = h.memberNames()
+		}
 		epoch := now.UnixNano() / int64(h.interval)
 		h.mu.Lock()
 		done := h.lastFollow == epoch
@@ -346,15 +375,74 @@ func (h *healer) pick(now time.Time) (peer, bool, *peer) {
 	return target, ok, sync
 }
 
+// chooseSync picks the member back from failed that self syncs with, if
+// any (see the comment at the top): one of this round's back for which it
+// ranks among the top HealSyncers in names (the members it holds alive);
+// otherwise, once the heal it follows has brought back (returned) at
+// least a 1/healSyncShare of them, one of those drawn at random (draw(n)
+// is in [0, n)). So a member receives HealSyncers push/pulls when it comes
+// back alone, and in a heal of R members of N at most HealSyncers + N/R
+// expected, fewer than HealSyncers + healSyncShare.
+func chooseSync(self string, back, returned []peer, names []string, draw func(int) int) *peer {
+	for i := range back {
+		if rankedAmongTop(back[i].name, self, names, HealSyncers) {
+			return &back[i]
+		}
+	}
+	if len(returned) == 0 || len(returned)*healSyncShare < len(names) {
+		return nil
+	}
+	p := returned[draw(len(returned))]
+	return &p
+}
+
 // drawFailed draws one of the members failed for minAge or longer, each as
 // likely (reservoir sampling over the map).
 func (h *healer) drawFailed(now time.Time) (peer, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	return h.drawFailedLocked(now, nil)
+}
+
+// drawStray draws a straggler's ping: a member failed for minAge or
+// longer that it has not pinged as a straggler of this heal. The ping
+// counts as a miss until answered.
+func (h *healer) drawStray(now time.Time) (peer, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	target, ok := h.drawFailedLocked(now, h.strayPinged)
+	if ok {
+		if h.strayPinged == nil {
+			h.strayPinged = make(map[string]struct{})
+		}
+		h.strayPinged[target.name] = struct{}{}
+		h.strayMisses++
+	}
+	return target, ok
+}
+
+// answered notes that a member pinged answered: a straggler's ping
+// answered is no miss, and the member may be pinged again should the join
+// not follow (another revival came just before).
+func (h *healer) answered(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.strayPinged[name]; ok {
+		delete(h.strayPinged, name)
+		h.strayMisses--
+	}
+}
+
+// drawFailedLocked draws among the members failed for minAge or longer and
+// not in skip. h.mu is held.
+func (h *healer) drawFailedLocked(now time.Time, skip map[string]struct{}) (peer, bool) {
 	var target peer
 	seen := 0
-	for _, f := range h.failed {
+	for name, f := range h.failed {
 		if now.Sub(f.since) < h.minAge {
+			continue
+		}
+		if _, ok := skip[name]; ok {
 			continue
 		}
 		if seen++; rand.N(seen) == 0 {

@@ -18,6 +18,11 @@ const mostReturning = gossip.HealSyncers + 2
 // mesh-wide.
 const healPingers = 3
 
+// mostInAHeal is the most push/pull messages a node may receive in one
+// second of a heal of many: its top syncers, twice the expected share of
+// the others (gossip's healSyncShare, 4), and two more as in mostReturning.
+const mostInAHeal = gossip.HealSyncers + 2*4 + 2
+
 func TestTheChurnPlansAreWhatTheySay(t *testing.T) {
 	p, err := PlanScenario(ScenarioRestart, "", 200, 1)
 	if err != nil {
@@ -115,6 +120,34 @@ func TestARestartedNodeIsSyncedWithByAFewNotByTheMesh(t *testing.T) {
 		t.Errorf("the heal prober sent at most %v pings a second after two nodes came back, want at most %d (healPingers from the follow-up, and the steady prober's about healPingers)", p, 4*healPingers)
 	} else {
 		t.Logf("heal pings a second after two came back: at most %d", *p)
+	}
+}
+
+// TestAHealOfManyIsSyncedByEveryNodeAndHerdsNoOne: a 60/40 split of 200
+// nodes held 30 s, then healed. Every node makes a push/pull with a member
+// of the far side (a heal of 80 or 120 returns is more news than gossip
+// carries quickly: with the top syncers alone, a fifth of the nodes made
+// none and the last learnt the heal seconds late), and still no node
+// receives more than mostInAHeal in any second.
+func TestAHealOfManyIsSyncedByEveryNodeAndHerdsNoOne(t *testing.T) {
+	r, err := runVirtual(t, RunConfig{Scenario: ScenarioPartition, Nodes: 200, Seed: 1, Profile: "fast", PartitionFor: 30 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, c := r.Partition, r.Churn
+	if p == nil || c == nil {
+		t.Fatalf("no partition or churn record: %+v, %+v", p, c)
+	}
+	t.Logf("heal: all agree %v s, p50/p99 %v/%v s; push/pulls after the heal %d; busiest node %s: %d push/pulls in a second",
+		deref(r.HealS), deref(p.HealP50), deref(p.HealP99), p.HealJoinsAfter, c.MostPushPulls.Name, c.MostPushPulls.PushPulls)
+	if p.HealJoinsAfter < uint64(r.Nodes) {
+		t.Errorf("%d heal push/pulls after the heal of 200 nodes, want one per node at least", p.HealJoinsAfter)
+	}
+	if c.MostPushPulls.PushPulls > mostInAHeal {
+		t.Errorf("%s received %d push/pulls in one second, want at most %d", c.MostPushPulls.Name, c.MostPushPulls.PushPulls, mostInAHeal)
+	}
+	if r.FalseFailures != 0 {
+		t.Errorf("%d false failures: %v", r.FalseFailures, r.FalseFailureExamples)
 	}
 }
 
