@@ -63,18 +63,13 @@ func (j *journal) add(recs ...journalRec) {
 	if j == nil || len(recs) == 0 {
 		return
 	}
-	var buf bytes.Buffer
-	for _, r := range recs {
-		line, _ := json.Marshal(r)
-		buf.Write(line)
-		buf.WriteByte('\n')
-	}
+	lines := encodeRecs(recs)
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.failed || j.f == nil {
 		return
 	}
-	if _, err := j.f.Write(buf.Bytes()); err != nil {
+	if _, err := j.f.Write(lines); err != nil {
 		j.failed = true
 		j.logger.Error("cannot write the requests journal; what this server knows of requests will not outlive a restart",
 			"path", j.path, "err", err)
@@ -86,15 +81,10 @@ func (j *journal) add(recs ...journalRec) {
 // rewrite replaces the file with recs, compact, and appends after them
 // from now on. The callers hold the memory's and the claims' locks.
 func (j *journal) rewrite(recs []journalRec) error {
-	var buf bytes.Buffer
-	for _, r := range recs {
-		line, _ := json.Marshal(r)
-		buf.Write(line)
-		buf.WriteByte('\n')
-	}
+	lines := encodeRecs(recs)
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if err := durable.WriteFile(j.path, buf.Bytes(), 0o600); err != nil {
+	if err := durable.WriteFile(j.path, lines, 0o600); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0o600)
@@ -106,6 +96,17 @@ func (j *journal) rewrite(recs []journalRec) error {
 	}
 	j.f, j.appended, j.failed = f, 0, false
 	return nil
+}
+
+// encodeRecs is recs as the journal's lines.
+func encodeRecs(recs []journalRec) []byte {
+	var buf bytes.Buffer
+	for _, r := range recs {
+		line, _ := json.Marshal(r)
+		buf.Write(line)
+		buf.WriteByte('\n')
+	}
+	return buf.Bytes()
 }
 
 // close closes the file.

@@ -552,18 +552,7 @@ func TestAHostsRestartTakesTheRequestsGrant(t *testing.T) {
 // the-answer-stands).
 func TestTheNextServerTellsWhenTheOwnerDoesNot(t *testing.T) {
 	l, _ := serverWithFakeSupervisors(t)
-	servers := []string{"h4", "s1", "s2"}
-	rid := ""
-	for i := 0; rid == ""; i++ {
-		if r := fmt.Sprintf("r%d", i); OwnerRank(r, "s1", servers) == 1 {
-			rid = r
-		}
-	}
-	members := []gossip.Member{
-		{Name: "s1", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
-		{Name: "s2", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
-		{Name: "h4", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
-	}
+	rid, members := secondInRank("h4")
 	clock := l.clock.(*state.FakeClock)
 	l.memory.placed(rid, 2, clock.Now())
 	stale := Instance{Name: "demo-" + rid + "-abdc", Status: gossip.StatusAlive, Host: "h4", HostStatus: gossip.StatusAlive,
@@ -765,19 +754,8 @@ func TestTheNextServerReplacesWhenTheOwnerDoesNot(t *testing.T) {
 		}
 		return Election{Err: bidding.ErrNoServers}
 	})
-	servers := []string{"h2", "s1", "s2"}
-	rid := ""
-	for i := 0; rid == ""; i++ {
-		if r := fmt.Sprintf("r%d", i); OwnerRank(r, "s1", servers) == 1 {
-			rid = r
-		}
-	}
-	members := []gossip.Member{
-		{Name: "s1", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
-		{Name: "s2", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
-		{Name: "h2", Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
-		{Name: "h1", Status: gossip.StatusFailed, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()},
-	}
+	rid, members := secondInRank("h2")
+	members = append(members, gossip.Member{Name: "h1", Status: gossip.StatusFailed, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()})
 	lost := Instance{Name: "demo-" + rid + "-3829", Status: gossip.StatusFailed, Host: "h1", HostStatus: gossip.StatusFailed,
 		Tags: gossip.Tags{Role: gossip.RoleInterpreter, Kind: BuiltinKind, RequestID: rid, Host: "h1", Restart: RestartOnFailure}}
 	clock := l.clock.(*state.FakeClock)
@@ -863,4 +841,22 @@ func TestAWaitedAnswerThatWasSupersededIsNotGiven(t *testing.T) {
 	if l.supersededAnswer(rpc.SpawnResponse{RequestID: "r1", Name: "demo-r1-f624", Generation: 2}) {
 		t.Fatal("the answer of generation 2 was taken for superseded")
 	}
+}
+
+// secondInRank is a request id whose owner among the alive servers s1, s2
+// and other is not s1, which is second in rank, and those three as
+// members.
+func secondInRank(other string) (string, []gossip.Member) {
+	servers := []string{other, "s1", "s2"}
+	rid := ""
+	for i := 0; rid == ""; i++ {
+		if r := fmt.Sprintf("r%d", i); OwnerRank(r, "s1", servers) == 1 {
+			rid = r
+		}
+	}
+	var members []gossip.Member
+	for _, name := range []string{"s1", "s2", other} {
+		members = append(members, gossip.Member{Name: name, Status: gossip.StatusAlive, Tags: gossip.Tags{Role: gossip.RoleServer}.Map()})
+	}
+	return rid, members
 }
