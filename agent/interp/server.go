@@ -511,18 +511,12 @@ type claim struct {
 // and which asker, and the asker that holds the request now: the first
 // fresh claimer that alive does not say is gone (a claim does not outlive
 // its asker: a coordinator that failed must not keep the next one
-// waiting).
-func (c *claims) record(rid, asker string, gen int, claiming bool, now time.Time, alive func(string) bool) (best int, by string, found bool, holder string) {
-	return c.recordAt(rid, asker, gen, claiming, 0, now, alive)
-}
-
-// recordAt is record of a claim made in attempt (0: none named), noted
-// under the same lock: a withdrawal of the asker's earlier attempt, handled
-// between the two, would otherwise delete the claim just granted, and the
-// next asker would be granted the request and told of no claim (chaos seed
-// 21306 under a flapping split: two placements at generation 1,
-// the-answer-stands).
-func (c *claims) recordAt(rid, asker string, gen int, claiming bool, attempt uint64, now time.Time, alive func(string) bool) (best int, by string, found bool, holder string) {
+// waiting). The claim's attempt (0: none named) is noted under the same
+// lock: a withdrawal of the asker's earlier attempt, handled in between,
+// deleted the claim just granted, and the next asker was granted the
+// request and told of no claim (chaos seed 21306 under a flapping split:
+// two placements at generation 1, the-answer-stands).
+func (c *claims) record(rid, asker string, gen int, claiming bool, attempt uint64, now time.Time, alive func(string) bool) (best int, by string, found bool, holder string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.reqs == nil {
@@ -636,7 +630,7 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 	if req.Claim < 0 {
 		l.claims.release(req.ID, asker, req.Attempt)
 	}
-	gen, by, ok, holder := l.claims.recordAt(req.ID, asker, req.Claim-1, req.Claim > 0, req.Attempt, l.clock.Now(), l.notGone)
+	gen, by, ok, holder := l.claims.record(req.ID, asker, req.Claim-1, req.Claim > 0, req.Attempt, l.clock.Now(), l.notGone)
 	if ok {
 		b.Claimer, b.Claimed, b.ClaimGen = by, true, gen
 	}

@@ -403,26 +403,26 @@ func TestATakeBackStopsWhatItsOrderStartedThoughRestarted(t *testing.T) {
 func TestAServerGrantsARequestToOneAskerAtATime(t *testing.T) {
 	var c claims
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	if _, _, _, h := c.record("r1", "h4", 3, true, t0, nil); h != "h4" {
+	if _, _, _, h := c.record("r1", "h4", 3, true, 0, t0, nil); h != "h4" {
 		t.Fatalf("the first claim is held by %q, want h4", h)
 	}
-	if _, by, _, h := c.record("r1", "h1", 3, true, t0.Add(time.Second), nil); h != "h4" || by != "h4" {
+	if _, by, _, h := c.record("r1", "h1", 3, true, 0, t0.Add(time.Second), nil); h != "h4" || by != "h4" {
 		t.Fatalf("a second asker's claim: holder %q, other %q; want h4 for both (a lower name takes nothing)", h, by)
 	}
-	if _, _, _, h := c.record("r1", "h4", 3, true, t0.Add(10*time.Second), nil); h != "h4" {
+	if _, _, _, h := c.record("r1", "h4", 3, true, 0, t0.Add(10*time.Second), nil); h != "h4" {
 		t.Fatalf("the holder's fresh claim: holder %q, want h4", h)
 	}
-	if _, _, _, h := c.record("r2", "h1", 0, true, t0.Add(10*time.Second), nil); h != "h1" {
+	if _, _, _, h := c.record("r2", "h1", 0, true, 0, t0.Add(10*time.Second), nil); h != "h1" {
 		t.Fatalf("another request is held by %q, want h1", h)
 	}
 	// The holder failed: its claim holds nothing, though fresh.
 	failed := func(name string) bool { return name != "h4" }
-	if _, _, _, h := c.record("r1", "h1", 3, true, t0.Add(12*time.Second), failed); h != "h1" {
+	if _, _, _, h := c.record("r1", "h1", 3, true, 0, t0.Add(12*time.Second), failed); h != "h1" {
 		t.Fatalf("the holder failed: holder %q, want h1", h)
 	}
 	// h4 stops claiming; 20 s after its last claim, h1 (which claims on) holds it.
-	c.record("r1", "h1", 3, true, t0.Add(25*time.Second), nil)
-	if _, _, _, h := c.record("r1", "h1", 3, true, t0.Add(31*time.Second), nil); h != "h1" {
+	c.record("r1", "h1", 3, true, 0, t0.Add(25*time.Second), nil)
+	if _, _, _, h := c.record("r1", "h1", 3, true, 0, t0.Add(31*time.Second), nil); h != "h1" {
 		t.Fatalf("after the holder's claims went stale: holder %q, want h1", h)
 	}
 }
@@ -591,7 +591,7 @@ func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
 	grants := func(asker string, at time.Time) int {
 		n := 0
 		for i := range servers {
-			if _, _, _, h := servers[i].record("r1", asker, 3, true, at, nil); h == asker {
+			if _, _, _, h := servers[i].record("r1", asker, 3, true, 0, at, nil); h == asker {
 				n++
 			}
 		}
@@ -602,8 +602,8 @@ func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
 		if i >= 3 {
 			first, second = second, first
 		}
-		servers[i].record("r1", first, 3, true, t0, nil)
-		servers[i].record("r1", second, 3, true, t0.Add(time.Millisecond), nil)
+		servers[i].record("r1", first, 3, true, 0, t0, nil)
+		servers[i].record("r1", second, 3, true, 0, t0.Add(time.Millisecond), nil)
 	}
 	if a, b := grants("h4", t0.Add(time.Second)), grants("h5", t0.Add(time.Second)); a != 3 || b != 3 {
 		t.Fatalf("grants h4 %d, h5 %d; want the split 3 and 3", a, b)
@@ -628,10 +628,10 @@ func TestAskersThatSplitTheServersDoNotKeepEachOtherOut(t *testing.T) {
 	// 1 handled between them deleted the claim of attempt 2 just granted
 	// (chaos seed 21306, under a flapping split).
 	var late claims
-	late.recordAt("r3", "h4", 1, true, 1, t0, nil)
-	late.recordAt("r3", "h4", 1, true, 2, t0, nil)
+	late.record("r3", "h4", 1, true, 1, t0, nil)
+	late.record("r3", "h4", 1, true, 2, t0, nil)
 	late.release("r3", "h4", 1)
-	if _, _, _, h := late.record("r3", "h5", 1, true, t0.Add(time.Second), nil); h != "h4" {
+	if _, _, _, h := late.record("r3", "h5", 1, true, 0, t0.Add(time.Second), nil); h != "h4" {
 		t.Fatalf("after a late release of attempt 1, r3 is held by %q, want h4 (its attempt 2 stands)", h)
 	}
 
