@@ -86,12 +86,11 @@ func simulateChaos(c *ucli.Context, format string) error {
 	start := time.Now()
 	results := make([]*simulation.ChaosResult, seeds)
 	errs := make([]error, seeds)
-	// Two runs at once: each is one process, and this machine class has
-	// two cores.
+	// One run a core at once: each is one process with one P.
 	var wg sync.WaitGroup
 	next := make(chan int)
 	var mu sync.Mutex
-	for range 2 {
+	for range simulation.ChaosWorkers() {
 		wg.Go(func() {
 			for i := range next {
 				seed := first + int64(i)

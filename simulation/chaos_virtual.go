@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,6 +48,7 @@ func runChaosChild(ctx context.Context, cfg ChaosConfig, name string, args ...st
 		return nil, err
 	}
 	defer cleanup()
+	cmd.Env = append(cmd.Env, chaosChildRuntime()...)
 	waitErr := cmd.Run()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
@@ -64,6 +66,28 @@ func runChaosChild(ctx context.Context, cfg ChaosConfig, name string, args ...st
 	}
 	return res.Chaos, nil
 }
+
+// chaosChildRuntime is the Go runtime's settings for a chaos child,
+// unless the environment gives its own: one P (a bubble's goroutines run
+// one at a time anyway, and with two Ps a third of the CPU went to waking
+// the other one: BenchmarkChaosSeed, 135 simulated seconds a wall second
+// with two, 184 with one), so that one child a core keeps every core busy;
+// and a heap four times the live one before a collection (209 with it: a
+// small mesh's heap is tens of megabytes).
+func chaosChildRuntime() []string {
+	var env []string
+	if os.Getenv("GOMAXPROCS") == "" {
+		env = append(env, "GOMAXPROCS=1")
+	}
+	if os.Getenv("GOGC") == "" {
+		env = append(env, "GOGC=400")
+	}
+	return env
+}
+
+// ChaosWorkers is how many chaos children to run at once: one a core,
+// each with one P (chaosChildRuntime).
+func ChaosWorkers() int { return max(1, runtime.NumCPU()) }
 
 // ChaosLogEnv names a file that a chaos run's child writes its agents'
 // and supervisors' logs to, at debug level, in virtual time: how to see
