@@ -110,6 +110,11 @@ class FakeAgentCase(unittest.TestCase):
         tell = mesh_provisioner._Guard.__dict__["tell"]
         mesh_provisioner._Guard.tell = classmethod(lambda cls, agent, line, log: self.guard_lines.append(line))
         self.addCleanup(setattr, mesh_provisioner._Guard, "tell", tell)
+        # Each poll asks the fake agent, unless a test says otherwise.
+        ttl = mesh_provisioner._LISTING_TTL
+        mesh_provisioner._LISTING_TTL = 0
+        self.addCleanup(setattr, mesh_provisioner, "_LISTING_TTL", ttl)
+        mesh_provisioner._Listing.forget()
 
     def provisioner(self, **config):
         s = spec(**config)
@@ -239,6 +244,36 @@ class ProvisionerTest(FakeAgentCase):
                 self.assertEqual(run(p.poll()), code)
                 self.assertEqual(run(p.wait()), code)
 
+    def test_kernels_polled_together_share_one_listing(self):
+        import mesh_provisioner
+        mesh_provisioner._LISTING_TTL = 60  # longer than the test
+        p, q = self.provisioner(), self.provisioner()
+        q.kernel_id = "kid-2"
+        self.launch(p)
+        self.launch(q)
+        before = len(self.fake.calls())
+        self.assertIsNone(run(p.poll()))
+        self.assertIsNone(run(q.poll()))
+        self.assertIsNone(run(p.poll()))
+        self.assertEqual(self.fake.calls()[before:], [["interpreters", "--all", "--format", "json"]])
+
+    def test_a_kernel_started_here_makes_earlier_listings_stale(self):
+        # A listing from before a spawn or a restart lacks the new kernel
+        # (or its restart): read as "reaped", it would tell the restarter
+        # that a kernel just started had died.
+        import mesh_provisioner
+        mesh_provisioner._LISTING_TTL = 60
+        p = self.provisioner()
+        self.launch(p)
+        self.assertIsNone(run(p.poll()))
+        self.fake.answer("interpreters", stdout=json.dumps({"interpreters": []}))
+        self.assertIsNone(run(p.poll()), "within the TTL the listing is shared")
+        q = self.provisioner()
+        q.kernel_id = "kid-2"
+        self.launch(q)  # a spawn here: every earlier listing is stale
+        self.assertEqual(run(p.poll()), 0, "the listing after the spawn was not asked for")
+        self.assertEqual(self.fake.calls()[-1], ["interpreters", "--all", "--format", "json"])
+
     def test_an_agent_that_does_not_answer_is_no_verdict(self):
         p = self.provisioner()
         self.launch(p)
@@ -365,6 +400,14 @@ class JupyterVisibleErrorsTest(FakeAgentCase):
             km.start_kernel()
         self.assertEqual(self.fake.calls(), [])
 
+    def test_a_restart_poll_out_of_range(self):
+        self.write_spec(restart_poll=0.05)
+        km = KernelManager(kernel_name="mesh-test")
+        with self.assertRaisesRegex(Exception, r"restart_poll 0.05 in kernelspec 'mesh-test' is out of range: give at "
+                                               r"least 0.2 \(seconds\), or 0 for Jupyter's own"):
+            km.start_kernel()
+        self.assertEqual(self.fake.calls(), [])
+
     def test_restart_while_the_agent_is_down(self):
         self.write_spec()
         km = KernelManager(kernel_name="mesh-test")
@@ -398,6 +441,28 @@ class JupyterVisibleErrorsTest(FakeAgentCase):
         self.fake.answer("interpreters", stdout=json.dumps(row("left", ended="exit status 0")))
         km.shutdown_kernel(now=True)
         self.assertFalse(km.has_kernel)
+
+    def test_the_restarter_asks_every_restart_poll(self):
+        # As a notebook server runs it: an IOLoop kernel manager, whose
+        # restarter is made after the launch, with the manager's config.
+        from jupyter_client.ioloop import IOLoopKernelManager
+        from traitlets.config import Config
+        app = Config()
+        app.KernelManager.shutdown_wait_time = 1.0
+        for config, want, left in [(app, 1.0, 3.0), (Config({"KernelRestarter": {"time_to_dead": 2.5}}), 2.5, 2.5)]:
+            with self.subTest(config=config):
+                km = IOLoopKernelManager(kernel_name="mesh-python3", config=config)
+                km.start_kernel()
+                try:
+                    self.assertEqual(km._restarter.time_to_dead, want)
+                    # Only this kernel's manager: the app's config, and a
+                    # local kernel's restarter, keep what they had.
+                    other = IOLoopKernelManager(config=config)
+                    self.assertEqual(other.restarter_class(kernel_manager=other, parent=other).time_to_dead, left)
+                finally:
+                    self.fake.answer("interpreters", stdout=json.dumps(row("left", ended="exit status 0")))
+                    km.shutdown_kernel(now=True)
+                    self.fake.answer("interpreters", stdout=json.dumps(row()))
 
 
 if __name__ == "__main__":
