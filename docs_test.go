@@ -356,6 +356,9 @@ func TestDocsExamples(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s failed: %v\n--- script\n%s--- output\n%s", ex.where, err, ex.script, out)
 			}
+			if testing.Verbose() {
+				t.Logf("output of %s:\n%s", ex.where, out)
+			}
 			for _, re := range ex.want {
 				if !re.Match(out) {
 					t.Errorf("%s: output does not match %q\n--- script\n%s--- output\n%s", ex.where, re, ex.script, out)
