@@ -27,6 +27,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode"
@@ -352,6 +353,17 @@ func TestDocsExamples(t *testing.T) {
 			cmd := exec.CommandContext(ctx, "bash", "-e", "-o", "pipefail", "-c", ex.script)
 			cmd.Env = env
 			cmd.Dir = t.TempDir()
+			// The example and everything it starts form one process group,
+			// killed on a timeout and, should anything linger, when the
+			// example ends.
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+			cmd.WaitDelay = 5 * time.Second
+			t.Cleanup(func() {
+				if cmd.Process != nil {
+					syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				}
+			})
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("%s failed: %v\n--- script\n%s--- output\n%s", ex.where, err, ex.script, out)
