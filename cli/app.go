@@ -106,9 +106,17 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 func newApp(stdout, stderr io.Writer) *ucli.App {
 	app := &ucli.App{
-		Name:            "agent",
-		Usage:           "gossip membership and interpreter placement agent",
-		Description:     "Exit codes, the same for every command:\n" + exitCodesText(""),
+		Name:  "agent",
+		Usage: "gossip membership and interpreter placement agent",
+		Description: "Every host runs `agent run`; the other commands talk to the local agent over its RPC (--rpc-addr,\n" +
+			"AGENT_RPC_ADDR, default 127.0.0.1:7373). `agent COMMAND --help` says more, with examples; the README and\n" +
+			"docs/ say everything.\n\n" +
+			"Examples:\n" +
+			"  agent run --node web-1 --bind 10.0.0.5:7946 --join 10.0.0.4:7946 --encrypt KEY --data-dir /var/lib/agent\n" +
+			"  agent members\n" +
+			"  agent spawn --kind demo --wait\n" +
+			"  agent interpreters\n\n" +
+			"Exit codes, the same for every command:\n" + exitCodesText(""),
 		Version:         agent.Version,
 		Writer:          stdout,
 		ErrWriter:       stderr,
@@ -253,6 +261,8 @@ func versionCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "version",
 		Usage: "print the agent's version",
+		Description: "Examples:\n" +
+			"  agent version",
 		Action: func(c *ucli.Context) error {
 			fmt.Fprintf(c.App.Writer, "agent %s\n", agent.Version)
 			return nil

@@ -27,8 +27,11 @@ func needArgs(n int, exact bool, usage string) ucli.BeforeFunc {
 
 func joinCommand() *ucli.Command {
 	return &ucli.Command{
-		Name:      "join",
-		Usage:     "tell the agent to join the mesh through the given members",
+		Name:  "join",
+		Usage: "tell the agent to join the mesh through the given members",
+		Description: "The agent contacts each address and says how many answered; --replay replays past user events to it.\n\n" +
+			"Examples:\n" +
+			"  agent join 10.0.0.4:7946 10.0.0.6:7946",
 		ArgsUsage: "ADDR [ADDR...]",
 		Flags: append(rpcFlags(),
 			&ucli.BoolFlag{Name: "replay", Usage: "replay past user events to this agent"}),
@@ -48,6 +51,10 @@ func leaveCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "leave",
 		Usage: "leave the mesh gracefully and stop the agent",
+		Description: "The others see the agent as left, not failed. With --data-dir it does not rejoin at its next start\n" +
+			"unless run with --rejoin (or --join), as serf's agent.\n\n" +
+			"Examples:\n" +
+			"  agent leave --rpc-addr 10.0.0.5:7373",
 		Flags: rpcFlags(),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
 			if err := cl.Leave(); err != nil {
@@ -61,8 +68,13 @@ func leaveCommand() *ucli.Command {
 
 func forceLeaveCommand() *ucli.Command {
 	return &ucli.Command{
-		Name:      "force-leave",
-		Usage:     "mark a failed member as left (it stops being probed and reconnected to)",
+		Name:  "force-leave",
+		Usage: "mark a failed member as left (it stops being probed and reconnected to)",
+		Description: "An alive or unknown node is an error (serf says nothing). --prune forgets it at once instead of\n" +
+			"after the reap timeout.\n\n" +
+			"Examples:\n" +
+			"  agent force-leave web-3\n" +
+			"  agent force-leave --prune web-3                        # forget it now",
 		ArgsUsage: "NODE",
 		Flags: append(rpcFlags(),
 			&ucli.BoolFlag{Name: "prune", Usage: "also remove it from the member list at once"}),
@@ -87,6 +99,11 @@ func tagsCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "tags",
 		Usage: "set or delete tags of the local agent",
+		Description: "The changes are gossiped to the whole mesh and kept in <data-dir>/tags.json across a restart, where\n" +
+			"they win over --tag. The agent's own tags (role, cpu, mem, kind, …) are refused.\n\n" +
+			"Examples:\n" +
+			"  agent tags --set rack=r1 --set dc=east\n" +
+			"  agent tags --delete rack",
 		Flags: append(rpcFlags(),
 			&ucli.StringSliceFlag{Name: "set", Usage: "tag to set, key=value; repeatable"},
 			&ucli.StringSliceFlag{Name: "delete", Usage: "tag key to delete; repeatable"}),
@@ -118,6 +135,10 @@ func monitorCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "monitor",
 		Usage: "stream the agent's log (user events and queries received included, as serf's) and member events until interrupted",
+		Description: "At info, as serf's, it shows every user event and query the agent receives; placement's own\n" +
+			"queries show at debug.\n\n" +
+			"Examples:\n" +
+			"  agent monitor --log-level debug",
 		Flags: append(rpcFlags(),
 			&ucli.StringFlag{Name: "log-level", Value: "info", Usage: "lowest level shown: debug, info, warn or error"}),
 		Action: func(c *ucli.Context) error {
@@ -180,6 +201,8 @@ func infoCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "info",
 		Usage: "show the local agent's identity, runtime and gossip counters",
+		Description: "Examples:\n" +
+			"  agent info --format json",
 		Flags: append(rpcFlags(), formatFlag()),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
 			stats, err := cl.Stats()

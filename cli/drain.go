@@ -15,7 +15,11 @@ func drainCommand() *ucli.Command {
 		Usage: "take a server out of placement without killing what runs there",
 		Description: "The server at --rpc-addr refuses new interpreters from now on (its bids say draining); its running\n" +
 			"interpreters keep going until they exit or, with --stop, until --deadline from now, when they are\n" +
-			"stopped. The drain survives a restart of the agent. --undo ends it.",
+			"stopped. The drain survives a restart of the agent. --undo ends it." +
+			"\n\nExamples:\n" +
+			"  agent drain --rpc-addr 10.0.0.5:7373                  # no new interpreters there\n" +
+			"  agent drain --stop --deadline 30m                     # and stop what still runs in 30 minutes\n" +
+			"  agent drain --undo",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.DurationFlag{Name: "deadline", Usage: "with --stop: how long the running interpreters may still run, e.g. 30m"},
 			&ucli.BoolFlag{Name: "stop", Usage: "stop the running interpreters at the deadline (at once without one); " +

@@ -50,7 +50,9 @@ func eventCommand() *ucli.Command {
 		Usage:     "send a user event to the whole mesh (event handlers with user or user:NAME run for it)",
 		ArgsUsage: "NAME [PAYLOAD]",
 		Description: "As serf event: the event is gossiped to every member, and each agent runs its handlers whose filter\n" +
-			"is user or user:NAME, with the payload on stdin. Name and payload together must fit serf's 512 bytes.",
+			"is user or user:NAME, with the payload on stdin. Name and payload together must fit serf's 512 bytes." +
+			"\n\nExamples:\n" +
+			"  agent event deploy v42",
 		Flags: append(rpcFlags(),
 			&ucli.BoolFlag{Name: "coalesce", Value: true, Usage: "let agents deliver only the newest of events with this name that arrive together"}),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, _ string) error {
@@ -74,7 +76,10 @@ func queryCommand() *ucli.Command {
 		ArgsUsage: "NAME [PAYLOAD]",
 		Description: "As serf query: the query is gossiped to the members that match --node and --tag, each agent runs its\n" +
 			"handlers whose filter is query or query:NAME, and a handler's stdout is its answer. The command returns\n" +
-			"when --timeout (default: serf's for the mesh's size) has passed. place and spawn are the agent's own.",
+			"when --timeout (default: serf's for the mesh's size) has passed. place and spawn are the agent's own." +
+			"\n\nExamples:\n" +
+			"  agent query --timeout 2s ping\n" +
+			"  agent query --tag role=server --format json load",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringSliceFlag{Name: "node", Usage: "ask only this member; repeatable"},
 			&ucli.StringSliceFlag{Name: "tag", Usage: "ask only members whose tag k matches regex (anchored), k=regex; repeatable"},

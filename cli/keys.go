@@ -18,6 +18,8 @@ func keygenCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:  "keygen",
 		Usage: "print a new random gossip encryption key (32 bytes, base64) for --encrypt",
+		Description: "Examples:\n" +
+			"  agent keygen                                          # once, for the whole mesh",
 		Action: func(c *ucli.Context) error {
 			key := make([]byte, 32)
 			if _, err := rand.Read(key); err != nil {
@@ -34,7 +36,10 @@ func keysCommand() *ucli.Command {
 		Name:  "keys",
 		Usage: "manage the gossip keyring across the whole mesh",
 		Description: "Rotate a key without downtime: --install NEW on one agent (every node learns it), then --use NEW,\n" +
-			"then --remove OLD. Each node that fails is named; the exit code is 1 when any did.",
+			"then --remove OLD. Each node that fails is named; the exit code is 1 when any did." +
+			"\n\nExamples:\n" +
+			"  agent keys --install NEW && agent keys --use NEW && agent keys --remove OLD\n" +
+			"  agent keys --list",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "install", Usage: "add this base64 key to every node's keyring"},
 			&ucli.StringFlag{Name: "use", Usage: "make this installed key the one every node encrypts with"},

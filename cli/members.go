@@ -23,7 +23,11 @@ func membersCommand() *ucli.Command {
 		Name:  "members",
 		Usage: "list the members of the mesh as the local agent sees them",
 		Description: "Filters are anchored regular expressions: --status 'alive|failed', --tag dc=east.*\n" +
-			"Exit code 2 when no member matches.",
+			"Exit code 2 when no member matches." +
+			"\n\nExamples:\n" +
+			"  agent members --role server --status alive\n" +
+			"  agent members --tag 'dc=east.*' --format json\n" +
+			"  agent members --name 'nosuch.*' || echo \"exit $?\"      # exit 2: nothing matched",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "status", Usage: "only members whose status matches (alive, leaving, left, failed)"},
 			&ucli.StringFlag{Name: "role", Usage: "only members whose role matches (server, interpreter)"},

@@ -19,7 +19,10 @@ func placeCommand() *ucli.Command {
 		Name:  "place",
 		Usage: "run the placement election without starting anything: every bid and the winner",
 		Description: "The local agent asks every alive server for a bid and elects one, exactly as spawn would;\n" +
-			"the bids say why each server was rejected.\n\nExit codes besides 0 and 1 (agent --help lists all):\n" + exitCodesText("place"),
+			"the bids say why each server was rejected.\n\nExit codes besides 0 and 1 (agent --help lists all):\n" + exitCodesText("place") +
+			"\n\nExamples:\n" +
+			"  agent place --kind demo\n" +
+			"  agent place --kind python --constraint gpu=yes --policy binpack --format json",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "kind", Usage: "interpreter kind to place, e.g. demo"},
 			&ucli.StringSliceFlag{Name: "constraint", Usage: "server tag k must match regex (anchored), k=regex; repeatable"},

@@ -17,7 +17,9 @@ func reloadCommand() *ucli.Command {
 		Description: "The agent at --rpc-addr layers its config files, environment and flags again. The log level, tags,\n" +
 			"event handlers, checks, rate limits and interpreter kinds (the --interpreters file, read again) change at\n" +
 			"once; new spawns use the new kinds, running interpreters keep theirs. Any other setting that changed (bind,\n" +
-			"data dir, key, …) is listed as taking effect at the next start. A bad file changes nothing: the error says why.",
+			"data dir, key, …) is listed as taking effect at the next start. A bad file changes nothing: the error says why." +
+			"\n\nExamples:\n" +
+			"  agent reload                                          # as systemctl reload agent (SIGHUP)",
 		Flags: append(rpcFlags(), formatFlag()),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
 			resp, err := cl.Reload()
@@ -49,7 +51,10 @@ func checksCommand() *ucli.Command {
 			"then the kind checks of the interpreters it runs (INTERPRETER/CHECK).\n" +
 			"A server with a critical check takes no new interpreters (its bids say unhealthy: NAME);\n" +
 			"an interpreter whose kind check turns critical is restarted in place under the on-failure policy.\n" +
-			"pass, warn and fail set a ttl check's status, which holds for its ttl.",
+			"pass, warn and fail set a ttl check's status, which holds for its ttl." +
+			"\n\nExamples:\n" +
+			"  agent checks\n" +
+			"  agent checks pass backup \"nightly backup done\"",
 		Flags: append(rpcFlags(), formatFlag()),
 		Before: func(c *ucli.Context) error {
 			if c.NArg() == 0 {

@@ -15,7 +15,9 @@ func restartCommand() *ucli.Command {
 		ArgsUsage: "NAME",
 		Description: "Its supervisor stops the program (SIGTERM, then SIGKILL after the stop grace) and starts it\n" +
 			"again on the same host with the same ports and connection file: a Jupyter client keeps its\n" +
-			"connection. Exit code 1 when it was not restarted, with the reason.",
+			"connection. Exit code 1 when it was not restarted, with the reason." +
+			"\n\nExamples:\n" +
+			"  agent restart ipykernel-k154671f1ba7caa20-4b20",
 		Flags:  append(rpcFlags(), formatFlag()),
 		Before: needArgs(1, true, "restart needs an interpreter name: agent restart NAME (see agent interpreters)"),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {

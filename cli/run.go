@@ -34,7 +34,11 @@ func runCommand() *ucli.Command {
 		Usage: "run the agent on this host",
 		Description: "Settings come from defaults, then config files, then AGENT_* environment variables, then flags;\n" +
 			"each layer overrides the one before. Ctrl-C (or SIGTERM) leaves the mesh gracefully; a second one exits at once.\n" +
-			"SIGHUP (or agent reload) re-reads them: log level, tags, event handlers, checks and rate limits change at once.",
+			"SIGHUP (or agent reload) re-reads them: log level, tags, event handlers, checks and rate limits change at once." +
+			"\n\nExamples:\n" +
+			"  agent run --node web-1 --bind 10.0.0.5:7946 --join 10.0.0.4:7946 --encrypt KEY --data-dir /var/lib/agent\n" +
+			"  agent run --config-file /etc/agent.d            # every *.json there, in lexical order\n" +
+			"  AGENT_LOG_LEVEL=debug agent run --node dev --bind 127.0.0.1:7946 --data-dir /tmp/agent",
 		Flags:  flags,
 		Action: runAgent,
 	}

@@ -16,7 +16,9 @@ func signalCommand() *ucli.Command {
 		ArgsUsage: "NAME SIGNAL",
 		Description: "SIGNAL is one of " + strings.Join(rpc.AllowedSignals, ", ") + " (also INT, TERM, KILL, 2, 15, 9). It goes to the\n" +
 			"interpreter's process group; its supervisor stays (SIGINT interrupts a kernel, it does not stop it).\n" +
-			"Exit code 1 when it was not delivered, with the reason.",
+			"Exit code 1 when it was not delivered, with the reason." +
+			"\n\nExamples:\n" +
+			"  agent signal ipykernel-k154671f1ba7caa20-4b20 SIGINT      # interrupt a kernel",
 		Flags: append(rpcFlags(), formatFlag()),
 		Before: func(c *ucli.Context) error {
 			if err := needArgs(2, true, "signal needs an interpreter name and a signal: agent signal NAME SIGINT (see agent interpreters)")(c); err != nil {

@@ -34,12 +34,16 @@ func simulateCommand() *ucli.Command {
 		Description: "Every node is a real memberlist and serf. By default (--time virtual) the run's clock is virtual: it\n" +
 			"stands still while any node works and jumps to the next timer once all of them wait (Go's testing/synctest, in a\n" +
 			"child process of this command). No timer is ever late, whatever the mesh's size, and a run costs its CPU only:\n" +
-			"on two cores, a second at 20 nodes, 10 to 30 s at 300, 3 to 7 minutes and 3.3 GB for a crash at 1,000, 7 to 18\n" +
-			"minutes and 3.7 GB for a partition at 1,000 (by the host: docs/scale.md), 23 minutes and 6.3 GB for a crash at\n" +
+			"on two cores, a second at 20 nodes, 10 to 30 s at 300, 3 to 4 minutes and 3.6 GB for a crash at 1,000, 8 to 12\n" +
+			"minutes and 3.7 GB for a partition at 1,000 (by the host: docs/scale.md), 23 minutes and 6.3 to 7.4 GB for a crash at\n" +
 			"2,000. --time real runs on the machine's clock instead, as a deployment does; past 100 nodes it dilates time\n" +
 			"(--dilation): every timer and link delay lasts D times longer so that two cores keep up, and the report gives\n" +
 			"protocol time. The same seed replays the same faults.\n\n" +
-			"Scenarios:\n" + scenarios.String(),
+			"Scenarios:\n" + scenarios.String() +
+			"\nExamples:\n" +
+			"  agent simulate --nodes 100 --scenario partition --svg timeline.svg\n" +
+			"  agent simulate --nodes 100 --scenario loss --loss 0.15 --format json --out report.json\n" +
+			"  agent simulate --nodes 1000 --scenario crash --seed 1       # about 3.5 minutes on two cores",
 		Flags: []ucli.Flag{
 			&ucli.IntFlag{Name: "nodes", Value: 20, Usage: fmt.Sprintf("number of nodes, 3 to %d", simulation.MaxNodes)},
 			&ucli.StringFlag{Name: "scenario", Value: simulation.ScenarioCrash, Usage: "one of " + strings.Join(append(simulation.Scenarios(), scenarioChaos), ", ")},

@@ -35,7 +35,11 @@ func spawnCommand() *ucli.Command {
 		Usage:     "elect a server and start an interpreter there",
 		ArgsUsage: "[-- EXTRA ARGS...]",
 		Description: "Extra arguments after -- are appended to the kind's configured command, if its args_pattern allows them.\n\n" +
-			"Exit codes besides 0 and 1 (agent --help lists all):\n" + exitCodesText("spawn"),
+			"Exit codes besides 0 and 1 (agent --help lists all):\n" + exitCodesText("spawn") +
+			"\n\nExamples:\n" +
+			"  agent spawn --kind demo --wait\n" +
+			"  agent spawn --kind python --key notebook-7 --restart on-failure --wait --format json\n" +
+			"  agent spawn --kind python --constraint dc=east -- --profile=fast",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.StringFlag{Name: "kind", Usage: "interpreter kind, e.g. demo"},
 			&ucli.BoolFlag{Name: "wait", Usage: "return once the interpreter is alive in the local agent's member list"},
@@ -134,7 +138,10 @@ func interpretersCommand() *ucli.Command {
 		Name:  "interpreters",
 		Usage: "list the live interpreters in the mesh, with their host server and status",
 		Description: "--all adds the interpreters that ended within the reap window (--interpreter-reap of `agent run`),\n" +
-			"with how they ended: an exit status, stopped, duplicate, gave up, host failed or supervisor failed.",
+			"with how they ended: an exit status, stopped, duplicate, gave up, host failed or supervisor failed." +
+			"\n\nExamples:\n" +
+			"  agent interpreters\n" +
+			"  agent interpreters --all --format json",
 		Flags: append(rpcFlags(), formatFlag(),
 			&ucli.BoolFlag{Name: "all", Usage: "also list the interpreters that ended within the reap window, and how"}),
 		Action: withAgent(func(c *ucli.Context, cl *rpc.Client, format string) error {
@@ -176,8 +183,10 @@ func writeInterpretersTable(w io.Writer, list []rpc.InterpreterView) {
 
 func stopCommand() *ucli.Command {
 	return &ucli.Command{
-		Name:      "stop",
-		Usage:     "stop an interpreter, wherever it runs",
+		Name:  "stop",
+		Usage: "stop an interpreter, wherever it runs",
+		Description: "Examples:\n" +
+			"  agent stop demo-3f2a9c1b4d5e6f70-9c1e",
 		ArgsUsage: "NAME",
 		Flags:     rpcFlags(),
 		Before:    needArgs(1, true, "stop needs exactly one interpreter name: agent stop NAME (see agent interpreters)"),
