@@ -584,7 +584,7 @@ func (c *checker) nothingLost() {
 // the answer and came back without its data dir, and no agent but that
 // host had listed an interpreter of the request before the crash. Like a
 // write acknowledged before it was replicated, nothing is left that could
-// start it again (README, "Interpreters under faults"). An interpreter
+// start it again (docs/interpreters.md, "Interpreters under faults"). An interpreter
 // joins the mesh within a second of its start, and from then on every
 // agent that saw it keeps the request.
 func (c *checker) lostWithItsDisk(rid string, a Op) bool {

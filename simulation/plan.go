@@ -311,7 +311,7 @@ func buildPartition(p *Plan, names []string, rng *rand.Rand, shares ...float64) 
 	// at 100 nodes) bring the sides back together without the heal prober.
 	p.Length = heal + 2*reconnect + d
 	// A healed mesh is watched for a minute more: stale death verdicts from
-	// the other side have come 40 to 50 s after a heal (README), and the
+	// the other side have come 40 to 50 s after a heal (docs/design-simulation.md), and the
 	// other side's dead stay in memberlist's gossip for GossipToTheDeadTime
 	// (a minute with fast). Ending 10 s after the heal hid them.
 	p.HealedFor = 2 * reconnect
