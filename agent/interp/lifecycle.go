@@ -116,6 +116,7 @@ type Lifecycle struct {
 	restarting   map[string]bool      // request ids whose restart here waits out its delay
 	abandoned    map[string]time.Time // interpreters whose start this server gave up on, by name
 	superseded   map[string]int       // interpreters this server stopped for a newer generation: that generation
+	forgotten    map[string]time.Time // interpreters the registry held and let go, by name: still listed alive, they are ending
 	lostAtStart  []state.Interpreter  // on-failure interpreters that died while the agent was down
 
 	meshMu     sync.Mutex
@@ -188,6 +189,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		hostRestarts: map[string]*Tracker{},
 		restarting:   map[string]bool{},
 		abandoned:    map[string]time.Time{},
+		forgotten:    map[string]time.Time{},
 		superseded:   map[string]int{},
 		told:         map[string]time.Time{},
 		staleSince:   map[string]time.Time{},

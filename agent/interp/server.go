@@ -337,6 +337,10 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 
 	// An interpreter of the request that runs or is starting here is the
 	// answer, whatever this server would refuse to start now.
+	var view []Instance
+	if l.deps.Node != nil {
+		view = Instances(l.deps.Node.Members()) // before regMu: serf's lock is not taken under it
+	}
 	l.regMu.Lock()
 	if _, ok := l.takenBack[order{o.RequestID, o.Gen}]; ok {
 		l.regMu.Unlock()
@@ -377,6 +381,13 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 			l.regMu.Unlock()
 			return spawnAnswer{Refusal: "the first attempt to start this request failed; see the server's log"}
 		}
+	}
+	if in, ok := l.unregisteredHereLocked(view, o); ok {
+		l.regMu.Unlock()
+		l.logger.Warn("spawn order answered with an interpreter of its request that runs on this host outside this agent's registry "+
+			"(the agent restarted without its data dir)", "interpreter", in.Name, "request", o.RequestID, "gen", in.Tags.Gen,
+			"order_gen", o.Gen, "asker", o.Asker)
+		return spawnAnswer{Name: in.Name, PID: in.Tags.PID, Endpoint: in.Tags.Endpoint, Existing: true, Gen: in.Tags.Gen}
 	}
 	if refusal != "" {
 		l.regMu.Unlock()
@@ -452,6 +463,41 @@ func validRequestID(rid string) bool {
 	}
 	return true
 }
+
+// unregisteredHere finds, in the view, an alive interpreter of o's request
+// on host (this server) of o's generation or newer: one whose supervisor
+// outlived an agent that then restarted without its data dir, so its
+// registry does not hold it. It is the order's answer: a spawn order
+// gossiped again after such a restart (serf's new process has no memory
+// of the query) would otherwise start a second copy beside it, of the
+// same generation, and the duplicate rule could stop the one its asker
+// was given (chaos seed 42499, the-answer-stands).
+// One this agent started and let go, or stopped, is ending instead (a
+// kernel restart stops, then spawns the same key at once). Caller holds
+// regMu.
+func (l *Lifecycle) unregisteredHereLocked(view []Instance, o spawnOrder) (Instance, bool) {
+	for _, in := range view {
+		if in.Tags.RequestID != o.RequestID || in.Host != l.cfg.Node || in.Status != gossip.StatusAlive ||
+			in.Tags.Gen < o.Gen || in.Tags.End != "" {
+			continue
+		}
+		if _, ok := l.forgotten[in.Name]; ok {
+			continue
+		}
+		if _, ok := l.abandoned[in.Name]; ok {
+			continue
+		}
+		if _, ok := l.superseded[in.Name]; ok {
+			continue
+		}
+		return in, true
+	}
+	return Instance{}, false
+}
+
+// forgetAfter is how long the agent remembers the interpreters its
+// registry let go: longer than a member takes to leave.
+const forgetAfter = 2 * time.Minute
 
 // orderConflict says how a spawn order differs from the request's
 // interpreter i that runs here, or "" when it asks for the same: the kind,
@@ -852,6 +898,13 @@ func (l *Lifecycle) supervisorGone(name string) {
 	removed := l.registry.Remove(name)
 	delete(l.supervisors, name)
 	if removed {
+		now := l.clock.Now()
+		for n, at := range l.forgotten {
+			if now.Sub(at) > forgetAfter {
+				delete(l.forgotten, n)
+			}
+		}
+		l.forgotten[name] = now
 		if err := l.saveRegistryLocked(); err != nil {
 			l.logger.Error("interpreter registry not saved", "err", err)
 		}

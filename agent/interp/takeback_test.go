@@ -860,3 +860,61 @@ func secondInRank(other string) (string, []gossip.Member) {
 	}
 	return rid, members
 }
+
+// TestTheAnswerStandsWhenAnOrderArrivesAgainAfterARestartWithoutData: a
+// server's agent crashed right after it started an interpreter (whose
+// supervisor ran on) and came back without its data dir; then the same
+// spawn order, gossiped again by a member that had been paused, arrived.
+// serf's new process had no memory of the query, nor the agent's registry
+// of the interpreter, and a second copy of the same generation started
+// beside the one the asker had been given; the duplicate rule kept the
+// new one by name (chaos seed 42499, the-answer-stands). The interpreter
+// the view lists on this host is the order's answer; a newer
+// generation's order still starts.
+func TestTheAnswerStandsWhenAnOrderArrivesAgainAfterARestartWithoutData(t *testing.T) {
+	l, procs := serverWithFakeSupervisors(t)
+	port, err := gossip.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The interpreter, a member of the mesh as its supervisor keeps it.
+	orphan, err := gossip.Start(gossip.Config{Name: "demo-r1-dc9b", BindAddr: "127.0.0.1", BindPort: port, Profile: "local",
+		Tags: gossip.Tags{Role: gossip.RoleInterpreter, Kind: BuiltinKind, RequestID: "r1", Host: "s1", PID: 102,
+			Endpoint: "127.0.0.1:20001"}.Map()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { orphan.Shutdown() })
+	if _, err := l.deps.Node.Join([]string{fmt.Sprintf("127.0.0.1:%d", port)}, false); err != nil {
+		t.Fatal(err)
+	}
+	listed := func() bool {
+		for _, in := range Instances(l.deps.Node.Members()) {
+			if in.Name == "demo-r1-dc9b" && in.Status == gossip.StatusAlive {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); !listed(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the interpreter's member is not listed alive 10 s after the join")
+		}
+	}
+	launched := func() int {
+		procs.mu.Lock()
+		defer procs.mu.Unlock()
+		return len(procs.running) + len(procs.stopped)
+	}
+	ans := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", ID: NewRequestID()})
+	if ans.Name != "demo-r1-dc9b" || !ans.Existing || ans.PID != 102 || ans.Refusal != "" {
+		t.Errorf("the order arriving again answered %+v, want the interpreter that runs on this host, existing", ans)
+	}
+	if n := launched(); n != 0 {
+		t.Errorf("%d supervisors launched beside the interpreter this host runs, want 0", n)
+	}
+	newer := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", Gen: 1, ID: NewRequestID()})
+	if newer.Refusal != "" || newer.Existing || newer.Name == "demo-r1-dc9b" || launched() != 1 {
+		t.Errorf("an order of generation 1 answered %+v with %d launched, want a new interpreter", newer, launched())
+	}
+}
