@@ -48,10 +48,14 @@ CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 # The relay's own kernel_info requests, by their msg_id's prefix: their
 # replies are not passed to the clients.
 PROBE = b"mesh-relay-probe-"
-# How often a probe is sent until iopub answers; how many client requests
-# wait meanwhile (older ones are dropped beyond).
-PROBE_EVERY = 0.2
+# How often a probe is sent until iopub answers (each is a kernel_info a
+# starting kernel answers once it runs: at 0.2 s a restart waited 0.1 s
+# more on average); how many client requests wait meanwhile (older ones
+# are dropped beyond).
+PROBE_EVERY = 0.05
 MAX_HELD = 1000
+# How often a connection to the kernel's ports is tried again, in ms.
+RECONNECT_MS = 20
 
 
 class Relay:
@@ -191,6 +195,9 @@ class Relay:
         for ch in CHANNELS:
             s = self.ctx.socket(zmq.SUB if ch == "iopub" else zmq.DEALER)
             s.linger = 0
+            # A restarted kernel's ports open a second or so after the
+            # relay connects: retry every 20 ms, not ZeroMQ's 100.
+            s.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
             if ch == "iopub":
                 s.setsockopt(zmq.SUBSCRIBE, b"")
             elif ch in ("shell", "stdin"):
