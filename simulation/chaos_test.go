@@ -63,7 +63,7 @@ var failedBefore = []struct {
 	{161, 3 * time.Minute}, {168, 3 * time.Minute}, {170, 3 * time.Minute}, {196, 3 * time.Minute},
 	{111, 3 * time.Minute}, {200, 3 * time.Minute}, {225, 3 * time.Minute}, {288, 3 * time.Minute}, {373, 3 * time.Minute},
 	{402, 3 * time.Minute}, {455, 3 * time.Minute}, {867, 3 * time.Minute}, {896, 3 * time.Minute},
-	{21306, time.Minute}, {24191, time.Minute}, {30936, time.Minute},
+	{21306, time.Minute}, {24191, time.Minute}, {30936, time.Minute}, {42499, time.Minute},
 }
 
 // chaosChild runs one seed in a child process of this test binary (its
