@@ -80,7 +80,7 @@ chaos: build ## as root: a seeded chaos run on the test bed, checked for the rul
 # and client operations on 5 to 9 agents, every rule checked over its history.
 CHAOS_SEEDS ?= 200
 CHAOS_DURATION ?= 3m
-chaos-sim: build ## the chaos checker on whole agents in the simulation (CHAOS_SEEDS=200 CHAOS_DURATION=3m; about 4 minutes on 2 cores)
+chaos-sim: build ## the chaos checker on whole agents in the simulation (CHAOS_SEEDS=200 CHAOS_DURATION=3m; about 2 minutes on 2 cores)
 	$(BIN) simulate --scenario chaos --seed 1 --seeds $(CHAOS_SEEDS) --duration $(CHAOS_DURATION) $(if $(OUT),--out $(OUT))
 
 jupyter: ## install the mesh kernel provisioner and the mesh-python3 kernelspec for Debian's jupyter_client (as root)
