@@ -166,6 +166,10 @@ def crash(kernel):
     # What Jupyter's restarter does for a dead kernel; then the next cell,
     # in the same client.
     km.restart_kernel(now=True)
+    # Timed, for both kernels: a local client's subscription reconnects to
+    # the new process and can miss the cell's output otherwise (the local
+    # run lost one in ten that way, 60 s without output).
+    settle_iopub(kc)
     content, out = run(kc, "print('x' in dir())", timeout=60)
     if content["status"] != "ok" or out.strip() != "False":
         sys.exit(f"the next cell after the crash: {content} {out!r}")
