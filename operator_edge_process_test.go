@@ -388,10 +388,18 @@ func TestSmallerMistakes(t *testing.T) {
 	}
 	for _, cmd := range []string{"place", "query"} {
 		help, _, _ := runCLI(t, cmd, "--help")
+		flagLines := 0
 		for _, line := range strings.Split(help, "\n") {
-			if strings.Contains(line, "--timeout") && strings.Count(line, "(default:") != 1 {
-				t.Errorf("%s --help: %q", cmd, line)
+			// The flag's own line (the help's examples use the flag too).
+			if strings.HasPrefix(strings.TrimSpace(line), "--timeout") {
+				flagLines++
+				if strings.Count(line, "(default:") != 1 {
+					t.Errorf("%s --help: %q", cmd, line)
+				}
 			}
+		}
+		if flagLines != 1 {
+			t.Errorf("%s --help has %d lines for --timeout, want 1:\n%s", cmd, flagLines, help)
 		}
 	}
 	long, _, _ := runCLI(t, "--version")
