@@ -336,9 +336,14 @@ func holdDefaultPorts(t *testing.T) *testAgent {
 }
 
 // freePortRun finds n consecutive ports free on ip for TCP and UDP.
+// The run lies below the kernel's ephemeral range (32768 and up by
+// default): a port found free there can be taken by any outgoing
+// connection before the demo binds it (a clean-clone CI run lost one that
+// way, with the other packages' tests running beside it).
 func freePortRun(t *testing.T, ip string, n int) int {
 	t.Helper()
-	for base := 20000 + rand.IntN(20000); base < 60000; base += n {
+	top := ephemeralLow() - n
+	for base := 20000 + rand.IntN(max(top-20000, 1)); base < top; base += n {
 		free := true
 		for p := base; p < base+n && free; p++ {
 			addr := fmt.Sprintf("%s:%d", ip, p)
@@ -361,6 +366,24 @@ func freePortRun(t *testing.T, ip string, n int) int {
 	}
 	t.Fatalf("no %d consecutive free ports on %s", n, ip)
 	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range
+// (/proc/sys/net/ipv4/ip_local_port_range), 32768 when it cannot be read.
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 1 {
+		return 32768
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil || low <= 20000 {
+		return 32768
+	}
+	return low
 }
 
 // demoRPC is the RPC address the demo's output gives for node.
