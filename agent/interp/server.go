@@ -384,6 +384,17 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	}
 	if in, ok := l.unregisteredHereLocked(view, o); ok {
 		l.regMu.Unlock()
+		// As for a registered one: an order for something else is a
+		// conflict. The tags carry the arguments only with a restart
+		// policy; without them only the kind and policy can differ.
+		args := in.Tags.Args
+		if len(args) == 0 {
+			args = o.Args
+		}
+		if c := orderConflict(o, explicitRestart, state.Interpreter{Name: in.Name, Kind: in.Tags.Kind, Args: args,
+			Restart: in.Tags.Restart}); c != "" {
+			return spawnAnswer{Name: in.Name, Conflict: c}
+		}
 		l.logger.Warn("spawn order answered with an interpreter of its request that runs on this host outside this agent's registry "+
 			"(the agent restarted without its data dir)", "interpreter", in.Name, "request", o.RequestID, "gen", in.Tags.Gen,
 			"order_gen", o.Gen, "asker", o.Asker)

@@ -913,6 +913,11 @@ func TestTheAnswerStandsWhenAnOrderArrivesAgainAfterARestartWithoutData(t *testi
 	if n := launched(); n != 0 {
 		t.Errorf("%d supervisors launched beside the interpreter this host runs, want 0", n)
 	}
+	other := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", Restart: RestartOnFailure,
+		ID: NewRequestID()})
+	if other.Conflict == "" || other.Name != "demo-r1-dc9b" || launched() != 0 {
+		t.Errorf("an order asking another restart policy answered %+v with %d launched, want a conflict naming the running one", other, launched())
+	}
 	newer := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", Gen: 1, ID: NewRequestID()})
 	if newer.Refusal != "" || newer.Existing || newer.Name == "demo-r1-dc9b" || launched() != 1 {
 		t.Errorf("an order of generation 1 answered %+v with %d launched, want a new interpreter", newer, launched())

@@ -205,7 +205,7 @@ func TestJupyterServerAPIThroughTheMesh(t *testing.T) {
 	if !back.SameClient {
 		t.Fatalf("after the crash: %+v, want the same websocket", back)
 	}
-	if n, hst := onlyKernel(t, h1); hst == host || n == kernel {
+	if n, hst := kernelAfterCrash(t, h1); hst == host || n == kernel {
 		t.Errorf("after the crash the kernel is %s on %s, want a new one off %s", n, hst, host)
 	}
 	measure(t, "jupyter_server host crash", `crash to "restarting" on the websocket`, seconds(back.Restarting))
