@@ -330,6 +330,30 @@ func (h *Host) LogTail(n int) string {
 	return fileTail(h.LogPath, n)
 }
 
+// StoryTail is the last n lines of h's agent log that tell what the
+// agent decided: without the gossip layers' debug lines, member updates
+// (every load change makes one) and load publications, which fill a
+// plain tail within seconds.
+func (h *Host) StoryTail(n int) string {
+	data, err := os.ReadFile(h.LogPath)
+	if err != nil {
+		return err.Error()
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		noise := strings.Contains(l, `msg="rpc client disconnected"`) || strings.Contains(l, "EventMemberUpdate") ||
+			strings.Contains(l, `msg="load published"`) ||
+			strings.Contains(l, "level=DEBUG") && (strings.Contains(l, "component=serf") || strings.Contains(l, "component=memberlist"))
+		if !noise {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
 // SupervisorLogTails is the last n lines of the supervisor log of every
 // interpreter h has run, by interpreter name.
 func (h *Host) SupervisorLogTails(n int) map[string]string {

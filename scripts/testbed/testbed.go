@@ -323,7 +323,9 @@ func removeRun(prefix string) error {
 	}
 	for _, l := range links {
 		if strings.HasPrefix(l, prefix) && linkRE.MatchString(l) {
-			if out, err := run(nil, "ip", "link", "del", l); err != nil && !strings.Contains(out, "Cannot find device") {
+			// A namespace's veth goes some time after `ip netns del`
+			// returns: listed a moment ago, gone now, is what we want.
+			if out, err := run(nil, "ip", "link", "del", l); err != nil && !strings.Contains(out, "Cannot find device") && !strings.Contains(out, "No such device") {
 				errs = append(errs, err)
 			}
 		}

@@ -84,8 +84,10 @@ func newBed(t *testing.T, profile string, features ...testbed.Feature) *testbed.
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
+			keepLogs(t, b)
 			for _, h := range b.Hosts {
-				t.Logf("log of %s, last lines:\n%s", h.Name, h.LogTail(60))
+				t.Logf("log of %s, what it decided, last lines:\n%s", h.Name, h.StoryTail(60))
+				t.Logf("log of %s, last lines:\n%s", h.Name, h.LogTail(20))
 				for name, tail := range h.SupervisorLogTails(20) {
 					t.Logf("supervisor log of %s on %s, last lines:\n%s", name, h.Name, tail)
 				}
@@ -488,6 +490,10 @@ func TestPartitionThreeTwo(t *testing.T) {
 // localPushPull is memberlist's push/pull interval with the local profile:
 // what repairs a gossiped message a loaded host dropped.
 const localPushPull = 15 * time.Second
+
+// lanPushPull is the same with the default profile (memberlist's LAN
+// configuration, below 32 members).
+const lanPushPull = 30 * time.Second
 
 func TestKillNineServer(t *testing.T) {
 	b := newBed(t, "local")
@@ -924,4 +930,26 @@ func TestInterruptedRunLeavesNothing(t *testing.T) {
 			t.Fatalf("after Sweep, the killed run left:\n%s", strings.Join(left, "\n"))
 		}
 	})
+}
+
+// keepLogsEnv names a directory where a failed test keeps its hosts' whole
+// logs (the bed's own directory goes with the bed).
+const keepLogsEnv = "TESTBED_KEEP_LOGS"
+
+func keepLogs(t *testing.T, b *testbed.Testbed) {
+	dir := os.Getenv(keepLogsEnv)
+	if dir == "" {
+		return
+	}
+	dir = filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("%s: %v", keepLogsEnv, err)
+		return
+	}
+	for _, h := range b.Hosts {
+		if log, err := h.Log(); err == nil {
+			os.WriteFile(filepath.Join(dir, h.Name+".log"), []byte(log), 0o644)
+		}
+	}
+	t.Logf("the hosts' logs are kept in %s", dir)
 }
