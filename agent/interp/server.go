@@ -1061,7 +1061,8 @@ const (
 // may. Without the claim, both started the same generation and the
 // duplicate rule kept one by name, maybe not the one a client was given
 // (chaos seeds 111, 168, 200: the-answer-stands). It does not restart
-// when a server holds the request (another copy runs or starts), and it
+// when a server holds the request (another copy of rec's generation or a
+// newer one runs or starts), and it
 // asks again later when no majority answered or another asker holds the
 // request, while this host still runs nothing of it.
 func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
@@ -1079,7 +1080,7 @@ func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
 		holder, held := holderOf(e.Result.Bids)
 		why := ""
 		switch {
-		case held:
+		case held && holder.HoldsGen >= rec.Gen: // an older copy is the superseded one, not this
 			l.logger.Info("not restarting an interpreter: a server runs its request", "request", rec.RequestID,
 				"holder", holder.Holds, "on", holder.Node, "gen", holder.HoldsGen)
 			return 0, false
@@ -1130,9 +1131,15 @@ func (l *Lifecycle) restartLostAtStart(members []gossip.Member, view []Instance)
 	l.regMu.Unlock()
 	var later []state.Interpreter
 	for _, rec := range lost {
+		// A live copy of an older generation does not count: it is the
+		// one superseded (chaos seed 2200: a spawn's first server timed
+		// out but started generation 0, its next attempt here was
+		// answered with generation 1; back from a crash, this host left
+		// generation 1 down for the older copy, which it then told to
+		// stop as superseded, and nothing ran).
 		newer := slices.ContainsFunc(view, func(in Instance) bool {
 			return in.Tags.RequestID == rec.RequestID && in.Tags.Gen > rec.Gen ||
-				in.Name != rec.Name && in.Tags.RequestID == rec.RequestID && in.Status == gossip.StatusAlive
+				in.Name != rec.Name && in.Tags.RequestID == rec.RequestID && in.Status == gossip.StatusAlive && in.Tags.Gen >= rec.Gen
 		})
 		if newer {
 			continue
@@ -1142,9 +1149,9 @@ func (l *Lifecycle) restartLostAtStart(members []gossip.Member, view []Instance)
 		// do: one that runs the request, or has seen a newer generation
 		// of it (it was re-placed, and maybe ended since), means this
 		// copy is superseded.
-		holds, known, majority := l.meshKnows(rec.RequestID, rec.Kind)
+		holdsGen, known, majority := l.meshKnows(rec.RequestID, rec.Kind)
 		switch {
-		case holds || known > rec.Gen:
+		case holdsGen >= rec.Gen || known > rec.Gen:
 			l.memory.placed(rec.RequestID, known, l.clock.Now())
 			l.logger.Info("not restarting an interpreter that died while the agent was down: the mesh runs or has seen "+
 				"a newer one of its request", "interpreter", rec.Name, "request", rec.RequestID, "gen", rec.Gen, "newest_gen", known)
@@ -1163,22 +1170,26 @@ func (l *Lifecycle) restartLostAtStart(members []gossip.Member, view []Instance)
 }
 
 // meshKnows asks the servers, as an election does, what they know of
-// request rid: whether one runs (or is starting) it, the highest
-// generation any has seen (NoGen: none), and whether a strict majority of
-// the servers this agent knows answered.
-func (l *Lifecycle) meshKnows(rid, kind string) (holds bool, known int, majority bool) {
+// request rid: the generation of the newest copy one runs (or is
+// starting), the highest generation any has seen (NoGen: none for
+// either), and whether a strict majority of the servers this agent knows
+// answered.
+func (l *Lifecycle) meshKnows(rid, kind string) (holdsGen, known int, majority bool) {
 	ctx, cancel := l.untilDone(orderTimeout)
 	defer cancel()
 	preq, _ := ParsePlaceRequest(kind, nil, "")
 	preq.ID = rid
 	e := l.deps.Elect(ctx, preq)
-	_, holds = holderOf(e.Result.Bids)
+	holdsGen = NoGen
+	if h, ok := holderOf(e.Result.Bids); ok {
+		holdsGen = h.HoldsGen
+	}
 	known = NoGen
 	if g, ok := knownGen(e.Result.Bids); ok {
 		known = g
 	}
 	q := ServerQuorum(l.deps.Node.Members())
-	return holds, known, 2*len(e.Result.Bids) > len(q.Alive)+len(q.Missing)
+	return holdsGen, known, 2*len(e.Result.Bids) > len(q.Alive)+len(q.Missing)
 }
 
 // restartLost starts again, here, the on-failure interpreters of this host
