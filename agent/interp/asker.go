@@ -130,6 +130,25 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		return fail(resp, rpc.SpawnBadRequest, err, start)
 	}
 	preq.ID = rid
+	// One placement of a request at a time on this agent: servers know a
+	// claim by the agent that makes it, so two placements of this agent's
+	// own were both granted, as one asker's (chaos seed 1808: the keyed
+	// spawn it coordinated and its re-placement of the same request as
+	// owner both placed generation 5). The second elects once the first
+	// is done, and finds its interpreter.
+	unlock, err := l.placing.lock(ctx, rid)
+	if err != nil {
+		if quorum {
+			resp.Code, resp.Error = codeDefer, "another placement of the request on "+l.cfg.Node+" went on too long"
+			return resp
+		}
+		return fail(resp, rpc.SpawnTimeout, err, start)
+	}
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
 	// Every placement claims the request, though only one with quorum
 	// needs a majority's grants: while an unkeyed spawn tries server after
 	// server, the owner must not re-place the copy of a server that timed
@@ -192,6 +211,16 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		}
 		return fail(resp, code, e.Err, start)
 	}
+	if !held && gen != preq.Gen {
+		// The bids raised the generation above the one the election
+		// claimed: a rival told of the claim would place the raised one
+		// too.
+		if why, ok := l.reclaim(ctx, preq, gen, quorum); !ok {
+			l.releaseClaim(ctx, preq)
+			resp.Code, resp.Error = codeDefer, why
+			return resp
+		}
+	}
 
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
 		Lease: req.OwnerLease, ID: NewRequestID()})
@@ -211,12 +240,18 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			// attempt outranks whatever that one started.
 			gen++
 			resp.Generation = gen
+			if why, ok := l.reclaim(ctx, preq, gen, quorum); !ok {
+				l.releaseClaim(ctx, preq)
+				l.takeBack(rid, timedOut)
+				resp.Code, resp.Error = codeDefer, why
+				return resp
+			}
 			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
 				Lease: req.OwnerLease, ID: NewRequestID()})
 		}
 		l.deps.Reserve(rid, cand.Bid)
 		var ans spawnAnswer // one per server: an answer never carries over to the next
-		raw, err := l.askOne(ctx, cand.Bid.Node, querySpawn, order, orderTimeout)
+		raw, err := l.askOne(ctx, cand.Bid.Node, querySpawn, order, l.orderWait)
 		if errors.Is(err, errOrderTooLarge) {
 			l.deps.Release(rid)
 			return fail(resp, rpc.SpawnBadRequest, fmt.Errorf("%w: pass fewer or shorter arguments", err), start)
@@ -272,6 +307,8 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	// The servers that did not answer may have started it after all: only
 	// the one that answered may keep it.
 	l.takeBack(rid, timedOut)
+	unlock() // the placement is done; waiting for its interpreter holds up no other
+	unlock = nil
 	if req.Wait {
 		return l.waitAnswer(ctx, resp, req.Timeout, start)
 	}
@@ -333,6 +370,32 @@ func (l *Lifecycle) nextAttempt() uint64 {
 			return next
 		}
 	}
+}
+
+// reclaim claims gen before a placement sends an order for it, when the
+// election claimed another: the bids raised the generation, or a server
+// did not answer and the next attempt goes one up. The election's claim
+// named the generation it knew then and lasts claimKeep, while the
+// attempts can take maxAttempts orders' timeouts: without it, a rival
+// (the owner re-placing the copy the silent server may have started, or
+// another coordinator) told of the old claim, or taking the request once
+// it expired, placed the same generation as this attempt. With quorum,
+// the placement goes on only while a majority still answers and grants
+// this agent the request; else it defers, and why says to whom.
+func (l *Lifecycle) reclaim(ctx context.Context, preq placement.Request, gen int, quorum bool) (why string, ok bool) {
+	preq.Claim, preq.Gen = true, gen
+	e := l.deps.Elect(ctx, preq)
+	if !quorum {
+		return "", true
+	}
+	v := l.tally(e.Result.Bids)
+	switch {
+	case !v.majority():
+		return fmt.Sprintf("%d of the %d servers answered the claim of the next attempt", len(v.answered), v.total), false
+	case !v.granted():
+		return v.deferral(), false
+	}
+	return "", true
 }
 
 // releaseClaim withdraws this agent's claim of req at the servers: it will

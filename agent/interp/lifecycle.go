@@ -143,9 +143,12 @@ type Lifecycle struct {
 
 	memory  *memory       // requests' generations and orphans beyond the reap
 	keys    keyLocks      // this coordinator's keyed spawns, one at a time per key
+	placing keyLocks      // this agent's placements, one at a time per request (place)
 	claims  claims        // generations askers claimed in their bids lately
 	journal *journal      // keeps memory and claims across restarts (a server's, once loaded)
 	attempt atomic.Uint64 // the last claim this agent made (nextAttempt)
+
+	orderWait time.Duration // a placement's wait for one server's answer: orderTimeout (tests shorten it)
 
 	wg sync.WaitGroup
 
@@ -198,6 +201,7 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		restartsSeen: map[string]int{},
 		ownerGone:    map[string]time.Time{},
 		stopWhy:      map[string]string{},
+		orderWait:    orderTimeout,
 	}, nil
 }
 

@@ -245,23 +245,39 @@ func TestTheServerThatStartsAReplacementReportsIt(t *testing.T) {
 // (it was re-placed while this host was gone, and maybe ended since), the
 // old one is not started again; otherwise it is, one generation up. Before,
 // the restart brought back a copy that a newer one had superseded (chaos
-// seed 170: the-answer-stands, "a stale copy won").
+// seed 170: the-answer-stands, "a stale copy won"). A live copy of an
+// older generation elsewhere is the superseded one, not this: before, the
+// host left its copy down for it, then told it to stop, and nothing ran
+// (chaos seed 2200, nothing-lost).
 func TestARestartedServerDoesNotRestartASupersededInterpreter(t *testing.T) {
+	older := Instance{Name: "demo-r1-bbbb", Status: gossip.StatusAlive, Host: "s2", HostStatus: gossip.StatusAlive,
+		Tags: gossip.Tags{Role: gossip.RoleInterpreter, Kind: BuiltinKind, RequestID: "r1", Host: "s2", Gen: 1, Restart: RestartOnFailure}}
+	same := older
+	same.Tags.Gen = 2
 	for _, tc := range []struct {
 		name      string
 		knownGen  int
+		elsewhere *Instance // a live copy another server holds
 		restarted bool
 	}{
-		{"the mesh saw generation 3", 3, false},
-		{"the mesh saw only this one", 2, true},
+		{"the mesh saw generation 3", 3, nil, false},
+		{"the mesh saw only this one", 2, nil, true},
+		{"an older copy runs elsewhere", 2, &older, true},
+		{"a copy of its generation runs elsewhere", 2, &same, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			bid := placement.Bid{Node: "s1", Known: true, KnownGen: tc.knownGen}
+			var view []Instance
+			if tc.elsewhere != nil {
+				bid.Holds, bid.HoldsGen = tc.elsewhere.Name, tc.elsewhere.Tags.Gen
+				view = append(view, *tc.elsewhere)
+			}
 			l, procs := serverElecting(t, func(context.Context, placement.Request) Election {
-				return Election{Result: bidding.Result{Bids: []placement.Bid{{Node: "s1", Known: true, KnownGen: tc.knownGen}}}}
+				return Election{Result: bidding.Result{Bids: []placement.Bid{bid}}}
 			})
 			lost := state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 2}
 			l.lostAtStart = []state.Interpreter{lost}
-			l.restartLostAtStart(l.deps.Node.Members(), nil)
+			l.restartLostAtStart(l.deps.Node.Members(), view)
 			l.regMu.Lock()
 			_, waiting := l.restarting["r1"] // a restart waits out its first delay
 			l.regMu.Unlock()
@@ -921,5 +937,139 @@ func TestTheAnswerStandsWhenAnOrderArrivesAgainAfterARestartWithoutData(t *testi
 	newer := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", Gen: 1, ID: NewRequestID()})
 	if newer.Refusal != "" || newer.Existing || newer.Name == "demo-r1-dc9b" || launched() != 1 {
 		t.Errorf("an order of generation 1 answered %+v with %d launched, want a new interpreter", newer, launched())
+	}
+}
+
+// TestTheNextAttemptClaimsItsGeneration: a placement whose first server
+// did not answer sends the next attempt one generation up, and claims
+// that generation at the servers first. The election's claim named the
+// first attempt's generation and lasts 20 s, while the attempts can take
+// 45: a rival that took the request once it expired placed the same
+// generation as the next attempt, and the duplicate rule kept one of two
+// by name. With quorum, a rival that holds the request by then makes the
+// placement defer to it, and nothing more is started.
+func TestTheNextAttemptClaimsItsGeneration(t *testing.T) {
+	for _, quorum := range []bool{false, true} {
+		t.Run(fmt.Sprintf("quorum=%t", quorum), func(t *testing.T) {
+			var mu sync.Mutex
+			var claimed []int // the generation each election claimed, -1 for none
+			var l *Lifecycle
+			l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+				mu.Lock()
+				n := len(claimed)
+				if req.Claim {
+					claimed = append(claimed, req.Gen)
+				} else {
+					claimed = append(claimed, -1)
+				}
+				mu.Unlock()
+				own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)},
+					placement.Bid{Node: "s1", Healthy: true, OffersKind: true, Servers: 3})
+				ghost := placement.Bid{Node: "ghost", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+				third := placement.Bid{Node: "s3", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+				if quorum && n > 0 {
+					// Meanwhile another asker holds the request at two of three.
+					ghost.Grant, ghost.Claimer = placement.Denied, "h9"
+					third.Grant, third.Claimer = placement.Denied, "h9"
+				}
+				bids := []placement.Bid{ghost, own, third}
+				// ghost never answers an order; s1 is this server.
+				return Election{Result: bidding.Result{Bids: bids},
+					Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: ghost}, {Bid: own}}}}
+			})
+			l.orderWait = 2 * time.Second
+			l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder) // s1 answers its orders; ghost never does
+			resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", quorum, time.Now())
+			mu.Lock()
+			defer mu.Unlock()
+			if len(claimed) < 2 || claimed[0] != 0 || claimed[1] != 1 {
+				t.Fatalf("the elections claimed generations %v, want 0 then 1 (the next attempt's) before it is sent", claimed)
+			}
+			procs.mu.Lock()
+			launched := procs.next
+			procs.mu.Unlock()
+			if !quorum {
+				if resp.Code != "" || resp.Node != "s1" || resp.Generation != 1 {
+					t.Fatalf("the next attempt: %s %s on %q gen %d, want s1 to start generation 1", resp.Code, resp.Error, resp.Node, resp.Generation)
+				}
+				if best, by, found, _ := l.claims.record("r1", "h7", 0, false, 0, l.clock.Now(), nil); !found || best != 1 || by != "s1" {
+					t.Fatalf("s1 tells another asker of claim %d by %q (found %t), want generation 1 by s1", best, by, found)
+				}
+				return
+			}
+			if resp.Code != codeDefer || !strings.Contains(resp.Error, "h9") {
+				t.Fatalf("the next attempt after another asker took the request: %q %q, want a deferral naming h9", resp.Code, resp.Error)
+			}
+			if launched != 0 || l.Running()+l.Starting() != 0 {
+				t.Fatalf("the deferred placement started something: %d launches, %d running", launched, l.Running()+l.Starting())
+			}
+		})
+	}
+}
+
+// TestAnAgentPlacesARequestOnceAtATime: an agent that coordinates a keyed
+// spawn and, as the request's owner, re-places it at the same moment runs
+// two placements of one request. The servers know a claim by the agent
+// that makes it, so both were granted as one asker's, and both placed the
+// same generation (chaos seed 1808, the-answer-stands). The second now
+// elects after the first is done, and answers with its interpreter.
+func TestAnAgentPlacesARequestOnceAtATime(t *testing.T) {
+	var mu sync.Mutex
+	claims := 0
+	done := 0           // placements returned
+	overlapped := false // an election began while another placement ran
+	second := make(chan struct{})
+	var l *Lifecycle
+	l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		if req.Claim {
+			mu.Lock()
+			claims++
+			n := claims
+			overlapped = overlapped || n == 2 && done == 0
+			mu.Unlock()
+			switch n {
+			case 1:
+				// Wait a moment for the other placement's election, as two
+				// that run at once would meet here.
+				select {
+				case <-second:
+				case <-time.After(time.Second):
+				}
+			case 2:
+				close(second)
+			}
+		}
+		b := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)},
+			placement.Bid{Node: "s1", Healthy: true, OffersKind: true})
+		return Election{Result: bidding.Result{Bids: []placement.Bid{b}}, Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: b}}}}
+	})
+	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	var wg sync.WaitGroup
+	resps := make([]rpc.SpawnResponse, 2)
+	for i := range resps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resps[i] = l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind, Restart: RestartOnFailure}, "r1", 0, "s1", "", true, time.Now())
+			mu.Lock()
+			done++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if overlapped {
+		t.Fatal("the second placement's election began while the first placement ran")
+	}
+	for i, r := range resps {
+		if r.Code != "" {
+			t.Fatalf("placement %d: %s %s", i, r.Code, r.Error)
+		}
+	}
+	procs.mu.Lock()
+	launched := len(procs.running) + len(procs.stopped)
+	procs.mu.Unlock()
+	if launched != 1 || resps[0].Name != resps[1].Name {
+		t.Fatalf("two placements of one request on one agent launched %d supervisors and answered %q and %q, want one, named by both",
+			launched, resps[0].Name, resps[1].Name)
 	}
 }
