@@ -33,6 +33,10 @@ const (
 	querySpawn = "spawn"
 	queryStop  = "stop-interpreter"
 	queryExit  = "interpreter-exit"
+	// querySuperseded, addressed to an interpreter's own member, tells its
+	// supervisor that a newer generation of its request was placed: sent
+	// by its host when the host's registry does not list it.
+	querySuperseded = "interpreter-superseded"
 )
 
 const (
@@ -1403,7 +1407,8 @@ func (l *Lifecycle) stopSupersededBy(o stopOrder, from string) stopAnswer {
 	l.regMu.Unlock()
 	switch {
 	case !ok:
-		return stopAnswer{} // gone already
+		l.tellUnlisted(o, from)
+		return stopAnswer{} // gone already, or its supervisor is told
 	case i.Gen >= o.Superseded:
 		return stopAnswer{Error: fmt.Sprintf("%s is generation %d, not older than %d", o.Name, i.Gen, o.Superseded)}
 	}
@@ -1418,6 +1423,46 @@ func (l *Lifecycle) stopSupersededBy(o stopOrder, from string) stopAnswer {
 		return stopAnswer{Error: fmt.Sprintf("interpreter %s's supervisor (pid %d) is gone", i.Name, i.SupervisorPID)}
 	}
 	return stopAnswer{}
+}
+
+// tellUnlisted passes a superseded order on to the interpreter's own
+// supervisor when the view shows it alive on this host though the
+// registry does not list it: this agent restarted without its data dir,
+// and the supervisor, which outlived it, joined the mesh again through
+// it. Nothing else could stop it: before, it outlived the newer
+// generation that superseded it (chaos seed 2109, the-answer-stands).
+// In the background: the order's asker waits for this host's answer.
+func (l *Lifecycle) tellUnlisted(o stopOrder, from string) {
+	if l.deps.Node == nil {
+		return
+	}
+	idx := slices.IndexFunc(Instances(l.deps.Node.Members()), func(in Instance) bool {
+		return in.Name == o.Name && in.Host == l.cfg.Node && in.Status == gossip.StatusAlive && in.Tags.Gen < o.Superseded
+	})
+	if idx < 0 {
+		return
+	}
+	l.logger.Warn("interpreter-duplicate: telling an interpreter this host's registry does not list that a newer generation "+
+		"of its request superseded it (the agent restarted without its data dir)", "interpreter", o.Name,
+		"newer_gen", o.Superseded, "told_by", from)
+	order, _ := msgpack.Marshal(stopOrder{Name: o.Name, Superseded: o.Superseded})
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		ctx, cancel := l.untilDone(orderTimeout)
+		defer cancel()
+		raw, err := l.askOne(ctx, o.Name, querySuperseded, order, orderTimeout)
+		var ans stopAnswer
+		if err == nil {
+			err = msgpack.Unmarshal(raw, &ans)
+		}
+		if err == nil && ans.Error != "" {
+			err = errors.New(ans.Error)
+		}
+		if err != nil {
+			l.logger.Warn("could not tell an unlisted interpreter it is superseded", "interpreter", o.Name, "err", err)
+		}
+	}()
 }
 
 // handleExitOrder answers how one of this server's interpreters is doing:

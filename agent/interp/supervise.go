@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshagent/agent/agent/checks"
 	"github.com/meshagent/agent/gossip"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // This file is one supervisor's life, start to end, in one place: the
@@ -97,6 +98,9 @@ type supervisor struct {
 	// the loop; done is closed when the loop has ended.
 	restarts chan chan ControlAnswer
 	done     chan struct{}
+	// superseded carries a newer generation of the request, which the
+	// host's agent said was placed, to the loop (handleSuperseded).
+	superseded chan int
 }
 
 // Supervise runs the interpreter spec describes in env until it ends, and
@@ -104,7 +108,7 @@ type supervisor struct {
 func Supervise(spec Spec, env SupervisorEnv, out io.Writer, logger *slog.Logger) int {
 	s := &supervisor{spec: spec, env: env, out: out, logger: logger.With("interpreter", spec.Name),
 		end: Exit{Name: spec.Name, RequestID: spec.RequestID, Restarts: spec.Restarts}, tracker: NewTracker(spec.backoff()),
-		restarts: make(chan chan ControlAnswer), done: make(chan struct{})}
+		restarts: make(chan chan ControlAnswer), done: make(chan struct{}), superseded: make(chan int, 1)}
 	var err error
 	if s.checks, err = newSupervisorChecks(spec, wallClock{}, checks.OSProber{Env: identityEnv(spec)}); err != nil {
 		env.Ready(Readiness{Error: err.Error()})
@@ -188,6 +192,7 @@ func (s *supervisor) start() (int, bool) {
 		return fail(err, "could not join the mesh")
 	}
 	s.node, s.ctl = node, ctl
+	node.HandleQuery(querySuperseded, s.handleSuperseded)
 	s.enter(stateRunning)
 	s.env.Ready(Readiness{PID: child.PID()})
 	s.logger.Info("interpreter running", "pid", child.PID(), "endpoint", s.spec.Endpoint, "argv", s.spec.Argv,
@@ -275,6 +280,14 @@ func (s *supervisor) loop() loopEnd {
 			s.stopChild(s.spec.StopGrace)
 			s.writeExit(s.waitErr)
 			return endLost
+		case newer := <-s.superseded:
+			s.end.How = HowDuplicate
+			s.end.Reason = fmt.Sprintf("superseded by generation %d of request %s (told by its host, whose registry lost it)",
+				newer, s.spec.RequestID)
+			s.logger.Warn("interpreter-duplicate: stopping this interpreter, superseded by a newer generation of its request",
+				"request", s.spec.RequestID, "gen", s.spec.Gen, "newer_gen", newer)
+			s.stopChild(s.spec.StopGrace)
+			s.enter(stateEnded)
 		case <-changed:
 			if d, lost := lostDuplicate(s.node, s.spec.Name); lost {
 				s.end.How = HowDuplicate
@@ -291,6 +304,27 @@ func (s *supervisor) loop() loopEnd {
 		}
 	}
 	return endDone
+}
+
+// handleSuperseded answers the host's word that a newer generation of
+// the request was placed (tellUnlisted): the host's agent restarted
+// without its data dir, lost this supervisor from its registry, and
+// cannot stop it itself. The loop stops the interpreter, as a duplicate.
+func (s *supervisor) handleSuperseded(q *gossip.Query) {
+	var o stopOrder
+	var ans stopAnswer
+	switch err := msgpack.Unmarshal(q.Payload, &o); {
+	case err != nil || o.Name != s.spec.Name:
+		ans.Error = fmt.Sprintf("this is the supervisor of %s, not of %q", s.spec.Name, o.Name)
+	case o.Superseded <= s.spec.Gen:
+		ans.Error = fmt.Sprintf("%s is generation %d, not older than %d", s.spec.Name, s.spec.Gen, o.Superseded)
+	default:
+		select {
+		case s.superseded <- o.Superseded:
+		default: // told already
+		}
+	}
+	respond(q, ans, s.logger)
 }
 
 // childExited moves on after the child ended by itself: a restart after

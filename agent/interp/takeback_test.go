@@ -1073,3 +1073,60 @@ func TestAnAgentPlacesARequestOnceAtATime(t *testing.T) {
 			launched, resps[0].Name, resps[1].Name)
 	}
 }
+
+// TestASupersededInterpreterItsHostDoesNotListIsToldDirectly: a server's
+// agent restarted without its data dir while one of its interpreters ran
+// on; the supervisor joined the mesh again through the new agent, whose
+// registry does not list it. Then a newer generation of its request was
+// placed elsewhere (and ended). Told by the request's owner that the copy
+// is superseded, the host passes the word on to the copy's supervisor,
+// which stops it. Before, the host answered "gone already", and the stale
+// copy outlived the newer one (chaos seed 2109, the-answer-stands).
+func TestASupersededInterpreterItsHostDoesNotListIsToldDirectly(t *testing.T) {
+	l, _ := serverWithFakeSupervisors(t)
+	port, err := gossip.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "demo-r1-dc9b"
+	orphan, err := gossip.Start(gossip.Config{Name: name, BindAddr: "127.0.0.1", BindPort: port, Profile: "local",
+		Tags: gossip.Tags{Role: gossip.RoleInterpreter, Kind: BuiltinKind, RequestID: "r1", Host: "s1", PID: 102, Gen: 3,
+			Endpoint: "127.0.0.1:20001"}.Map()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { orphan.Shutdown() })
+	sup := &supervisor{spec: Spec{Name: name, RequestID: "r1", Gen: 3}, superseded: make(chan int, 1),
+		logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	orphan.HandleQuery(querySuperseded, sup.handleSuperseded)
+	if _, err := l.deps.Node.Join([]string{fmt.Sprintf("127.0.0.1:%d", port)}, false); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !slices.ContainsFunc(Instances(l.deps.Node.Members()), func(in Instance) bool {
+		return in.Name == name && in.Status == gossip.StatusAlive
+	}); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the interpreter's member is not listed alive 10 s after the join")
+		}
+	}
+	// Not newer than the copy: nothing to tell.
+	if ans := l.stopByOrder(stopOrder{Name: name, Superseded: 3}, "h9"); ans.Error != "" {
+		t.Fatalf("stop of an unlisted copy as superseded by its own generation: %s", ans.Error)
+	}
+	if ans := l.stopByOrder(stopOrder{Name: name, Superseded: 4}, "h9"); ans.Error != "" {
+		t.Fatalf("stop as superseded by generation 4: %s", ans.Error)
+	}
+	select {
+	case g := <-sup.superseded:
+		if g != 4 {
+			t.Fatalf("the supervisor was told of generation %d, want 4", g)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the supervisor of the unlisted copy was not told within 10 s that generation 4 superseded it")
+	}
+	select {
+	case g := <-sup.superseded:
+		t.Fatalf("the supervisor was told twice (again of generation %d)", g)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
