@@ -1021,6 +1021,18 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 		if !ok {
 			return
 		}
+		// As a placement: servers know a claim by the agent that makes
+		// it, so this restart and a keyed spawn this agent coordinated
+		// were both granted, and both started generation 1 (chaos seed
+		// 50545, the-answer-stands). One at a time; the placement that
+		// went first is found below, or its bid holds the request.
+		ctx, cancel := l.untilDone(2 * coordinatorTimeout)
+		unlock, err := l.placing.lock(ctx, rec.RequestID)
+		cancel()
+		if err != nil {
+			return // the owner covers it, as after a refused claim
+		}
+		defer unlock()
 		l.regMu.Lock()
 		_, running := l.registry.ByRequestID(rec.RequestID)
 		_, starting := l.inflight[rec.RequestID]

@@ -1130,3 +1130,85 @@ func TestASupersededInterpreterItsHostDoesNotListIsToldDirectly(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// TestAHostsRestartWaitsForItsOwnPlacementOfTheRequest: the agent
+// coordinating a keyed spawn is the host whose supervisor of the same
+// request just died. Its restart and its placement both claim the request
+// as this agent, so both were granted, and both started generation 1
+// (chaos seed 50545, the-answer-stands). The restart now waits for the
+// placement, and then finds its interpreter.
+func TestAHostsRestartWaitsForItsOwnPlacementOfTheRequest(t *testing.T) {
+	var mu sync.Mutex
+	claims, done := 0, 0
+	overlapped := false
+	entered := make(chan struct{})
+	second := make(chan struct{})
+	var l *Lifecycle
+	l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		if req.Claim {
+			mu.Lock()
+			claims++
+			n := claims
+			overlapped = overlapped || n == 2 && done == 0
+			mu.Unlock()
+			switch n {
+			case 1:
+				close(entered)
+				select { // as two elections at once would meet here
+				case <-second:
+				case <-time.After(time.Second):
+				}
+			case 2:
+				close(second)
+			}
+		}
+		b := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)},
+			placement.Bid{Node: "s1", Healthy: true, OffersKind: true})
+		return Election{Result: bidding.Result{Bids: []placement.Bid{b}}, Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: b}}}}
+	})
+	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	var resp rpc.SpawnResponse
+	placed := make(chan struct{})
+	go func() {
+		defer close(placed)
+		resp = l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind, Restart: RestartOnFailure}, "r1", 1, "s2", "", true, time.Now())
+		mu.Lock()
+		done++
+		mu.Unlock()
+	}()
+	<-entered
+	// The supervisor of the request's earlier copy on this host died.
+	l.restartHere(state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 0})
+	// Past the restart's first delay, a second at a time (its timer may
+	// not be set yet), until the placement is done.
+	for waiting := true; waiting; {
+		select {
+		case <-placed:
+			waiting = false
+		case <-time.After(10 * time.Millisecond):
+			l.clock.(*state.FakeClock).Advance(time.Second)
+		}
+	}
+	if resp.Code != "" {
+		t.Fatalf("the placement: %s %s", resp.Code, resp.Error)
+	}
+	restarted := func() bool {
+		l.regMu.Lock()
+		defer l.regMu.Unlock()
+		return !l.restarting["r1"]
+	}
+	if !advanceUntil(l, restarted) {
+		t.Fatal("the restart did not end")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if overlapped {
+		t.Fatal("the restart claimed the request while this agent's placement of it ran")
+	}
+	procs.mu.Lock()
+	launched := len(procs.running) + len(procs.stopped)
+	procs.mu.Unlock()
+	if launched != 1 {
+		t.Fatalf("%d supervisors launched for the placement and the restart, want 1 (the restart finds the placement's)", launched)
+	}
+}
