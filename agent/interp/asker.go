@@ -391,7 +391,7 @@ func (l *Lifecycle) reclaim(ctx context.Context, preq placement.Request, gen int
 	v := l.tally(e.Result.Bids)
 	switch {
 	case !v.majority():
-		return fmt.Sprintf("%d of the %d servers answered the claim of the next attempt", len(v.answered), v.total), false
+		return fmt.Sprintf("%d of the %d servers answered the claim of generation %d", len(v.answered), v.total, gen), false
 	case !v.granted():
 		return v.deferral(), false
 	}

@@ -1448,10 +1448,9 @@ func (l *Lifecycle) tellUnlisted(o stopOrder, from string) {
 	if l.deps.Node == nil {
 		return
 	}
-	idx := slices.IndexFunc(Instances(l.deps.Node.Members()), func(in Instance) bool {
+	if !slices.ContainsFunc(Instances(l.deps.Node.Members()), func(in Instance) bool {
 		return in.Name == o.Name && in.Host == l.cfg.Node && in.Status == gossip.StatusAlive && in.Tags.Gen < o.Superseded
-	})
-	if idx < 0 {
+	}) {
 		return
 	}
 	l.logger.Warn("interpreter-duplicate: telling an interpreter this host's registry does not list that a newer generation "+

@@ -827,11 +827,8 @@ func TestASpawnOrderDeliveredTwiceStartsOnce(t *testing.T) {
 	if again.Name != first.Name {
 		t.Errorf("the order delivered again answered %q, want the first delivery's %q", again.Name, first.Name)
 	}
-	procs.mu.Lock()
-	launched := len(procs.running) + len(procs.stopped)
-	procs.mu.Unlock()
-	if launched != 1 {
-		t.Errorf("%d supervisors launched for one order delivered twice, want 1", launched)
+	if n := launched(procs); n != 1 {
+		t.Errorf("%d supervisors launched for one order delivered twice, want 1", n)
 	}
 }
 
@@ -917,26 +914,21 @@ func TestTheAnswerStandsWhenAnOrderArrivesAgainAfterARestartWithoutData(t *testi
 			t.Fatal("the interpreter's member is not listed alive 10 s after the join")
 		}
 	}
-	launched := func() int {
-		procs.mu.Lock()
-		defer procs.mu.Unlock()
-		return len(procs.running) + len(procs.stopped)
-	}
 	ans := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", ID: NewRequestID()})
 	if ans.Name != "demo-r1-dc9b" || !ans.Existing || ans.PID != 102 || ans.Refusal != "" {
 		t.Errorf("the order arriving again answered %+v, want the interpreter that runs on this host, existing", ans)
 	}
-	if n := launched(); n != 0 {
+	if n := launched(procs); n != 0 {
 		t.Errorf("%d supervisors launched beside the interpreter this host runs, want 0", n)
 	}
 	other := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", Restart: RestartOnFailure,
 		ID: NewRequestID()})
-	if other.Conflict == "" || other.Name != "demo-r1-dc9b" || launched() != 0 {
-		t.Errorf("an order asking another restart policy answered %+v with %d launched, want a conflict naming the running one", other, launched())
+	if other.Conflict == "" || other.Name != "demo-r1-dc9b" || launched(procs) != 0 {
+		t.Errorf("an order asking another restart policy answered %+v with %d launched, want a conflict naming the running one", other, launched(procs))
 	}
 	newer := l.decideSpawnOrder(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "h1", Gen: 1, ID: NewRequestID()})
-	if newer.Refusal != "" || newer.Existing || newer.Name == "demo-r1-dc9b" || launched() != 1 {
-		t.Errorf("an order of generation 1 answered %+v with %d launched, want a new interpreter", newer, launched())
+	if newer.Refusal != "" || newer.Existing || newer.Name == "demo-r1-dc9b" || launched(procs) != 1 {
+		t.Errorf("an order of generation 1 answered %+v with %d launched, want a new interpreter", newer, launched(procs))
 	}
 }
 
@@ -1007,36 +999,40 @@ func TestTheNextAttemptClaimsItsGeneration(t *testing.T) {
 	}
 }
 
-// TestAnAgentPlacesARequestOnceAtATime: an agent that coordinates a keyed
-// spawn and, as the request's owner, re-places it at the same moment runs
-// two placements of one request. The servers know a claim by the agent
-// that makes it, so both were granted as one asker's, and both placed the
-// same generation (chaos seed 1808, the-answer-stands). The second now
-// elects after the first is done, and answers with its interpreter.
-func TestAnAgentPlacesARequestOnceAtATime(t *testing.T) {
-	var mu sync.Mutex
-	claims := 0
-	done := 0           // placements returned
-	overlapped := false // an election began while another placement ran
-	second := make(chan struct{})
+// claimMeeting is a one-server mesh (s1, this lifecycle) whose elections
+// let two claims of a request meet: the first claim waits a second for a
+// second one, as two elections that run at once would. It notes whether a
+// second claim began while a placement ran (before placed counted it).
+type claimMeeting struct {
+	mu         sync.Mutex
+	claims     int
+	done       int           // placements returned
+	overlapped bool          // a second claim began while a placement ran
+	entered    chan struct{} // closed at the first claim
+	second     chan struct{} // closed at the second claim
+}
+
+// serverWithClaimMeeting is serverWithFakeSupervisors with a claimMeeting
+// for its elections; s1 answers its own spawn orders.
+func serverWithClaimMeeting(t *testing.T) (*Lifecycle, *fakeSupervisors, *claimMeeting) {
+	m := &claimMeeting{entered: make(chan struct{}), second: make(chan struct{})}
 	var l *Lifecycle
 	l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
 		if req.Claim {
-			mu.Lock()
-			claims++
-			n := claims
-			overlapped = overlapped || n == 2 && done == 0
-			mu.Unlock()
+			m.mu.Lock()
+			m.claims++
+			n := m.claims
+			m.overlapped = m.overlapped || n == 2 && m.done == 0
+			m.mu.Unlock()
 			switch n {
 			case 1:
-				// Wait a moment for the other placement's election, as two
-				// that run at once would meet here.
+				close(m.entered)
 				select {
-				case <-second:
+				case <-m.second:
 				case <-time.After(time.Second):
 				}
 			case 2:
-				close(second)
+				close(m.second)
 			}
 		}
 		b := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)},
@@ -1044,20 +1040,50 @@ func TestAnAgentPlacesARequestOnceAtATime(t *testing.T) {
 		return Election{Result: bidding.Result{Bids: []placement.Bid{b}}, Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: b}}}}
 	})
 	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	return l, procs, m
+}
+
+// place runs a quorum placement of request r1 at gen and counts it done.
+func (m *claimMeeting) place(l *Lifecycle, gen int, asker string) rpc.SpawnResponse {
+	resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind, Restart: RestartOnFailure}, "r1", gen, asker, "", true, time.Now())
+	m.mu.Lock()
+	m.done++
+	m.mu.Unlock()
+	return resp
+}
+
+func (m *claimMeeting) overlap() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.overlapped
+}
+
+// launched counts the supervisors procs launched.
+func launched(procs *fakeSupervisors) int {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	return len(procs.running) + len(procs.stopped)
+}
+
+// TestAnAgentPlacesARequestOnceAtATime: an agent that coordinates a keyed
+// spawn and, as the request's owner, re-places it at the same moment runs
+// two placements of one request. The servers know a claim by the agent
+// that makes it, so both were granted as one asker's, and both placed the
+// same generation (chaos seed 1808, the-answer-stands). The second now
+// elects after the first is done, and answers with its interpreter.
+func TestAnAgentPlacesARequestOnceAtATime(t *testing.T) {
+	l, procs, m := serverWithClaimMeeting(t)
 	var wg sync.WaitGroup
 	resps := make([]rpc.SpawnResponse, 2)
 	for i := range resps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resps[i] = l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind, Restart: RestartOnFailure}, "r1", 0, "s1", "", true, time.Now())
-			mu.Lock()
-			done++
-			mu.Unlock()
+			resps[i] = m.place(l, 0, "s1")
 		}()
 	}
 	wg.Wait()
-	if overlapped {
+	if m.overlap() {
 		t.Fatal("the second placement's election began while the first placement ran")
 	}
 	for i, r := range resps {
@@ -1065,12 +1091,9 @@ func TestAnAgentPlacesARequestOnceAtATime(t *testing.T) {
 			t.Fatalf("placement %d: %s %s", i, r.Code, r.Error)
 		}
 	}
-	procs.mu.Lock()
-	launched := len(procs.running) + len(procs.stopped)
-	procs.mu.Unlock()
-	if launched != 1 || resps[0].Name != resps[1].Name {
+	if n := launched(procs); n != 1 || resps[0].Name != resps[1].Name {
 		t.Fatalf("two placements of one request on one agent launched %d supervisors and answered %q and %q, want one, named by both",
-			launched, resps[0].Name, resps[1].Name)
+			n, resps[0].Name, resps[1].Name)
 	}
 }
 
@@ -1138,45 +1161,14 @@ func TestASupersededInterpreterItsHostDoesNotListIsToldDirectly(t *testing.T) {
 // (chaos seed 50545, the-answer-stands). The restart now waits for the
 // placement, and then finds its interpreter.
 func TestAHostsRestartWaitsForItsOwnPlacementOfTheRequest(t *testing.T) {
-	var mu sync.Mutex
-	claims, done := 0, 0
-	overlapped := false
-	entered := make(chan struct{})
-	second := make(chan struct{})
-	var l *Lifecycle
-	l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
-		if req.Claim {
-			mu.Lock()
-			claims++
-			n := claims
-			overlapped = overlapped || n == 2 && done == 0
-			mu.Unlock()
-			switch n {
-			case 1:
-				close(entered)
-				select { // as two elections at once would meet here
-				case <-second:
-				case <-time.After(time.Second):
-				}
-			case 2:
-				close(second)
-			}
-		}
-		b := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)},
-			placement.Bid{Node: "s1", Healthy: true, OffersKind: true})
-		return Election{Result: bidding.Result{Bids: []placement.Bid{b}}, Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: b}}}}
-	})
-	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	l, procs, m := serverWithClaimMeeting(t)
 	var resp rpc.SpawnResponse
 	placed := make(chan struct{})
 	go func() {
 		defer close(placed)
-		resp = l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind, Restart: RestartOnFailure}, "r1", 1, "s2", "", true, time.Now())
-		mu.Lock()
-		done++
-		mu.Unlock()
+		resp = m.place(l, 1, "s2")
 	}()
-	<-entered
+	<-m.entered
 	// The supervisor of the request's earlier copy on this host died.
 	l.restartHere(state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 0})
 	// Past the restart's first delay, a second at a time (its timer may
@@ -1200,15 +1192,10 @@ func TestAHostsRestartWaitsForItsOwnPlacementOfTheRequest(t *testing.T) {
 	if !advanceUntil(l, restarted) {
 		t.Fatal("the restart did not end")
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if overlapped {
+	if m.overlap() {
 		t.Fatal("the restart claimed the request while this agent's placement of it ran")
 	}
-	procs.mu.Lock()
-	launched := len(procs.running) + len(procs.stopped)
-	procs.mu.Unlock()
-	if launched != 1 {
-		t.Fatalf("%d supervisors launched for the placement and the restart, want 1 (the restart finds the placement's)", launched)
+	if n := launched(procs); n != 1 {
+		t.Fatalf("%d supervisors launched for the placement and the restart, want 1 (the restart finds the placement's)", n)
 	}
 }
