@@ -64,7 +64,7 @@ var failedBefore = []struct {
 	{111, 3 * time.Minute}, {200, 3 * time.Minute}, {225, 3 * time.Minute}, {288, 3 * time.Minute}, {373, 3 * time.Minute},
 	{402, 3 * time.Minute}, {455, 3 * time.Minute}, {867, 3 * time.Minute}, {896, 3 * time.Minute},
 	{21306, time.Minute}, {24191, time.Minute}, {30936, time.Minute}, {42499, time.Minute},
-	{1808, 3 * time.Minute}, {2109, 3 * time.Minute}, {2200, 3 * time.Minute}, {50545, time.Minute},
+	{1808, 3 * time.Minute}, {2109, 3 * time.Minute}, {2200, 3 * time.Minute}, {50545, time.Minute}, {51076, time.Minute},
 }
 
 // chaosChild runs one seed in a child process of this test binary (its

@@ -1012,6 +1012,19 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 			return
 		case <-l.clock.After(delay):
 		}
+		// A start that failed is tried again, within the policy's bounds
+		// (then interpreter-gave-up), once this attempt let go of the
+		// request. Before, it was only logged: a supervisor that missed
+		// its start deadline (a lossy network slowed its join) left the
+		// mesh as stopped, which the rules read as a stop on purpose,
+		// and nothing ran the request again (chaos seed 51076,
+		// nothing-lost).
+		retry := false
+		defer func() {
+			if retry {
+				l.restartHere(rec)
+			}
+		}()
 		defer func() {
 			l.regMu.Lock()
 			delete(l.restarting, rec.RequestID)
@@ -1051,7 +1064,8 @@ func (l *Lifecycle) restartHere(rec state.Interpreter) {
 		o := spawnOrder{RequestID: rec.RequestID, Kind: rec.Kind, Args: rec.Args, Asker: l.cfg.Node, Restart: rec.Restart, Gen: gen,
 			restart: true, ordered: rec.Ordered, owner: rec.Owner, Lease: rec.OwnerLease}
 		if _, err := l.launch(kind, name, o, rec.Restarts+1); err != nil {
-			l.logger.Error("interpreter not restarted after its supervisor failed", "request", rec.RequestID, "err", err)
+			l.logger.Error("interpreter not restarted after its supervisor failed; trying again", "request", rec.RequestID, "err", err)
+			retry = true
 			return
 		}
 		l.logger.Info("interpreter-restart: started again after its supervisor failed", "interpreter", name, "request", rec.RequestID)

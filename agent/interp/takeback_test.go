@@ -26,6 +26,7 @@ type fakeSupervisors struct {
 	running map[int]chan struct{} // pid -> closed when it exits
 	stopped []int
 	events  []Event // what the lifecycle emitted
+	hang    int     // how many of the next launches never report ready
 }
 
 func (f *fakeSupervisors) Launch(specPath string, spec Spec) (Started, error) {
@@ -39,7 +40,11 @@ func (f *fakeSupervisors) Launch(specPath string, spec Spec) (Started, error) {
 	}
 	f.running[pid] = done
 	ready := make(chan Readiness, 1)
-	ready <- Readiness{PID: pid + 1}
+	if f.hang > 0 {
+		f.hang--
+	} else {
+		ready <- Readiness{PID: pid + 1}
+	}
 	return Started{PID: pid, Ready: ready, Done: done}, nil
 }
 
@@ -1197,5 +1202,39 @@ func TestAHostsRestartWaitsForItsOwnPlacementOfTheRequest(t *testing.T) {
 	}
 	if n := launched(procs); n != 1 {
 		t.Fatalf("%d supervisors launched for the placement and the restart, want 1 (the restart finds the placement's)", n)
+	}
+}
+
+// TestNothingIsLostWhenAHostsRestartMissesItsStart: a host restarts an
+// on-failure request whose supervisor died, and the new supervisor misses
+// its start deadline (a lossy network slowed its join to the mesh). The
+// host stops it, which leaves the mesh as a stop on purpose, so no other
+// agent re-places the request: the host tries again, one generation up.
+// Before, it only logged the failure, and nothing ran the request again
+// (chaos seed 51076, nothing-lost).
+func TestNothingIsLostWhenAHostsRestartMissesItsStart(t *testing.T) {
+	l, procs := serverWithFakeSupervisors(t)
+	procs.mu.Lock()
+	procs.hang = 1
+	procs.mu.Unlock()
+	l.restartHere(state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 0})
+	var again state.Interpreter
+	if !advanceUntil(l, func() bool {
+		l.regMu.Lock()
+		defer l.regMu.Unlock()
+		again, _ = l.registry.ByRequestID("r1")
+		return again.Name != ""
+	}) {
+		t.Fatalf("the request runs nowhere after its restart missed its start (%d supervisors launched, %v stopped)",
+			launched(procs), procs.stops())
+	}
+	if n := launched(procs); n != 2 {
+		t.Fatalf("%d supervisors launched, want 2: the one that missed its start, then the next", n)
+	}
+	if len(procs.stops()) != 1 {
+		t.Fatalf("stopped %v, want only the supervisor that missed its start", procs.stops())
+	}
+	if again.Gen != 2 {
+		t.Fatalf("the second restart runs generation %d, want 2: above the first restart's 1, which left the mesh", again.Gen)
 	}
 }
