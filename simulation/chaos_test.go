@@ -132,7 +132,7 @@ func TestChaosHoldsOverManySeeds(t *testing.T) {
 			})
 		}
 	})
-		var seen []string
+	var seen []string
 	for k, n := range kinds {
 		seen = append(seen, fmt.Sprintf("%s %d", k, n))
 	}
