@@ -215,11 +215,14 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		// The bids raised the generation above the one the election
 		// claimed: a rival told of the claim would place the raised one
 		// too.
-		if why, ok := l.reclaim(ctx, preq, gen, quorum); !ok {
+		claimed, why, ok := l.reclaim(ctx, preq, gen, quorum)
+		if !ok {
 			l.releaseClaim(ctx, preq)
 			resp.Code, resp.Error = codeDefer, why
 			return resp
 		}
+		gen = claimed
+		resp.Generation = gen
 	}
 
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
@@ -238,14 +241,15 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			// A server that did not answer may have started it all the
 			// same (it is told to stop it, but may not hear): the next
 			// attempt outranks whatever that one started.
-			gen++
-			resp.Generation = gen
-			if why, ok := l.reclaim(ctx, preq, gen, quorum); !ok {
+			claimed, why, ok := l.reclaim(ctx, preq, gen+1, quorum)
+			if !ok {
 				l.releaseClaim(ctx, preq)
 				l.takeBack(rid, timedOut)
 				resp.Code, resp.Error = codeDefer, why
 				return resp
 			}
+			gen = claimed
+			resp.Generation = gen
 			order, _ = msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
 				Lease: req.OwnerLease, ID: NewRequestID()})
 		}
@@ -382,21 +386,40 @@ func (l *Lifecycle) nextAttempt() uint64 {
 // it expired, placed the same generation as this attempt. With quorum,
 // the placement goes on only while a majority still answers and grants
 // this agent the request; else it defers, and why says to whom.
-func (l *Lifecycle) reclaim(ctx context.Context, preq placement.Request, gen int, quorum bool) (why string, ok bool) {
-	preq.Claim, preq.Gen = true, gen
-	e := l.deps.Elect(ctx, preq)
-	if !quorum {
-		return "", true
+//
+// A rival may have claimed (or placed) the generation meanwhile: granted
+// the request while this agent's claim looked gone to the servers (a
+// flapping partition), it placed generation 1 as this placement's next
+// attempt did (chaos seed 63977, the-answer-stands). So when the bids say
+// a server saw a generation at or above gen, the claim goes above it, at
+// most reclaimTries times; reclaim returns the generation claimed.
+func (l *Lifecycle) reclaim(ctx context.Context, preq placement.Request, gen int, quorum bool) (claimed int, why string, ok bool) {
+	for try := 1; ; try++ {
+		preq.Claim, preq.Gen = true, gen
+		e := l.deps.Elect(ctx, preq)
+		if quorum {
+			v := l.tally(e.Result.Bids)
+			switch {
+			case !v.majority():
+				return gen, fmt.Sprintf("%d of the %d servers answered the claim of generation %d", len(v.answered), v.total, gen), false
+			case !v.granted():
+				return gen, v.deferral(), false
+			}
+		}
+		above, raised := aboveGen(e.Result.Bids)
+		if !raised || above < gen {
+			return gen, "", true
+		}
+		if try == reclaimTries {
+			return gen, fmt.Sprintf("generation %d of the request was claimed or placed by another agent %d times in a row", above, try), false
+		}
+		gen = NextGen(above)
 	}
-	v := l.tally(e.Result.Bids)
-	switch {
-	case !v.majority():
-		return fmt.Sprintf("%d of the %d servers answered the claim of generation %d", len(v.answered), v.total, gen), false
-	case !v.granted():
-		return v.deferral(), false
-	}
-	return "", true
 }
+
+// reclaimTries bounds how often reclaim goes above a rival's generation
+// before it gives the request up to that rival.
+const reclaimTries = 3
 
 // releaseClaim withdraws this agent's claim of req at the servers: it will
 // not place the request now, and a rival that asks next may gather the

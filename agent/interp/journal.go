@@ -36,7 +36,7 @@ const journalName = "requests.journal"
 
 // journalRec is one line of the journal. K says what it records.
 type journalRec struct {
-	K string    `json:"k"` // "g" generation, "o" orphan, "x" orphan resolved, "d" forgotten, "c" claim, "u" claim withdrawn, "s" a server known, "l" a server gone
+	K string    `json:"k"` // "g" generation, "o" orphan, "x" orphan resolved, "d" forgotten, "c" claim, "u" claim withdrawn, "p" a claim's floor, "s" a server known, "l" a server gone
 	R string    `json:"r"` // request id
 	G int       `json:"g,omitempty"`
 	O *Instance `json:"o,omitempty"`
@@ -194,7 +194,7 @@ func compactJournal(j *journal, m *memory, c *claims) error {
 	defer m.mu.Unlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	live := len(m.written) + len(m.servers)
+	live := len(m.written) + len(m.servers) + len(c.floor)
 	for _, cs := range c.reqs {
 		live += len(cs)
 	}
@@ -302,7 +302,8 @@ func (m *memory) persistLocked(rid string) {
 	m.j.add(recs...)
 }
 
-// fold takes in the journal's claims still fresh at now. c.mu is held.
+// fold takes in the journal's claims still fresh at now, and the floors
+// younger than genKeep. c.mu is held.
 func (c *claims) fold(recs []journalRec, now time.Time) {
 	if c.reqs == nil {
 		c.reqs = map[string][]claim{}
@@ -322,8 +323,16 @@ func (c *claims) fold(recs []journalRec, now time.Time) {
 			if k := indexOfAsker(cs, rec.A); k >= 0 && cs[k].attempt <= rec.N {
 				c.reqs[rec.R] = append(cs[:k:k], cs[k+1:]...)
 			}
+		case "p":
+			if c.floor == nil {
+				c.floor = map[string]claimFloor{}
+			}
+			if f, ok := c.floor[rec.R]; !ok || rec.G >= f.gen {
+				c.floor[rec.R] = claimFloor{gen: rec.G, asker: rec.A, attempt: rec.N, at: rec.T}
+			}
 		}
 	}
+	c.pruneFloorLocked(now)
 	for rid, cs := range c.reqs {
 		var fresh []claim
 		for _, x := range cs {
@@ -347,7 +356,14 @@ func (c *claims) recordsLocked() []journalRec {
 			out = append(out, claimRec(rid, x))
 		}
 	}
+	for rid, f := range c.floor {
+		out = append(out, floorRec(rid, f))
+	}
 	return out
+}
+
+func floorRec(rid string, f claimFloor) journalRec {
+	return journalRec{K: "p", R: rid, A: f.asker, N: f.attempt, G: f.gen, T: f.at}
 }
 
 func claimRec(rid string, x claim) journalRec {

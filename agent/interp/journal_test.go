@@ -153,3 +153,48 @@ func TestAMajorityCountsTheServersARestartedServerKnew(t *testing.T) {
 		t.Errorf("two answers of six servers made a majority: %+v", v)
 	}
 }
+
+// TestTheAnswerStandsWhenAClaimOutlivedItsGrant: a server granted
+// generation 2 of a key to h9, whose placement then ran where this server
+// never saw it (a partition cut h9 off). Long after the claim ended, and
+// after a restart of this server's agent, a bid to another asker still
+// says generation 2 was claimed, so that asker places above it. Before,
+// a claim was forgotten after claimKeep, and the other side of the split
+// placed generation 2 again (chaos seed 60189, the-answer-stands).
+func TestTheAnswerStandsWhenAClaimOutlivedItsGrant(t *testing.T) {
+	dir := t.TempDir()
+	clock := state.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	first, stop := serverOnDir(t, dir, clock)
+	claim := func(l *Lifecycle, asker string, gen int, attempt uint64) placement.Bid {
+		return l.Bid(asker, bidding.Request{ID: "k1", Kind: BuiltinKind, Claim: gen + 1, Attempt: attempt}, placement.Bid{Node: "s1", Healthy: true})
+	}
+	if b := claim(first, "h9", 2, 7); b.Grant != placement.Granted {
+		t.Fatalf("a fresh claim was not granted: %+v", b)
+	}
+	if b := claim(first, "h9", 2, 7); b.Claimed {
+		t.Errorf("the same attempt's claim asked again is told of itself: %+v", b)
+	}
+	clock.Advance(claimKeep + 10*time.Second)
+	b := claim(first, "h4", 2, 8)
+	if b.Grant != placement.Granted {
+		t.Fatalf("the claim ended, but another asker is not granted the request: %+v", b)
+	}
+	if above, ok := aboveGen([]placement.Bid{b}); !ok || above != 2 {
+		t.Fatalf("after the claim ended, a bid puts the next placement above generation %d (found %t), want above 2", above, ok)
+	}
+	stop()
+
+	clock.Advance(time.Hour) // an agent restart, long after
+	second, _ := serverOnDir(t, dir, clock)
+	if above, ok := aboveGen([]placement.Bid{claim(second, "h5", 1, 9)}); !ok || above != 2 {
+		t.Fatalf("after a restart, a bid puts the next placement above generation %d (found %t), want above 2", above, ok)
+	}
+	clock.Advance(genKeep + time.Minute)
+	second.claims.mu.Lock()
+	second.claims.pruneFloorLocked(clock.Now())
+	n := len(second.claims.floor)
+	second.claims.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d claim floors kept past genKeep, want none", n)
+	}
+}

@@ -553,10 +553,69 @@ const claimKeep = 20 * time.Second
 // owner re-places it while a keyed spawn runs) at most one gets a
 // majority's grants: majorities share a server, and a server grants one.
 // Safe for concurrent use.
+//
+// A server also keeps, for genKeep, the highest generation claimed of each
+// request (floor), as a Paxos acceptor keeps the highest ballot it
+// promised: a claim ends after claimKeep, but what it placed may run on
+// where the servers never saw it. Bids report it, so a later placement
+// goes above it. Before, an election granted by every server placed
+// generation 2 on h9 just as a partition cut h9 off with a third of the
+// servers; the other side never saw it, and 27 s later, the claim
+// forgotten, placed generation 2 again for the same key, and the copy
+// the client had not been given won at the heal (chaos seed 60189,
+// the-answer-stands).
 type claims struct {
-	mu   sync.Mutex
-	reqs map[string][]claim
-	j    *journal // keeps the claims across a restart, on a server (journal.go)
+	mu     sync.Mutex
+	reqs   map[string][]claim
+	floor  map[string]claimFloor
+	pruned time.Time // when the floors were last pruned
+	j      *journal  // keeps the claims across a restart, on a server (journal.go)
+}
+
+// claimFloor is the highest generation claimed of a request, by which
+// asker in which attempt, and when it was last claimed.
+type claimFloor struct {
+	gen     int
+	asker   string
+	attempt uint64
+	at      time.Time
+}
+
+// raiseFloorLocked notes a claim of gen for rid. c.mu is held.
+func (c *claims) raiseFloorLocked(rid, asker string, gen int, attempt uint64, now time.Time) {
+	if c.floor == nil {
+		c.floor = map[string]claimFloor{}
+	}
+	f, ok := c.floor[rid]
+	switch {
+	case !ok || gen > f.gen:
+		f = claimFloor{gen: gen, asker: asker, attempt: attempt, at: now}
+	case gen == f.gen && f.asker == asker:
+		f.attempt, f.at = max(f.attempt, attempt), now
+	default:
+		return
+	}
+	c.floor[rid] = f
+	c.j.add(floorRec(rid, f))
+}
+
+// pruneFloorLocked forgets the floors older than genKeep, and the oldest
+// past maxRemembered. c.mu is held.
+func (c *claims) pruneFloorLocked(now time.Time) {
+	for rid, f := range c.floor {
+		if now.Sub(f.at) > genKeep {
+			delete(c.floor, rid)
+		}
+	}
+	for len(c.floor) > maxRemembered {
+		oldest, at := "", now
+		for rid, f := range c.floor {
+			if !f.at.After(at) {
+				oldest, at = rid, f.at
+			}
+		}
+		delete(c.floor, oldest)
+	}
 }
 
 type claim struct {
@@ -594,7 +653,17 @@ func (c *claims) record(rid, asker string, gen int, claiming bool, attempt uint6
 			best, by, found = x.gen, x.asker, true
 		}
 	}
+	if now.Sub(c.pruned) > time.Minute {
+		c.pruneFloorLocked(now)
+		c.pruned = now
+	}
+	// The floor, but for this very attempt's own claim (a bid asked
+	// again, or a reclaim in the same placement).
+	if f, ok := c.floor[rid]; ok && (f.asker != asker || attempt == 0 || f.attempt != attempt) && (!found || f.gen > best) {
+		best, by, found = f.gen, f.asker, true
+	}
 	if claiming {
+		c.raiseFloorLocked(rid, asker, gen, attempt, now)
 		k := slices.IndexFunc(c.reqs[rid], func(x claim) bool { return x.asker == asker })
 		if k < 0 {
 			c.reqs[rid] = append(c.reqs[rid], claim{asker: asker, gen: gen, first: now, at: now})
@@ -1119,10 +1188,19 @@ func (l *Lifecycle) claimRestart(rec state.Interpreter, gen int) (int, bool) {
 		case !v.granted():
 			why = v.deferral()
 		default:
-			if above, ok := aboveGen(e.Result.Bids); ok && above >= gen {
-				gen = NextGen(above) // a server saw a placement (or a claim) this host never did
+			above, ok := aboveGen(e.Result.Bids)
+			if !ok || above < gen {
+				return gen, true
 			}
-			return gen, true
+			// A server saw a placement (or a claim) this host never did:
+			// the restart goes above it, and claims what it starts.
+			ctx, cancel := l.untilDone(orderTimeout)
+			claimed, rwhy, rok := l.reclaim(ctx, preq, NextGen(above), true)
+			cancel()
+			if rok {
+				return claimed, true
+			}
+			why = rwhy
 		}
 		ctx, cancel = l.untilDone(orderTimeout)
 		l.releaseClaim(ctx, preq)

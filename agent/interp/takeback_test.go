@@ -1238,3 +1238,51 @@ func TestNothingIsLostWhenAHostsRestartMissesItsStart(t *testing.T) {
 		t.Fatalf("the second restart runs generation %d, want 2: above the first restart's 1, which left the mesh", again.Gen)
 	}
 }
+
+// TestTheNextAttemptGoesAboveARivalsGeneration: a keyed placement's first
+// server did not answer, so its next attempt claims generation 1; but a
+// rival, granted the request while this agent's claim looked gone to the
+// servers (a flapping split), claimed generation 1 meanwhile. The next
+// attempt goes above it and claims generation 2 before it sends the
+// order. Before, both placed generation 1, and the duplicate rule kept the
+// one the latest answer had not named (chaos seed 63977,
+// the-answer-stands).
+func TestTheNextAttemptGoesAboveARivalsGeneration(t *testing.T) {
+	var mu sync.Mutex
+	var claimed []int // the generation each election claimed
+	var l *Lifecycle
+	l, _ = serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		mu.Lock()
+		n := len(claimed)
+		if req.Claim {
+			claimed = append(claimed, req.Gen)
+		}
+		mu.Unlock()
+		own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req), Attempt: req.Attempt},
+			placement.Bid{Node: "s1", Healthy: true, OffersKind: true, Servers: 3})
+		ghost := placement.Bid{Node: "ghost", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+		third := placement.Bid{Node: "s3", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+		if n == 1 {
+			third.Claimed, third.ClaimGen, third.Claimer = true, 1, "h9" // the rival's claim, told at the reclaim
+		}
+		return Election{Result: bidding.Result{Bids: []placement.Bid{ghost, own, third}},
+			Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: ghost}, {Bid: own}}}}
+	})
+	l.orderWait = 2 * time.Second
+	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder) // s1 answers its orders; ghost never does
+	resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "k1", 0, "s1", "", true, time.Now())
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(claimed, []int{0, 1, 2}) {
+		t.Fatalf("the elections claimed generations %v, want 0, then 1 for the next attempt, then 2 above the rival's 1", claimed)
+	}
+	if resp.Code != "" || resp.Node != "s1" || resp.Generation != 2 {
+		t.Fatalf("the next attempt: %s %s on %q gen %d, want s1 to start generation 2", resp.Code, resp.Error, resp.Node, resp.Generation)
+	}
+	l.regMu.Lock()
+	rec, ok := l.registry.ByRequestID("k1")
+	l.regMu.Unlock()
+	if !ok || rec.Gen != 2 {
+		t.Fatalf("s1 runs %+v (found %t), want generation 2", rec, ok)
+	}
+}
