@@ -316,6 +316,12 @@ func (c *checker) onePerKey() {
 // placedAfter says whether process p, of a higher generation than the
 // latest answer a, was placed after it: named by an answer or by a
 // re-placement or restart event, or possibly started by an Info spawn.
+// "After" is real-time order, as linearizability has it: an answer that
+// a did not follow (it completed after a was invoked: the two overlap)
+// may come after a. A spawn asked of an agent whose network was held
+// (a pause) named the interpreter it knew when the pause began, and its
+// answer reached the client after another client's newer one that began
+// and ended inside it (chaos seed 60449): no order of the two is wrong.
 func (c *checker) placedAfter(p Process, a Op) bool {
 	for _, e := range c.h.Events {
 		if (e.Type == eventReplaced || e.Type == eventRestarted) && e.Name == p.Name && e.Gen == p.Gen && e.At >= a.Invoked {
@@ -325,7 +331,7 @@ func (c *checker) placedAfter(p Process, a Op) bool {
 	for _, o := range c.h.Ops {
 		switch {
 		case o.Kind != OpSpawn:
-		case o.Outcome == OK && o.Name == p.Name && o.Gen == p.Gen && o.Completed >= a.Completed:
+		case o.Outcome == OK && o.Name == p.Name && o.Gen == p.Gen && o.Completed >= a.Invoked:
 			return true
 		case o.Outcome == Info && c.rid(o) == a.RID && o.Completed >= a.Invoked:
 			return true

@@ -215,6 +215,22 @@ func TestCheckTheAnswerStands(t *testing.T) {
 			detail: []string{"latest answer (op 2) named demo-x (gen 0 on h2) of the same generation"},
 		},
 		{
+			name: "an answer that began before a newer one and ended after it",
+			h: history(0, []Op{
+				spawned(1, "h1", "k-1", "demo-b", "h1", 1, 20),
+				func() Op { o := spawned(2, "h3", "k-1", "demo-a", "h3", 0, 22); o.Invoked = sec(10); return o }(),
+			}, nil, nil, quiet(45, newer)),
+		},
+		{
+			name: "an answer that ended before an older one began",
+			h: history(0, []Op{
+				spawned(1, "h1", "k-1", "demo-b", "h1", 1, 20),
+				spawned(2, "h3", "k-1", "demo-a", "h3", 0, 22),
+			}, nil, nil, quiet(45, newer)),
+			want:   []string{TheAnswerStands},
+			detail: []string{"newer than the latest answer (op 2, demo-a)"},
+		},
+		{
 			name:    "a newer copy nobody named",
 			h:       history(0, ops[:2], nil, nil, quiet(45, proc("demo-q", "k-1", "h2", 2), other)),
 			want:    []string{TheAnswerStands},
