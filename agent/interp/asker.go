@@ -228,6 +228,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 	order, _ := msgpack.Marshal(spawnOrder{RequestID: rid, Kind: req.Kind, Args: req.Args, Asker: asker, Restart: req.Restart, Gen: gen, Replaces: replaces,
 		Lease: req.OwnerLease, ID: NewRequestID()})
 	timeouts := 0
+	launched := false        // the last attempt's server launched a supervisor that it then stopped
 	var timedOut []sentOrder // the servers that did not answer, and the generation each was sent
 	ranked := e.Decision.Ranked
 	if held {
@@ -237,10 +238,17 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 		if i == maxAttempts {
 			break
 		}
-		if timeouts > 0 {
+		if timeouts > 0 || launched {
 			// A server that did not answer may have started it all the
-			// same (it is told to stop it, but may not hear): the next
-			// attempt outranks whatever that one started.
+			// same (it is told to stop it, but may not hear), and one
+			// that launched a supervisor and stopped it (it missed its
+			// start deadline) may have shown it alive a moment: the next
+			// attempt outranks whatever that one started. Before, the
+			// next attempt took the same generation after such an
+			// answer; the stopped copy's name sorted first, the answered
+			// one yielded to it as a duplicate, and then nothing ran
+			// (chaos seed 4136, nothing-lost).
+			launched = false
 			claimed, why, ok := l.reclaim(ctx, preq, gen+1, quorum)
 			if !ok {
 				l.releaseClaim(ctx, preq)
@@ -278,6 +286,7 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 			}
 			if err == nil && ans.Refusal != "" {
 				err = errors.New(ans.Refusal)
+				launched = ans.Launched
 			}
 		} else {
 			timeouts++

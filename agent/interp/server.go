@@ -91,6 +91,10 @@ type spawnAnswer struct {
 	// Conn is the connection of a kind with a connection file, key
 	// included: sent only to the asker that started the interpreter.
 	Conn *connAnswer `msgpack:"c,omitempty"`
+	// Launched, with a Refusal, says a supervisor was launched for the
+	// order and then stopped: its member may have been seen alive at the
+	// order's generation, so the next attempt must go above it.
+	Launched bool `msgpack:"l,omitempty"`
 }
 
 // stopOrder names an interpreter to stop; with RequestID instead, it asks
@@ -438,7 +442,7 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 			return spawnAnswer{Name: name, Died: died.Error()}
 		}
 		l.logger.Error("interpreter did not start", "interpreter", name, "kind", o.Kind, "asker", o.Asker, "err", err)
-		return spawnAnswer{Refusal: "could not start: " + err.Error()}
+		return spawnAnswer{Refusal: "could not start: " + err.Error(), Launched: true}
 	}
 	l.regMu.Lock()
 	_, takenBack := l.takenBack[order{o.RequestID, o.Gen}]
@@ -449,7 +453,7 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 		l.logger.Info("stopping an interpreter whose spawn its asker took back while it started", "interpreter", name,
 			"asker", o.Asker)
 		l.stopSupervisor(name)
-		return spawnAnswer{Refusal: "the asker took this spawn back while it started"}
+		return spawnAnswer{Refusal: "the asker took this spawn back while it started", Launched: true}
 	}
 	l.logger.Info("interpreter started", "interpreter", name, "kind", o.Kind, "pid", ans.PID, "endpoint", ans.Endpoint,
 		"asker", o.Asker, "restart", o.Restart, "gen", o.Gen)

@@ -1286,3 +1286,56 @@ func TestTheNextAttemptGoesAboveARivalsGeneration(t *testing.T) {
 		t.Fatalf("s1 runs %+v (found %t), want generation 2", rec, ok)
 	}
 }
+
+// TestAnAttemptAfterAStoppedLaunchGoesAGenerationUp: a placement's first
+// server launched a supervisor that missed its start deadline, stopped it
+// and said so. That supervisor may have joined the mesh a moment at the
+// order's generation, so the next attempt claims and places one above it.
+// Before, it placed the same generation; the stopped copy's name sorted
+// first, so the answered one yielded to it as a duplicate, and then
+// nothing ran (chaos seed 4136, nothing-lost).
+func TestAnAttemptAfterAStoppedLaunchGoesAGenerationUp(t *testing.T) {
+	var mu sync.Mutex
+	var claimed []int // the generation each election claimed
+	var l *Lifecycle
+	l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		mu.Lock()
+		if req.Claim {
+			claimed = append(claimed, req.Gen)
+		}
+		mu.Unlock()
+		own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req), Attempt: req.Attempt},
+			placement.Bid{Node: "s1", Healthy: true, OffersKind: true})
+		// s1 is ranked twice: its first launch misses its deadline.
+		return Election{Result: bidding.Result{Bids: []placement.Bid{own}},
+			Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: own}, {Bid: own}}}}
+	})
+	procs.mu.Lock()
+	procs.hang = 1
+	procs.mu.Unlock()
+	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	placed := make(chan rpc.SpawnResponse)
+	go func() {
+		placed <- l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", false, time.Now())
+	}()
+	var resp rpc.SpawnResponse
+	for waiting := true; waiting; {
+		select {
+		case resp = <-placed:
+			waiting = false
+		case <-time.After(10 * time.Millisecond):
+			l.clock.(*state.FakeClock).Advance(time.Second) // the start deadline passes
+		}
+	}
+	if resp.Code != "" || resp.Generation != 1 {
+		t.Fatalf("the placement: %q %q at generation %d, want generation 1 started after the stopped launch", resp.Code, resp.Error, resp.Generation)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(claimed, []int{0, 1}) {
+		t.Fatalf("the elections claimed generations %v, want 0, then 1 for the attempt after the stopped launch", claimed)
+	}
+	if n := launched(procs); n != 2 {
+		t.Fatalf("%d supervisors launched, want 2", n)
+	}
+}
