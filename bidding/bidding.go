@@ -98,9 +98,10 @@ type wireBid struct {
 	Claimer  string `msgpack:"cb,omitempty"`
 	// ClaimGen is the highest generation another asker claimed, plus one
 	// (zero: none).
-	ClaimGen int   `msgpack:"cl,omitempty"`
-	Servers  int   `msgpack:"sv,omitempty"`
-	Grant    uint8 `msgpack:"gr,omitempty"`
+	ClaimGen int    `msgpack:"cl,omitempty"`
+	Servers  int    `msgpack:"sv,omitempty"`
+	Grant    uint8  `msgpack:"gr,omitempty"`
+	Ended    string `msgpack:"en,omitempty"`
 }
 
 const wireVersion = 1
@@ -109,12 +110,12 @@ const wireVersion = 1
 // fit memberlist's 512 bytes and the refusal is cut to 200 bytes.
 func EncodeBid(b placement.Bid) ([]byte, error) {
 	refusal := b.Refusal
-	if len(refusal) > maxRefusal {
-		refusal = refusal[:maxRefusal]
+	if n := maxRefusal - len(b.Ended); len(refusal) > n { // an ended interpreter's name takes the refusal's room
+		refusal = refusal[:n]
 	}
 	// The kinds list is informative only: keep as many as fit in the room
 	// the tags and refusal leave.
-	kinds, room := []string(nil), maxKindBytes-len(b.Holds)-len(b.Claimer)
+	kinds, room := []string(nil), maxKindBytes-len(b.Holds)-len(b.Claimer)-len(b.Ended)
 	for _, k := range b.Kinds {
 		if room -= len(k) + 2; room < 0 {
 			break
@@ -125,7 +126,7 @@ func EncodeBid(b placement.Bid) ([]byte, error) {
 		Version: wireVersion, CPU: b.CPU, Mem: b.Mem, Running: b.Running, Pending: b.Pending,
 		Capacity: b.Capacity, Healthy: b.Healthy, OffersKind: b.OffersKind, Tags: b.Tags, Refusal: refusal,
 		Kinds: kinds, Holds: b.Holds, HoldsGen: b.HoldsGen, KnownGen: knownGen(b), Claimer: b.Claimer, ClaimGen: claimGen(b),
-		Servers: b.Servers, Grant: uint8(b.Grant),
+		Servers: b.Servers, Grant: uint8(b.Grant), Ended: b.Ended,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode bid: %w", err)
@@ -150,7 +151,7 @@ func DecodeBid(node string, data []byte) (placement.Bid, error) {
 		Healthy: w.Healthy, OffersKind: w.OffersKind, Tags: w.Tags, Refusal: w.Refusal, Kinds: w.Kinds,
 		Holds: w.Holds, HoldsGen: w.HoldsGen, Known: w.KnownGen > 0, KnownGen: max(w.KnownGen-1, 0), Claimer: w.Claimer,
 		Claimed: w.ClaimGen > 0, ClaimGen: max(w.ClaimGen-1, 0),
-		Servers: w.Servers, Grant: placement.Grant(w.Grant),
+		Servers: w.Servers, Grant: placement.Grant(w.Grant), Ended: w.Ended,
 	}, nil
 }
 

@@ -19,7 +19,8 @@ import (
 func TestBidRoundTrip(t *testing.T) {
 	in := placement.Bid{Node: "s1", CPU: 12.5, Mem: 99.9, Running: 3, Pending: 1, Capacity: 8, Healthy: true,
 		OffersKind: true, Tags: map[string]string{"role": "server", "dc": "east"}, Refusal: "busy", Kinds: []string{"demo", "python"},
-		Holds: "demo-r1-ab12", HoldsGen: 2, Known: true, KnownGen: 0, Claimer: "s9", Claimed: true, ClaimGen: 3, Servers: 7}
+		Holds: "demo-r1-ab12", HoldsGen: 2, Known: true, KnownGen: 0, Claimer: "s9", Claimed: true, ClaimGen: 3, Servers: 7,
+		Ended: "demo-r1-cd34"}
 	data, err := EncodeBid(in)
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +41,8 @@ func TestWorstCaseBidFitsAResponse(t *testing.T) {
 	b := placement.Bid{Node: strings.Repeat("n", 128), CPU: 100.0000001, Mem: 99.999999, Running: 1 << 40, Pending: 1 << 40,
 		Capacity: 1 << 40, Healthy: true, OffersKind: true, Tags: tags, Refusal: strings.Repeat("r", 5000),
 		Kinds: strings.Split(strings.Repeat("kind-with-a-long-name,", 40), ","),
-		Holds: strings.Repeat("h", 32+1+17+1+4), HoldsGen: 1 << 40, Known: true, KnownGen: 1 << 40, Claimer: strings.Repeat("c", 128), Claimed: true, ClaimGen: 1 << 40, Servers: 1 << 20} // the longest interpreter name and node name
+		Holds: strings.Repeat("h", 32+1+17+1+4), HoldsGen: 1 << 40, Known: true, KnownGen: 1 << 40, Claimer: strings.Repeat("c", 128), Claimed: true, ClaimGen: 1 << 40, Servers: 1 << 20,
+		Ended: strings.Repeat("e", 32+1+17+1+4)} // the longest interpreter name and node name
 	data, err := EncodeBid(b)
 	if err != nil {
 		t.Fatal(err)

@@ -50,6 +50,11 @@ type Bid struct {
 	Claimer  string
 	Claimed  bool
 	ClaimGen int
+	// Ended names the request's interpreter that ended on this server on
+	// purpose lately (stopped, a duplicate, exited, or a start given up):
+	// should the mesh take it for failed (its leave was lost), it is not
+	// to be re-placed.
+	Ended string
 	// Grant answers an asker's claim of the request: Granted when this
 	// server holds the request for that asker (no other asker claimed it
 	// first within the last seconds), Denied when another holds it

@@ -65,7 +65,7 @@ var failedBefore = []struct {
 	{402, 3 * time.Minute}, {455, 3 * time.Minute}, {867, 3 * time.Minute}, {896, 3 * time.Minute},
 	{21306, time.Minute}, {24191, time.Minute}, {30936, time.Minute}, {42499, time.Minute},
 	{1808, 3 * time.Minute}, {2109, 3 * time.Minute}, {2200, 3 * time.Minute}, {50545, time.Minute}, {51076, time.Minute},
-	{60189, time.Minute}, {60449, time.Minute}, {63977, time.Minute}, {4136, 3 * time.Minute},
+	{60189, time.Minute}, {60449, time.Minute}, {63977, time.Minute}, {4136, 3 * time.Minute}, {72834, time.Minute},
 }
 
 // chaosChild runs one seed in a child process of this test binary (its

@@ -158,6 +158,13 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 
 	e := l.deps.Elect(ctx, preq)
 	resp.DecisionMS = ms(e.Elapsed)
+	if replaces != "" && slices.ContainsFunc(e.Result.Bids, func(b placement.Bid) bool { return b.Ended == replaces }) {
+		// Its server says it ended on purpose: the mesh took it for
+		// failed because its leave was lost.
+		l.releaseClaim(ctx, preq)
+		resp.Code, resp.Error = codeEnded, replaces+" ended on purpose on its server"
+		return resp
+	}
 	holder, held := holderOf(e.Result.Bids)
 	if known, ok := knownGen(e.Result.Bids); ok && held && holder.HoldsGen < known {
 		// The copy a server holds is older than one a server saw placed:
@@ -347,6 +354,10 @@ func (l *Lifecycle) waitAnswer(ctx context.Context, resp rpc.SpawnResponse, limi
 // codeDefer is place's answer when another asker's election for the same
 // request goes first: the caller elects again shortly.
 const codeDefer = "defer"
+
+// codeEnded is place's answer to a re-placement whose interpreter's
+// server says it ended on purpose: there is nothing to re-place.
+const codeEnded = "ended"
 
 // holderOf is the bid of a server that says it already runs or is
 // starting the request, the newest generation first.

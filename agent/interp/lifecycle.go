@@ -115,13 +115,15 @@ type Lifecycle struct {
 	hostRestarts map[string]*Tracker  // request id -> restarts after supervisor crashes
 	restarting   map[string]bool      // request ids whose restart here waits out its delay
 	abandoned    map[string]time.Time // interpreters whose start this server gave up on, by name
+	endedHere    map[string]endedHere // by request: its interpreter that ended here on purpose lately
 	superseded   map[string]int       // interpreters this server stopped for a newer generation: that generation
 	forgotten    map[string]time.Time // interpreters the registry held and let go, by name: still listed alive, they are ending
 	lostAtStart  []state.Interpreter  // on-failure interpreters that died while the agent was down
 
 	meshMu     sync.Mutex
-	replacer   *replacer         // this owner's re-placements
-	duplicates map[string]string // request id -> the losers last reported
+	replacer   *replacer            // this owner's re-placements
+	endedSeen  map[string]time.Time // by name: interpreters their server said ended on purpose; not re-placed
+	duplicates map[string]string    // request id -> the losers last reported
 	// told are the stale copies on other hosts this owner told their
 	// host to stop, by name, and when.
 	told map[string]time.Time
@@ -192,6 +194,8 @@ func New(cfg Config, deps Deps) (*Lifecycle, error) {
 		hostRestarts: map[string]*Tracker{},
 		restarting:   map[string]bool{},
 		abandoned:    map[string]time.Time{},
+		endedHere:    map[string]endedHere{},
+		endedSeen:    map[string]time.Time{},
 		forgotten:    map[string]time.Time{},
 		superseded:   map[string]int{},
 		told:         map[string]time.Time{},

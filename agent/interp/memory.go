@@ -55,6 +55,9 @@ type remembered struct {
 	// saw it so.
 	orphan   *Instance
 	failedAt time.Time
+	// ended is an interpreter its server said ended on purpose (the mesh
+	// took it for failed): never an orphan again.
+	ended string
 }
 
 func newMemory() *memory {
@@ -88,7 +91,7 @@ func (m *memory) observe(view []Instance, now time.Time) {
 	for _, in := range view {
 		rid := in.Tags.RequestID
 		r := m.reqs[rid]
-		if in.Status != gossip.StatusFailed || in.Tags.Restart != RestartOnFailure || in.Tags.End != "" || live[rid] ||
+		if in.Status != gossip.StatusFailed || in.Tags.Restart != RestartOnFailure || in.Tags.End != "" || live[rid] || in.Name == r.ended ||
 			in.Tags.Gen != newest[rid] || r.orphan != nil && r.orphan.Tags.Gen >= in.Tags.Gen {
 			continue
 		}
@@ -147,6 +150,20 @@ func (m *memory) placed(rid string, gen int, now time.Time) {
 	}
 	r.gen, r.seen = max(r.gen, gen), now
 	m.persistLocked(rid)
+}
+
+// resolve forgets rid's orphan when it is the interpreter called name: its
+// server says it ended on purpose.
+func (m *memory) resolve(rid, name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r := m.reqs[rid]; r != nil {
+		r.ended = name
+		if r.orphan != nil && r.orphan.Name == name {
+			r.orphan = nil
+			m.persistLocked(rid)
+		}
+	}
 }
 
 // withOrphans returns view plus the remembered orphans the view no longer

@@ -235,6 +235,9 @@ func (l *Lifecycle) replaceOrphans(members []gossip.Member, view []Instance) {
 			orphans = append(orphans, o)
 		}
 	}
+	l.meshMu.Lock()
+	orphans = slices.DeleteFunc(orphans, func(o Orphan) bool { _, ended := l.endedSeen[o.Last.Name]; return ended })
+	l.meshMu.Unlock()
 	q := ServerQuorum(members)
 	if len(orphans) > 0 && !q.Majority() {
 		l.logger.Debug("not re-placing interpreters of failed hosts: no majority of servers in view", "seen", q.String())
@@ -282,6 +285,21 @@ func (l *Lifecycle) replace(o Orphan) (bool, int) {
 	ctx, cancel := l.untilDone(40 * time.Second)
 	defer cancel()
 	resp := l.place(ctx, rpc.SpawnRequest{Kind: t.Kind, Args: t.Args, Restart: t.Restart}, t.RequestID, o.NextGen, l.cfg.Node, o.Last.Name, true, time.Now())
+	if resp.Code == codeEnded {
+		l.logger.Info("not re-placing an interpreter: its server says it ended on purpose (the mesh missed its leave)",
+			"interpreter", o.Last.Name, "host", o.Last.Host, "request", t.RequestID)
+		l.meshMu.Lock()
+		now := l.clock.Now()
+		for n, at := range l.endedSeen {
+			if now.Sub(at) > endedKeep {
+				delete(l.endedSeen, n)
+			}
+		}
+		l.endedSeen[o.Last.Name] = now
+		l.meshMu.Unlock()
+		l.memory.resolve(t.RequestID, o.Last.Name)
+		return false, notNow
+	}
 	if resp.Code == codeDefer {
 		// Another agent elects the request at this moment: not a failed
 		// attempt (it spends none of the re-placement's tries); a later

@@ -723,6 +723,49 @@ func (l *Lifecycle) abandon(name string) {
 	l.abandoned[name] = now
 }
 
+// endedHere is a request's interpreter that ended on this server on
+// purpose, and when.
+type endedHere struct {
+	name string
+	at   time.Time
+}
+
+// endedKeep is how long a server tells bidders which interpreter of a
+// request ended on it on purpose: longer than the mesh takes to call a
+// member whose leave was lost failed, and its owner to try re-placing it.
+const endedKeep = 10 * time.Minute
+
+// noteEnded records that interpreter name of request rid ended here on
+// purpose: its supervisor wrote how (stopped, a duplicate, exited, gave
+// up), or this server gave up on its start. Under loss its leave can be
+// lost, and the mesh then takes it for failed on a live host; bids name
+// it, so that its owner does not re-place what ended on purpose. Before,
+// a start given up under 22% loss was re-placed by its owner after the
+// spawn had told its client it failed (chaos seed 72834,
+// every-answer-true).
+func (l *Lifecycle) noteEnded(rid, name string) {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	now := l.clock.Now()
+	for r, e := range l.endedHere {
+		if now.Sub(e.at) > endedKeep {
+			delete(l.endedHere, r)
+		}
+	}
+	l.endedHere[rid] = endedHere{name: name, at: now}
+}
+
+// endedName is the interpreter of request rid that ended here on purpose
+// within endedKeep, if any.
+func (l *Lifecycle) endedName(rid string) string {
+	l.regMu.Lock()
+	defer l.regMu.Unlock()
+	if e, ok := l.endedHere[rid]; ok && l.clock.Now().Sub(e.at) <= endedKeep {
+		return e.name
+	}
+	return ""
+}
+
 // Holding names the interpreter of request rid that this server runs or
 // is starting, with its generation. Safe for concurrent use.
 func (l *Lifecycle) Holding(rid string) (name string, gen int, ok bool) {
@@ -758,6 +801,7 @@ func (l *Lifecycle) Bid(asker string, req bidding.Request, b placement.Bid) plac
 	if gen := l.KnownGen(req.ID); gen != NoGen {
 		b.Known, b.KnownGen = true, gen
 	}
+	b.Ended = l.endedName(req.ID)
 	if req.Claim > 0 && l.deps.Node != nil {
 		b.Servers = l.memory.serversKnown(ServerQuorum(l.deps.Node.Members()))
 	}
@@ -966,6 +1010,7 @@ func (l *Lifecycle) startSupervisor(dir string, spec Spec) (Started, int, error)
 		// so, where a kill would leave a failed member the mesh could take
 		// for one to restart. A supervisor that does not stop is killed.
 		l.abandon(spec.Name)
+		l.noteEnded(spec.RequestID, spec.Name)
 		l.procs.Terminate(s.PID)
 		select {
 		case <-s.Done:
@@ -1005,6 +1050,7 @@ func (l *Lifecycle) supervisorGone(name string) {
 	newer := l.takeSuperseded(name)
 	switch {
 	case err == nil:
+		l.noteEnded(rec.RequestID, name)
 		l.logger.Info("interpreter gone", "interpreter", name, "how", exit.How, "status", exit.Status, "restarts", exit.Restarts)
 		ev := Event{Type: EventExited, Interpreter: name, RequestID: rec.RequestID, Host: l.cfg.Node, How: exit.How,
 			Status: exit.Status, Reason: exit.Reason}

@@ -1339,3 +1339,74 @@ func TestAnAttemptAfterAStoppedLaunchGoesAGenerationUp(t *testing.T) {
 		t.Fatalf("%d supervisors launched, want 2", n)
 	}
 }
+
+// TestAnInterpreterThatEndedOnPurposeIsNotReplaced: a server gave up on
+// a start (its supervisor missed the deadline) and stopped it; its bids
+// name that interpreter as ended on purpose. Under loss its leave was
+// lost, the mesh took it for failed on a live host, and its owner set out
+// to re-place it: the owner finds it ended in the bids, starts nothing,
+// and drops it. Before, the owner re-placed it after the spawn had told
+// its client it failed (chaos seed 72834, every-answer-true).
+func TestAnInterpreterThatEndedOnPurposeIsNotReplaced(t *testing.T) {
+	host, hostProcs := serverWithFakeSupervisors(t)
+	hostProcs.mu.Lock()
+	hostProcs.hang = 1
+	hostProcs.mu.Unlock()
+	started := make(chan spawnAnswer)
+	go func() {
+		started <- host.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 1, Restart: RestartOnFailure})
+	}()
+	var ans spawnAnswer
+	for waiting := true; waiting; {
+		select {
+		case ans = <-started:
+			waiting = false
+		case <-time.After(10 * time.Millisecond):
+			host.clock.(*state.FakeClock).Advance(time.Second) // the start deadline passes
+		}
+	}
+	if ans.Refusal == "" || !ans.Launched {
+		t.Fatalf("the start that missed its deadline answered %+v, want a refusal saying a supervisor was launched", ans)
+	}
+	var name string
+	host.regMu.Lock()
+	for n := range host.abandoned {
+		name = n
+	}
+	host.regMu.Unlock()
+	hostBid := host.Bid("s2", bidding.Request{ID: "r1", Kind: BuiltinKind}, placement.Bid{Node: "s1", Healthy: true, OffersKind: true})
+	if name == "" || hostBid.Ended != name {
+		t.Fatalf("the host's bid names %q as ended, want the start it gave up on, %q", hostBid.Ended, name)
+	}
+
+	var l *Lifecycle
+	l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req), Attempt: req.Attempt},
+			placement.Bid{Node: "s1", Healthy: true, OffersKind: true})
+		return Election{Result: bidding.Result{Bids: []placement.Bid{own, hostBid}},
+			Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: own}}}}
+	})
+	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	lost := Instance{Name: name, Host: "h5", Status: gossip.StatusFailed,
+		Tags: gossip.Tags{Role: gossip.RoleInterpreter, Kind: BuiltinKind, RequestID: "r1", Host: "h5", Gen: 1, Restart: RestartOnFailure}}
+	l.memory.observe([]Instance{lost}, l.clock.Now())
+	if _, ok := l.memory.lostSince("r1"); !ok {
+		t.Fatal("the failed member is not remembered as lost")
+	}
+	if placed, _ := l.replace(Orphan{Last: lost, NextGen: 2}); placed {
+		t.Fatal("the owner re-placed an interpreter its server says ended on purpose")
+	}
+	if n := launched(procs); n != 0 {
+		t.Fatalf("%d supervisors launched by the re-placement, want none", n)
+	}
+	l.memory.observe([]Instance{lost}, l.clock.Now())
+	if _, ok := l.memory.lostSince("r1"); ok {
+		t.Fatal("the interpreter that ended on purpose is still remembered as lost")
+	}
+	l.meshMu.Lock()
+	_, skipped := l.endedSeen[name]
+	l.meshMu.Unlock()
+	if !skipped {
+		t.Fatal("the owner does not remember to leave it alone")
+	}
+}
