@@ -113,15 +113,8 @@ func (m *memory) observe(view []Instance, now time.Time) {
 			m.persistLocked(rid)
 		}
 	}
-	for len(m.reqs) > maxRemembered {
-		oldest, at := "", now
-		for rid, r := range m.reqs {
-			if !r.seen.After(at) {
-				oldest, at = rid, r.seen
-			}
-		}
-		delete(m.reqs, oldest)
-		m.persistLocked(oldest)
+	for _, rid := range dropOldest(m.reqs, maxRemembered, func(r *remembered) time.Time { return r.seen }, now) {
+		m.persistLocked(rid)
 	}
 	for _, in := range view {
 		m.persistLocked(in.Tags.RequestID)
@@ -240,6 +233,22 @@ func (m *memory) stuck(members []gossip.Member, now time.Time) []Orphan {
 	}
 	slices.SortFunc(out, func(a, b Orphan) int { return cmp.Compare(a.Last.Tags.RequestID, b.Last.Tags.RequestID) })
 	return out
+}
+
+// dropOldest deletes from m the entries at (of at most now) says are the
+// oldest, while it holds more than limit, and returns their keys.
+func dropOldest[V any](m map[string]V, limit int, at func(V) time.Time, now time.Time) (dropped []string) {
+	for len(m) > limit {
+		oldest, when := "", now
+		for k, v := range m {
+			if !at(v).After(when) {
+				oldest, when = k, at(v)
+			}
+		}
+		delete(m, oldest)
+		dropped = append(dropped, oldest)
+	}
+	return dropped
 }
 
 // NextGen is the generation of a new placement of a request whose highest

@@ -611,15 +611,7 @@ func (c *claims) pruneFloorLocked(now time.Time) {
 			delete(c.floor, rid)
 		}
 	}
-	for len(c.floor) > maxRemembered {
-		oldest, at := "", now
-		for rid, f := range c.floor {
-			if !f.at.After(at) {
-				oldest, at = rid, f.at
-			}
-		}
-		delete(c.floor, oldest)
-	}
+	dropOldest(c.floor, maxRemembered, func(f claimFloor) time.Time { return f.at }, now)
 }
 
 type claim struct {

@@ -48,6 +48,14 @@ func (f *fakeSupervisors) Launch(specPath string, spec Spec) (Started, error) {
 	return Started{PID: pid, Ready: ready, Done: done}, nil
 }
 
+// hangNext has the next n launches never report ready (their supervisors
+// miss the start deadline).
+func (f *fakeSupervisors) hangNext(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hang = n
+}
+
 func (f *fakeSupervisors) Running(pid int, specPath string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -141,6 +149,23 @@ func advanceUntil(l *Lifecycle, cond func() bool) bool {
 		time.Sleep(10 * time.Millisecond) // the launch runs on the lifecycle's own goroutine
 	}
 	return cond()
+}
+
+// awaitAdvancing waits for the one value f returns, run on its own
+// goroutine, moving the lifecycle's fake clock a second at a time
+// meanwhile (past a restart's delay or a start's deadline; the timer may
+// not be set yet when the clock first moves).
+func awaitAdvancing[T any](l *Lifecycle, f func() T) T {
+	done := make(chan T, 1)
+	go func() { done <- f() }()
+	for {
+		select {
+		case v := <-done:
+			return v
+		case <-time.After(10 * time.Millisecond):
+			l.clock.(*state.FakeClock).Advance(time.Second)
+		}
+	}
 }
 
 // TestATakeBackStopsOnlyWhatItsOrderStarted: an asker that timed out on a
@@ -948,39 +973,16 @@ func TestTheAnswerStandsWhenAnOrderArrivesAgainAfterARestartWithoutData(t *testi
 func TestTheNextAttemptClaimsItsGeneration(t *testing.T) {
 	for _, quorum := range []bool{false, true} {
 		t.Run(fmt.Sprintf("quorum=%t", quorum), func(t *testing.T) {
-			var mu sync.Mutex
-			var claimed []int // the generation each election claimed, -1 for none
-			var l *Lifecycle
-			l, procs := serverElecting(t, func(_ context.Context, req placement.Request) Election {
-				mu.Lock()
-				n := len(claimed)
-				if req.Claim {
-					claimed = append(claimed, req.Gen)
-				} else {
-					claimed = append(claimed, -1)
-				}
-				mu.Unlock()
-				own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req)},
-					placement.Bid{Node: "s1", Healthy: true, OffersKind: true, Servers: 3})
-				ghost := placement.Bid{Node: "ghost", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
-				third := placement.Bid{Node: "s3", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+			l, procs, claimed := silentFirst(t, func(n int, ghost, third *placement.Bid) {
 				if quorum && n > 0 {
 					// Meanwhile another asker holds the request at two of three.
 					ghost.Grant, ghost.Claimer = placement.Denied, "h9"
 					third.Grant, third.Claimer = placement.Denied, "h9"
 				}
-				bids := []placement.Bid{ghost, own, third}
-				// ghost never answers an order; s1 is this server.
-				return Election{Result: bidding.Result{Bids: bids},
-					Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: ghost}, {Bid: own}}}}
 			})
-			l.orderWait = 2 * time.Second
-			l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder) // s1 answers its orders; ghost never does
 			resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", quorum, time.Now())
-			mu.Lock()
-			defer mu.Unlock()
-			if len(claimed) < 2 || claimed[0] != 0 || claimed[1] != 1 {
-				t.Fatalf("the elections claimed generations %v, want 0 then 1 (the next attempt's) before it is sent", claimed)
+			if c := claimed(); len(c) < 2 || c[0] != 0 || c[1] != 1 {
+				t.Fatalf("the elections claimed generations %v, want 0 then 1 (the next attempt's) before it is sent", c)
 			}
 			procs.mu.Lock()
 			launched := procs.next
@@ -1001,6 +1003,40 @@ func TestTheNextAttemptClaimsItsGeneration(t *testing.T) {
 				t.Fatalf("the deferred placement started something: %d launches, %d running", launched, l.Running()+l.Starting())
 			}
 		})
+	}
+}
+
+// silentFirst is a mesh of three servers whose elections rank ghost,
+// which never answers an order, before s1, this lifecycle (it answers its
+// own); s3 bids too. vary changes ghost's and s3's bids in the n-th
+// election. claimed lists the generation each election claimed, -1 for
+// none.
+func silentFirst(t *testing.T, vary func(n int, ghost, third *placement.Bid)) (l *Lifecycle, procs *fakeSupervisors, claimed func() []int) {
+	var mu sync.Mutex
+	var claims []int
+	l, procs = serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		mu.Lock()
+		n := len(claims)
+		if req.Claim {
+			claims = append(claims, req.Gen)
+		} else {
+			claims = append(claims, -1)
+		}
+		mu.Unlock()
+		own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req), Attempt: req.Attempt},
+			placement.Bid{Node: "s1", Healthy: true, OffersKind: true, Servers: 3})
+		ghost := placement.Bid{Node: "ghost", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+		third := placement.Bid{Node: "s3", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+		vary(n, &ghost, &third)
+		return Election{Result: bidding.Result{Bids: []placement.Bid{ghost, own, third}},
+			Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: ghost}, {Bid: own}}}}
+	})
+	l.orderWait = 2 * time.Second
+	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	return l, procs, func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(claims)
 	}
 }
 
@@ -1167,25 +1203,16 @@ func TestASupersededInterpreterItsHostDoesNotListIsToldDirectly(t *testing.T) {
 // placement, and then finds its interpreter.
 func TestAHostsRestartWaitsForItsOwnPlacementOfTheRequest(t *testing.T) {
 	l, procs, m := serverWithClaimMeeting(t)
-	var resp rpc.SpawnResponse
-	placed := make(chan struct{})
+	entered := make(chan struct{})
 	go func() {
-		defer close(placed)
-		resp = m.place(l, 1, "s2")
+		<-m.entered
+		// The supervisor of the request's earlier copy on this host died.
+		l.restartHere(state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 0})
+		close(entered)
 	}()
-	<-m.entered
-	// The supervisor of the request's earlier copy on this host died.
-	l.restartHere(state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 0})
-	// Past the restart's first delay, a second at a time (its timer may
-	// not be set yet), until the placement is done.
-	for waiting := true; waiting; {
-		select {
-		case <-placed:
-			waiting = false
-		case <-time.After(10 * time.Millisecond):
-			l.clock.(*state.FakeClock).Advance(time.Second)
-		}
-	}
+	// Past the restart's first delay until the placement is done.
+	resp := awaitAdvancing(l, func() rpc.SpawnResponse { return m.place(l, 1, "s2") })
+	<-entered
 	if resp.Code != "" {
 		t.Fatalf("the placement: %s %s", resp.Code, resp.Error)
 	}
@@ -1214,9 +1241,7 @@ func TestAHostsRestartWaitsForItsOwnPlacementOfTheRequest(t *testing.T) {
 // (chaos seed 51076, nothing-lost).
 func TestNothingIsLostWhenAHostsRestartMissesItsStart(t *testing.T) {
 	l, procs := serverWithFakeSupervisors(t)
-	procs.mu.Lock()
-	procs.hang = 1
-	procs.mu.Unlock()
+	procs.hangNext(1)
 	l.restartHere(state.Interpreter{Name: "demo-r1-aaaa", Kind: BuiltinKind, RequestID: "r1", Restart: RestartOnFailure, Gen: 0})
 	var again state.Interpreter
 	if !advanceUntil(l, func() bool {
@@ -1248,33 +1273,14 @@ func TestNothingIsLostWhenAHostsRestartMissesItsStart(t *testing.T) {
 // one the latest answer had not named (chaos seed 63977,
 // the-answer-stands).
 func TestTheNextAttemptGoesAboveARivalsGeneration(t *testing.T) {
-	var mu sync.Mutex
-	var claimed []int // the generation each election claimed
-	var l *Lifecycle
-	l, _ = serverElecting(t, func(_ context.Context, req placement.Request) Election {
-		mu.Lock()
-		n := len(claimed)
-		if req.Claim {
-			claimed = append(claimed, req.Gen)
-		}
-		mu.Unlock()
-		own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req), Attempt: req.Attempt},
-			placement.Bid{Node: "s1", Healthy: true, OffersKind: true, Servers: 3})
-		ghost := placement.Bid{Node: "ghost", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
-		third := placement.Bid{Node: "s3", Healthy: true, OffersKind: true, Servers: 3, Grant: placement.Granted}
+	l, _, claimed := silentFirst(t, func(n int, _, third *placement.Bid) {
 		if n == 1 {
 			third.Claimed, third.ClaimGen, third.Claimer = true, 1, "h9" // the rival's claim, told at the reclaim
 		}
-		return Election{Result: bidding.Result{Bids: []placement.Bid{ghost, own, third}},
-			Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: ghost}, {Bid: own}}}}
 	})
-	l.orderWait = 2 * time.Second
-	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder) // s1 answers its orders; ghost never does
 	resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "k1", 0, "s1", "", true, time.Now())
-	mu.Lock()
-	defer mu.Unlock()
-	if !slices.Equal(claimed, []int{0, 1, 2}) {
-		t.Fatalf("the elections claimed generations %v, want 0, then 1 for the next attempt, then 2 above the rival's 1", claimed)
+	if c := claimed(); !slices.Equal(c, []int{0, 1, 2}) {
+		t.Fatalf("the elections claimed generations %v, want 0, then 1 for the next attempt, then 2 above the rival's 1", c)
 	}
 	if resp.Code != "" || resp.Node != "s1" || resp.Generation != 2 {
 		t.Fatalf("the next attempt: %s %s on %q gen %d, want s1 to start generation 2", resp.Code, resp.Error, resp.Node, resp.Generation)
@@ -1310,23 +1316,11 @@ func TestAnAttemptAfterAStoppedLaunchGoesAGenerationUp(t *testing.T) {
 		return Election{Result: bidding.Result{Bids: []placement.Bid{own}},
 			Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: own}, {Bid: own}}}}
 	})
-	procs.mu.Lock()
-	procs.hang = 1
-	procs.mu.Unlock()
+	procs.hangNext(1)
 	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
-	placed := make(chan rpc.SpawnResponse)
-	go func() {
-		placed <- l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", false, time.Now())
-	}()
-	var resp rpc.SpawnResponse
-	for waiting := true; waiting; {
-		select {
-		case resp = <-placed:
-			waiting = false
-		case <-time.After(10 * time.Millisecond):
-			l.clock.(*state.FakeClock).Advance(time.Second) // the start deadline passes
-		}
-	}
+	resp := awaitAdvancing(l, func() rpc.SpawnResponse { // the start deadline passes
+		return l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind}, "r1", 0, "s1", "", false, time.Now())
+	})
 	if resp.Code != "" || resp.Generation != 1 {
 		t.Fatalf("the placement: %q %q at generation %d, want generation 1 started after the stopped launch", resp.Code, resp.Error, resp.Generation)
 	}
@@ -1349,22 +1343,10 @@ func TestAnAttemptAfterAStoppedLaunchGoesAGenerationUp(t *testing.T) {
 // its client it failed (chaos seed 72834, every-answer-true).
 func TestAnInterpreterThatEndedOnPurposeIsNotReplaced(t *testing.T) {
 	host, hostProcs := serverWithFakeSupervisors(t)
-	hostProcs.mu.Lock()
-	hostProcs.hang = 1
-	hostProcs.mu.Unlock()
-	started := make(chan spawnAnswer)
-	go func() {
-		started <- host.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 1, Restart: RestartOnFailure})
-	}()
-	var ans spawnAnswer
-	for waiting := true; waiting; {
-		select {
-		case ans = <-started:
-			waiting = false
-		case <-time.After(10 * time.Millisecond):
-			host.clock.(*state.FakeClock).Advance(time.Second) // the start deadline passes
-		}
-	}
+	hostProcs.hangNext(1)
+	ans := awaitAdvancing(host, func() spawnAnswer { // the start deadline passes
+		return host.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 1, Restart: RestartOnFailure})
+	})
 	if ans.Refusal == "" || !ans.Launched {
 		t.Fatalf("the start that missed its deadline answered %+v, want a refusal saying a supervisor was launched", ans)
 	}
