@@ -2,6 +2,7 @@ package interp
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -290,11 +291,7 @@ func (l *Lifecycle) replace(o Orphan) (bool, int) {
 			"interpreter", o.Last.Name, "host", o.Last.Host, "request", t.RequestID)
 		l.meshMu.Lock()
 		now := l.clock.Now()
-		for n, at := range l.endedSeen {
-			if now.Sub(at) > endedKeep {
-				delete(l.endedSeen, n)
-			}
-		}
+		maps.DeleteFunc(l.endedSeen, func(_ string, at time.Time) bool { return now.Sub(at) > endedKeep })
 		l.endedSeen[o.Last.Name] = now
 		l.meshMu.Unlock()
 		l.memory.resolve(t.RequestID, o.Last.Name)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -606,11 +607,7 @@ func (c *claims) raiseFloorLocked(rid, asker string, gen int, attempt uint64, no
 // pruneFloorLocked forgets the floors older than genKeep, and the oldest
 // past maxRemembered. c.mu is held.
 func (c *claims) pruneFloorLocked(now time.Time) {
-	for rid, f := range c.floor {
-		if now.Sub(f.at) > genKeep {
-			delete(c.floor, rid)
-		}
-	}
+	maps.DeleteFunc(c.floor, func(_ string, f claimFloor) bool { return now.Sub(f.at) > genKeep })
 	dropOldest(c.floor, maxRemembered, func(f claimFloor) time.Time { return f.at }, now)
 }
 
@@ -739,11 +736,7 @@ func (l *Lifecycle) noteEnded(rid, name string) {
 	l.regMu.Lock()
 	defer l.regMu.Unlock()
 	now := l.clock.Now()
-	for r, e := range l.endedHere {
-		if now.Sub(e.at) > endedKeep {
-			delete(l.endedHere, r)
-		}
-	}
+	maps.DeleteFunc(l.endedHere, func(_ string, e endedHere) bool { return now.Sub(e.at) > endedKeep })
 	l.endedHere[rid] = endedHere{name: name, at: now}
 }
 
