@@ -26,7 +26,12 @@ func newStdLogger(l *slog.Logger, onConflict func(string)) *log.Logger {
 const conflictLine = "Node name conflicts with another node at "
 
 func (b *logBridge) Write(p []byte) (int, error) {
-	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
+	for line := range bytes.SplitSeq(bytes.TrimRight(p, "\n"), []byte("\n")) {
+		// Most lines are serf's and memberlist's debug chatter: one the
+		// logger would drop costs no parse, unless it names a conflict.
+		if !b.logger.Enabled(context.Background(), lineLevel(line)) && !bytes.Contains(line, []byte(conflictLine)) {
+			continue
+		}
 		level, component, msg := parseLibraryLine(string(line))
 		if i := strings.Index(msg, conflictLine); i >= 0 && b.onConflict != nil {
 			addr, _, _ := strings.Cut(msg[i+len(conflictLine):], ". ")
@@ -37,22 +42,36 @@ func (b *logBridge) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// lineLevel is the level of a library line, as parseLibraryLine reads it.
+func lineLevel(line []byte) slog.Level {
+	if len(line) > 0 && line[0] == '[' {
+		if end := bytes.IndexByte(line, ']'); end > 0 {
+			return libraryLevel(string(line[1:end]))
+		}
+	}
+	return slog.LevelInfo
+}
+
+// libraryLevel maps serf's and memberlist's level names to slog's.
+func libraryLevel(name string) slog.Level {
+	switch name {
+	case "TRACE", "DEBUG":
+		return slog.LevelDebug
+	case "WARN", "WARNING":
+		return slog.LevelWarn
+	case "ERR", "ERROR":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
 // parseLibraryLine splits "[LEVEL] component: message". Lines without a level
 // prefix are logged at info, as serf treats them.
 func parseLibraryLine(line string) (slog.Level, string, string) {
 	level := slog.LevelInfo
 	if strings.HasPrefix(line, "[") {
 		if end := strings.IndexByte(line, ']'); end > 0 {
-			switch line[1:end] {
-			case "TRACE", "DEBUG":
-				level = slog.LevelDebug
-			case "INFO":
-				level = slog.LevelInfo
-			case "WARN", "WARNING":
-				level = slog.LevelWarn
-			case "ERR", "ERROR":
-				level = slog.LevelError
-			}
+			level = libraryLevel(line[1:end])
 			line = strings.TrimSpace(line[end+1:])
 		}
 	}

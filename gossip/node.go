@@ -85,6 +85,12 @@ type Config struct {
 	// its CPU, and estimates the compressed bytes from a sample instead.
 	Uncompressed bool
 
+	// NoCoordinates turns off serf's network coordinates (the round-trip
+	// estimates `agent rtt` reads), which every probe and its ack carry
+	// and update. The chaos simulation sets it: no rule reads them, and
+	// they were a twentieth of its CPU.
+	NoCoordinates bool
+
 	// TimeScale stretches every timer of the node by a factor: memberlist's
 	// and serf's (every duration of their configurations, so the suspicion
 	// and query timeouts derived from them too), the heal prober's, and the
@@ -151,6 +157,8 @@ type Node struct {
 	conflictWith string
 
 	heal *healer // nil when heal probing is off
+
+	cache memberCache // Members' conversions
 
 	// tagLock serialises what makes serf read or write its tags: SetTags
 	// and the renewal after a split (split.go). SetTags holds it while
@@ -247,6 +255,7 @@ func Start(cfg Config) (*Node, error) {
 	sc.EventCh = n.events
 	sc.MemberlistConfig = ml
 	sc.Logger = stdLogger
+	sc.DisableCoordinates = cfg.NoCoordinates
 	sc.SnapshotPath = cfg.SnapshotPath
 	restarted := false // from serf's snapshot: this node was a member before
 	if fi, err := os.Stat(cfg.SnapshotPath); cfg.SnapshotPath != "" && err == nil && fi.Size() > 0 {
@@ -397,14 +406,21 @@ func (n *Node) Name() string { return n.serf.LocalMember().Name }
 // LocalMember is the local node as the mesh sees it.
 func (n *Node) LocalMember() Member { return memberFromSerf(n.serf.LocalMember()) }
 
-// Members lists every member known locally, in any state.
+// Members lists every member known locally, in any state. The slice is
+// the caller's; the members' Tags (and ParsedTags) are shared with other
+// callers and must not be changed.
 func (n *Node) Members() []Member {
-	sm := n.serf.Members()
-	out := make([]Member, 0, len(sm))
-	for _, m := range sm {
-		out = append(out, memberFromSerf(m))
-	}
+	out, _ := n.cache.members(n.serf.Members())
 	return out
+}
+
+// VersionedMembers is Members and the view's version: equal to the one an
+// earlier call returned exactly when no member joined, left, was removed or
+// changed state or tags in between (in any order). A caller that derives
+// something from the whole view can keep it for as long as the version
+// holds.
+func (n *Node) VersionedMembers() ([]Member, uint64) {
+	return n.cache.members(n.serf.Members())
 }
 
 // ErrKeyMismatch is returned by Join when the other side's gossip

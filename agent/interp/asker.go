@@ -763,7 +763,8 @@ func (l *Lifecycle) askOne(ctx context.Context, node, name string, payload []byt
 // reaps them, with how they ended.
 func (l *Lifecycle) List(all bool) []rpc.InterpreterView {
 	var out []rpc.InterpreterView
-	for _, in := range Instances(l.deps.Node.Members()) {
+	_, view := l.meshView()
+	for _, in := range view {
 		live := in.Status == gossip.StatusAlive || in.Status == gossip.StatusLeaving
 		if !live && !all {
 			continue
@@ -802,7 +803,8 @@ func ended(in Instance) string {
 
 // findInstance is the interpreter called name in this agent's view.
 func (l *Lifecycle) findInstance(name string) (Instance, error) {
-	for _, x := range Instances(l.deps.Node.Members()) {
+	_, view := l.meshView()
+	for _, x := range view {
 		if x.Name == name {
 			return x, nil
 		}

@@ -161,7 +161,8 @@ const staleAnswerTries = 3
 // request's interpreter. Before, the client was told of the stale one,
 // last, after its wait (chaos seed 30936, the-answer-stands).
 func (l *Lifecycle) supersededAnswer(resp rpc.SpawnResponse) bool {
-	l.memory.observe(Instances(l.deps.Node.Members()), l.clock.Now())
+	_, view := l.meshView()
+	l.memory.observe(view, l.clock.Now())
 	return l.memory.genOf(resp.RequestID) > resp.Generation
 }
 
@@ -265,8 +266,8 @@ func (l *Lifecycle) coordinate(ctx context.Context, req rpc.SpawnRequest, asker 
 		return fail(rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}, rpc.SpawnTimeout, err, start)
 	}
 	defer unlock()
-	members := l.deps.Node.Members()
-	l.memory.observe(Instances(members), l.clock.Now())
+	members, view := l.meshView()
+	l.memory.observe(view, l.clock.Now())
 	if q := ServerQuorum(members); !q.Majority() {
 		resp := rpc.SpawnResponse{Kind: req.Kind, RequestID: rid}
 		return fail(resp, rpc.SpawnMinority, fmt.Errorf("%s sees %s: a keyed spawn here could start a second "+

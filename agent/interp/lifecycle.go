@@ -120,6 +120,8 @@ type Lifecycle struct {
 	forgotten    map[string]time.Time // interpreters the registry held and let go, by name: still listed alive, they are ending
 	lostAtStart  []state.Interpreter  // on-failure interpreters that died while the agent was down
 
+	views viewCache // Instances of the member list, while it holds
+
 	meshMu     sync.Mutex
 	replacer   *replacer            // this owner's re-placements
 	endedSeen  map[string]time.Time // by name: interpreters their server said ended on purpose; not re-placed
@@ -266,7 +268,7 @@ func (l *Lifecycle) Start(node *gossip.Node) {
 // which nothing else tells the agent.
 func (l *Lifecycle) noticeRestarts(members []gossip.Member, update bool) {
 	for _, m := range members {
-		t, err := gossip.ParseTags(m.Tags)
+		t, err := m.ParsedTags()
 		if err != nil || t.Role != gossip.RoleInterpreter || t.Host != l.cfg.Node {
 			continue
 		}

@@ -46,8 +46,7 @@ func (l *Lifecycle) watchMesh(changed <-chan struct{}) {
 		case <-changed:
 		case <-l.clock.After(meshTick):
 		}
-		members := l.deps.Node.Members()
-		view := Instances(members)
+		members, view := l.meshView()
 		l.memory.observeServers(members, l.clock.Now())
 		l.memory.observe(view, l.clock.Now())
 		if l.journal != nil {

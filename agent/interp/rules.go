@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/meshagent/agent/gossip"
@@ -30,9 +31,9 @@ func Instances(members []gossip.Member) []Instance {
 	for _, m := range members {
 		status[m.Name] = m.Status
 	}
-	var out []Instance
+	out := make([]Instance, 0, len(members))
 	for _, m := range members {
-		t, _ := gossip.ParseTags(m.Tags)
+		t, _ := m.ParsedTags()
 		if t.Role != gossip.RoleInterpreter || t.RequestID == "" {
 			continue
 		}
@@ -311,3 +312,27 @@ func (t *Tracker) inWindow(now time.Time) int {
 	}
 	return n
 }
+
+// viewCache keeps Instances of a node's member list for as long as the
+// list holds (gossip.Node.VersionedMembers), so that the passes over the
+// view (the rules, every list, every spawn order) parse nothing while the
+// mesh is unchanged. The view it returns is shared: read-only.
+type viewCache struct {
+	mu      sync.Mutex
+	version uint64
+	view    []Instance
+}
+
+func (c *viewCache) of(node *gossip.Node) ([]gossip.Member, []Instance) {
+	members, v := node.VersionedMembers()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.view == nil || c.version != v {
+		// Clipped: a caller's append copies instead of writing past it.
+		c.view, c.version = slices.Clip(Instances(members)), v
+	}
+	return members, c.view
+}
+
+// meshView is this agent's member list and the interpreters in it.
+func (l *Lifecycle) meshView() ([]gossip.Member, []Instance) { return l.views.of(l.deps.Node) }

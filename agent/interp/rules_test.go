@@ -325,3 +325,50 @@ func TestRequestIDsThatBecomePathsAreChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestTheViewIsParsedAgainOnlyWhenTheMeshChanged: an agent's passes over
+// the view share one parse of it while no member changes, and see a
+// change at the next pass after it.
+func TestTheViewIsParsedAgainOnlyWhenTheMeshChanged(t *testing.T) {
+	port, err := gossip.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tags := gossip.Tags{Role: gossip.RoleInterpreter, Kind: "demo", Host: "s1", RequestID: "r1", Gen: 1}
+	node, err := gossip.Start(gossip.Config{Name: "demo-r1-aaaa", BindAddr: "127.0.0.1", BindPort: port, Profile: "local",
+		Tags: tags.Map()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Shutdown()
+	var c viewCache
+	_, first := c.of(node)
+	_, again := c.of(node)
+	if len(first) != 1 || first[0].Tags.Gen != 1 || len(again) != 1 {
+		t.Fatalf("views %+v and %+v, want the one interpreter at generation 1", first, again)
+	}
+	if &first[0] != &again[0] {
+		t.Error("an unchanged mesh was parsed again")
+	}
+	if cap(first) != len(first) {
+		t.Errorf("the shared view has room past its end (%d of %d): an append would write into it", len(first), cap(first))
+	}
+	tags.Gen = 2
+	if err := node.SetTags(tags.Map()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, v := c.of(node)
+		if len(v) == 1 && v[0].Tags.Gen == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the tag change the view is %+v", v)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if first[0].Tags.Gen != 1 {
+		t.Error("the change was written into the view an earlier pass holds")
+	}
+}

@@ -348,7 +348,7 @@ func (l *Lifecycle) startInterpreter(o spawnOrder) spawnAnswer {
 	// answer, whatever this server would refuse to start now.
 	var view []Instance
 	if l.deps.Node != nil {
-		view = Instances(l.deps.Node.Members()) // before regMu: serf's lock is not taken under it
+		_, view = l.meshView() // before regMu: serf's lock is not taken under it
 	}
 	l.regMu.Lock()
 	if _, ok := l.takenBack[order{o.RequestID, o.Gen}]; ok {
@@ -1575,7 +1575,7 @@ func (l *Lifecycle) tellUnlisted(o stopOrder, from string) {
 	if l.deps.Node == nil {
 		return
 	}
-	if !slices.ContainsFunc(Instances(l.deps.Node.Members()), func(in Instance) bool {
+	if _, view := l.meshView(); !slices.ContainsFunc(view, func(in Instance) bool {
 		return in.Name == o.Name && in.Host == l.cfg.Node && in.Status == gossip.StatusAlive && in.Tags.Gen < o.Superseded
 	}) {
 		return
