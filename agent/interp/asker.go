@@ -295,6 +295,16 @@ func (l *Lifecycle) place(ctx context.Context, req rpc.SpawnRequest, rid string,
 				err = errors.New(ans.Refusal)
 				launched = ans.Launched
 			}
+			if newest, ok := knownGen(e.Result.Bids); err == nil && ok && ans.Existing && ans.Gen < newest {
+				// The server answered the new order with the copy it
+				// holds, which a newer generation superseded (the
+				// election saw it stale and placed anew, but the ranking
+				// put its server first): it stops once its host sees the
+				// newer one, so it is no answer. Before, the client was
+				// told of it, and nothing ran after it stopped (chaos
+				// seed 1609, nothing-lost).
+				err = fmt.Errorf("it holds %s at generation %d, superseded by generation %d", ans.Name, ans.Gen, newest)
+			}
 		} else {
 			timeouts++
 			timedOut = append(timedOut, sentOrder{cand.Bid.Node, gen})

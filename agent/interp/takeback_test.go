@@ -1392,3 +1392,35 @@ func TestAnInterpreterThatEndedOnPurposeIsNotReplaced(t *testing.T) {
 		t.Fatal("the owner does not remember to leave it alone")
 	}
 }
+
+// TestAServerHoldingAStaleCopyDoesNotAnswerForANewerPlacement: the
+// election found this request's copy on a server older than a generation
+// another server saw placed, and placed anew; the ranking still put the
+// stale copy's server first, and that server answered the new order with
+// the copy it holds. The answer is not given: the stale copy stops once
+// its host sees the newer generation. Before, the client was told of it,
+// it was stopped two seconds later, and nothing ran for the on-failure
+// request (chaos seed 1609, nothing-lost).
+func TestAServerHoldingAStaleCopyDoesNotAnswerForANewerPlacement(t *testing.T) {
+	var l *Lifecycle
+	l, _ = serverElecting(t, func(_ context.Context, req placement.Request) Election {
+		own := l.Bid("s1", bidding.Request{ID: req.ID, Kind: req.Kind, Claim: bidding.ClaimOf(req), Attempt: req.Attempt},
+			placement.Bid{Node: "s1", Healthy: true, OffersKind: true})
+		other := placement.Bid{Node: "s2", OffersKind: true, Healthy: true, Known: true, KnownGen: 1, Servers: 2}
+		return Election{Result: bidding.Result{Bids: []placement.Bid{own, other}},
+			Decision: placement.Decision{Ranked: []placement.Candidate{{Bid: own}}}}
+	})
+	l.deps.Node.HandleQuery(querySpawn, l.handleSpawnOrder)
+	stale := l.startInterpreter(spawnOrder{RequestID: "r1", Kind: BuiltinKind, Asker: "a1", Gen: 0, Restart: RestartOnFailure})
+	if stale.Name == "" || stale.Refusal != "" {
+		t.Fatalf("the stale copy did not start: %+v", stale)
+	}
+	resp := l.place(context.Background(), rpc.SpawnRequest{Kind: BuiltinKind, Restart: RestartOnFailure}, "r1", 0, "s1", "", false, time.Now())
+	if resp.Name == stale.Name || resp.Code == "" && resp.Generation < 1 {
+		t.Fatalf("the placement answered %q at generation %d (code %q): the stale copy %s, superseded by generation 1",
+			resp.Name, resp.Generation, resp.Code, stale.Name)
+	}
+	if !strings.Contains(strings.Join(resp.Attempts, "; "), "superseded") {
+		t.Errorf("the attempts %q do not say why s1's answer was not taken", resp.Attempts)
+	}
+}
