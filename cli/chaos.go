@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -86,7 +87,14 @@ func simulateChaos(c *ucli.Context, format string) error {
 	start := time.Now()
 	results := make([]*simulation.ChaosResult, seeds)
 	errs := make([]error, seeds)
-	// One run a core at once: each is one process with one P.
+	// One run a core at once: each child is one process with one P, and
+	// runs one seed after another.
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("the chaos runs need this program's path to start their children: %w", err)
+	}
+	pool := simulation.NewChaosPool(simulation.ChaosWorkers(), exe)
+	defer pool.Close()
 	var wg sync.WaitGroup
 	next := make(chan int)
 	var mu sync.Mutex
@@ -98,7 +106,7 @@ func simulateChaos(c *ucli.Context, format string) error {
 				if n == 0 {
 					n = chaosAgents(seed)
 				}
-				r, err := simulation.RunChaosVirtual(c.Context, simulation.ChaosConfig{Seed: seed, Agents: n, Duration: duration, Faults: kinds})
+				r, err := pool.Run(c.Context, simulation.ChaosConfig{Seed: seed, Agents: n, Duration: duration, Faults: kinds})
 				results[i], errs[i] = r, err
 				if format != "json" && err == nil {
 					mu.Lock()

@@ -161,7 +161,7 @@ func diskDir() string {
 }
 
 func newWorld(cfg ChaosConfig, names []string) (*world, error) {
-	n, err := NewNetwork(NetworkConfig{Seed: cfg.Seed, Link: DefaultLink})
+	n, err := NewNetwork(NetworkConfig{Seed: cfg.Seed, Link: DefaultLink, Tick: virtualTick})
 	if err != nil {
 		return nil, err
 	}
@@ -672,7 +672,7 @@ func (w *world) startAgent(host string, keepData bool) error {
 	// with its disk goes on from its Lamport clocks, one without starts
 	// them over.
 	node, err := gossip.Start(gossip.Config{Name: host, Transport: ep, Profile: w.cfg.Profile, Tags: tags,
-		Logger: gossipLogger(logger), Uncompressed: true, Reap: gossip.IsInterpreter, ReapAfter: chaosReap,
+		Logger: gossipLogger(logger), Uncompressed: true, NoCoordinates: true, Reap: gossip.IsInterpreter, ReapAfter: chaosReap,
 		SnapshotPath: filepath.Join(dir, "serf.snapshot")})
 	if err != nil {
 		ep.Shutdown()

@@ -2,6 +2,7 @@ package simulation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -16,9 +17,13 @@ import (
 )
 
 // chaosSeeds is how many seeds TestChaosHoldsOverManySeeds runs (CHAOS_SEEDS
-// overrides it, CHAOS_DURATION the schedule of each): enough to meet most
-// kinds of fault many times over in `make test`'s budget.
-const chaosSeeds = 200
+// overrides it, CHAOS_DURATION the schedule of each): with one-minute
+// schedules, at least chaosHours of simulated time, in about four minutes
+// on 2 cores.
+const chaosSeeds = 1700
+
+// chaosHours is the simulated time the default run must cover in all.
+const chaosHours = 50
 
 // chaosRun runs one seed in its own bubble and returns its result.
 func chaosRun(t *testing.T, cfg ChaosConfig) *ChaosResult {
@@ -66,15 +71,23 @@ var failedBefore = []struct {
 	{21306, time.Minute}, {24191, time.Minute}, {30936, time.Minute}, {42499, time.Minute},
 	{1808, 3 * time.Minute}, {2109, 3 * time.Minute}, {2200, 3 * time.Minute}, {50545, time.Minute}, {51076, time.Minute},
 	{60189, time.Minute}, {60449, time.Minute}, {63977, time.Minute}, {4136, 3 * time.Minute}, {72834, time.Minute},
+	{1609, time.Minute},
 }
 
-// chaosChild runs one seed in a child process of this test binary (its
-// TestVirtualRun serves the job), as `agent simulate --scenario chaos`
-// does: one bubble a process, so two at once keep both cores busy, and
-// the run's memory is its own.
-func chaosChild(t *testing.T, cfg ChaosConfig) *ChaosResult {
+// chaosPool is a pool of children of this test binary (its
+// TestVirtualRun serves them), one a core, as `agent simulate --scenario
+// chaos` has: one bubble a process at a time, so two at once keep both
+// cores busy. The test's cleanup ends them.
+func chaosPool(t *testing.T) *ChaosPool {
+	p := NewChaosPool(ChaosWorkers(), os.Args[0], "-test.run=^TestVirtualRun$")
+	t.Cleanup(p.Close)
+	return p
+}
+
+// chaosChild runs one seed on one of pool's children.
+func chaosChild(t *testing.T, pool *ChaosPool, cfg ChaosConfig) *ChaosResult {
 	t.Helper()
-	res, err := runChaosChild(t.Context(), cfg, os.Args[0], "-test.run=^TestVirtualRun$")
+	res, err := pool.Run(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("seed %d: %v", cfg.Seed, err)
 	}
@@ -83,24 +96,27 @@ func chaosChild(t *testing.T, cfg ChaosConfig) *ChaosResult {
 
 // chaosDuration is the schedule of each seed in TestChaosHoldsOverManySeeds
 // (CHAOS_DURATION overrides it): with the settle and the watch after it,
-// about 110 s of simulated time a seed, and 200 seeds in under a minute
-// on 2 cores. `make chaos-sim` runs three-minute schedules.
+// about 109 s of simulated time a seed, and a simulated second costs less
+// than in a longer schedule, whose mesh holds more interpreters. `make
+// chaos-sim` runs three-minute schedules.
 const chaosDuration = time.Minute
 
 // TestChaosHoldsOverManySeeds: whole agents under seeded random faults and
 // client operations, every rule of "Interpreters under faults" checked over
-// each run's history, for 200 seeds of 5 to 9 agents (CHAOS_SEEDS and
-// CHAOS_DURATION change that). A violation prints the seed, the rule and
+// each run's history, for 1,700 seeds of 5 to 9 agents, at least 50
+// simulated hours in all (CHAOS_SEEDS and CHAOS_DURATION change that). A violation prints the seed, the rule and
 // the history slice that shows it; `agent simulate --scenario chaos --seed
 // S --seeds 1 --duration D` replays the seed's schedule. The seeds that
 // broke a rule before run beside it (TestChaosSeedsThatFailedBeforeHold).
 func TestChaosHoldsOverManySeeds(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short: 200 chaos seeds take about a minute on 2 cores")
+		t.Skip("-short: 1,700 chaos seeds take about four minutes on 2 cores")
 	}
 	seeds := envInt(t, "CHAOS_SEEDS", chaosSeeds)
 	duration := chaosDuration
+	asked := os.Getenv("CHAOS_SEEDS") != ""
 	if v := os.Getenv("CHAOS_DURATION"); v != "" {
+		asked = true
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
 			t.Fatalf("CHAOS_DURATION=%q: give a positive duration", v)
@@ -112,11 +128,12 @@ func TestChaosHoldsOverManySeeds(t *testing.T) {
 	var simulated time.Duration
 	ops, faults := 0, 0
 	kinds := map[chaos.FaultKind]int{}
+	pool := chaosPool(t)
 	t.Run("seeds", func(t *testing.T) {
 		for seed := int64(1); seed <= int64(seeds); seed++ {
 			t.Run(strconv.FormatInt(seed, 10), func(t *testing.T) {
 				t.Parallel()
-				res := chaosChild(t, ChaosConfig{Seed: seed, Agents: 5 + int(seed%5), Duration: duration})
+				res := chaosChild(t, pool, ChaosConfig{Seed: seed, Agents: 5 + int(seed%5), Duration: duration})
 				for _, v := range res.Violations {
 					t.Errorf("seed %d (%d agents, --duration %s): %s", seed, res.Agents, duration, v)
 				}
@@ -141,6 +158,9 @@ func TestChaosHoldsOverManySeeds(t *testing.T) {
 		if kinds[k] == 0 && seeds >= 50 {
 			t.Errorf("no run injected a %s", k)
 		}
+	}
+	if !asked && simulated.Hours() < chaosHours {
+		t.Errorf("the seeds covered %.2f simulated hours, want at least %d: raise chaosSeeds", simulated.Hours(), chaosHours)
 	}
 }
 
@@ -218,13 +238,68 @@ func TestChaosSeedsThatFailedBeforeHold(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the failed-before seeds take about half a minute on 2 cores")
 	}
+	pool := chaosPool(t)
 	for _, f := range failedBefore {
 		t.Run(fmt.Sprintf("%d-%s", f.seed, f.duration), func(t *testing.T) {
 			t.Parallel()
-			res := chaosChild(t, ChaosConfig{Seed: f.seed, Agents: 5 + int(f.seed%5), Duration: f.duration})
+			res := chaosChild(t, pool, ChaosConfig{Seed: f.seed, Agents: 5 + int(f.seed%5), Duration: f.duration})
 			for _, v := range res.Violations {
 				t.Errorf("seed %d (--duration %s): %s", f.seed, f.duration, v)
 			}
 		})
+	}
+}
+
+// TestChaosPoolRunsSeedsOnLongLivedChildren: a pool's child runs one seed
+// after another; a child that died between seeds is replaced for the
+// next, and a seed whose caller gave up takes its child with it, not the
+// pool.
+func TestChaosPoolRunsSeedsOnLongLivedChildren(t *testing.T) {
+	p := NewChaosPool(1, os.Args[0], "-test.run=^TestVirtualRun$")
+	defer p.Close()
+	pid := func() int {
+		w := <-p.idle
+		defer func() { p.idle <- w }()
+		if w.cmd == nil {
+			return 0
+		}
+		return w.cmd.Process.Pid
+	}
+	run := func(ctx context.Context, seed int64) (*ChaosResult, error) {
+		return p.Run(ctx, ChaosConfig{Seed: seed, Agents: 3, Duration: 10 * time.Second})
+	}
+	for seed := int64(1); seed <= 2; seed++ {
+		if r, err := run(t.Context(), seed); err != nil || r.Seed != seed || r.SimulatedS < 10 {
+			t.Fatalf("seed %d: %+v, %v", seed, r, err)
+		}
+	}
+	first := pid()
+	if first == 0 {
+		t.Fatal("no child after two seeds")
+	}
+
+	w := <-p.idle
+	if err := w.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-w.exit
+	p.idle <- w
+	if r, err := run(t.Context(), 3); err != nil || r.Seed != 3 {
+		t.Fatalf("seed 3 after its child died: %+v, %v", r, err)
+	}
+	second := pid()
+	if second == first || second == 0 {
+		t.Fatalf("seed 3 ran on child %d; the dead one was %d", second, first)
+	}
+
+	// A caller that gave up: its seed ends, and the child running it (if
+	// it began) is killed.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := run(ctx, 4); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled seed returned %v, want context.Canceled", err)
+	}
+	if r, err := run(t.Context(), 5); err != nil || r.Seed != 5 {
+		t.Fatalf("seed 5 after a cancelled one: %+v, %v", r, err)
 	}
 }

@@ -232,6 +232,7 @@ func (s *simSupervisor) StartNode(spec interp.Spec, cfg gossip.Config) (*gossip.
 		return nil, err
 	}
 	cfg.Transport, cfg.Uncompressed = ep, true // nothing measures the bytes here
+	cfg.NoCoordinates = true                   // nor asks for round-trip times
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	node, err := gossip.Start(cfg)
 	if err != nil {

@@ -74,8 +74,9 @@ type virtualJob struct {
 	ExactCompression bool          `json:"exact_compression,omitempty"`
 	// Progress has the child write its Progress on progressFD.
 	Progress bool `json:"progress,omitempty"`
-	// Chaos, when set, makes the job a chaos run (the fields above unused).
-	Chaos *chaosJob `json:"chaos,omitempty"`
+	// ChaosWorker makes the child a ChaosPool's: it runs the chaos seeds
+	// its standard input gives (the fields above unused).
+	ChaosWorker bool `json:"chaos_worker,omitempty"`
 	// Out is the result file: a virtualResult, written whole or not at all.
 	Out string `json:"out"`
 }
@@ -285,8 +286,8 @@ func runJob(t *testing.T, path string) {
 	if err := json.Unmarshal(data, &job); err != nil {
 		t.Fatalf("job %s: %v", path, err)
 	}
-	if job.Chaos != nil {
-		runChaosJob(t, job)
+	if job.ChaosWorker {
+		runChaosWorker(t)
 		return
 	}
 	cfg := job.config()
