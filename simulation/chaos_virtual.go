@@ -29,24 +29,11 @@ type chaosJob struct {
 	Profile  string            `json:"profile,omitempty"`
 }
 
-// RunChaosVirtual runs one chaos seed in virtual time, in a child process
-// of this binary (whose main must call ServeVirtualJob first), and returns
-// its result. The history is kept only when the checker found a
-// violation: it is what shows it. Cancelling ctx kills the child. A run of
-// many seeds shares children through a ChaosPool instead.
-func RunChaosVirtual(ctx context.Context, cfg ChaosConfig) (*ChaosResult, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("a virtual run needs this program's path to start its child: %w", err)
-	}
-	p := NewChaosPool(1, exe)
-	defer p.Close()
-	return p.Run(ctx, cfg)
-}
-
 // ChaosPool runs chaos seeds in virtual time in child processes of a
 // binary whose main calls ServeVirtualJob first (or a test binary, with
-// -test.run=^TestVirtualRun$), at most workers at once. A child runs one
+// -test.run=^TestVirtualRun$), at most workers at once. A result keeps
+// its history only when the checker found a violation: it is what shows
+// it. A child runs one
 // seed after another, each in a bubble of its own: it is started once for
 // many seeds, because starting a process and growing its heap again for
 // every seed was a tenth of a one-minute seed's CPU. A child that dies is
@@ -112,7 +99,7 @@ type chaosWorker struct {
 // chaosLine is what a worker child writes on chaosResultFD: that it took
 // a seed, then the seed's result.
 type chaosLine struct {
-	Took   int64          `json:"took,omitempty"`
+	Took   *int64         `json:"took,omitempty"`
 	Result *virtualResult `json:"result,omitempty"`
 }
 
@@ -193,7 +180,7 @@ func (w *chaosWorker) run(ctx context.Context, p *ChaosPool, job chaosJob) (res 
 			return failed(fmt.Sprintf("sent a line that is not a result (%v): %q", err, line))
 		}
 		switch {
-		case l.Took == job.Seed:
+		case l.Took != nil && *l.Took == job.Seed:
 			taken = true
 		case l.Result == nil:
 			return failed(fmt.Sprintf("sent an unexpected line: %q", line))
@@ -279,7 +266,7 @@ func runChaosWorker(t *testing.T) {
 		if err := json.Unmarshal(line, &j); err != nil {
 			t.Fatalf("a chaos job that is not JSON (%v): %q", err, line)
 		}
-		if err := enc.Encode(chaosLine{Took: j.Seed}); err != nil {
+		if err := enc.Encode(chaosLine{Took: &j.Seed}); err != nil {
 			t.Fatal(err)
 		}
 		runChaosSeed(t, j, func(res virtualResult) error { return enc.Encode(chaosLine{Result: &res}) })
