@@ -44,6 +44,9 @@ type ChaosConfig struct {
 	Settle time.Duration
 	// Logger receives the agents' logs; nil discards them.
 	Logger *slog.Logger
+	// Dir is where the run makes the directory of its hosts' data dirs
+	// (removed when the run ends); empty: diskDir().
+	Dir string
 }
 
 // DefaultSettle is T_settle: within it of the last fault healing, the
@@ -165,7 +168,11 @@ func newWorld(cfg ChaosConfig, names []string) (*world, error) {
 	if err != nil {
 		return nil, err
 	}
-	root, err := os.MkdirTemp(diskDir(), "agent-chaos-")
+	base := cfg.Dir
+	if base == "" {
+		base = diskDir()
+	}
+	root, err := os.MkdirTemp(base, "agent-chaos-")
 	if err != nil {
 		n.Close()
 		return nil, err

@@ -253,15 +253,26 @@ func TestChaosSeedsThatFailedBeforeHold(t *testing.T) {
 // TestChaosPoolRunsSeedsOnLongLivedChildren: a pool's child runs one seed
 // after another; a child that died between seeds is replaced for the
 // next, and a seed whose caller gave up takes its child with it, not the
-// pool.
+// pool. No child's data dirs outlive it, killed or not.
 func TestChaosPoolRunsSeedsOnLongLivedChildren(t *testing.T) {
 	p := NewChaosPool(1, os.Args[0], "-test.run=^TestVirtualRun$")
-	defer p.Close()
+	var dirs []string
+	defer func() {
+		p.Close()
+		for _, d := range dirs {
+			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a child's data dirs %s outlived it (%v)", d, err)
+			}
+		}
+	}()
 	pid := func() int {
 		w := <-p.idle
 		defer func() { p.idle <- w }()
 		if w.cmd == nil {
 			return 0
+		}
+		if !slices.Contains(dirs, w.dir) {
+			dirs = append(dirs, w.dir)
 		}
 		return w.cmd.Process.Pid
 	}
@@ -301,5 +312,28 @@ func TestChaosPoolRunsSeedsOnLongLivedChildren(t *testing.T) {
 	}
 	if r, err := run(t.Context(), 5); err != nil || r.Seed != 5 {
 		t.Fatalf("seed 5 after a cancelled one: %+v, %v", r, err)
+	}
+
+	// A caller that gives up in the middle of a seed: its child is killed
+	// there, before it could remove the seed's data dirs.
+	pid()
+	dir := dirs[len(dirs)-1]
+	ctx, cancel = context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Run(ctx, ChaosConfig{Seed: 6, Agents: 3, Duration: time.Hour})
+		done <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+			break // the seed's world is made
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s on, seed 6 has made nothing in %s", dir)
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a seed cancelled while it ran returned %v, want context.Canceled", err)
 	}
 }

@@ -93,6 +93,7 @@ type chaosWorker struct {
 	jobs  io.WriteCloser // one JSON chaosJob a line
 	lines *bufio.Reader  // a chaosLine a line
 	out   *tailBuffer    // the child's own output, for errors
+	dir   string         // its seeds' data dirs, removed after it exited
 	exit  chan struct{}  // closed once the child was waited for
 }
 
@@ -107,13 +108,21 @@ type chaosLine struct {
 const chaosResultFD = 3
 
 func (w *chaosWorker) start(p *ChaosPool) error {
-	job := virtualJob{ChaosWorker: true}
+	// The seeds' data dirs go in a directory of the pool's: a child killed
+	// in a seed (its caller gave up) cannot remove its own.
+	dir, err := os.MkdirTemp(diskDir(), "agent-chaos-pool-")
+	if err != nil {
+		return fmt.Errorf("a chaos child's directory: %w", err)
+	}
+	job := virtualJob{ChaosWorker: true, ChaosDir: dir}
 	// Not CommandContext: a seed's ctx ends the seed (run kills the
 	// child), not the worker.
-	cmd, out, cleanup, err := jobCommand(context.Background(), &job, p.name, p.args...)
+	cmd, out, removeJob, err := jobCommand(context.Background(), &job, p.name, p.args...)
 	if err != nil {
+		os.RemoveAll(dir)
 		return err
 	}
+	cleanup := func() { removeJob(); os.RemoveAll(dir) }
 	cmd.Env = append(cmd.Env, chaosChildRuntime()...)
 	jobs, err := cmd.StdinPipe()
 	if err != nil {
@@ -133,7 +142,7 @@ func (w *chaosWorker) start(p *ChaosPool) error {
 		return fmt.Errorf("start a chaos child: %w", err)
 	}
 	wr.Close() // the child holds its own copy: its death is the reader's EOF
-	w.cmd, w.jobs, w.lines, w.out, w.exit = cmd, jobs, bufio.NewReader(r), out, make(chan struct{})
+	w.cmd, w.jobs, w.lines, w.out, w.dir, w.exit = cmd, jobs, bufio.NewReader(r), out, dir, make(chan struct{})
 	go func() {
 		_ = cmd.Wait() // the exit status says nothing the lines do not
 		r.Close()
@@ -252,7 +261,7 @@ func chaosLogFromEnv(seed int64) (*slog.Logger, func(), error) {
 // runChaosWorker is a pool child's test: it runs each chaosJob line of
 // its standard input as a seed of its own, saying on chaosResultFD that it
 // took it and then its result, until the input ends.
-func runChaosWorker(t *testing.T) {
+func runChaosWorker(t *testing.T, dir string) {
 	out := os.NewFile(chaosResultFD, "results")
 	defer out.Close()
 	enc := json.NewEncoder(out)
@@ -269,7 +278,7 @@ func runChaosWorker(t *testing.T) {
 		if err := enc.Encode(chaosLine{Took: &j.Seed}); err != nil {
 			t.Fatal(err)
 		}
-		runChaosSeed(t, j, func(res virtualResult) error { return enc.Encode(chaosLine{Result: &res}) })
+		runChaosSeed(t, j, dir, func(res virtualResult) error { return enc.Encode(chaosLine{Result: &res}) })
 	}
 }
 
@@ -277,7 +286,7 @@ func runChaosWorker(t *testing.T) {
 // to send inside the bubble, as soon as the run returns: a goroutine the
 // bubble then finds left blocked (a leak, which fails the test) does not
 // lose it.
-func runChaosSeed(t *testing.T, j chaosJob, send func(virtualResult) error) {
+func runChaosSeed(t *testing.T, j chaosJob, dir string, send func(virtualResult) error) {
 	var sendErr error
 	logger, closeLog, err := chaosLogFromEnv(j.Seed)
 	if err != nil {
@@ -286,7 +295,7 @@ func runChaosSeed(t *testing.T, j chaosJob, send func(virtualResult) error) {
 	defer closeLog()
 	synctest.Test(t, func(t *testing.T) {
 		res, err := RunChaos(context.Background(), ChaosConfig{Seed: j.Seed, Agents: j.Agents, Duration: j.Duration,
-			Faults: j.Faults, Profile: j.Profile, Logger: logger})
+			Faults: j.Faults, Profile: j.Profile, Logger: logger, Dir: dir})
 		out := virtualResult{Chaos: res}
 		if err != nil {
 			out = virtualResult{Error: err.Error()}

@@ -77,6 +77,9 @@ type virtualJob struct {
 	// ChaosWorker makes the child a ChaosPool's: it runs the chaos seeds
 	// its standard input gives (the fields above unused).
 	ChaosWorker bool `json:"chaos_worker,omitempty"`
+	// ChaosDir is where a ChaosPool's child keeps its seeds' data dirs:
+	// the pool removes it once the child has exited, killed or not.
+	ChaosDir string `json:"chaos_dir,omitempty"`
 	// Out is the result file: a virtualResult, written whole or not at all.
 	Out string `json:"out"`
 }
@@ -287,7 +290,7 @@ func runJob(t *testing.T, path string) {
 		t.Fatalf("job %s: %v", path, err)
 	}
 	if job.ChaosWorker {
-		runChaosWorker(t)
+		runChaosWorker(t, job.ChaosDir)
 		return
 	}
 	cfg := job.config()
