@@ -114,7 +114,7 @@ func (w *chaosWorker) start(p *ChaosPool) error {
 	if err != nil {
 		return fmt.Errorf("a chaos child's directory: %w", err)
 	}
-	job := virtualJob{ChaosWorker: true, ChaosDir: dir}
+	job := virtualJob{ChaosDir: dir}
 	// Not CommandContext: a seed's ctx ends the seed (run kills the
 	// child), not the worker.
 	cmd, out, removeJob, err := jobCommand(context.Background(), &job, p.name, p.args...)

@@ -74,11 +74,10 @@ type virtualJob struct {
 	ExactCompression bool          `json:"exact_compression,omitempty"`
 	// Progress has the child write its Progress on progressFD.
 	Progress bool `json:"progress,omitempty"`
-	// ChaosWorker makes the child a ChaosPool's: it runs the chaos seeds
-	// its standard input gives (the fields above unused).
-	ChaosWorker bool `json:"chaos_worker,omitempty"`
-	// ChaosDir is where a ChaosPool's child keeps its seeds' data dirs:
-	// the pool removes it once the child has exited, killed or not.
+	// ChaosDir, when set, makes the child a ChaosPool's: it runs the chaos
+	// seeds its standard input gives (the fields above unused), keeping
+	// their data dirs in ChaosDir, which the pool removes once the child
+	// has exited, killed or not.
 	ChaosDir string `json:"chaos_dir,omitempty"`
 	// Out is the result file: a virtualResult, written whole or not at all.
 	Out string `json:"out"`
@@ -289,7 +288,7 @@ func runJob(t *testing.T, path string) {
 	if err := json.Unmarshal(data, &job); err != nil {
 		t.Fatalf("job %s: %v", path, err)
 	}
-	if job.ChaosWorker {
+	if job.ChaosDir != "" {
 		runChaosWorker(t, job.ChaosDir)
 		return
 	}
